@@ -1,0 +1,132 @@
+"""Start real processes on free loopback ports for tests, wait for them by polling, stop them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name: str) -> str:
+    """Debian puts some daemons in /usr/sbin, which is not always on PATH."""
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if not found:
+        raise RuntimeError(f"{name} is not installed; `make test` installs it (apt, as root)")
+    return found
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll `check` until it is true; fail with `what` after `timeout` seconds or if `proc` died."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+    raise TimeoutError(f"{what}: not ready after {timeout}s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=1.0).status_code < 500
+
+
+@dataclass
+class Service:
+    """A process started by a test, with its port and a log file for post-mortems."""
+
+    name: str
+    argv: Sequence[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO_ROOT
+    log_dir: Path | None = None
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Service":
+        log_dir = self.log_dir or Path(os.environ.get("TEST_LOG_DIR", "/tmp/slm-test-logs"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}-{self.port}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                list(self.argv), cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_port(self, timeout: float = 30.0) -> "Service":
+        wait_until(lambda: port_open(self.port), timeout=timeout, what=self.name, proc=self.proc)
+        return self
+
+    def wait_http(self, path: str, timeout: float = 30.0) -> "Service":
+        wait_until(lambda: http_ok(self.url + path), timeout=timeout, what=self.name, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        """Hard kill (SIGKILL): what a crash looks like to the peers."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def python_service(name: str, args: Sequence[str], port: int, env: dict[str, str] | None = None) -> Service:
+    """A Python module run with the interpreter running the tests (the project's venv)."""
+    return Service(name=name, argv=[sys.executable, *args], port=port, env=env or {})
+
+
+def redis_service(port: int | None = None, *, extra: Sequence[str] = ()) -> Service:
+    port = port or free_port()
+    argv = [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", *extra]
+    return Service(name="redis", argv=argv, port=port)
