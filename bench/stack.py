@@ -82,23 +82,26 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
     return Target(name="direct", port=mock.port, processes={"mock": mock}, chat_path=path)
 
 
-def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai",
+def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
                   extra_env: dict[str, str] | None = None) -> Target:
     """The gateway as production runs it: production env, API key auth, Redis for keys/limits/cache."""
-    redis = _started(stack, redis_service(), http_path=None, timeout=15)
+    processes: dict[str, Service] = {}
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
     env = {
         "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENV": "production",
         "GATEWAY_BACKENDS": json.dumps([{"kind": backend_kind, "url": mock.url, "name": "mock"}]),
         "GATEWAY_ADMIN_KEY": admin_key, "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
-        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-        "GATEWAY_LOG_LEVEL": "warning", **(extra_env or {}),
+        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning", **(extra_env or {}),
     }
+    if with_redis:
+        redis = _started(stack, redis_service(), http_path=None, timeout=15)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+        processes["redis"] = redis
     gw = _started(stack, python_service("gateway", ["-m", "gateway"], port, env), http_path="/healthz",
                   timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
-    return Target(name="gateway", port=port, headers=headers, processes={"gateway": gw, "redis": redis})
+    return Target(name="gateway", port=port, headers=headers, processes={"gateway": gw, **processes})
 
 
 def _client_key(base_url: str, admin_key: str) -> str:

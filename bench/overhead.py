@@ -1,0 +1,93 @@
+"""Gateway overhead over the Ollama API called directly (issue 2), one uvicorn worker.
+
+The backend is the bench mock speaking Ollama's native API (/api/chat, NDJSON), answering in
+`--backend-ms` (20 ms by default). The direct rows call its /api/chat; the gateway rows call the
+gateway's /v1/chat/completions, which reaches the same mock through its Ollama backend.
+Targets (issue 2): 1 client, added p50 <= 1 ms; 50 clients, added p50 <= 3 ms and p99 <= 15 ms,
+for non-streamed latency and for the time to first token of streamed requests.
+
+    python -m bench.overhead [--requests 1000] [--no-redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench import machine, report
+from bench.point import SCENARIOS, kind_for, measure
+from bench.stack import BenchSetupError, MockOptions, direct_target, smoke_check, start_gateway, start_mock
+from bench.stats import PointSummary
+
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+# (clients, added p50 limit ms, added p99 limit ms or None)
+TARGETS = ((1, 1.0, None), (50, 3.0, 15.0))
+
+
+def checks(points: list[PointSummary]) -> list[tuple[str, str, bool | None]]:
+    idx = report.index(points)
+    out: list[tuple[str, str, bool | None]] = []
+    for scenario, attrs, label in (("plain", ("p50_ms", "p99_ms"), "latency"),
+                                   ("stream", ("ttft_p50_ms", "ttft_p99_ms"), "TTFT")):
+        for clients, p50_max, p99_max in TARGETS:
+            for attr, limit in zip(attrs, (p50_max, p99_max)):
+                if limit is None:
+                    continue
+                got = report.added(idx, scenario, report.GATEWAY, clients, attr)
+                q = "p99" if "99" in attr else "p50"
+                out.append((f"added {label} {q} at {clients} client{'s' if clients > 1 else ''} <= {limit:g} ms",
+                            f"{got:.3f} ms", None if got != got else got <= limit))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=1000, help="measured requests per point")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--backend-ms", type=float, default=20.0, help="how long the mock takes to answer")
+    p.add_argument("--no-redis", action="store_true", help="gateway with in-process stores (no REDIS_URL)")
+    args = p.parse_args(argv)
+    if args.requests < 1 or args.warmup < 0 or args.backend_ms < 0:
+        p.error("--requests must be >= 1, --warmup and --backend-ms >= 0")
+    opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)
+    info = machine.describe()
+    points: list[PointSummary] = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        try:
+            mock = start_mock(stack, opts)
+            gateway = start_gateway(stack, mock, backend_kind="ollama", with_redis=not args.no_redis)
+            direct = direct_target(mock, path="/api/chat")
+            for t in (direct, gateway):
+                smoke_check(t, opts.model)
+        except BenchSetupError as exc:
+            raise SystemExit(f"overhead benchmark setup failed: {exc}") from None
+        for name in ("plain", "stream"):
+            for clients, _, _ in TARGETS:
+                for target in (direct, gateway):
+                    pt = measure(target=target, kinds=[kind_for(SCENARIOS[name], target, opts.model)],
+                                 scenario=name, concurrency=clients, requests=args.requests,
+                                 warmup=args.warmup, workdir=Path(tmp))
+                    points.append(pt)
+                    print(f"{name:6s} {target.name:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
+                          f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    info["load_average_at_end"] = machine.load_average()
+    settings = {"requests per point": args.requests, "backend answers in": f"{args.backend_ms} ms",
+                "gateway": "one uvicorn worker, Ollama backend, " + ("no Redis" if args.no_redis else "Redis")}
+    text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,
+                           points=points, rss={"gateway": gateway.peak_rss()},
+                           scenarios={n: SCENARIOS[n].description for n in ("plain", "stream")},
+                           checks=checks(points), notes=["direct = the mock's /api/chat; gateway = its "
+                                                         "/v1/chat/completions on the same mock."])
+    RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_ROOT / f"overhead-{stamp}.md"
+    out.write_text(text)
+    print(text)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
