@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m bench.loadgen SPEC.json RESULT.json")
     try:
         spec = LoadSpec.from_json(json.loads(Path(args[0]).read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        sys.exit(f"bad load spec {args[0]}: {exc}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        sys.exit(f"bad load spec {args[0]}: {type(exc).__name__}: {exc}")
     if spec.concurrency < 1 or spec.requests < 1 or not spec.kinds:
         sys.exit("load spec needs concurrency >= 1, requests >= 1 and at least one kind")
     from bench.mock_backend import install_fast_loop

@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
                     points.append(pt)
                     print(f"{name:6s} {target.name:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
                           f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)
+        rss = {"gateway": gateway.peak_rss()}  # while the processes still run
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info["load_average_at_end"] = machine.load_average()
     settings = {"requests per point": args.requests, "backend answers in": f"{args.backend_ms} ms",
                 "gateway": "one uvicorn worker, Ollama backend, " + ("no Redis" if args.no_redis else "Redis")}
     text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,
-                           points=points, rss={"gateway": gateway.peak_rss()},
+                           points=points, rss=rss,
                            scenarios={n: SCENARIOS[n].description for n in ("plain", "stream")},
                            checks=checks(points), notes=["direct = the mock's /api/chat; gateway = its "
                                                          "/v1/chat/completions on the same mock."])

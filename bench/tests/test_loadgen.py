@@ -1,0 +1,65 @@
+"""The load generator counts what the server sent: statuses, chunks, first-token time, gaps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.loadgen import RequestKind
+from bench.point import chat_body, run_loadgen
+from bench.tests.conftest import TOKEN_DELAY_MS, TOKENS
+from tests.support.processes import Service
+
+
+def _spec(mock: Service, kinds: list[RequestKind], **extra) -> dict:
+    return {"host": "127.0.0.1", "port": mock.port, "concurrency": 4, "requests": 40, "warmup": 4,
+            "kinds": [asdict(k) for k in kinds], "watch_pids": {"mock": mock.proc.pid}, **extra}
+
+
+def test_mixed_load_is_counted_per_kind(mock: Service, tmp_path: Path) -> None:
+    kinds = [
+        RequestKind(name="plain", path="/v1/chat/completions", body=chat_body("bench-model", stream=False, prompt="a {n}")),
+        RequestKind(name="sse", path="/v1/chat/completions", stream=True,
+                    body=chat_body("bench-model", stream=True, prompt="b {n}")),
+        RequestKind(name="ndjson", path="/api/chat", stream=True, body=chat_body("bench-model", stream=True, prompt="c")),
+        RequestKind(name="fail", path="/api/chat", body=chat_body("bench-model", stream=False, prompt="BENCH_FAIL")),
+    ]
+    r = run_loadgen(_spec(mock, kinds), tmp_path, "mixed")
+    assert len(r["kind"]) == 40 and r["errors"] == {}
+    by = {k: [i for i, x in enumerate(r["kind"]) if x == k] for k in ("plain", "sse", "ndjson", "fail")}
+    assert all(len(v) == 10 for v in by.values())  # equal weights: an exact share each
+    assert {r["status"][i] for i in by["fail"]} == {500}
+    assert {r["status"][i] for i in by["plain"] + by["sse"] + by["ndjson"]} == {200}
+    for k in ("sse", "ndjson"):
+        for i in by[k]:
+            assert r["chunks"][i] == TOKENS
+            assert r["ttft"][i] < r["latency"][i]
+            # tokens are spaced by the mock's delay; timers only ever fire late, never early
+            assert r["gap"][i] >= TOKEN_DELAY_MS / 1000 * 0.9
+            assert r["latency"][i] >= TOKENS * TOKEN_DELAY_MS / 1000 * 0.9
+    assert all(r["chunks"][i] == 0 for i in by["plain"])
+    assert r["server_cpu_s"]["mock"] >= 0 and r["cpu_s"] > 0 and r["wall_s"] > 0
+
+
+def test_progress_lines_and_unique_bodies(mock: Service, tmp_path: Path) -> None:
+    kinds = [RequestKind(name="plain", path="/v1/chat/completions",
+                         body=chat_body("bench-model", stream=False, prompt="{n}"))]
+    spec = _spec(mock, kinds, progress_every=10)
+    spec_path = tmp_path / "s.json"
+    spec_path.write_text(json.dumps(spec))
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec_path), str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["progress", "10", "progress", "20", "progress", "30", "progress", "40"]
+
+
+def test_bad_spec_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"host": "127.0.0.1"}')
+    out = subprocess.run([sys.executable, "-m", "bench.loadgen", str(bad), str(tmp_path / "r.json")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "bad load spec" in out.stderr and "Traceback" not in out.stderr

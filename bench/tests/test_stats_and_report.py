@@ -1,0 +1,63 @@
+"""Percentiles agree with numpy; the target checks pass and miss where the numbers say so."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import report
+from bench.stats import PointSummary, percentile
+
+
+def test_percentile_matches_numpy() -> None:
+    rng = random.Random(3)
+    for n in (1, 2, 7, 100, 1001):
+        data = [rng.expovariate(1.0) for _ in range(n)]
+        for q in (0, 50, 90, 99, 100):
+            assert percentile(data, q) == pytest.approx(float(np.percentile(data, q)))
+    assert percentile([float("nan"), 1.0, 3.0], 50) == 2.0
+
+
+def _point(scenario: str, target: str, c: int, lat: float, *, cpu: float, rps: float = 100.0) -> PointSummary:
+    return PointSummary(scenario=scenario, target=target, concurrency=c, requests=100, ok=100,
+                        statuses={"200": 100}, p50_ms=lat, p90_ms=lat, p99_ms=lat * 2, ttft_p50_ms=lat,
+                        ttft_p90_ms=lat, ttft_p99_ms=lat * 2, rps=rps, chunks_min=0, chunks_max=0,
+                        gap_p50_ms=float("nan"), cpu_s_per_1k={target if target != "direct" else "mock": cpu})
+
+
+def _run(gateway_added: float, gateway_cpu: float) -> list[PointSummary]:
+    points = []
+    for scenario in ("plain", "stream"):
+        for c in (1, 50):
+            points += [_point(scenario, "direct", c, 1.0, cpu=0.05),
+                       _point(scenario, "gateway", c, 1.0 + gateway_added, cpu=gateway_cpu, rps=2000),
+                       _point(scenario, "litellm", c, 1.0 + 20.0, cpu=15.0)]
+    return points
+
+
+RSS = {"gateway": {"gateway": 60 * 2**20}, "litellm": {"litellm": 400 * 2**20}}
+
+
+def test_checks_pass_when_the_gateway_is_far_ahead() -> None:
+    checks = report.target_checks(_run(gateway_added=0.5, gateway_cpu=0.4), RSS)
+    assert checks and all(ok for _, _, ok in checks), [c for c in checks if not c[2]]
+
+
+def test_checks_miss_when_the_gateway_is_close_to_litellm() -> None:
+    checks = dict((what, ok) for what, _, ok in report.target_checks(_run(gateway_added=5.0, gateway_cpu=3.0), RSS))
+    assert checks["added plain p50 at 1 client: LiteLLM / gateway >= 10"] is False
+    assert checks["gateway added p50 at 1 client <= 1 ms"] is False
+    assert checks["CPU per plain request: LiteLLM / gateway >= 10"] is False
+    assert checks["peak RSS: LiteLLM / gateway >= 3"] is True
+
+
+def test_markdown_and_plot_are_written(tmp_path: Path) -> None:
+    points = _run(gateway_added=0.5, gateway_cpu=0.4)
+    text = report.markdown(title="t", machine={"cpu": "x"}, settings={}, points=points, rss=RSS,
+                           scenarios={"plain": "p", "stream": "s"}, checks=report.target_checks(points, RSS), notes=[])
+    assert "| gateway | 50 | 1.50 |" in text and "PASS" in text and "MISS" not in text
+    report.plot(points, tmp_path / "plot.png", "t")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
