@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SYSTEM_BINS := redis-server nginx promtool prometheus
 
-.PHONY: test test-fast system-deps venv up down bench lint clean
+.PHONY: test test-fast system-deps venv up down bench bench-soak lint clean
 
 ## test: install what is missing (apt as root, pip into .venv), then run the whole suite
 test: system-deps venv
@@ -45,9 +45,15 @@ up:
 down:
 	docker compose down -v
 
-## bench: gateway overhead against the backend called directly
+## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run
 bench: venv
+	$(BIN)/python -m bench.litellm_env
+	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.overhead
+
+## bench-soak: 100 000 mixed requests through the gateway, RSS growth and errors
+bench-soak: venv
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache
