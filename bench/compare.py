@@ -30,6 +30,8 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Gateway vs direct vs LiteLLM proxy.")
+    p.add_argument("--gateway-dir", type=Path, default=None,
+                   help="run the gateway package of another checkout (default: this one)")
     p.add_argument("--requests", type=int, default=2000, help="measured requests per point")
     p.add_argument("--warmup", type=int, default=100, help="unmeasured requests before each point")
     p.add_argument("--clients", default="1,10,50", help="comma-separated concurrency levels")
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_points(targets: list[Target], mock_pid: int, args: argparse.Namespace, model: str,
+def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argparse.Namespace, model: str,
                workdir: Path) -> list[PointSummary]:
     points: list[PointSummary] = []
     total = len(args.scenarios) * len(args.clients) * len(targets)
@@ -70,12 +72,13 @@ def run_points(targets: list[Target], mock_pid: int, args: argparse.Namespace, m
                 extra = {} if target.name == "direct" else {"mock": mock_pid}
                 p = measure(target=target, kinds=[kind_for(scenario, target, model)], scenario=scenario_name,
                             concurrency=clients, requests=args.requests, warmup=args.warmup, workdir=workdir,
-                            extra_pids=extra)
+                            mock_url=mock_url, extra_pids=extra)
                 points.append(p)
                 cpu = p.cpu_s_per_1k.get(target.name if target.name != "direct" else "mock", float("nan"))
                 print(f"[{len(points)}/{total}] {scenario_name:9s} {target.name:8s} c={clients:<3d} "
                       f"p50 {p.p50_ms:8.2f} p99 {p.p99_ms:8.2f} ttft50 {p.ttft_p50_ms:8.2f} ms  "
-                      f"{p.rps:7.0f} req/s  cpu {cpu:.2f} s/1k  non-2xx {p.requests - p.ok}", flush=True)
+                      f"{p.rps:7.0f} req/s  cpu {cpu:.2f} s/1k  backend calls/req {p.backend_calls_per_request:.2f}  "
+                      f"non-2xx {p.requests - p.ok}", flush=True)
     return points
 
 
@@ -85,13 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or RESULTS_ROOT / stamp
     out.mkdir(parents=True, exist_ok=True)
     opts = MockOptions(tokens=args.tokens, token_delay_ms=args.token_delay_ms, plain_delay_ms=args.plain_delay_ms)
-    info = machine.describe()
+    info = machine.describe(args.gateway_dir)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
             mock = start_mock(stack, opts)
             targets = [direct_target(mock)]
             if "gateway" in args.targets:
-                targets.append(start_gateway(stack, mock, backend_kind=args.gateway_backend))
+                targets.append(start_gateway(stack, mock, backend_kind=args.gateway_backend,
+                                             source_dir=args.gateway_dir))
             if "litellm" in args.targets:
                 targets.append(start_litellm(stack, mock, model=opts.model, workdir=Path(tmp)))
             for t in targets:
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         except BenchSetupError as exc:
             raise SystemExit(f"benchmark setup failed: {exc}") from None
         print(f"targets up: {', '.join(t.name for t in targets)}; writing to {out}", flush=True)
-        points = run_points(targets, mock.proc.pid, args, opts.model, Path(tmp))
+        points = run_points(targets, mock.proc.pid, mock.url, args, opts.model, Path(tmp))
         rss = {t.name: t.peak_rss() for t in targets}
     info["load_average_at_end"] = machine.load_average()
     settings = {"requests per point": args.requests, "warm-up per point": args.warmup,

@@ -24,9 +24,9 @@ def _first(path: str, key: str) -> str:
     return "unknown"
 
 
-def _run(argv: list[str]) -> str:
+def _run(argv: list[str], cwd: Path = REPO_ROOT) -> str:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=cwd)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -44,8 +44,9 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def describe() -> dict[str, Any]:
+def describe(gateway_dir: Path | None = None) -> dict[str, Any]:
     """Machine, OS, interpreter, the gateway's commit and the versions of what is measured."""
+    src = gateway_dir or REPO_ROOT
     litellm_python = LITELLM_VENV / "bin" / "python"
     litellm = _run([str(litellm_python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"]) \
         if litellm_python.exists() else "not installed"
@@ -56,8 +57,9 @@ def describe() -> dict[str, Any]:
         "memory_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else "unknown",
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "gateway_commit": _run(["git", "rev-parse", "--short", "HEAD"])
-        + ("+dirty" if _run(["git", "status", "--porcelain", "gateway"]) not in ("", "unknown") else ""),
+        "gateway_source": str(src),
+        "gateway_commit": _run(["git", "rev-parse", "--short", "HEAD"], src)
+        + ("+dirty" if _run(["git", "status", "--porcelain", "gateway"], src) not in ("", "unknown") else ""),
         "litellm": litellm,
         "fastapi": _version("fastapi"),
         "uvicorn": _version("uvicorn"),

@@ -4,8 +4,9 @@ Raw asyncio protocol (no framework) so a request costs tens of microseconds of C
 the numbers measured through it are the gateway's, not the mock's. Every answer has a fixed
 number of tokens; `--token-delay-ms` spaces streamed tokens, `--first-token-ms` delays the
 first one, and a non-streamed answer waits `--plain-delay-ms` (default: as long as the stream
-would take; 0 lets a benchmark measure pure overhead on plain calls while streams keep gaps). A prompt containing `BENCH_FAIL`
-is answered 500, so a soak can mix in errors the backend caused.
+would take; 0 lets a benchmark measure pure overhead on plain calls while streams keep gaps).
+A prompt containing `BENCH_FAIL` is answered 500, so a soak can mix in errors the backend
+caused. GET /_stats counts the inference calls it received (to verify cache hits).
 
 Run alone: `python -m bench.mock_backend --port 9000 --tokens 16 --token-delay-ms 1`.
 """
@@ -60,6 +61,7 @@ class Answers:
 
     def __init__(self, cfg: MockConfig) -> None:
         self.cfg = cfg
+        self.inference_calls = 0  # GET /_stats: lets a benchmark see whether a cache answered instead
         text = "tok " * cfg.tokens
         self.models_openai = json.dumps({"object": "list", "data": [
             {"id": cfg.model, "object": "model", "created": 0, "owned_by": "bench"}]}).encode()
@@ -156,12 +158,16 @@ class MockProtocol(asyncio.Protocol):
     async def _answer(self, method: bytes, path: bytes, body: bytes) -> None:
         a, write = self.answers, self.transport.write
         if method == b"GET":
+            if path == b"/_stats":
+                write(_response(200, b'{"inference_calls":%d}' % a.inference_calls))
+                return
             routes = {b"/v1/models": a.models_openai, b"/api/tags": a.models_ollama,
                       b"/api/ps": a.models_ollama, b"/api/version": b'{"version":"0.12.0"}',
                       b"/": b"Ollama is running", b"/health": b'{"status":"ok"}'}
             found = routes.get(path)
             write(_response(200, found) if found is not None else _response(404, b'{"error":"not found"}'))
             return
+        a.inference_calls += 1
         if FAIL_MARKER in body:
             write(_response(500, b'{"error":{"message":"injected failure","type":"server_error"}}'))
             return

@@ -45,6 +45,8 @@ def checks(points: list[PointSummary]) -> list[tuple[str, str, bool | None]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--gateway-dir", type=Path, default=None,
+                   help="run the gateway package of another checkout (default: this one)")
     p.add_argument("--requests", type=int, default=1000, help="measured requests per point")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--backend-ms", type=float, default=20.0, help="how long the mock takes to answer")
@@ -53,12 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.requests < 1 or args.warmup < 0 or args.backend_ms < 0:
         p.error("--requests must be >= 1, --warmup and --backend-ms >= 0")
     opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)
-    info = machine.describe()
+    info = machine.describe(args.gateway_dir)
     points: list[PointSummary] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock, backend_kind="ollama", with_redis=not args.no_redis)
+            gateway = start_gateway(stack, mock, backend_kind="ollama", with_redis=not args.no_redis,
+                                    source_dir=args.gateway_dir)
             direct = direct_target(mock, path="/api/chat")
             for t in (direct, gateway):
                 smoke_check(t, opts.model)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                 for target in (direct, gateway):
                     pt = measure(target=target, kinds=[kind_for(SCENARIOS[name], target, opts.model)],
                                  scenario=name, concurrency=clients, requests=args.requests,
-                                 warmup=args.warmup, workdir=Path(tmp))
+                                 warmup=args.warmup, workdir=Path(tmp), mock_url=mock.url)
                     points.append(pt)
                     print(f"{name:6s} {target.name:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
                           f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)

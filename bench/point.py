@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.loadgen import RequestKind
 from bench.stack import Target
 from bench.stats import PointSummary, summarize
@@ -59,13 +61,21 @@ def run_loadgen(spec: dict[str, Any], workdir: Path, tag: str) -> dict[str, Any]
     return result
 
 
-def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurrency: int,
-            requests: int, warmup: int, workdir: Path, extra_pids: dict[str, int] | None = None) -> PointSummary:
+def backend_calls(mock_url: str) -> int:
+    """Inference calls the mock has received so far."""
+    return int(httpx.get(f"{mock_url}/_stats", timeout=10).json()["inference_calls"])
+
+
+def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurrency: int, requests: int,
+            warmup: int, workdir: Path, mock_url: str, extra_pids: dict[str, int] | None = None) -> PointSummary:
     """Send the load; the CPU of the target's processes (and extra ones, e.g. the mock) is
     read by the load generator at the edges of its measured phase (warm-up excluded)."""
     spec = {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": requests,
             "warmup": warmup, "kinds": [asdict(k) for k in kinds],
             "watch_pids": {**target.pids(), **(extra_pids or {})}}
+    calls_before = backend_calls(mock_url)
     result = run_loadgen(spec, workdir, f"{scenario}-{target.name}-c{concurrency}")
-    return summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
-                     cpu=result["server_cpu_s"])
+    summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
+                        cpu=result["server_cpu_s"])
+    summary.backend_calls_per_request = (backend_calls(mock_url) - calls_before) / (requests + warmup)
+    return summary

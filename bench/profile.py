@@ -54,6 +54,8 @@ def top_functions(collapsed: Path, limit: int = 25) -> tuple[list[tuple[str, int
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
+    p.add_argument("--gateway-dir", type=Path, default=None,
+                   help="run the gateway package of another checkout (default: this one)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="plain")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--requests", type=int, default=5000)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock, with_redis=not args.no_redis)
+            gateway = start_gateway(stack, mock, with_redis=not args.no_redis, source_dir=args.gateway_dir)
             smoke_check(gateway, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"profile setup failed: {exc}") from None

@@ -39,7 +39,7 @@ def scenario_table(points: list[PointSummary], scenario: str) -> list[str]:
     head = ["target", "clients", "p50 ms", "p90 ms", "p99 ms", "added p50", "added p99"]
     if stream:
         head += ["TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "chunks min/max", "gap p50 ms"]
-    head += ["req/s", "CPU s / 1000 req", "non-2xx"]
+    head += ["req/s", "CPU s / 1000 req", "backend calls / req", "non-2xx"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted((p for p in points if p.scenario == scenario), key=lambda p: (p.concurrency, p.target)):
         cells = [p.target, str(p.concurrency), _f(p.p50_ms), _f(p.p90_ms), _f(p.p99_ms)]
@@ -50,7 +50,7 @@ def scenario_table(points: list[PointSummary], scenario: str) -> list[str]:
             cells += ["-" if p.target == DIRECT else _f(added(idx, scenario, p.target, p.concurrency, a))
                       for a in ("ttft_p50_ms", "ttft_p99_ms")]
             cells += [f"{p.chunks_min}/{p.chunks_max}", _f(p.gap_p50_ms)]
-        cells += [_f(p.rps, 0), _cpu_cell(p), str(p.requests - p.ok)]
+        cells += [_f(p.rps, 0), _cpu_cell(p), _f(p.backend_calls_per_request, 3), str(p.requests - p.ok)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 

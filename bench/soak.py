@@ -124,6 +124,8 @@ def write_report(out: Path, summary: dict, samples: list, info: dict, args: argp
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    p.add_argument("--gateway-dir", type=Path, default=None,
+                   help="run the gateway package of another checkout (default: this one)")
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--sample-every", type=int, default=1000, help="requests between RSS samples")
@@ -132,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.requests < 10 * args.sample_every or args.clients < 1 or not 0 <= args.warmup_share < 1:
         p.error("--requests must be >= 10 x --sample-every, --clients >= 1, 0 <= --warmup-share < 1")
     opts = MockOptions(token_delay_ms=0.0, plain_delay_ms=0.0)
-    info = machine.describe()
+    info = machine.describe(args.gateway_dir)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock)
+            gateway = start_gateway(stack, mock, source_dir=args.gateway_dir)
             smoke_check(gateway, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"soak setup failed: {exc}") from None

@@ -83,8 +83,10 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
 
 
 def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
-                  extra_env: dict[str, str] | None = None) -> Target:
-    """The gateway as production runs it: production env, API key auth, Redis for keys/limits/cache."""
+                  extra_env: dict[str, str] | None = None, source_dir: Path | None = None) -> Target:
+    """The gateway as production runs it: production env, API key auth, Redis for keys/limits/cache.
+
+    `source_dir` runs the `gateway` package of another checkout (before/after comparisons)."""
     processes: dict[str, Service] = {}
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
@@ -98,8 +100,12 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         redis = _started(stack, redis_service(), http_path=None, timeout=15)
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
         processes["redis"] = redis
-    gw = _started(stack, python_service("gateway", ["-m", "gateway"], port, env), http_path="/healthz",
-                  timeout=60)
+    svc = python_service("gateway", ["-m", "gateway"], port, env)
+    if source_dir is not None:
+        if not (source_dir / "gateway" / "__main__.py").exists():
+            raise BenchSetupError(f"{source_dir} has no gateway package (gateway/__main__.py)")
+        svc.cwd = source_dir  # `python -m` puts the working directory first on sys.path
+    gw = _started(stack, svc, http_path="/healthz", timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
     return Target(name="gateway", port=port, headers=headers, processes={"gateway": gw, **processes})
 

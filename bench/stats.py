@@ -40,6 +40,7 @@ class PointSummary:
     cpu_s_per_1k: dict[str, float] = field(default_factory=dict)
     loadgen_cpu_s_per_1k: float = 0.0
     transport_errors: dict[str, int] = field(default_factory=dict)
+    backend_calls_per_request: float = float("nan")  # < 1 when a cache answered
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

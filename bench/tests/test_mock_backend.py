@@ -44,3 +44,12 @@ def test_fail_marker_is_a_backend_error(mock: Service) -> None:
 def test_unknown_path_and_bad_json(mock: Service) -> None:
     assert httpx.post(mock.url + "/v1/nope", json={}, timeout=5).status_code == 404
     assert httpx.post(mock.url + "/v1/chat/completions", content=b"{not json", timeout=5).status_code == 400
+
+
+def test_stats_count_inference_calls_only(mock: Service) -> None:
+    before = httpx.get(mock.url + "/_stats", timeout=5).json()["inference_calls"]
+    body = {"model": "bench-model", "stream": False, "messages": [{"role": "user", "content": "x"}]}
+    for path in ("/v1/chat/completions", "/api/chat", "/api/generate"):
+        assert httpx.post(mock.url + path, json=body, timeout=5).status_code == 200
+    httpx.get(mock.url + "/v1/models", timeout=5)
+    assert httpx.get(mock.url + "/_stats", timeout=5).json()["inference_calls"] == before + 3
