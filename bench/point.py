@@ -37,8 +37,11 @@ SCENARIOS = {
 
 
 def chat_body(model: str, *, stream: bool, prompt: str) -> str:
-    """An OpenAI chat body; Ollama's /api/chat accepts the same fields (stream set explicitly)."""
-    return json.dumps({"model": model, "stream": stream, "max_tokens": 16,
+    """An OpenAI chat body; Ollama's /api/chat accepts the same fields (stream set explicitly).
+
+    temperature 0 makes every request cacheable, so the gateway takes its full path (cache
+    lookup, then store on a miss) as LiteLLM with its cache on does for every request."""
+    return json.dumps({"model": model, "stream": stream, "max_tokens": 16, "temperature": 0,
                        "messages": [{"role": "user", "content": prompt}]})
 
 

@@ -143,6 +143,9 @@ def plot(points: list[PointSummary], path: Path, title: str) -> None:
     panels = [(axes[0][0], "plain", "p50_ms", "added latency p50, plain (ms)"),
               (axes[0][1], "stream", "ttft_p50_ms", "added time to first token p50 (ms)")]
     for ax, scenario, attr, label in panels:
+        if not any(p.scenario == scenario and p.target in targets for p in points):
+            ax.set_axis_off()
+            continue
         for t in targets:
             ys = [max(added(idx, scenario, t, c, attr), 0.01) for c in levels]
             ax.plot(levels, ys, marker="o", label=f"{t} p50", color=COLORS[t])
@@ -151,10 +154,13 @@ def plot(points: list[PointSummary], path: Path, title: str) -> None:
         ax.set_yscale("log"), ax.set_xscale("log"), ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_title(label), ax.set_xlabel("concurrent clients"), ax.legend(), ax.grid(True, alpha=0.3)
     ax = axes[1][0]
+    if not any(p.scenario == "plain" for p in points):
+        ax.set_axis_off()
     for t in [DIRECT, *targets]:
         ax.plot(levels, [idx[("plain", t, c)].rps if ("plain", t, c) in idx else math.nan for c in levels],
                 marker="o", label=t, color=COLORS[t])
-    ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xticks(levels, [str(c) for c in levels])
+    if any(p.scenario == "plain" for p in points):
+        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xticks(levels, [str(c) for c in levels])
     ax.set_title("plain requests per second"), ax.set_xlabel("concurrent clients"), ax.legend()
     ax.grid(True, alpha=0.3)
     ax = axes[1][1]
