@@ -3,7 +3,11 @@
 Starts the mock and the gateway as `python -m bench` does, records the gateway with py-spy
 (sampling, from outside the process, so the gateway runs unmodified) while the load generator
 sends one scenario, then writes a flame graph (SVG), the collapsed stacks, and prints the
-functions with the most samples, self and inclusive.
+share of samples per package and the functions with the most samples, self and inclusive.
+
+py-spy samples threads that are running *or runnable*: on an overloaded machine a process
+preempted inside a send() (the woken peer takes the core) shows as time on that line. Read
+socket-write lines as "includes waiting for a core" and trust the CPU figure from /proc.
 
     python -m bench.profile [--scenario plain] [--clients 10] [--requests 5000]
 """
@@ -52,6 +56,25 @@ def top_functions(collapsed: Path, limit: int = 25) -> tuple[list[tuple[str, int
     return own.most_common(limit), inclusive.most_common(limit), total
 
 
+PACKAGES = ("httpx/", "httpcore/", "anyio/", "ollama/", "redis/", "pydantic/", "prometheus_fastapi_instrumentator/",
+            "prometheus_client/", "starlette/", "fastapi/", "uvicorn/", "gateway/")
+
+
+def package_shares(collapsed: Path) -> list[tuple[str, float]]:
+    """Share of samples whose stack passes through each package (nested packages overlap)."""
+    hits: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for pkg in PACKAGES:
+            if f"({pkg}" in stack or f"/{pkg}" in stack:
+                hits[pkg] += int(count)
+    return [(pkg, 100 * hits[pkg] / max(total, 1)) for pkg in PACKAGES]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     p.add_argument("--gateway-dir", type=Path, default=None,
@@ -92,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     own, inclusive, total = top_functions(out.with_suffix(".collapsed"))
     lines = [f"# Gateway profile: {args.scenario}, {args.clients} clients, {n} requests", "",
              f"gateway CPU {cpu_ms:.3f} ms/request, {n / records[-1]['wall_s']:.0f} req/s; {total} samples", "",
-             "## Self time", ""] + [f"- {100 * c / total:5.1f} %  {f}" for f, c in own] + \
+             "## Share of samples by package (inclusive)", ""] + \
+            [f"- {share:5.1f} %  {pkg}" for pkg, share in package_shares(out.with_suffix(".collapsed"))] + \
+            ["", "## Self time", ""] + [f"- {100 * c / total:5.1f} %  {f}" for f, c in own] + \
             ["", "## Inclusive time", ""] + [f"- {100 * c / total:5.1f} %  {f}" for f, c in inclusive]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
