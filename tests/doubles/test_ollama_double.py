@@ -15,7 +15,7 @@ import jsonschema
 import ollama
 import pytest
 
-from tests.doubles.conftest import TOKENS, write_tiny_gguf
+from tests.doubles.conftest import TOKENS, smollm2_gguf, write_tiny_gguf
 from tests.doubles.ollama_text import WORDS, count_prompt_tokens
 from tests.support.ollama import OllamaDoubleControl
 from tests.support.processes import Service
@@ -292,6 +292,15 @@ def test_create_from_uploaded_gguf_then_use_it(client: ollama.Client, control: O
     with_system = client.chat(model="tuned:v1", messages=QUESTION)
     plain = client.chat(model=MODEL, messages=QUESTION)
     assert with_system.prompt_eval_count > plain.prompt_eval_count
+
+
+def test_create_from_the_real_smollm2_gguf(client: ollama.Client, control: OllamaDoubleControl) -> None:
+    gguf = smollm2_gguf()
+    digest = client.create_blob(gguf)
+    assert control.stats()["blobs"] == {digest: gguf.stat().st_size}
+    assert client.create(model="smol-tuned:1", files={gguf.name: digest}, stream=False).status == "success"
+    details = client.show("smol-tuned:1").details
+    assert (details.family, details.parameter_size, details.quantization_level) == ("llama", "135M", "Q4_1")
 
 
 def test_create_from_a_model_with_adapter_and_quantize(client: ollama.Client, tmp_path: Path) -> None:

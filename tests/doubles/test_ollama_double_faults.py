@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -205,6 +206,21 @@ def test_knobs_can_be_set_at_start() -> None:
         OllamaDoubleControl(service.url).reset()
         with pytest.raises(ollama.ResponseError):
             local.chat(model=MODEL, messages=QUESTION)
+
+
+def test_sigterm_ends_the_double_promptly_even_with_a_hung_request() -> None:
+    service = start_ollama_double(hang_next=1)
+    local = ollama.Client(host=service.url, timeout=30)
+    control = OllamaDoubleControl(service.url)
+    with ThreadPoolExecutor(1) as pool:
+        hung = pool.submit(local.chat, model=MODEL, messages=QUESTION)
+        wait_until(lambda: control.stats()["inflight"] == 1, timeout=10, what="hung request accepted")
+        started = time.monotonic()
+        service.stop(timeout=8)  # SIGTERM, then SIGKILL after 8 s
+        # uvicorn re-raises SIGTERM after its shutdown, so -15 (or 0) is a clean end; -9 is not
+        assert service.proc.returncode in (0, -signal.SIGTERM) and time.monotonic() - started < 8
+        with pytest.raises(Exception):
+            hung.result(timeout=10)
 
 
 def test_start_helper_refuses_unknown_knobs() -> None:
