@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -267,7 +268,7 @@ async def copy(request: Request) -> Response:
     model = state.find_model(source)
     if model is None:
         raise ApiError(404, f"model \"{source}\" not found")
-    clone = ModelRecord(**{**model.__dict__, "name": normalise_name(destination), "modified_at": now_rfc3339()})
+    clone = replace(model, name=normalise_name(destination), modified_at=now_rfc3339())
     state.models[clone.name] = clone
     return Response(status_code=200)
 
