@@ -46,6 +46,15 @@ def mix(target: Target, model: str) -> list[RequestKind]:
                         body=chat_body("no-such-model", stream=False, prompt="soak {n}"))]
 
 
+def _progress(done: int, total: int, sample: tuple[int, float, int]) -> None:
+    """A live line on a terminal; one line per tenth of the run in a log file."""
+    text = f"{done:>8d}/{total} requests  {done / max(sample[1], 1e-9):6.0f} req/s  gateway RSS {sample[2] / MIB:6.1f} MiB"
+    if sys.stderr.isatty():
+        print("\r" + text, end="", file=sys.stderr, flush=True)
+    elif done % max(total // 10, 1) < 1000 or done == total:
+        print(text, file=sys.stderr, flush=True)
+
+
 def run_sampled(spec: dict, workdir: Path, pid: int) -> tuple[dict, list[tuple[int, float, int]]]:
     """Run the load generator, sampling `pid`'s RSS on each progress line it prints."""
     spec_path, out_path = workdir / "soak.spec.json", workdir / "soak.result.json"
@@ -58,9 +67,7 @@ def run_sampled(spec: dict, workdir: Path, pid: int) -> tuple[dict, list[tuple[i
         if line.startswith("progress "):
             done = int(line.split()[1])
             samples.append((done, time.monotonic() - t0, rss_bytes(pid)))
-            rate = done / max(samples[-1][1], 1e-9)
-            print(f"\r{done:>8d}/{spec['requests']} requests  {rate:6.0f} req/s  gateway RSS "
-                  f"{samples[-1][2] / MIB:6.1f} MiB", end="", file=sys.stderr, flush=True)
+            _progress(done, spec["requests"], samples[-1])
     print(file=sys.stderr)
     if proc.wait() != 0:
         raise SystemExit("load generator failed during the soak")
