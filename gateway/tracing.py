@@ -1,0 +1,133 @@
+"""OpenTelemetry tracing: server spans (FastAPI), client spans (httpx), and spans per gateway stage.
+
+Tracing is on only when there is somewhere to send spans: `OTEL_EXPORTER_OTLP_ENDPOINT` set (the
+standard OTLP variables configure the exporter), or an exporter passed in (tests use the SDK's
+in-memory one). Otherwise nothing is instrumented and stages get OpenTelemetry's no-op tracer,
+whose spans are shared singletons: no exporter, no SDK objects, no cost worth measuring
+(bench/observability_overhead.py measures it).
+
+The provider is per app, never the process-global one, so several apps (tests) do not share spans.
+Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+SERVICE_NAME = "slm-gateway"
+# Probes and scrapes would drown the traces that matter.
+EXCLUDED_URLS = "healthz,readyz,metrics"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tracing:
+    """What the app keeps on `app.state.tracing`: a tracer, and the provider when tracing is on."""
+
+    tracer: Tracer
+    provider: TracerProvider | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def instrument_client(self, client: httpx.AsyncClient | httpx.Client) -> None:
+        """Give an httpx client (the OpenAI-compatible pool's, or the one inside ollama's client) spans."""
+        if self.provider is not None:
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            HTTPXClientInstrumentor.instrument_client(client, tracer_provider=self.provider)
+
+    def shutdown(self) -> None:
+        """Flush queued spans (called at app shutdown)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+DISABLED = Tracing(tracer=trace.NoOpTracer())
+
+
+def exporter_from_env() -> SpanExporter | None:
+    """The OTLP/HTTP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None (tracing off)."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    # Imported here so a gateway without tracing never loads the exporter and its protobuf stack.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def setup_tracing(app: FastAPI, *, exporter: SpanExporter | None, batch: bool = True) -> Tracing:
+    """Instrument `app` and return its Tracing; with no exporter, instrument nothing."""
+    if exporter is None:
+        return DISABLED
+    service = os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # No spans per ASGI send/receive: a streamed answer would otherwise make one per chunk.
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS,
+                                       exclude_spans=["receive", "send"])
+    return Tracing(tracer=provider.get_tracer("gateway"), provider=provider)
+
+
+@contextmanager
+def stage_span(tracer: Tracer, stage: str, **attributes: Any) -> Iterator[Span]:
+    """A span for one gateway stage (`gateway.auth`, `gateway.rate_limit`, `gateway.cache`)."""
+    with tracer.start_as_current_span(f"gateway.{stage}", attributes=attributes or None) as span:
+        yield span
+
+
+@contextmanager
+def backend_span(tracer: Tracer, *, operation: str, model: str, provider: str, backend: str,
+                 request_attributes: dict[str, Any] | None = None) -> Iterator[Span]:
+    """The backend call, named and attributed as GenAI client spans are: `chat smollm2`."""
+    attributes = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # the pre-1.37 name, still what most backends' dashboards read
+        "gen_ai.request.model": model,
+        "server.address": backend,
+        **{f"gen_ai.request.{k}": v for k, v in (request_attributes or {}).items() if v is not None},
+    }
+    with tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
+def record_usage(span: Span, *, input_tokens: int | None, output_tokens: int | None,
+                 finish_reasons: Sequence[str] = (), response_model: str | None = None) -> None:
+    """Put the answer's usage on the backend span once it is known (end of stream for streams)."""
+    if not span.is_recording():
+        return
+    if input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
+    if response_model:
+        span.set_attribute("gen_ai.response.model", response_model)
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    if span.is_recording():
+        span.set_attribute("error.type", type(error).__name__)
+        span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+
+
+def current_trace_id() -> str | None:
+    """The active trace id as 32 hex digits, for logs; None when tracing is off."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
