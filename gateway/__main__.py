@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from gateway.access_log import configure_json_logging
 from gateway.app import create_app
 from gateway.settings import Settings
 
@@ -18,9 +18,10 @@ def serve() -> int:
     except ValidationError as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_json_logging(settings.log_level)
+    # log_config=None: uvicorn's own loggers go through the JSON handler too.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+                log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
     return 0
 
 

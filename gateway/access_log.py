@@ -4,8 +4,9 @@ A request's line carries what an operator joins on and filters by: request id (a
 `X-Request-ID` header, so feedback joins up), trace id, key id, model, backend, status, tokens,
 latency and cache result. Prompts and completions are never logged.
 
-Handlers fill in what only they know through `access_record(request)`; the middleware writes the
-line when the last byte of the response (a stream's too) has gone out, or the request failed.
+The request path fills in what only it knows through `current_record()` (a context variable, so
+the serving code needs no request object); the middleware writes the line when the last byte of
+the response (a stream's too) has gone out, or the request failed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.tracing import current_trace_id
@@ -39,12 +40,12 @@ class AccessRecord:
     cache: str | None = None
 
 
-def access_record(request: Request) -> AccessRecord:
-    """This request's record (a throwaway one when the middleware is not installed, e.g. in unit tests)."""
-    record = getattr(request.state, "access", None)
-    if record is None:
-        record = request.state.access = AccessRecord()
-    return record
+_CURRENT: ContextVar[AccessRecord | None] = ContextVar("gateway_access_record", default=None)
+
+
+def current_record() -> AccessRecord:
+    """This request's record; a throwaway one outside a request or without the middleware (unit tests)."""
+    return _CURRENT.get() or AccessRecord()
 
 
 class RecentRequests:
@@ -77,8 +78,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         record = AccessRecord()
+        token = _CURRENT.set(record)
         state = scope.setdefault("state", {})
-        state["access"] = record
         started = time.perf_counter()
         trace_id = current_trace_id()
         response: dict[str, Any] = {"status": 500, "request_id": None, "x_cache": None, "done": False}
@@ -96,6 +97,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
+            _CURRENT.reset(token)
             # 499 (nginx's "client closed request") when the response never finished going out.
             status = response["status"] if response["done"] else 499 if response["status"] < 500 else response["status"]
             request_id = state.get("request_id") or response["request_id"]

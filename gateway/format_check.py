@@ -47,3 +47,29 @@ def check_answer(response_format: dict[str, Any] | None, answer: str) -> Verdict
         # A broken schema is the caller's mistake, not the model's: it is not counted.
         return None
     return "valid" if Draft202012Validator(schema).is_valid(document) else "invalid"
+
+
+def unary_answer(result: dict[str, Any]) -> str:
+    """The first choice's text of a non-streamed chat completion."""
+    choices = result.get("choices") or [{}]
+    return ((choices[0].get("message") or {}).get("content")) or ""
+
+
+class StreamedAnswer:
+    """The first choice's text of a streamed chat completion, collected for the check (bounded)."""
+
+    LIMIT = 1 << 20  # past this the answer is not checked (counted invalid: nobody asked for 1 MiB of JSON)
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            content = choice.get("index", 0) == 0 and (choice.get("delta") or {}).get("content")
+            if content and self._size <= self.LIMIT:
+                self._parts.append(content)
+                self._size += len(content)
+
+    def text(self) -> str:
+        return "" if self._size > self.LIMIT else "".join(self._parts)

@@ -49,6 +49,17 @@ class Tracing:
 
             HTTPXClientInstrumentor.instrument_client(client, tracer_provider=self.provider)
 
+    def instrument_pool(self, pool: Any) -> None:
+        """Client spans for every replica's HTTP client (openai_compat's httpx client, or the httpx
+        client inside ollama's AsyncClient); the backends keep them private, hence the lookup."""
+        if self.provider is None:
+            return
+        for replica in pool.replicas:
+            client = getattr(replica.backend, "_client", None)
+            client = client if isinstance(client, httpx.AsyncClient) else getattr(client, "_client", None)
+            if isinstance(client, httpx.AsyncClient):
+                self.instrument_client(client)
+
     def shutdown(self) -> None:
         """Flush queued spans (called at app shutdown)."""
         if self.provider is not None:
@@ -90,19 +101,28 @@ def stage_span(tracer: Tracer, stage: str, **attributes: Any) -> Iterator[Span]:
         yield span
 
 
-@contextmanager
-def backend_span(tracer: Tracer, *, operation: str, model: str, provider: str, backend: str,
-                 request_attributes: dict[str, Any] | None = None) -> Iterator[Span]:
-    """The backend call, named and attributed as GenAI client spans are: `chat smollm2`."""
+def start_backend_span(tracer: Tracer, *, operation: str, model: str, provider: str, backend: str,
+                       request_attributes: dict[str, Any] | None = None) -> Span:
+    """The backend call, named and attributed as GenAI client spans are (`chat smollm2`).
+
+    Not made current: a stream's span outlives the function that opens it; wrap the calls that
+    belong to it in `trace.use_span(span)` and end it when the stream ends.
+    """
     attributes = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": provider,
-        "gen_ai.system": provider,  # the pre-1.37 name, still what most backends' dashboards read
+        "gen_ai.system": provider,  # the pre-1.37 name, still what most trace UIs read
         "gen_ai.request.model": model,
         "server.address": backend,
         **{f"gen_ai.request.{k}": v for k, v in (request_attributes or {}).items() if v is not None},
     }
-    with tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+    return tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+
+
+@contextmanager
+def backend_span(tracer: Tracer, **kwargs: Any) -> Iterator[Span]:
+    """`start_backend_span` as the current span for the block, ended (error recorded) on exit."""
+    with trace.use_span(start_backend_span(tracer, **kwargs), end_on_exit=True) as span:
         yield span
 
 
@@ -119,6 +139,15 @@ def record_usage(span: Span, *, input_tokens: int | None, output_tokens: int | N
         span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
     if response_model:
         span.set_attribute("gen_ai.response.model", response_model)
+
+
+def record_result(span: Span, result: dict[str, Any]) -> None:
+    """Usage and finish reasons of a unary OpenAI-shaped response."""
+    if span.is_recording():
+        usage = result.get("usage") or {}
+        record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
+                     finish_reasons=[c["finish_reason"] for c in result.get("choices") or () if c.get("finish_reason")],
+                     response_model=result.get("model"))
 
 
 def record_error(span: Span, error: BaseException) -> None:
