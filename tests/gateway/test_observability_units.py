@@ -1,0 +1,80 @@
+"""Unit tests of the observability helpers: format check, JSON formatter, recent-request memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gateway.access_log import JsonFormatter, RecentRequests
+from gateway.format_check import StreamedAnswer, check_answer, unary_answer
+from gateway.tracing import DISABLED, backend_span, current_trace_id, record_usage
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"]}}}
+
+
+@pytest.mark.parametrize(("response_format", "answer", "expected"), [
+    (None, "anything", None),
+    ({"type": "text"}, "{", None),
+    ({"type": "json_object"}, '{"a": 1}', "valid"),
+    ({"type": "json_object"}, '{"a": 1', "invalid"),
+    ({"type": "json_object"}, "[1, 2]", "invalid"),
+    ({"type": "json_object"}, "Sure! Here is JSON: {}", "invalid"),
+    (SCHEMA, '{"name": "Ada", "age": 36}', "valid"),
+    (SCHEMA, '{"name": "Ada", "age": "36"}', "invalid"),
+    (SCHEMA, '{"name": "Ada"}', "invalid"),
+    (SCHEMA, "not json", "invalid"),
+    ({"type": "json_schema", "json_schema": {"schema": {"type": 12}}}, "{}", None),  # the caller's broken schema
+])
+def test_check_answer(response_format: dict | None, answer: str, expected: str | None) -> None:
+    assert check_answer(response_format, answer) == expected
+
+
+def test_streamed_answer_joins_the_first_choice_deltas() -> None:
+    answer = StreamedAnswer()
+    for piece in ('{"na', 'me": ', '"Ada", "age": 36}'):
+        answer.feed({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    answer.feed({"choices": [{"index": 1, "delta": {"content": "ignored"}}]})
+    answer.feed({"choices": [], "usage": {"completion_tokens": 3}})
+    assert answer.text() == '{"name": "Ada", "age": 36}'
+    assert check_answer(SCHEMA, answer.text()) == "valid"
+
+
+def test_streamed_answer_past_the_bound_is_not_kept() -> None:
+    answer = StreamedAnswer()
+    for _ in range(3):
+        answer.feed({"choices": [{"index": 0, "delta": {"content": "x" * (StreamedAnswer.LIMIT // 2)}}]})
+    assert answer.text() == ""
+    assert check_answer({"type": "json_object"}, answer.text()) == "invalid"
+
+
+def test_unary_answer() -> None:
+    assert unary_answer({"choices": [{"message": {"content": "{}"}}]}) == "{}"
+    assert unary_answer({"choices": []}) == ""
+
+
+def test_json_formatter_merges_dicts_and_wraps_text() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, {"event": "request", "status": 200}, None, None)
+    line = json.loads(formatter.format(record))
+    assert line["event"] == "request" and line["status"] == 200 and line["level"] == "info"
+    text = logging.LogRecord("gateway", logging.WARNING, __file__, 1, "backend %s slow", ("b1",), None)
+    assert json.loads(formatter.format(text))["message"] == "backend b1 slow"
+
+
+def test_recent_requests_is_bounded() -> None:
+    recent = RecentRequests(capacity=2)
+    for i in range(3):
+        recent.remember(f"r{i}", f"m{i}")
+    assert recent.model_of("r0") is None
+    assert (recent.model_of("r1"), recent.model_of("r2")) == ("m1", "m2")
+
+
+def test_disabled_tracing_records_nothing() -> None:
+    with backend_span(DISABLED.tracer, operation="chat", model="m", provider="ollama", backend="b") as span:
+        assert not span.is_recording()
+        record_usage(span, input_tokens=1, output_tokens=2)
+        assert current_trace_id() is None
