@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 from starlette.responses import Response, StreamingResponse
 
@@ -35,7 +34,7 @@ from gateway.format_check import StreamedAnswer, check_answer, unary_answer
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import Settings
-from gateway.tracing import DISABLED, backend_span, record_result, record_usage, start_backend_span
+from gateway.tracing import DISABLED, as_current, backend_span, record_result, record_usage, start_backend_span
 
 log = logging.getLogger("gateway.serving")
 
@@ -142,7 +141,7 @@ class InferenceService:
             chunks = op.stream(backend, req, model)
             try:
                 # The span outlives this function (it ends with the stream), so it is current only here.
-                with trace.use_span(span, end_on_exit=False):
+                with as_current(span):
                     async with asyncio.timeout(first_token_s):
                         first = await anext(chunks)
             except TimeoutError:

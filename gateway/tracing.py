@@ -13,8 +13,8 @@ Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,7 @@ class Tracing:
 
 
 DISABLED = Tracing(tracer=trace.NoOpTracer())
+_NOTHING = nullcontext(trace.INVALID_SPAN)  # reusable: nullcontext keeps no state
 
 
 def exporter_from_env() -> SpanExporter | None:
@@ -94,11 +95,19 @@ def setup_tracing(app: FastAPI, *, exporter: SpanExporter | None, batch: bool = 
     return Tracing(tracer=provider.get_tracer("gateway"), provider=provider)
 
 
-@contextmanager
-def stage_span(tracer: Tracer, stage: str, **attributes: Any) -> Iterator[Span]:
-    """A span for one gateway stage (`gateway.auth`, `gateway.rate_limit`, `gateway.cache`)."""
-    with tracer.start_as_current_span(f"gateway.{stage}", attributes=attributes or None) as span:
-        yield span
+def _off(tracer: Tracer) -> bool:
+    return isinstance(tracer, trace.NoOpTracer)
+
+
+def stage_span(tracer: Tracer, stage: str, **attributes: Any) -> AbstractContextManager[Span]:
+    """A span for one gateway stage (`gateway.auth`, `gateway.rate_limit`, `gateway.cache`).
+
+    With tracing off this is a shared null context: not even a no-op span is made current
+    (that alone costs microseconds per request in OpenTelemetry's API).
+    """
+    if _off(tracer):
+        return _NOTHING
+    return tracer.start_as_current_span(f"gateway.{stage}", attributes=attributes or None)
 
 
 def start_backend_span(tracer: Tracer, *, operation: str, model: str, provider: str, backend: str,
@@ -106,8 +115,10 @@ def start_backend_span(tracer: Tracer, *, operation: str, model: str, provider: 
     """The backend call, named and attributed as GenAI client spans are (`chat smollm2`).
 
     Not made current: a stream's span outlives the function that opens it; wrap the calls that
-    belong to it in `trace.use_span(span)` and end it when the stream ends.
+    belong to it in `as_current(span)` and end it when the stream ends.
     """
+    if _off(tracer):
+        return trace.INVALID_SPAN
     attributes = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": provider,
@@ -119,11 +130,16 @@ def start_backend_span(tracer: Tracer, *, operation: str, model: str, provider: 
     return tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
 
 
-@contextmanager
-def backend_span(tracer: Tracer, **kwargs: Any) -> Iterator[Span]:
-    """`start_backend_span` as the current span for the block, ended (error recorded) on exit."""
-    with trace.use_span(start_backend_span(tracer, **kwargs), end_on_exit=True) as span:
-        yield span
+def as_current(span: Span) -> AbstractContextManager[Span]:
+    """Make `span` current for a block without ending it (a stream's span ends with the stream)."""
+    return _NOTHING if span is trace.INVALID_SPAN else trace.use_span(span, end_on_exit=False)
+
+
+def backend_span(tracer: Tracer, **kwargs: Any) -> AbstractContextManager[Span]:
+    """`start_backend_span` as the current span for a block, ended (error recorded) on exit."""
+    if _off(tracer):
+        return _NOTHING
+    return trace.use_span(start_backend_span(tracer, **kwargs), end_on_exit=True)
 
 
 def record_usage(span: Span, *, input_tokens: int | None, output_tokens: int | None,
