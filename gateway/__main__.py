@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from gateway.access_log import configure_json_logging
 from gateway.app import create_app
@@ -15,10 +17,12 @@ from gateway.settings import Settings
 def serve() -> int:
     try:
         settings = Settings()
-    except ValidationError as exc:
-        print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
+    except (ValidationError, SettingsError) as exc:
+        cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
+        print(f"gateway: invalid configuration:\n{exc}{cause}", file=sys.stderr)
         return 2
     configure_json_logging(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
     # log_config=None: uvicorn's own loggers go through the JSON handler too.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
