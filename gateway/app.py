@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-
-from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.access_log import AccessLogMiddleware, RecentRequests
 from gateway.backends.pool import BackendPool

@@ -18,7 +18,6 @@ from gateway.tracing import stage_span
 M = TypeVar("M", bound=BaseModel)
 
 
-
 async def authenticated(request: Request) -> Principal:
     """`authenticate` in its own span, with the key id noted for the access log."""
     with stage_span(request.app.state.tracing.tracer, "auth"):
