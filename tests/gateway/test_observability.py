@@ -163,6 +163,7 @@ def test_feedback_is_counted_per_model_of_the_rated_request(untraced: TestClient
     response = untraced.post("/v1/feedback", json=vote, headers=AUTH)
     assert response.status_code == 201, response.text
     assert response.json()["model"] == MODEL
+    assert response.headers["x-request-id"], "every response carries X-Request-ID"
     assert metric_value(untraced, "gateway_feedback_total", model=MODEL, rating="down") == before + 1
 
 
