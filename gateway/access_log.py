@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.tracing import current_trace_id
 
 ACCESS_LOGGER = "gateway.access"
+# Probes and scrapes arrive every few seconds from every replica; their successes are noise.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass
@@ -108,6 +110,8 @@ class AccessLogMiddleware:
              status: int, latency_s: float, x_cache: str | None) -> None:
         if self.recent is not None and request_id and record.model:
             self.recent.remember(request_id, record.model)
+        if scope["path"] in QUIET_PATHS and status < 400:
+            return
         fields = asdict(record)
         fields["cache"] = record.cache or (x_cache.lower() if x_cache else None)
         self.logger.info({

@@ -136,6 +136,13 @@ def test_access_log_is_one_json_line_per_request_with_ids(traced: TestClient, sp
     assert "Say hi" not in access_lines.getvalue(), "prompts must not be logged"
 
 
+def test_successful_probes_and_scrapes_are_not_logged(untraced: TestClient, access_lines: io.StringIO) -> None:
+    for path in ("/healthz", "/metrics"):
+        assert untraced.get(path).status_code == 200
+    assert untraced.get("/v1/models", headers=AUTH).status_code == 200
+    assert [line["path"] for line in log_records(access_lines)] == ["/v1/models"]
+
+
 def test_errors_are_logged_too(untraced: TestClient, access_lines: io.StringIO) -> None:
     response = untraced.post("/v1/chat/completions", json={**CHAT, "model": "no-such-model"}, headers=AUTH)
     assert response.status_code == 404
