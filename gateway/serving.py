@@ -180,8 +180,6 @@ class InferenceService:
         usage: dict[str, Any] = {}
         finish_reasons: list[str] = []
         outcome = "success"
-        gauge = self.metrics.in_flight.labels(model, backend)
-        gauge.inc()
         try:
             chunk: Chunk | None = first
             while chunk is not None:
@@ -212,7 +210,6 @@ class InferenceService:
             lease.done(cancelled=True)
             raise
         finally:
-            gauge.dec()
             await chunks.aclose()
             elapsed = time.perf_counter() - t0
             self._record(model, backend, outcome, elapsed, usage)

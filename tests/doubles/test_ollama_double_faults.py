@@ -236,3 +236,19 @@ def test_cli_rejects_bad_arguments_without_a_traceback(args: list[str], fragment
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert fragment in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_async_client_sees_cuts_and_error_lines(double: Service, control: OllamaDoubleControl) -> None:
+    aclient = ollama.AsyncClient(host=double.url, timeout=10)
+    control.set(die_mid_stream_next=1, die_after_tokens=2)
+    received = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        async for part in await aclient.chat(model=MODEL, messages=QUESTION, stream=True):
+            received.append(part)
+    assert len(received) == 2
+    control.set(error_line_next=1, die_after_tokens=1)
+    received.clear()
+    with pytest.raises(ollama.ResponseError, match="mid-stream"):
+        async for part in await aclient.generate(model=MODEL, prompt="x", stream=True):
+            received.append(part)
+    assert len(received) == 1
