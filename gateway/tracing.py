@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: server spans (FastAPI), client spans (httpx), and spans per gateway stage.
+"""OpenTelemetry tracing: server spans (FastAPI), client spans (aiohttp), and spans per gateway stage.
 
 Tracing is on only when there is somewhere to send spans: `OTEL_EXPORTER_OTLP_ENDPOINT` set (the
 standard OTLP variables configure the exporter), or an exporter passed in (tests use the SDK's
@@ -18,9 +18,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
@@ -42,23 +42,14 @@ class Tracing:
     def enabled(self) -> bool:
         return self.provider is not None
 
-    def instrument_client(self, client: httpx.AsyncClient | httpx.Client) -> None:
-        """Give an httpx client (the OpenAI-compatible pool's, or the one inside ollama's client) spans."""
-        if self.provider is not None:
-            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-            HTTPXClientInstrumentor.instrument_client(client, tracer_provider=self.provider)
-
     def instrument_pool(self, pool: Any) -> None:
-        """Client spans for every replica's HTTP client (openai_compat's httpx client, or the httpx
-        client inside ollama's AsyncClient); the backends keep them private, hence the lookup."""
+        """Client spans for every replica's HTTP session (gateway/backends/http.py's BackendHTTP)."""
         if self.provider is None:
             return
         for replica in pool.replicas:
-            client = getattr(replica.backend, "_client", None)
-            client = client if isinstance(client, httpx.AsyncClient) else getattr(client, "_client", None)
-            if isinstance(client, httpx.AsyncClient):
-                self.instrument_client(client)
+            http = getattr(replica.backend, "_http", None)
+            if http is not None:
+                http.trace_configs.append(client_trace_config(self.tracer))
 
     def shutdown(self) -> None:
         """Flush queued spans (called at app shutdown)."""
@@ -170,6 +161,41 @@ def record_error(span: Span, error: BaseException) -> None:
     if span.is_recording():
         span.set_attribute("error.type", type(error).__name__)
         span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+
+
+def client_trace_config(tracer: Tracer) -> aiohttp.TraceConfig:
+    """HTTP client spans for an aiohttp session, after OpenTelemetry's HTTP semantic conventions.
+
+    The backends use aiohttp (gateway/backends/http.py says why); OpenTelemetry's own aiohttp-client
+    instrumentation has no release matching the pinned SDK, so this is the few lines it would do:
+    a CLIENT span from request start to response headers, and `traceparent` sent upstream.
+    """
+
+    async def on_start(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        url = params.url
+        ctx.span = tracer.start_span(params.method, kind=SpanKind.CLIENT, attributes={
+            "http.request.method": params.method, "url.full": str(url.with_query(None)),
+            "server.address": url.host or "", "server.port": url.port or 0})
+        propagate.inject(params.headers, context=trace.set_span_in_context(ctx.span))
+
+    async def on_end(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        ctx.span.set_attribute("http.response.status_code", params.response.status)
+        if params.response.status >= 500:
+            ctx.span.set_status(Status(StatusCode.ERROR))
+        ctx.span.end()
+
+    async def on_error(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
+        if getattr(ctx, "span", None) is not None:
+            ctx.span.record_exception(params.exception)
+            ctx.span.set_attribute("error.type", type(params.exception).__name__)
+            ctx.span.set_status(Status(StatusCode.ERROR))
+            ctx.span.end()
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(on_start)
+    config.on_request_end.append(on_end)
+    config.on_request_exception.append(on_error)
+    return config
 
 
 def current_trace_id() -> str | None:
