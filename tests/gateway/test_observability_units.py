@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import logging
 
+import aiohttp
 import pytest
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode, Tracer
 
 from gateway.access_log import JsonFormatter, RecentRequests
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
-from gateway.tracing import DISABLED, backend_span, current_trace_id, record_usage
+from gateway.tracing import DISABLED, backend_span, client_trace_config, current_trace_id, record_usage
+from tests.support.processes import free_port
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
     "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -78,3 +85,48 @@ def test_disabled_tracing_records_nothing() -> None:
         assert not span.is_recording()
         record_usage(span, input_tokens=1, output_tokens=2)
         assert current_trace_id() is None
+
+
+@pytest.fixture
+def memory_tracer() -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test"), exporter
+
+
+async def test_client_spans_send_traceparent_upstream(memory_tracer: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = memory_tracer
+    seen: dict[str, str | None] = {}
+
+    async def echo(request: web.Request) -> web.Response:
+        seen["traceparent"] = request.headers.get("traceparent")
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/chat", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(trace_configs=[client_trace_config(tracer)]) as session:
+            async with session.post(f"http://127.0.0.1:{port}/api/chat?token=secret", json={}) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
+    (span,) = exporter.get_finished_spans()
+    assert seen["traceparent"].split("-")[1:3] == [format(span.context.trace_id, "032x"),
+                                                   format(span.context.span_id, "016x")]
+    assert span.attributes["url.full"] == f"http://127.0.0.1:{port}/api/chat", "query strings stay out of traces"
+    assert span.attributes["http.response.status_code"] == 200
+
+
+async def test_client_span_of_a_refused_connection_is_an_error(memory_tracer: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = memory_tracer
+    async with aiohttp.ClientSession(trace_configs=[client_trace_config(tracer)]) as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(f"http://127.0.0.1:{free_port()}/api/tags")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"]
