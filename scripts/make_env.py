@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print a .env for docker compose: .env.example with every secret freshly generated.
 
-    python3 scripts/make_env.py > .env        (what `make up` runs when there is no .env)
+    python3 scripts/make_env.py --output .env   (what `make up` runs when there is no .env)
+    python3 scripts/make_env.py > .env          (the same, printed)
 
 Standard library only, so it runs before any virtualenv exists. Values that are not secrets
 are copied from .env.example unchanged; the note on stderr says where the operator finds the
@@ -11,6 +12,7 @@ bootstrap admin key and the Grafana password.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from collections.abc import Callable
@@ -52,13 +54,28 @@ def render_env(example: str, generators: dict[str, Callable[[], str]] = SECRET_G
     return "\n".join(out) + "\n"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Create `path` readable by its owner only; never overwrite an existing .env (its
+    secrets are already in Redis and Grafana's volumes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=Path, default=EXAMPLE, help="template (default: .env.example)")
+    parser.add_argument("--output", type=Path, help="write this file (mode 0600) instead of printing")
     args = parser.parse_args(argv)
     try:
-        example = args.example.read_text()
-        sys.stdout.write(render_env(example))
+        text = render_env(args.example.read_text())
+        if args.output:
+            write_private(args.output, text)
+        else:
+            sys.stdout.write(text)
+    except FileExistsError:
+        print(f"make_env: {args.output} exists; remove it first to generate new secrets", file=sys.stderr)
+        return 1
     except (OSError, EnvTemplateError) as exc:
         print(f"make_env: {exc}", file=sys.stderr)
         return 1
