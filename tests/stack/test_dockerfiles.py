@@ -100,3 +100,51 @@ def test_build_context_never_carries_secrets() -> None:
     reincluded = [r[1:] for r in rules if r.startswith("!")]
     assert all(not r.startswith((".env", ".venv", "nginx/tls", "tests")) for r in reincluded), reincluded
     assert "**/.env" in rules
+
+
+def base_dependency_closure() -> set[str]:
+    """Distributions pyproject's base dependencies bring in (what the gateway image holds)."""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = [Requirement(r) for r in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        key = name + "".join(sorted(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        seen.add(name)
+        for sub in (Requirement(r) for r in md.requires(name) or []):
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in req.extras or {""}):
+                todo.append(sub)
+    return seen
+
+
+def test_gateway_imports_only_what_its_image_installs() -> None:
+    import ast
+    import importlib.metadata as md
+
+    from packaging.utils import canonicalize_name
+
+    closure = base_dependency_closure()
+    providers = md.packages_distributions()
+    imported: set[str] = set()
+    for path in (REPO_ROOT / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(m for m in imported if m not in sys.stdlib_module_names and m != "gateway")
+    assert third_party, "found no imports at all"
+    for module in third_party:
+        dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        assert dists & closure, f"gateway imports {module} ({dists or 'not installed'}), not in the image"
+    # uvicorn is started with loop="uvloop", http="httptools": uvicorn[standard] brings them.
+    assert {"uvloop", "httptools"} <= closure
