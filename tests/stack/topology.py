@@ -104,10 +104,6 @@ class Topology:
     def replica_addresses(self) -> set[str]:
         return {f"127.0.0.1:{g.port}" for g in self.gateways}
 
-    def stop(self) -> None:
-        for service in (self.nginx, *self.gateways, self.double, self.redis):
-            service.stop()
-
 
 @contextlib.contextmanager
 def running_topology(workdir: Path, **double_knobs: Any) -> Iterator[Topology]:
