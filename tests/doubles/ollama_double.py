@@ -171,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     app = build_app(models=models, knobs=knobs, embed_dim=args.embed_dim)
     logging.getLogger("uvicorn.error").addFilter(HideDeliberateCuts())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # a bounded graceful shutdown: hung requests and slow streams must not keep SIGTERM waiting
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":
