@@ -218,7 +218,8 @@ def test_killing_a_gateway_loses_no_request(tmp_path: Path) -> None:
             wait_until(lambda: double.calls("/api/chat") >= 16, timeout=10, what="requests in flight")
             victim.kill()
             responses = [f.result() for f in futures]
-        after = [call(uuid.uuid4().hex) for _ in range(6)]
+        after_ids = [uuid.uuid4().hex for _ in range(6)]
+        after = [call(rid) for rid in after_ids]
 
     for response in [*responses, *after]:
         assert response.status_code == 200, response.text
@@ -230,3 +231,6 @@ def test_killing_a_gateway_loses_no_request(tmp_path: Path) -> None:
     for entry in retried:
         assert entry["upstream_addr"].split(", ") == [victim_addr, survivor_addr]
         assert entry["status"] == 200
+    # Passive health: with max_fails reached, nginx stops trying the dead replica at all.
+    later = entries_by_id(topo, set(after_ids[-3:]))
+    assert [later[rid]["upstream_addr"] for rid in after_ids[-3:]] == [survivor_addr] * 3
