@@ -220,6 +220,12 @@ def test_killing_a_gateway_loses_no_request(tmp_path: Path) -> None:
             responses = [f.result() for f in futures]
         after_ids = [uuid.uuid4().hex for _ in range(6)]
         after = [call(rid) for rid in after_ids]
+        survivor.kill()
+        none_left = call(uuid.uuid4().hex)
+
+    # With no replica at all, the edge answers for itself, in the API's error shape.
+    assert none_left.status_code == 503 and none_left.headers.get("Retry-After")
+    assert none_left.json()["error"]["code"] == "edge_upstream_unavailable"
 
     for response in [*responses, *after]:
         assert response.status_code == 200, response.text
