@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.stack.compose import (BASE, GPU, SCHEMA, SECRET_NAMES, compose_binary, compose_config,
+from tests.stack.compose_cli import (BASE, GPU, SCHEMA, SECRET_NAMES, compose_binary, compose_config,
                                  env_example, generated_env, referenced_variables, run_compose, yaml_model)
 from tests.stack.nginx_render import NGINX_DIR, render_template
 from tests.support.processes import REPO_ROOT

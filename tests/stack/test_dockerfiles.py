@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.compose import BASE, compose_binary, compose_config, generated_env, yaml_model
+from tests.stack.compose_cli import BASE, compose_binary, compose_config, generated_env, yaml_model
 from tests.support.processes import REPO_ROOT
 
 DOCKERFILES = sorted(p for p in REPO_ROOT.rglob("Dockerfile")

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.stack.compose import compose_binary, compose_config, generated_env, yaml_model
+from tests.stack.compose_cli import compose_binary, compose_config, generated_env, yaml_model
 from tests.support.processes import REPO_ROOT
 
 PROMETHEUS_YML = REPO_ROOT / "prometheus" / "prometheus.yml"
