@@ -15,7 +15,8 @@ from opentelemetry.trace import StatusCode, Tracer
 
 from gateway.access_log import JsonFormatter, RecentRequests
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
-from gateway.tracing import DISABLED, backend_span, client_trace_config, current_trace_id, record_usage
+from gateway.tracing import (DISABLED, backend_span, client_trace_config, current_trace_id, exporter_from_env,
+                             record_usage)
 from tests.support.processes import free_port
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
@@ -130,3 +131,11 @@ async def test_client_span_of_a_refused_connection_is_an_error(memory_tracer: tu
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"]
+
+
+def test_tracing_is_off_without_an_otlp_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert exporter_from_env() is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    assert type(exporter_from_env()).__name__ == "OTLPSpanExporter"
