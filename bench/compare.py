@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench import machine, report
 from bench.point import SCENARIOS, kind_for, measure
-from bench.stack import (BenchSetupError, MockOptions, Target, direct_target, smoke_check, start_gateway,
-                         start_litellm, start_mock)
+from bench.stack import (BenchSetupError, MockOptions, Target, direct_target, exit_cleanly_on_sigterm, smoke_check,
+                         start_gateway, start_litellm, start_mock)
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -84,6 +84,7 @@ def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argpar
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = args.out or RESULTS_ROOT / stamp
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench import machine, report
 from bench.point import SCENARIOS, kind_for, measure
-from bench.stack import BenchSetupError, MockOptions, direct_target, smoke_check, start_gateway, start_mock
+from bench.stack import (BenchSetupError, MockOptions, direct_target, exit_cleanly_on_sigterm, smoke_check,
+                         start_gateway, start_mock)
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend-ms", type=float, default=20.0, help="how long the mock takes to answer")
     p.add_argument("--no-redis", action="store_true", help="gateway with in-process stores (no REDIS_URL)")
     args = p.parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.requests < 1 or args.warmup < 0 or args.backend_ms < 0:
         p.error("--requests must be >= 1, --warmup and --backend-ms >= 0")
     opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.point import SCENARIOS, kind_for, run_loadgen
-from bench.stack import BenchSetupError, MockOptions, smoke_check, start_gateway, start_mock
+from bench.stack import BenchSetupError, MockOptions, exit_cleanly_on_sigterm, smoke_check, start_gateway, start_mock
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--no-redis", action="store_true")
     args = p.parse_args(argv)
+    exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = RESULTS_ROOT / f"profile-{args.scenario}-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)

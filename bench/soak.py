@@ -25,7 +25,8 @@ from bench import machine
 from bench.loadgen import RequestKind
 from bench.point import chat_body
 from bench.procs import rss_bytes
-from bench.stack import BenchSetupError, MockOptions, Target, smoke_check, start_gateway, start_mock
+from bench.stack import (BenchSetupError, MockOptions, Target, exit_cleanly_on_sigterm, smoke_check, start_gateway,
+                         start_mock)
 from bench.stats import percentile
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-every", type=int, default=1000, help="requests between RSS samples")
     p.add_argument("--warmup-share", type=float, default=0.1, help="share of the run counted as warm-up")
     args = p.parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.requests < 10 * args.sample_every or args.clients < 1 or not 0 <= args.warmup_share < 1:
         p.error("--requests must be >= 10 x --sample-every, --clients >= 1, 0 <= --warmup-share < 1")
     opts = MockOptions(token_delay_ms=0.0, plain_delay_ms=0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -173,5 +174,6 @@ def smoke_check(target: Target, model: str) -> None:
                                   f"{r.status_code}: {r.text[:300]}\n{logs}")
 
 
-def python_version() -> str:
-    return sys.version.split()[0]
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (timeout, kill) unwinds like Ctrl-C, so every `ExitStack` stops what it started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
