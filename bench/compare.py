@@ -62,13 +62,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argparse.Namespace, model: str,
-               workdir: Path) -> list[PointSummary]:
+               workdir: Path, dead: dict[str, str]) -> list[PointSummary]:
+    """Every point, target by target; a target whose process died is skipped from then on
+    and recorded in `dead` (so the report says so instead of counting refused connections)."""
     points: list[PointSummary] = []
     total = len(args.scenarios) * len(args.clients) * len(targets)
     for scenario_name in args.scenarios:
         scenario = SCENARIOS[scenario_name]
         for clients in args.clients:
             for target in targets:
+                if target.name in dead:
+                    continue
+                if gone := target.exited():
+                    dead[target.name] = f"{target.name} stopped before {scenario_name} at {clients} clients: {gone}"
+                    print(dead[target.name], flush=True)
+                    continue
                 extra = {} if target.name == "direct" else {"mock": mock_pid}
                 p = measure(target=target, kinds=[kind_for(scenario, target, model)], scenario=scenario_name,
                             concurrency=clients, requests=args.requests, warmup=args.warmup, workdir=workdir,
@@ -104,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         except BenchSetupError as exc:
             raise SystemExit(f"benchmark setup failed: {exc}") from None
         print(f"targets up: {', '.join(t.name for t in targets)}; writing to {out}", flush=True)
-        points = run_points(targets, mock.proc.pid, mock.url, args, opts.model, Path(tmp))
+        dead: dict[str, str] = {}
+        points = run_points(targets, mock.proc.pid, mock.url, args, opts.model, Path(tmp), dead)
         rss = {t.name: t.peak_rss() for t in targets}
     info["load_average_at_end"] = machine.load_average()
     settings = {"requests per point": args.requests, "warm-up per point": args.warmup,
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
              "machine's cores; at high concurrency the numbers include that contention.",
              "LiteLLM authenticates with its master key: virtual keys need its Postgres database, "
              "which this harness does not run."]
+    notes += [f"NOT MEASURED FURTHER: {why}" for why in dead.values()]
     checks = report.target_checks(points, rss)
     title = f"Gateway benchmark {stamp}"
     (out / "results.md").write_text(report.markdown(

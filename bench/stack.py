@@ -41,6 +41,15 @@ class Target:
     def pids(self) -> dict[str, int]:
         return {name: svc.proc.pid for name, svc in self.processes.items() if svc.proc}
 
+    def exited(self) -> str | None:
+        """Which of its processes is gone and how (a negative code is the signal that ended it)."""
+        for name, svc in self.processes.items():
+            if svc.proc and svc.proc.poll() is not None:
+                code = svc.proc.returncode
+                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                return f"{name} ({how}; log: {svc.log_path})"
+        return None
+
     def peak_rss(self) -> dict[str, int]:
         return {name: peak_rss_bytes(pid) for name, pid in self.pids().items()}
 
@@ -150,6 +159,7 @@ def start_litellm(stack: ExitStack, mock: Service, *, model: str, workdir: Path)
     }, indent=2))
     port = free_port()
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+           "PYTHONFAULTHANDLER": "1",  # a crash in C code leaves a traceback in the log
            "DISABLE_ADMIN_UI": "True"}
     svc = Service(name="litellm", argv=[str(exe), "--config", str(config), "--host", "127.0.0.1",
                                         "--port", str(port), "--num_workers", "1"],
