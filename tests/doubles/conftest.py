@@ -1,0 +1,46 @@
+"""Fixtures for the Ollama double's own tests: one real double process per module, reset per test."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from tests.support.processes import Service
+
+TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def double() -> Iterator[Service]:
+    with running_ollama_double(tokens=TOKENS) as service:
+        yield service
+
+
+@pytest.fixture
+def control(double: Service) -> Iterator[OllamaDoubleControl]:
+    ctl = OllamaDoubleControl(double.url)
+    ctl.reset()
+    yield ctl
+    ctl.reset()  # releases anything a failing test left hanging
+
+
+def _gguf_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def write_tiny_gguf(path: Path, *, architecture: str = "llama", size_label: str = "135M",
+                    file_type: int = 3) -> Path:
+    """A GGUF v3 file with only metadata (no tensors): enough for the double's header reader."""
+    kvs = [
+        _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string(architecture),
+        _gguf_string("general.size_label") + struct.pack("<I", 8) + _gguf_string(size_label),
+        _gguf_string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2) + _gguf_string("a") + _gguf_string("b"),
+        _gguf_string("general.file_type") + struct.pack("<II", 4, file_type),
+    ]
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs))
+    return path
