@@ -18,7 +18,8 @@ from gateway.errors import ClientError, GatewayError, InvalidRequest, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routers import health, inference, models
+from gateway.policy import Policy
+from gateway.routers import admin, auth_token, health, inference, models, usage
 from gateway.serving import InferenceService
 from gateway.settings import Settings
 
@@ -69,13 +70,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await pool.aclose()
+            await app.state.policy.aclose()
 
     app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.policy = Policy.build(settings, registry)
+    app.state.authenticator = app.state.policy.authenticator
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(usage.router)
+    app.include_router(auth_token.router)
+    app.include_router(admin.router)
     install_error_handlers(app)
     Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(
         app).expose(app, endpoint="/metrics", include_in_schema=False)

@@ -36,14 +36,18 @@ class CacheDecision:
         return not (self.read or self.write)
 
 
-def decide(body: Mapping[str, object], cache_control: str | None, opt_in: str | None) -> CacheDecision:
-    """Whether this request may be answered from, and stored in, the cache."""
+def decide(body: Mapping[str, object], cache_control: str | None, opt_in: str | None, *,
+           deterministic_endpoint: bool = False) -> CacheDecision:
+    """Whether this request may be answered from, and stored in, the cache.
+
+    `deterministic_endpoint`: the endpoint has no sampling (embeddings), so it always qualifies.
+    """
     directives = {d.strip().lower() for d in (cache_control or "").split(",")}
     choice = (opt_in or "").strip().lower()
     if choice == "off":
         return CacheDecision(False, False)
     temperature = body.get("temperature")
-    deterministic = temperature == 0 or body.get("seed") is not None
+    deterministic = deterministic_endpoint or temperature == 0 or body.get("seed") is not None
     if not deterministic and choice != "on":
         return CacheDecision(False, False)
     return CacheDecision(read="no-cache" not in directives, write="no-store" not in directives)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.auth import Principal, authenticate
 from gateway.backends.pool import BackendPool
 from gateway.errors import InvalidRequest
+from gateway.policy import Policy
 from gateway.serving import InferenceService
 
 M = TypeVar("M", bound=BaseModel)
@@ -20,6 +21,10 @@ PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 def service(request: Request) -> InferenceService:
     return request.app.state.service
+
+
+def policy(request: Request) -> Policy:
+    return request.app.state.policy
 
 
 def pool(request: Request) -> BackendPool:

@@ -24,14 +24,20 @@ from typing import Protocol
 
 import orjson
 
+from gateway.errors import ClientError, InvalidRequest
 from gateway.redis_state import RedisState, RedisUnavailable
 
 KEY_PREFIX = "sk-"
 SCOPES = frozenset({"inference", "admin"})
 
 
-class KeyInputError(ValueError):
-    """Bad input for a key operation (unknown scope, unknown id, ...); shown to the operator."""
+class KeyInputError(InvalidRequest):
+    """Bad input for a key operation (unknown scope, bad limit, ...); a 400 for the operator."""
+
+
+class KeyNotFound(ClientError):
+    status = 404
+    code = "key_not_found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +204,7 @@ async def update_key(store: KeyStore, key_id: str, **changes: object) -> ApiKey:
     """Change limits/models/scopes/expiry/revocation of an existing key and save it."""
     record = await store.get(key_id)
     if record is None:
-        raise KeyInputError(f"no key with id {key_id!r}")
+        raise KeyNotFound(f"no key with id {key_id!r}")
     bad = set(changes) - set(LIMIT_FIELDS) - {"revoked"}
     if bad:
         raise KeyInputError(f"cannot change {sorted(bad)}")
@@ -235,29 +241,40 @@ class CachedKeyLookup:
     _entries: OrderedDict[str, _Cached] = field(default_factory=OrderedDict)
 
     async def find(self, secret: str) -> ApiKey | None:
+        """The record for a presented plain key, or None."""
         secret_hash = hash_secret(secret, self.pepper)
+        record = await self._cached(secret_hash, lambda: self.store.find_by_hash(secret_hash))
+        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
+            return None
+        return record
+
+    async def find_id(self, key_id: str) -> ApiKey | None:
+        """The record for a key id (a JWT's `key_id` claim), or None."""
+        return await self._cached("id:" + key_id, lambda: self.store.get(key_id))
+
+    async def _cached(self, cache_key: str, fetch) -> ApiKey | None:  # noqa: ANN001
         now = time.monotonic()
-        cached = self._entries.get(secret_hash)
+        cached = self._entries.get(cache_key)
         if cached is not None and now - cached.at < self.fresh_s:
             return cached.record
         try:
-            record = await self.store.find_by_hash(secret_hash)
+            record = await fetch()
         except RedisUnavailable:
             # Degraded: only keys that were valid recently keep working; unknown keys are refused.
             if cached is not None and now - cached.at < self.stale_s:
                 return cached.record
             raise
-        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
-            return None  # misses are not cached: guesses must not evict known keys
-        self._remember(secret_hash, record, now)
+        if record is not None:  # misses are not cached: guesses must not evict known keys
+            self._remember(cache_key, record, now)
         return record
 
-    def _remember(self, secret_hash: str, record: ApiKey, now: float) -> None:
-        self._entries[secret_hash] = _Cached(record, now)
-        self._entries.move_to_end(secret_hash)
+    def _remember(self, cache_key: str, record: ApiKey, now: float) -> None:
+        self._entries[cache_key] = _Cached(record, now)
+        self._entries.move_to_end(cache_key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def forget(self, record: ApiKey) -> None:
         """Drop a key from the cache so a change made here takes effect here at once."""
         self._entries.pop(record.secret_hash, None)
+        self._entries.pop("id:" + record.id, None)

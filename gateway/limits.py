@@ -27,6 +27,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
+from gateway import errors
 from gateway.redis_state import RedisState, RedisUnavailable
 
 # KEYS: rpm window, tpm window, budget month. ARGV: rpm, tpm, budget limits (0 = none),
@@ -80,14 +81,14 @@ class Reservation:
         return rate_headers(self.limits, self.rpm_used, self.tpm_used, seconds_to_next_minute(now))
 
 
-class RateLimited(Exception):
-    """A limit is exhausted; carries the 429's headers and message."""
+class RateLimited(errors.RateLimited):
+    """A limit is exhausted: a 429 with `Retry-After` and the `X-RateLimit-*` headers."""
 
     def __init__(self, kind: str, message: str, retry_after_s: int, headers: dict[str, str]) -> None:
-        super().__init__(message)
+        code = "token_budget_exhausted" if kind == "budget" else "rate_limit_exceeded"
+        super().__init__(message, code=code, headers={**headers, "Retry-After": str(retry_after_s)})
         self.kind = kind
         self.retry_after_s = retry_after_s
-        self.headers = {**headers, "Retry-After": str(retry_after_s)}
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int | None, default_max_tokens: int) -> int:

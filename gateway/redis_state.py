@@ -19,11 +19,24 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
+from gateway.errors import GatewayError
+
 T = TypeVar("T")
 
 
-class RedisUnavailable(Exception):
-    """Redis is not configured, the circuit is open, or the call just failed."""
+class RedisUnavailable(GatewayError):
+    """Redis is not configured, the circuit is open, or the call just failed.
+
+    Callers on the request path catch it and fall back; where there is no fallback (admin
+    writes) it reaches the client as a 503.
+    """
+
+    status = 503
+    type = "service_unavailable"
+    code = "redis_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
 
 
 class RedisState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.keys import (CachedKeyLookup, KeyInputError, KeySpec, MemoryKeyStore, RedisKeyStore,
+from gateway.keys import (CachedKeyLookup, KeyInputError, KeyNotFound, KeySpec, MemoryKeyStore, RedisKeyStore,
                           hash_secret, update_key)
 from gateway.redis_state import RedisState, RedisUnavailable
 from tests.support.processes import redis_service
@@ -58,7 +58,7 @@ async def test_revocation_seen_after_forget_and_update_limits(redis_state):
     assert not (await lookup.find(secret)).is_active()
     changed = await update_key(store, record.id, tpm=1000, models=["a", "b"])
     assert (await store.get(record.id)).tpm == 1000 and changed.models == ("a", "b")
-    with pytest.raises(KeyInputError):
+    with pytest.raises(KeyNotFound):
         await update_key(store, "key_missing", rpm=1)
     with pytest.raises(KeyInputError):
         await update_key(store, record.id, scopes=["root"])

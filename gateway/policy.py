@@ -1,0 +1,266 @@
+"""The access and traffic policy around one inference call: limits -> cache -> call -> account.
+
+Authentication happens earlier (the `authenticate` dependency); `Policy.serve` gets the caller's
+`Principal` and the resolved model, reserves RPM/TPM/budget, answers from the cache or calls
+the backend, and afterwards reconciles tokens, records usage and cost and stores complete
+answers. Accounting runs in a task after the response, so it never delays the client and a
+client disconnect cannot cancel it half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import Request
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from starlette.responses import Response, StreamingResponse
+
+from gateway.auth import Authenticator, Principal
+from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
+from gateway.cost import PriceTable
+from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier
+from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
+from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
+from gateway.protocol import StreamOptions
+from gateway.redis_state import RedisState
+from gateway.usage import UsageStore
+
+log = logging.getLogger("gateway.policy")
+
+BYPASS = CacheDecision(False, False)
+DEV_PEPPER = "development-pepper-not-for-production"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class PolicyMetrics:
+    def __init__(self, registry: CollectorRegistry, gpu_monthly_usd: float) -> None:
+        self.cache = Counter("gateway_cache_requests", "Inference requests by cache result.",
+                             ("model", "result"), registry=registry)
+        self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a limit.", ("kind",),
+                                    registry=registry)
+        self.redis_errors = Counter("gateway_redis_errors", "Failed Redis calls by operation.", ("operation",),
+                                    registry=registry)
+        self.hosted_cost = Counter("gateway_hosted_api_cost_usd", "What the served tokens would have cost "
+                                   "on the hosted API.", ("model",), registry=registry)
+        self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
+                                 registry=registry)
+        self.gpu_monthly.set(gpu_monthly_usd)
+        for kind in ("rpm", "tpm", "budget"):
+            self.rate_limited.labels(kind)
+        for op in ("key_lookup", "rate_limit", "cache_get", "cache_put", "usage_write", "ping"):
+            self.redis_errors.labels(op)
+
+    def register_model(self, model: str) -> None:
+        for result in ("hit", "miss", "bypass"):
+            self.cache.labels(model, result)
+        self.hosted_cost.labels(model)
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of input, for the pre-call token estimate."""
+    if "messages" in body:
+        total = 0
+        for m in body["messages"]:
+            content = m.get("content")
+            total += len(content) if isinstance(content, str) else len(orjson.dumps(content)) if content else 0
+        return total
+    source = body.get("prompt", body.get("input", ""))
+    return len(source) if isinstance(source, str) else sum(len(str(x)) for x in source)
+
+
+def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
+    usage = usage or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+@dataclass
+class Policy:
+    redis: RedisState
+    keys: KeyStore
+    lookup: CachedKeyLookup
+    authenticator: Authenticator
+    jwt_config: JwtConfig | None
+    limiter: KeyRateLimiter
+    anonymous: AnonymousLimiter
+    cache: ResponseCache
+    usage: UsageStore
+    prices: PriceTable
+    metrics: PolicyMetrics
+    cache_enabled: bool = True
+    default_max_tokens: int = 256
+    http: httpx.AsyncClient | None = None
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, settings: Any, registry: CollectorRegistry) -> "Policy":
+        """Everything from settings; no connection is opened here (Redis connects lazily)."""
+        metrics = PolicyMetrics(registry, settings.gpu_monthly_usd)
+        redis = RedisState.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                                    retry_after_s=settings.redis_retry_s,
+                                    on_error=lambda op: metrics.redis_errors.labels(op).inc())
+        pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else DEV_PEPPER
+        keys: KeyStore = RedisKeyStore(redis, pepper) if redis.configured else MemoryKeyStore(pepper)
+        lookup = CachedKeyLookup(keys, pepper, fresh_s=settings.key_cache_s, stale_s=settings.key_stale_s)
+        jwt_config, http = jwt_from_settings(settings)
+        verifier = None
+        if jwt_config is not None:
+            jwks = JwksCache(jwt_config.jwks_url, http) if jwt_config.jwks_url and http else None
+            verifier = JwtVerifier(jwt_config, jwks)
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        authenticator = Authenticator(keys=lookup, jwt=verifier, admin_key=admin,
+                                      default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm)
+        return cls(
+            redis=redis, keys=keys, lookup=lookup, authenticator=authenticator, jwt_config=jwt_config,
+            limiter=KeyRateLimiter(redis, on_limited=lambda kind: metrics.rate_limited.labels(kind).inc()),
+            anonymous=AnonymousLimiter(settings.anonymous_rpm),
+            cache=ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes),
+            usage=UsageStore(redis),
+            prices=PriceTable(default=settings.price_default, models=dict(settings.prices),
+                              gpu_monthly_usd=settings.gpu_monthly_usd),
+            metrics=metrics, cache_enabled=settings.cache_enabled,
+            default_max_tokens=settings.default_max_tokens_estimate, http=http,
+        )
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        await self.redis.close()
+        if self.http is not None:
+            await self.http.aclose()
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, model: str,
+                    call: Callable[[], Awaitable[Response]]) -> Response:
+        """Limits -> cache -> `call()` -> accounting, for one authorised inference request."""
+        body = req.model_dump(exclude_none=True)
+        limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
+        reservation = None
+        if limits.any:
+            estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
+            reservation = await self.limiter.reserve(principal.subject, limits, estimate)
+        extra_headers = reservation.headers() if reservation else {}
+        decision = self._decide(request, body, endpoint)
+        key = cache_key(endpoint, model, body) if not decision.bypass else ""
+        stream = bool(body.get("stream"))
+        if decision.read:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                self.metrics.cache.labels(model, "hit").inc()
+                self._later(self._account(principal, model, reservation, None))
+                return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
+        self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()
+        client_wants_usage = getattr(req, "include_usage", False)
+        if stream and not client_wants_usage:
+            req.stream_options = StreamOptions(include_usage=True)
+        try:
+            response = await call()
+        except BaseException:
+            self._later(self._account(principal, model, reservation, (0, 0), count_request=False))
+            raise
+        response.headers.update({"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._watch_stream(response.body_iterator, principal, model, reservation,
+                                                        key if decision.write else "", client_wants_usage)
+            return response
+        self._after_unary(response, principal, model, reservation, key if decision.write else "")
+        return response
+
+    def _decide(self, request: Request, body: dict[str, Any], endpoint: str) -> CacheDecision:
+        if not self.cache_enabled or not self.cache.available:
+            return BYPASS
+        return decide(body, request.headers.get("cache-control"), request.headers.get("x-gateway-cache"),
+                      deterministic_endpoint=endpoint == "embeddings")
+
+    @staticmethod
+    def _from_cache(hit: dict, stream: bool, include_usage: bool, headers: dict[str, str]) -> Response:
+        headers = {**headers, "X-Cache": "HIT"}
+        if stream:
+            frames = replay_sse(hit, include_usage=include_usage)
+
+            async def body() -> AsyncIterator[bytes]:
+                for frame in frames:
+                    yield frame
+
+            return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        return Response(orjson.dumps(hit), media_type="application/json", headers=headers)
+
+    def _after_unary(self, response: Response, principal: Principal, model: str,
+                     reservation: Reservation | None, store_key: str) -> None:
+        result = orjson.loads(response.body) if response.status_code == 200 else {}
+        usage = tokens_of(result.get("usage"))
+        complete = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
+        self._later(self._account(principal, model, reservation, usage,
+                                  store=(store_key, result) if store_key and complete else None))
+
+    async def _watch_stream(self, frames: AsyncIterator[bytes], principal: Principal, model: str,
+                            reservation: Reservation | None, store_key: str,
+                            client_wants_usage: bool) -> AsyncIterator[bytes]:
+        """Pass frames through; note usage and whether the stream ended whole (`[DONE]`)."""
+        assembler = StreamAssembler() if store_key else None
+        usage: dict[str, Any] | None = None
+        done = False
+        try:
+            async for frame in frames:
+                if frame.startswith(b"data: {"):
+                    chunk = orjson.loads(frame[6:])
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        if not client_wants_usage:
+                            continue  # asked for on the client's behalf, to count tokens
+                    if assembler is not None:
+                        assembler.add(chunk)
+                elif frame.startswith(b"data: [DONE]"):
+                    done = True
+                yield frame
+        finally:
+            store = None
+            if assembler is not None and done and assembler.complete:
+                if usage is not None:
+                    assembler.usage = usage
+                store = (store_key, assembler.response())
+            self._later(self._account(principal, model, reservation, tokens_of(usage), store=store))
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def _later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _account(self, principal: Principal, model: str, reservation: Reservation | None,
+                       usage: tuple[int, int] | None, *, store: tuple[str, dict] | None = None,
+                       count_request: bool = True) -> None:
+        """usage None: answered from the cache (no backend tokens)."""
+        prompt, completion = usage or (0, 0)
+        try:
+            await self.limiter.reconcile(reservation, prompt + completion)
+            if count_request:
+                await self.usage.record(principal.key_id or principal.subject, model, prompt, completion)
+            if usage is not None and (prompt or completion):
+                self.metrics.hosted_cost.labels(model).inc(self.prices.hosted_cost(model, prompt, completion))
+            if store is not None:
+                await self.cache.put(*store)
+        except Exception:  # accounting must never take the gateway down
+            log.exception("accounting failed for %s", principal.subject)
+
+
+def jwt_from_settings(settings: Any) -> tuple[JwtConfig | None, httpx.AsyncClient | None]:
+    """The pinned JWT configuration, or None when no secret / public key / JWKS is configured."""
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    algorithms = tuple(settings.jwt_algorithms)
+    if not (secret or settings.jwt_public_key or settings.jwt_jwks_url):
+        return None, None
+    if not secret:  # only asymmetric verification configured
+        algorithms = tuple(a for a in algorithms if not a.startswith("HS")) or ("RS256",)
+    config = JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
+                       jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                       leeway_s=settings.jwt_leeway_s, ttl_s=settings.jwt_ttl_s)
+    http = httpx.AsyncClient(timeout=3.0) if config.jwks_url else None
+    return config, http
