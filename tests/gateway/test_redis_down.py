@@ -14,10 +14,15 @@ from tests.support.policy_stack import ADMIN_KEY, PolicyStack, chat_body
 from tests.support.processes import redis_service, wait_until
 
 
+def durable(tmp_path) -> tuple[str, ...]:
+    """AOF with fsync on every write, as compose runs Redis: keys survive a SIGKILL."""
+    return ("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
+
+
 @pytest.fixture
-def stack():
+def stack(tmp_path):
     # Key cache 0: every request looks its key up, so the outage path (stale cache) is exercised.
-    s = PolicyStack.start(GATEWAY_REDIS_TIMEOUT_S="0.2", GATEWAY_KEY_CACHE_S="0")
+    s = PolicyStack.start(redis_extra=durable(tmp_path), GATEWAY_REDIS_TIMEOUT_S="0.2", GATEWAY_KEY_CACHE_S="0")
     yield s
     s.stop()
 
@@ -36,7 +41,7 @@ def redis_errors(stack) -> float:
                if line.startswith("gateway_redis_errors_total{"))
 
 
-def test_redis_killed_then_restarted(stack):
+def test_redis_killed_then_restarted(stack, tmp_path):
     known = stack.create_key(rpm=1000)
     never_used = stack.create_key()
     assert chat(stack, known, temperature=0).status_code == 200
@@ -58,7 +63,7 @@ def test_redis_killed_then_restarted(stack):
     admin = httpx.get(f"{stack.url}/admin/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert admin.status_code == 503 and admin.json()["error"]["code"] == "redis_unavailable"
 
-    stack.redis = redis_service(port).start().wait_port()  # empty: no persistence in this test
+    stack.redis = redis_service(port, extra=durable(tmp_path)).start().wait_port()
     wait_until(lambda: httpx.get(f"{stack.url}/readyz").json()["status"] == "ready", timeout=10,
                what="readyz back to ready")
     # Redis is used again: the cache stores and hits, new keys can be created and used.
