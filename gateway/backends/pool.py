@@ -115,7 +115,8 @@ class BackendPool:
                 names = await replica.backend.list_models()
         except (UpstreamError, BackendClientError, TimeoutError) as exc:
             replica.up = False
-            log.warning("model discovery failed for %s: %s", replica.name, exc)
+            log.warning("model discovery failed for %s: %s", replica.name, exc.__class__.__name__
+                        if isinstance(exc, TimeoutError) else exc)
         else:
             replica.models = frozenset(names)
             replica.up = True
