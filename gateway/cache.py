@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import orjson
 
-from gateway.redis_state import RedisState, RedisUnavailable
+from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 
 FRAMING_FIELDS = frozenset({"stream", "stream_options"})
 
@@ -79,39 +79,64 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.memory_entries = memory_entries
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._pending: dict[str, bytes] = {}
+        self.max_pending = 256
 
     @property
     def available(self) -> bool:
         return not self.redis.configured or self.redis.usable
 
     async def get(self, key: str) -> dict | None:
-        if not self.redis.configured:
-            hit = self._memory.get(key)
-            if hit is None or hit[0] < time.monotonic():
-                return None
-            return orjson.loads(hit[1])
-        try:
-            raw = await self.redis.run("cache_get", lambda r: r.get(key))
-        except RedisUnavailable:
-            return None
+        raw = await self.get_raw(key)
         return orjson.loads(raw) if raw else None
 
+    async def get_raw(self, key: str) -> bytes | None:
+        """The stored answer as JSON bytes (served as is for a non-streamed hit)."""
+        if not self.redis.configured:
+            return self.memory_get(key)
+        try:
+            return await self.redis.run("cache_get", lambda r: r.get(key))
+        except RedisUnavailable:
+            return None
+
+    def memory_get(self, key: str) -> bytes | None:
+        hit = self._memory.get(key)
+        return hit[1] if hit is not None and hit[0] >= time.monotonic() else None
+
     async def put(self, key: str, response: Mapping[str, object]) -> bool:
-        """Store a complete answer; False when it is too large or the store is unavailable."""
+        """Store a complete answer now; False when it is too large or the store is unavailable."""
+        if not self.put_later(key, response):
+            return False
+        if self.redis.configured:
+            return await flush_staged(self.redis, "cache_put", [self.stage])
+        return True
+
+    def put_later(self, key: str, response: Mapping[str, object]) -> bool:
+        """Buffer a complete answer for the next `stage` (with Redis) or store it in memory."""
         raw = orjson.dumps(response)
         if len(raw) > self.max_entry_bytes:
             return False
-        if not self.redis.configured:
-            self._memory[key] = (time.monotonic() + self.ttl_s, raw)
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.memory_entries:
-                self._memory.popitem(last=False)
+        if self.redis.configured:
+            if len(self._pending) >= self.max_pending:
+                return False
+            self._pending[key] = raw
             return True
-        try:
-            await self.redis.run("cache_put", lambda r: r.set(key, raw, ex=self.ttl_s))
-        except RedisUnavailable:
-            return False
+        self._memory[key] = (time.monotonic() + self.ttl_s, raw)
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_entries:
+            self._memory.popitem(last=False)
         return True
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def stage(self, pipe) -> Callable[[], None]:  # noqa: ANN001
+        """Queue buffered answers on `pipe`; on failure they are dropped (a cache may forget)."""
+        pending, self._pending = self._pending, {}
+        for key, raw in pending.items():
+            pipe.set(key, raw, ex=self.ttl_s)
+        return lambda: None
 
 
 def _sse(payload: Mapping[str, object]) -> bytes:

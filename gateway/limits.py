@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from gateway import errors
-from gateway.redis_state import RedisState, RedisUnavailable
+from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 
 # KEYS: rpm window, tpm window, budget month. ARGV: rpm, tpm, budget limits (0 = none),
 # token estimate, minute-window ttl, month ttl. Returns {verdict, rpm used, tpm used, budget used}
@@ -147,6 +148,8 @@ class KeyRateLimiter:
         self.local = LocalCounters()
         self._script = redis.client.register_script(RESERVE_LUA) if redis.client is not None else None
         self._on_limited = on_limited
+        self._pending: dict[str, int] = {}  # Redis key -> token adjustment not yet written
+        self.max_pending = 50_000
 
     @staticmethod
     def _keys(subject: str, minute: int, month: str) -> tuple[str, str, str]:
@@ -154,25 +157,40 @@ class KeyRateLimiter:
 
     async def reserve(self, subject: str, limits: KeyLimits, estimate: int, now: float | None = None) -> Reservation | None:
         """Reserve one request and `estimate` tokens, or raise `RateLimited`. None: no limits."""
+        reservation, _ = await self.reserve_and_get(subject, limits, estimate, None, now=now)
+        return reservation
+
+    async def reserve_and_get(self, subject: str, limits: KeyLimits, estimate: int, get_key: str | None, *,
+                              now: float | None = None) -> tuple[Reservation | None, bytes | None]:
+        """`reserve`, plus a GET of `get_key` (the response-cache read) in the same round trip."""
         if not limits.any:
-            return None
+            return None, None
         now = time.time() if now is None else now
         minute = int(now // 60)
         month = datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
         keys = self._keys(subject, minute, month)
         args = (limits.rpm or 0, limits.tpm or 0, limits.monthly_token_budget or 0, estimate, 120, MONTH_TTL_S)
-        local = False
+        local, fetched = False, None
         try:
             if self._script is None:
                 raise RedisUnavailable("no redis")
-            script = self._script
-            verdict, r, t, b = await self.redis.run("rate_limit", lambda c: script(keys=keys, args=args, client=c))
+            (verdict, r, t, b), fetched = await self.redis.run("rate_limit", lambda c: self._run(c, keys, args, get_key))
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)
             local = True
         if verdict:
             raise self._limited(VERDICTS[verdict], limits, r, t, now)
-        return Reservation(subject, limits, estimate, minute, month, r, t, b, local)
+        return Reservation(subject, limits, estimate, minute, month, r, t, b, local), fetched
+
+    async def _run(self, client, keys: tuple[str, ...], args: tuple[int, ...], get_key: str | None) -> tuple:
+        script = self._script
+        if get_key is None:
+            return await script(keys=keys, args=args, client=client), None
+        async with client.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.get(get_key)
+            verdict, fetched = await pipe.execute()
+        return verdict, fetched
 
     def _reserve_locally(self, keys: tuple[str, str, str], limits: KeyLimits, est: int) -> tuple[int, int, int, int]:
         r, t, b = (self.local.get(k) for k in keys)
@@ -196,8 +214,12 @@ class KeyRateLimiter:
         return RateLimited(kind, f"rate limit of {what} per minute reached; retry in {reset}s", reset,
                            rate_headers(limits, r, t, reset))
 
-    async def reconcile(self, reservation: Reservation | None, actual_tokens: int) -> None:
-        """Replace the estimate with the real token count (may give tokens back)."""
+    def reconcile(self, reservation: Reservation | None, actual_tokens: int) -> None:
+        """Replace the estimate with the real token count (may give tokens back).
+
+        With Redis the adjustment is buffered and written by the next `stage`/`flush` (one
+        pipeline for many requests); until then the estimate stays counted (the strict side).
+        """
         if reservation is None:
             return
         delta = actual_tokens - reservation.estimate
@@ -205,25 +227,34 @@ class KeyRateLimiter:
             return
         keys = self._keys(reservation.subject, reservation.minute, reservation.month)
         lim = reservation.limits
-        if reservation.local or not self.redis.usable:
-            if lim.tpm:
-                self.local.add(keys[1], delta)
-            if lim.monthly_token_budget:
-                self.local.add(keys[2], delta)
-            return
+        targets = [k for k, on in ((keys[1], lim.tpm), (keys[2], lim.monthly_token_budget)) if on]
+        for key in targets:
+            if reservation.local or not self.redis.configured:
+                self.local.add(key, delta)
+            elif key in self._pending or len(self._pending) < self.max_pending:
+                self._pending[key] = self._pending.get(key, 0) + delta
 
-        async def adjust(c) -> None:
-            async with c.pipeline(transaction=False) as pipe:
-                if lim.tpm:
-                    pipe.incrby(keys[1], delta)
-                if lim.monthly_token_budget:
-                    pipe.incrby(keys[2], delta)
-                await pipe.execute()
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
-        try:
-            await self.redis.run("rate_limit_reconcile", adjust)
-        except RedisUnavailable:
-            pass  # the estimate stays counted: errs on the strict side
+    def stage(self, pipe) -> Callable[[], None]:  # noqa: ANN001
+        """Queue the buffered adjustments on `pipe`; the returned callback puts them back on failure."""
+        pending, self._pending = self._pending, {}
+        for key, delta in pending.items():
+            pipe.incrby(key, delta)
+            # NX: never extend a window, but never leave a recreated key without expiry either.
+            pipe.expire(key, MONTH_TTL_S if key.startswith("gw:rl:b:") else 120, nx=True)
+
+        def restore() -> None:
+            for key, delta in pending.items():
+                self._pending[key] = self._pending.get(key, 0) + delta
+
+        return restore
+
+    async def flush(self) -> None:
+        """Write buffered adjustments now (the policy batches them with other writes instead)."""
+        await flush_staged(self.redis, "rate_limit_reconcile", [self.stage])
 
 
 class AnonymousLimiter:

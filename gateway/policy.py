@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -28,7 +28,7 @@ from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.protocol import StreamOptions
-from gateway.redis_state import RedisState
+from gateway.redis_state import RedisState, flush_staged
 from gateway.usage import UsageStore
 
 log = logging.getLogger("gateway.policy")
@@ -53,7 +53,7 @@ class PolicyMetrics:
         self.gpu_monthly.set(gpu_monthly_usd)
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
-        for op in ("key_lookup", "rate_limit", "cache_get", "cache_put", "usage_write", "ping"):
+        for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
             self.redis_errors.labels(op)
 
     def register_model(self, model: str) -> None:
@@ -95,7 +95,7 @@ class Policy:
     cache_enabled: bool = True
     default_max_tokens: int = 256
     http: httpx.AsyncClient | None = None
-    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _flusher: asyncio.Future | None = None
 
     @classmethod
     def build(cls, settings: Any, registry: CollectorRegistry) -> "Policy":
@@ -112,7 +112,7 @@ class Policy:
         if jwt_config is not None:
             jwks = JwksCache(jwt_config.jwks_url, http) if jwt_config.jwks_url and http else None
             verifier = JwtVerifier(jwt_config, jwks)
-        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        admin = (settings.admin_key.get_secret_value() if settings.admin_key else "") or None
         authenticator = Authenticator(keys=lookup, jwt=verifier, admin_key=admin,
                                       default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm)
         return cls(
@@ -128,8 +128,10 @@ class Policy:
         )
 
     async def aclose(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=2.0)
+        if self.redis.usable:
+            await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage])
         await self.redis.close()
         if self.http is not None:
             await self.http.aclose()
@@ -140,21 +142,15 @@ class Policy:
                     call: Callable[[], Awaitable[Response]]) -> Response:
         """Limits -> cache -> `call()` -> accounting, for one authorised inference request."""
         body = req.model_dump(exclude_none=True)
-        limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
-        reservation = None
-        if limits.any:
-            estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
-            reservation = await self.limiter.reserve(principal.subject, limits, estimate)
-        extra_headers = reservation.headers() if reservation else {}
         decision = self._decide(request, body, endpoint)
         key = cache_key(endpoint, model, body) if not decision.bypass else ""
+        reservation, hit = await self._reserve_and_read(principal, req, body, key if decision.read else None)
+        extra_headers = reservation.headers() if reservation else {}
         stream = bool(body.get("stream"))
-        if decision.read:
-            hit = await self.cache.get(key)
-            if hit is not None:
-                self.metrics.cache.labels(model, "hit").inc()
-                self._later(self._account(principal, model, reservation, None))
-                return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
+        if hit is not None:
+            self.metrics.cache.labels(model, "hit").inc()
+            self._account(principal, model, reservation, None)
+            return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
         self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()
         client_wants_usage = getattr(req, "include_usage", False)
         if stream and not client_wants_usage:
@@ -162,15 +158,28 @@ class Policy:
         try:
             response = await call()
         except BaseException:
-            self._later(self._account(principal, model, reservation, (0, 0), count_request=False))
+            self._account(principal, model, reservation, (0, 0), count_request=False)
             raise
         response.headers.update({"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
+        store_key = key if decision.write else ""
         if isinstance(response, StreamingResponse):
             response.body_iterator = self._watch_stream(response.body_iterator, principal, model, reservation,
-                                                        key if decision.write else "", client_wants_usage)
+                                                        store_key, client_wants_usage)
             return response
-        self._after_unary(response, principal, model, reservation, key if decision.write else "")
+        self._after_unary(response, principal, model, reservation, store_key)
         return response
+
+    async def _reserve_and_read(self, principal: Principal, req: Any, body: dict[str, Any],
+                                read_key: str | None) -> tuple[Reservation | None, bytes | None]:
+        """RPM/TPM/budget reservation and the cache read, in one Redis round trip when both apply."""
+        limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
+        if not limits.any:
+            return None, await self.cache.get_raw(read_key) if read_key else None
+        estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
+        if read_key is not None and not self.redis.configured:
+            reservation = await self.limiter.reserve(principal.subject, limits, estimate)
+            return reservation, self.cache.memory_get(read_key)
+        return await self.limiter.reserve_and_get(principal.subject, limits, estimate, read_key)
 
     def _decide(self, request: Request, body: dict[str, Any], endpoint: str) -> CacheDecision:
         if not self.cache_enabled or not self.cache.available:
@@ -179,25 +188,25 @@ class Policy:
                       deterministic_endpoint=endpoint == "embeddings")
 
     @staticmethod
-    def _from_cache(hit: dict, stream: bool, include_usage: bool, headers: dict[str, str]) -> Response:
+    def _from_cache(raw: bytes, stream: bool, include_usage: bool, headers: dict[str, str]) -> Response:
         headers = {**headers, "X-Cache": "HIT"}
         if stream:
-            frames = replay_sse(hit, include_usage=include_usage)
+            frames = replay_sse(orjson.loads(raw), include_usage=include_usage)
 
             async def body() -> AsyncIterator[bytes]:
                 for frame in frames:
                     yield frame
 
             return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-        return Response(orjson.dumps(hit), media_type="application/json", headers=headers)
+        return Response(raw, media_type="application/json", headers=headers)
 
     def _after_unary(self, response: Response, principal: Principal, model: str,
                      reservation: Reservation | None, store_key: str) -> None:
         result = orjson.loads(response.body) if response.status_code == 200 else {}
         usage = tokens_of(result.get("usage"))
         complete = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
-        self._later(self._account(principal, model, reservation, usage,
-                                  store=(store_key, result) if store_key and complete else None))
+        self._account(principal, model, reservation, usage,
+                      store=(store_key, result) if store_key and complete else None)
 
     async def _watch_stream(self, frames: AsyncIterator[bytes], principal: Principal, model: str,
                             reservation: Reservation | None, store_key: str,
@@ -225,30 +234,41 @@ class Policy:
                 if usage is not None:
                     assembler.usage = usage
                 store = (store_key, assembler.response())
-            self._later(self._account(principal, model, reservation, tokens_of(usage), store=store))
+            self._account(principal, model, reservation, tokens_of(usage), store=store)
 
     # -- accounting ------------------------------------------------------------------------------
 
-    def _later(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _account(self, principal: Principal, model: str, reservation: Reservation | None,
+                 usage: tuple[int, int] | None, *, store: tuple[str, dict] | None = None,
+                 count_request: bool = True) -> None:
+        """Book a finished request in memory; Redis gets it in the next batched write.
 
-    async def _account(self, principal: Principal, model: str, reservation: Reservation | None,
-                       usage: tuple[int, int] | None, *, store: tuple[str, dict] | None = None,
-                       count_request: bool = True) -> None:
-        """usage None: answered from the cache (no backend tokens)."""
+        usage None: answered from the cache (no backend tokens).
+        """
         prompt, completion = usage or (0, 0)
+        self.limiter.reconcile(reservation, prompt + completion)
+        if count_request:
+            self.usage.record(principal.key_id or principal.subject, model, prompt, completion)
+        if prompt or completion:
+            self.metrics.hosted_cost.labels(model).inc(self.prices.hosted_cost(model, prompt, completion))
+        if store is not None:
+            self.cache.put_later(*store)
+        if self.redis.configured and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """Write everything booked so far in one pipeline; what is booked meanwhile goes next.
+
+        One write in flight at a time: under load a batch grows instead of the round trips.
+        """
         try:
-            await self.limiter.reconcile(reservation, prompt + completion)
-            if count_request:
-                await self.usage.record(principal.key_id or principal.subject, model, prompt, completion)
-            if usage is not None and (prompt or completion):
-                self.metrics.hosted_cost.labels(model).inc(self.prices.hosted_cost(model, prompt, completion))
-            if store is not None:
-                await self.cache.put(*store)
+            while await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage]):
+                if not (self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending):
+                    break
         except Exception:  # accounting must never take the gateway down
-            log.exception("accounting failed for %s", principal.subject)
+            log.exception("writing usage and limits to Redis failed")
+        finally:
+            self._flusher = None
 
 
 def jwt_from_settings(settings: Any) -> tuple[JwtConfig | None, httpx.AsyncClient | None]:

@@ -73,8 +73,9 @@ class RedisState:
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # No hidden retries: the circuit decides when to try again, not the client.
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry on a connection error only: after a Redis restart every pooled
+            # connection is stale once. Timeouts are not retried; the circuit handles those.
+            retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
             max_connections=64,
         )
@@ -131,3 +132,22 @@ class RedisState:
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+
+
+async def flush_staged(redis: RedisState, operation: str, stagers: list[Callable]) -> bool:
+    """One pipeline with everything `stagers` queue; on failure each stager gets its data back."""
+    restores: list[Callable[[], None]] = []
+
+    async def write(client) -> None:  # noqa: ANN001
+        async with client.pipeline(transaction=False) as pipe:
+            restores.extend(stage(pipe) for stage in stagers)
+            if len(pipe):
+                await pipe.execute()
+
+    try:
+        await redis.run(operation, write)
+    except RedisUnavailable:
+        for restore in restores:
+            restore()
+        return False
+    return True

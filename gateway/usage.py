@@ -9,10 +9,11 @@ the next successful call, so a Redis outage loses no accounting unless the buffe
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from gateway.redis_state import RedisState, RedisUnavailable
+from gateway.redis_state import RedisState, flush_staged
 
 FIELDS = ("requests", "input", "output")
 RETENTION_S = 400 * 86400
@@ -64,35 +65,37 @@ class UsageStore:
         for name, value in zip(FIELDS, values, strict=True):
             bucket[f"{model}|{name}"] = bucket.get(f"{model}|{name}", 0) + value
 
-    async def record(self, key_id: str, model: str, input_tokens: int, output_tokens: int,
-                     day: str | None = None) -> None:
-        day = day or today()
-        self._add_locally(key_id, day, model, (1, input_tokens, output_tokens))
-        if self.redis.configured:
-            await self.flush()
+    def record(self, key_id: str, model: str, input_tokens: int, output_tokens: int, day: str | None = None) -> None:
+        """Count one request. With Redis it is buffered until the next `stage`/`flush`."""
+        self._add_locally(key_id, day or today(), model, (1, input_tokens, output_tokens))
 
-    async def flush(self) -> None:
-        """Write buffered counts to Redis; keep them buffered if Redis is unavailable."""
-        if not self._counts or not self.redis.usable:
-            return
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._counts)
+
+    def stage(self, pipe) -> Callable[[], None]:  # noqa: ANN001
+        """Queue the buffered counts on `pipe`; the returned callback puts them back on failure."""
+        if not self.redis.configured:
+            return lambda: None
         pending, self._counts = self._counts, defaultdict(dict)
+        for (key_id, day), fields in pending.items():
+            name = f"gw:usage:{key_id}:{day}"
+            for field_name, value in fields.items():
+                pipe.hincrby(name, field_name, value)
+            pipe.expire(name, RETENTION_S)
 
-        async def write(r) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                for (key_id, day), fields in pending.items():
-                    name = f"gw:usage:{key_id}:{day}"
-                    for field_name, value in fields.items():
-                        pipe.hincrby(name, field_name, value)
-                    pipe.expire(name, RETENTION_S)
-                await pipe.execute()
-
-        try:
-            await self.redis.run("usage_write", write)
-        except RedisUnavailable:
+        def restore() -> None:
             for (key_id, day), fields in pending.items():
                 bucket = self._counts[(key_id, day)]
                 for field_name, value in fields.items():
                     bucket[field_name] = bucket.get(field_name, 0) + value
+
+        return restore
+
+    async def flush(self) -> None:
+        """Write buffered counts to Redis now; they stay buffered if Redis is unavailable."""
+        if self._counts and self.redis.configured:
+            await flush_staged(self.redis, "usage_write", [self.stage])
 
     async def query(self, key_id: str, start: date, end: date) -> list[UsageRow]:
         days = day_range(start, end)

@@ -53,7 +53,8 @@ async def test_tpm_reserve_and_reconcile(replicas):
     with pytest.raises(RateLimited) as refused:
         await replicas[1].reserve("key_t", limits, 600, now=NOW)
     assert refused.value.kind == "tpm" and refused.value.headers["X-RateLimit-Limit-Tokens"] == "1000"
-    await replicas[0].reconcile(first, 100)  # the call used far less than estimated: give back 500
+    replicas[0].reconcile(first, 100)  # the call used far less than estimated: give back 500
+    await replicas[0].flush()
     second = await replicas[1].reserve("key_t", limits, 600, now=NOW)
     assert second.tpm_used == 700
 
@@ -61,7 +62,8 @@ async def test_tpm_reserve_and_reconcile(replicas):
 async def test_monthly_budget_exhaustion(replicas):
     limits = KeyLimits(monthly_token_budget=1000)
     reservation = await replicas[0].reserve("key_m", limits, 400, now=NOW)
-    await replicas[0].reconcile(reservation, 900)
+    replicas[0].reconcile(reservation, 900)
+    await replicas[0].flush()
     with pytest.raises(RateLimited) as refused:
         await replicas[1].reserve("key_m", limits, 200, now=NOW + 3600)  # another minute, same month
     assert refused.value.kind == "budget"

@@ -25,15 +25,17 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
     state = RedisState.from_url(f"redis://127.0.0.1:{svc.port}/0", retry_after_s=0.0)
     store = UsageStore(state)
     try:
-        await store.record("key_a", "tiny", 10, 5, day=D1.isoformat())
-        await store.record("key_a", "tiny", 7, 3, day=D1.isoformat())
-        await store.record("key_a", "other", 1, 1, day=D2.isoformat())
-        await store.record("key_b", "tiny", 100, 100, day=D2.isoformat())
+        store.record("key_a", "tiny", 10, 5, day=D1.isoformat())
+        store.record("key_a", "tiny", 7, 3, day=D1.isoformat())
+        store.record("key_a", "other", 1, 1, day=D2.isoformat())
+        store.record("key_b", "tiny", 100, 100, day=D2.isoformat())
+        await store.flush()
         assert await store.query("key_a", D1, D2) == [UsageRow("2026-11-21", "tiny", 2, 17, 8),
                                                       UsageRow("2026-11-22", "other", 1, 1, 1)]
         port = svc.port
         svc.kill()
-        await store.record("key_a", "tiny", 4, 4, day=D1.isoformat())  # buffered, not lost
+        store.record("key_a", "tiny", 4, 4, day=D1.isoformat())
+        await store.flush()  # fails: buffered, not lost
         svc = durable_redis(tmp_path, port)
         await store.flush()
         assert (await store.query("key_a", D1, D1))[0] == UsageRow("2026-11-21", "tiny", 3, 21, 12)
@@ -45,7 +47,7 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
 
 async def test_memory_usage_and_range_checks():
     store = UsageStore(RedisState(None))
-    await store.record("k", "m", 2, 3, day=D1.isoformat())
+    store.record("k", "m", 2, 3, day=D1.isoformat())
     assert await store.query("k", D1, D2) == [UsageRow("2026-11-21", "m", 1, 2, 3)]
     with pytest.raises(ValueError):
         await store.query("k", D2, D1)
