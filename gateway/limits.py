@@ -31,9 +31,11 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from gateway import errors
 from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 
-# KEYS: rpm window, tpm window, budget month. ARGV: rpm, tpm, budget limits (0 = none),
-# token estimate, minute-window ttl, month ttl. Returns {verdict, rpm used, tpm used, budget used}
-# where verdict 0 = allowed (and reserved), 1 = rpm, 2 = tpm, 3 = budget exceeded.
+# KEYS: rpm window, tpm window, budget month, [a response-cache key to read when allowed].
+# ARGV: rpm, tpm, budget limits (0 = none), token estimate, minute-window ttl, month ttl.
+# Returns {verdict, rpm used, tpm used, budget used, [cached value or false]} where verdict
+# 0 = allowed (and reserved), 1 = rpm, 2 = tpm, 3 = budget exceeded. The cache read rides
+# along so the whole pre-call policy costs one round trip.
 RESERVE_LUA = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local est = tonumber(ARGV[4])
@@ -46,6 +48,7 @@ if budget > 0 and b + est > budget then return {3, r, t, b} end
 if rpm > 0 then r = redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 if tpm > 0 then t = redis.call('INCRBY', KEYS[2], est); redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 if budget > 0 then b = redis.call('INCRBY', KEYS[3], est); redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+if KEYS[4] then return {0, r, t, b, redis.call('GET', KEYS[4])} end
 return {0, r, t, b}
 """
 
@@ -174,23 +177,17 @@ class KeyRateLimiter:
         try:
             if self._script is None:
                 raise RedisUnavailable("no redis")
-            (verdict, r, t, b), fetched = await self.redis.run("rate_limit", lambda c: self._run(c, keys, args, get_key))
+            script = self._script
+            all_keys = keys if get_key is None else (*keys, get_key)
+            verdict, r, t, b, *rest = await self.redis.run("rate_limit",
+                                                         lambda c: script(keys=all_keys, args=args, client=c))
+            fetched = rest[0] if rest and rest[0] else None
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)
             local = True
         if verdict:
             raise self._limited(VERDICTS[verdict], limits, r, t, now)
         return Reservation(subject, limits, estimate, minute, month, r, t, b, local), fetched
-
-    async def _run(self, client, keys: tuple[str, ...], args: tuple[int, ...], get_key: str | None) -> tuple:
-        script = self._script
-        if get_key is None:
-            return await script(keys=keys, args=args, client=client), None
-        async with client.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)
-            pipe.get(get_key)
-            verdict, fetched = await pipe.execute()
-        return verdict, fetched
 
     def _reserve_locally(self, keys: tuple[str, str, str], limits: KeyLimits, est: int) -> tuple[int, int, int, int]:
         r, t, b = (self.local.get(k) for k in keys)

@@ -103,3 +103,24 @@ async def test_anonymous_limiter_per_address():
 def test_estimate_counts_prompt_and_output_cap():
     assert estimate_tokens(400, 50, 512) == 150
     assert estimate_tokens(401, None, 512) == 101 + 512
+
+
+async def test_cache_read_rides_on_the_reservation(replicas):
+    client = replicas[0].redis.client
+    await client.set("gw:cache:chat:abc", b'{"cached": true}')
+    reservation, got = await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
+    assert reservation.rpm_used == 1 and got == b'{"cached": true}'
+    _, missing = await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:nope", now=NOW)
+    assert missing is None
+    with pytest.raises(RateLimited):
+        await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
+
+
+async def test_reconcile_on_an_expired_window_leaves_no_immortal_key(replicas):
+    reservation = await replicas[0].reserve("key_e", KeyLimits(tpm=100), 50, now=NOW)
+    client = replicas[0].redis.client
+    tpm_key = f"gw:rl:t:key_e:{int(NOW // 60)}"
+    await client.delete(tpm_key)  # the window expired before the answer finished
+    replicas[0].reconcile(reservation, 10)
+    await replicas[0].flush()
+    assert 0 < await client.ttl(tpm_key) <= 120
