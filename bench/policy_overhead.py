@@ -7,6 +7,7 @@ from one keep-alive client, interleaved round-robin so drift hits every variant 
   policy  API key from Redis (cached in-process), RPM + TPM limits in Redis, cache miss
           (every prompt unique, so each answer is also written to the cache), usage in Redis
   hit     the policy gateway answering a repeated request from the Redis cache
+  floor   GET /healthz on the same gateway: uvicorn + middleware + client, no policy, no backend
 
 Run: python -m bench.policy_overhead [--requests 2000]
 Targets (issue 3): policy adds <= 1 ms p50 over bare; a cache hit answers in <= 2 ms p50.
@@ -69,10 +70,11 @@ def main() -> None:
                 "policy": lambda i: client.post(f"{policy.url}/v1/chat/completions", json=body(f"miss {i}"),
                                                 headers=key),
                 "hit": lambda i: client.post(f"{policy.url}/v1/chat/completions", json=body("cached"), headers=key),
+                "floor": lambda i: client.get(f"{policy.url}/healthz"),
             }
             samples: dict[str, list[float]] = {name: [] for name in variants}
             total = args.warmup + args.requests
-            for i in tqdm(range(total), desc="requests (x3 variants)", unit="round"):
+            for i in tqdm(range(total), desc="rounds (one request per variant)", unit="round"):
                 for name, call in variants.items():
                     elapsed = timed(lambda: call(i))
                     if i >= args.warmup:

@@ -14,7 +14,6 @@ hit younger than `stale_s` is still honoured while Redis is unavailable (degrade
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
@@ -114,7 +113,7 @@ def generate_secret() -> str:
 
 
 def hash_secret(secret: str, pepper: str) -> str:
-    return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper.encode(), secret.encode(), "sha256").hex()
 
 
 def new_record(spec: KeySpec, secret_hash: str) -> ApiKey:

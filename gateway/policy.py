@@ -95,6 +95,7 @@ class Policy:
     cache_enabled: bool = True
     default_max_tokens: int = 256
     http: httpx.AsyncClient | None = None
+    flush_window_s: float = 0.01
     _flusher: asyncio.Future | None = None
 
     @classmethod
@@ -259,9 +260,11 @@ class Policy:
     async def _flush(self) -> None:
         """Write everything booked so far in one pipeline; what is booked meanwhile goes next.
 
-        One write in flight at a time: under load a batch grows instead of the round trips.
+        One write in flight at a time, after a short batching window: under load a batch grows
+        instead of the number of round trips, and the write stays off the next request's path.
         """
         try:
+            await asyncio.sleep(self.flush_window_s)
             while await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage]):
                 if not (self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending):
                     break
