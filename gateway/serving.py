@@ -155,8 +155,6 @@ class InferenceService:
         backend = lease.replica.name
         usage: dict[str, Any] = {}
         outcome = "success"
-        gauge = self.metrics.in_flight.labels(model, backend)
-        gauge.inc()
         try:
             chunk: Chunk | None = first
             while chunk is not None:
@@ -184,7 +182,6 @@ class InferenceService:
             lease.done(cancelled=True)
             raise
         finally:
-            gauge.dec()
             await chunks.aclose()
             elapsed = time.perf_counter() - t0
             self._record(model, backend, outcome, elapsed, usage)

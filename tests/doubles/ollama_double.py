@@ -10,7 +10,9 @@ Served:
            POST /api/create (from | files | adapters, template, system, parameters, messages,
            license, quantize), POST /api/copy, DELETE /api/delete, POST /api/pull, GET|HEAD /
   openai   POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/models[/{model}]
-  control  POST /_control (set knobs), POST /_control/reset, GET /_control/stats
+  control  POST /_control {knob: value}, POST /_control/reset (start state; releases hangs),
+           GET /_control/stats (calls and last 20 bodies per endpoint, faults fired, streams
+           completed/aborted, in-flight requests, blobs, created models, knobs)
 
 Model output is deterministic: words chosen by a hash of (model, prompt, options.seed), one token
 per chunk, `--tokens` of them (capped by num_predict / max_tokens, then done_reason "length"),
@@ -171,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     app = build_app(models=models, knobs=knobs, embed_dim=args.embed_dim)
     logging.getLogger("uvicorn.error").addFilter(HideDeliberateCuts())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # a bounded graceful shutdown: hung requests and slow streams must not keep SIGTERM waiting
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,10 +68,16 @@ def parameters_text(params: dict[str, Any]) -> str:
     lines = []
     for key, value in params.items():
         for item in value if isinstance(value, list) else [value]:
-            shown = orjson.dumps(item).decode() if isinstance(item, str) else str(item).lower() \
-                if isinstance(item, bool) else str(item)
-            lines.append(f"{key:<30} {shown}")
+            lines.append(f"{key:<30} {_parameter_value(item)}")
     return "\n".join(lines)
+
+
+def _parameter_value(item: Any) -> str:
+    if isinstance(item, str):
+        return orjson.dumps(item).decode()  # strings are shown quoted, as Ollama does
+    if isinstance(item, bool):
+        return str(item).lower()
+    return str(item)
 
 
 def modelfile_text(model: ModelRecord) -> str:
@@ -165,16 +172,13 @@ def check_create_shape(body: dict[str, Any]) -> None:
         raise ApiError(400, "messages must be a list")
 
 
-def build_created(state: DoubleState, body: dict[str, Any]) -> tuple[ModelRecord, list[str]]:
-    """The new model and the status lines that describe its layers; ApiError when it cannot be built."""
-    name = normalise_name(model_name_of(body))
-    base = None
-    if body.get("from"):
-        base = state.find_model(body["from"])
-        if base is None:
-            raise ApiError(404, f'model "{body["from"]}" not found, try pulling it first')
-    statuses, size = [], base.size if base else 0
-    summary: dict[str, Any] = {}
+def check_layers(state: DoubleState, body: dict[str, Any]) -> tuple[list[str], int, dict[str, str]]:
+    """Every file and adapter must be an uploaded blob (a .gguf one a real GGUF).
+
+    Returns the status lines, the bytes they add, and what the first GGUF header says.
+    """
+    statuses: list[str] = []
+    size, summary = 0, {}
     for key in ("files", "adapters"):
         for fname, raw_digest in (body.get(key) or {}).items():
             digest = parse_digest(raw_digest)
@@ -189,24 +193,35 @@ def build_created(state: DoubleState, body: dict[str, Any]) -> tuple[ModelRecord
                 statuses.append("parsing GGUF")
             statuses.append(f"using existing layer {digest}")
             size += blob.size
+    return statuses, size, summary
+
+
+def build_created(state: DoubleState, body: dict[str, Any]) -> tuple[ModelRecord, list[str]]:
+    """The new model and the status lines that describe its layers; ApiError when it cannot be built."""
+    base = None
+    if body.get("from"):
+        base = state.find_model(body["from"])
+        if base is None:
+            raise ApiError(404, f'model "{body["from"]}" not found, try pulling it first')
+    statuses, size, summary = check_layers(state, body)
     quantize = body.get("quantize")
     if quantize:
         if quantize.lower() not in QUANT_TYPES:
             raise ApiError(400, f"unsupported quantization type {quantize}")
         statuses.append(f"quantizing F16 model to {quantize.upper()}")
+    inherited = base or ModelRecord(name="", digest="", size=0, modified_at="", parameter_size="unknown",
+                                    quantization_level="unknown", template="")
     license_value = body.get("license") or ""
     model = ModelRecord(
-        name=name, digest="", size=size, modified_at=now_rfc3339(),
-        family=summary.get("architecture") or (base.family if base else "llama"),
-        parameter_size=summary.get("parameter_size") or (base.parameter_size if base else "unknown"),
-        quantization_level=(quantize.upper() if quantize else summary.get("file_type")
-                            or (base.quantization_level if base else "unknown")),
+        name=normalise_name(model_name_of(body)), digest="", size=size + (base.size if base else 0),
+        modified_at=now_rfc3339(), family=summary.get("architecture") or inherited.family,
+        parameter_size=summary.get("parameter_size") or inherited.parameter_size,
+        quantization_level=quantize.upper() if quantize else summary.get("file_type") or inherited.quantization_level,
         parent_model=base.name if base else "",
-        template=body.get("template") or (base.template if base else ""),
-        system=body.get("system") or (base.system if base else ""),
+        template=body.get("template") or inherited.template, system=body.get("system") or inherited.system,
         license="\n".join(license_value) if isinstance(license_value, list) else str(license_value),
-        parameters={**(base.parameters if base else {}), **(body.get("parameters") or {})},
-        messages=list(body.get("messages") or (base.messages if base else [])),
+        parameters={**inherited.parameters, **(body.get("parameters") or {})},
+        messages=list(body.get("messages") or inherited.messages),
         files=dict(body.get("files") or {}), adapters=dict(body.get("adapters") or {}),
     )
     config = orjson.dumps({k: getattr(model, k) for k in ("template", "system", "parameters", "license",
@@ -253,7 +268,7 @@ async def copy(request: Request) -> Response:
     model = state.find_model(source)
     if model is None:
         raise ApiError(404, f"model \"{source}\" not found")
-    clone = ModelRecord(**{**model.__dict__, "name": normalise_name(destination), "modified_at": now_rfc3339()})
+    clone = replace(model, name=normalise_name(destination), modified_at=now_rfc3339())
     state.models[clone.name] = clone
     return Response(status_code=200)
 

@@ -149,9 +149,16 @@ class DoubleState:
         self.initial_knobs = replace(knobs)
         self.embed_dim = embed_dim
         self.version = version
-        self.blob_dir = Path(tempfile.mkdtemp(prefix="ollama-double-blobs-"))
+        self._blob_dir: Path | None = None
         self.started = time.time()
         self._reset_fields()
+
+    @property
+    def blob_dir(self) -> Path:
+        """Made on the first upload, so doubles that never see a blob leave nothing in /tmp."""
+        if self._blob_dir is None:
+            self._blob_dir = Path(tempfile.mkdtemp(prefix="ollama-double-blobs-"))
+        return self._blob_dir
 
     def _reset_fields(self) -> None:
         self.knobs = replace(self.initial_knobs)
@@ -170,7 +177,8 @@ class DoubleState:
 
     def close(self) -> None:
         self.release.set()
-        shutil.rmtree(self.blob_dir, ignore_errors=True)
+        if self._blob_dir is not None:
+            shutil.rmtree(self._blob_dir, ignore_errors=True)
 
     def find_model(self, name: str) -> ModelRecord | None:
         return self.models.get(normalise_name(name)) if name else None

@@ -12,6 +12,7 @@ import pytest
 from tests.gateway.conftest import MODEL
 from tests.support.gateway import ADMIN_KEY
 from tests.support.ollama import OllamaDoubleControl
+from tests.support.metrics import sample
 from tests.support.processes import wait_until
 
 HI = [{"role": "user", "content": "Say hi"}]
@@ -106,3 +107,18 @@ def test_client_disconnect_cancels_the_upstream_stream(gateway, control: OllamaD
         assert next(lines).startswith("data: ")  # one chunk arrived, then we hang up
     wait_until(lambda: control.stats()["streams"]["aborted"] >= 1, timeout=5, what="upstream stream aborted")
     assert control.stats()["streams"]["completed"] == 0
+
+
+def test_in_flight_gauge_returns_to_zero(gateway, client: openai.OpenAI, control: OllamaDoubleControl) -> None:
+    labels = {"model": MODEL, "backend": control.base_url.removeprefix("http://")}
+    control.set(token_delay=0.3, tokens=20)
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                      json={"model": MODEL, "messages": HI, "stream": True}) as r:
+        lines = r.iter_lines()  # keep the iterator: dropping it closes the response
+        assert next(lines).startswith("data: ")
+        assert sample(gateway.url, "gateway_requests_in_flight", **labels) == 1
+    control.set(token_delay=0, fail_next=1, fail_status=500)
+    with pytest.raises(openai.APIError):
+        client.chat.completions.create(model=MODEL, messages=HI)
+    wait_until(lambda: sample(gateway.url, "gateway_requests_in_flight", **labels) == 0, timeout=5,
+               what="in-flight back to 0")
