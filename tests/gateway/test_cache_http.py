@@ -147,3 +147,17 @@ def test_cache_metrics(stack, key):
                           if line.startswith("gateway_cache_requests_total{") and f'result="{result}"' in line)
               for result in ("hit", "miss", "bypass")}
     assert values["hit"] >= 3 and values["miss"] >= 5 and values["bypass"] >= 3
+
+
+def test_embeddings_are_cached_without_temperature(stack, key, control):
+    body = {"model": MODEL, "input": ["embed me"]}
+    headers = {"X-API-Key": key}
+    first = httpx.post(f"{stack.url}/v1/embeddings", json=body, headers=headers)
+    assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+
+    def hit() -> bool:
+        again = httpx.post(f"{stack.url}/v1/embeddings", json=body, headers=headers)
+        return again.headers["X-Cache"] == "HIT" and again.json()["data"] == first.json()["data"]
+
+    wait_until(hit, timeout=5, what="embedding cached")
+    assert control.calls("/api/embed") == 1
