@@ -111,9 +111,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict | list:
 
 
 async def _token(store: RedisKeyStore, settings: Settings, key_id: str) -> dict:
-    config, http = jwt_from_settings(settings)
-    if http is not None:
-        await http.aclose()
+    config = jwt_from_settings(settings)
     record = await store.get(key_id)
     if record is None:
         raise KeyNotFound(f"no key with id {key_id!r}")

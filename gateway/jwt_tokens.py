@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
@@ -74,14 +74,17 @@ def mint_token(config: JwtConfig, *, subject: str, key_id: str, scopes: frozense
 
 @dataclass
 class JwksCache:
-    """Public keys from an identity provider's JWKS URL, refreshed on an unknown `kid`."""
+    """Public keys from an identity provider's JWKS URL, refreshed on an unknown `kid`.
+
+    Its aiohttp session is opened on first use (inside the running loop) and closed by `aclose`.
+    """
 
     url: str
-    http: httpx.AsyncClient
     ttl_s: float = 600.0
     min_refresh_s: float = 30.0
     _keys: list[dict] = field(default_factory=list)
     _fetched_at: float = float("-inf")
+    _session: aiohttp.ClientSession | None = None
 
     async def key_for(self, kid: str | None) -> dict:
         key = self._match(kid)
@@ -99,14 +102,20 @@ class JwksCache:
         return next((k for k in self._keys if k.get("kid") == kid), None)
 
     async def _refresh(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3.0))
         try:
-            response = await self.http.get(self.url, timeout=3.0)
-            response.raise_for_status()
-            self._keys = list(response.json()["keys"])
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            async with self._session.get(self.url) as response:
+                response.raise_for_status()
+                self._keys = list((await response.json(content_type=None))["keys"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             raise TokenInvalid(f"cannot fetch the identity provider's keys: {type(exc).__name__}") from exc
         finally:
             self._fetched_at = time.monotonic()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class JwtVerifier:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -94,7 +93,7 @@ class Policy:
     metrics: PolicyMetrics
     cache_enabled: bool = True
     default_max_tokens: int = 256
-    http: httpx.AsyncClient | None = None
+    jwks: JwksCache | None = None
     flush_window_s: float = 0.01
     _flusher: asyncio.Future | None = None
 
@@ -108,11 +107,9 @@ class Policy:
         pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else DEV_PEPPER
         keys: KeyStore = RedisKeyStore(redis, pepper) if redis.configured else MemoryKeyStore(pepper)
         lookup = CachedKeyLookup(keys, pepper, fresh_s=settings.key_cache_s, stale_s=settings.key_stale_s)
-        jwt_config, http = jwt_from_settings(settings)
-        verifier = None
-        if jwt_config is not None:
-            jwks = JwksCache(jwt_config.jwks_url, http) if jwt_config.jwks_url and http else None
-            verifier = JwtVerifier(jwt_config, jwks)
+        jwt_config = jwt_from_settings(settings)
+        jwks = JwksCache(jwt_config.jwks_url) if jwt_config is not None and jwt_config.jwks_url else None
+        verifier = JwtVerifier(jwt_config, jwks) if jwt_config is not None else None
         admin = (settings.admin_key.get_secret_value() if settings.admin_key else "") or None
         authenticator = Authenticator(keys=lookup, jwt=verifier, admin_key=admin,
                                       default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm)
@@ -125,7 +122,7 @@ class Policy:
             prices=PriceTable(default=settings.price_default, models=dict(settings.prices),
                               gpu_monthly_usd=settings.gpu_monthly_usd),
             metrics=metrics, cache_enabled=settings.cache_enabled,
-            default_max_tokens=settings.default_max_tokens_estimate, http=http,
+            default_max_tokens=settings.default_max_tokens_estimate, jwks=jwks,
         )
 
     async def aclose(self) -> None:
@@ -134,8 +131,8 @@ class Policy:
         if self.redis.usable:
             await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage])
         await self.redis.close()
-        if self.http is not None:
-            await self.http.aclose()
+        if self.jwks is not None:
+            await self.jwks.aclose()
 
     # -- the request path -----------------------------------------------------------------------
 
@@ -274,16 +271,14 @@ class Policy:
             self._flusher = None
 
 
-def jwt_from_settings(settings: Any) -> tuple[JwtConfig | None, httpx.AsyncClient | None]:
+def jwt_from_settings(settings: Any) -> JwtConfig | None:
     """The pinned JWT configuration, or None when no secret / public key / JWKS is configured."""
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     algorithms = tuple(settings.jwt_algorithms)
     if not (secret or settings.jwt_public_key or settings.jwt_jwks_url):
-        return None, None
+        return None
     if not secret:  # only asymmetric verification configured
         algorithms = tuple(a for a in algorithms if not a.startswith("HS")) or ("RS256",)
-    config = JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
+    return JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
                        jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
                        leeway_s=settings.jwt_leeway_s, ttl_s=settings.jwt_ttl_s)
-    http = httpx.AsyncClient(timeout=3.0) if config.jwks_url else None
-    return config, http

@@ -10,7 +10,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -152,9 +151,9 @@ def jwks_server():
 
 async def test_es256_via_jwks_url(jwks_server):
     url, pem, hits = jwks_server
-    async with httpx.AsyncClient() as http:
-        verifier = JwtVerifier(JwtConfig(algorithms=("ES256",), jwks_url=url, issuer="https://idp.example"),
-                               JwksCache(url, http))
+    jwks = JwksCache(url)
+    try:
+        verifier = JwtVerifier(JwtConfig(algorithms=("ES256",), jwks_url=url, issuer="https://idp.example"), jwks)
         token = jwt.encode(claims(iss="https://idp.example"), pem, algorithm="ES256", headers={"kid": "idp-1"})
         assert (await verifier.verify(token))["sub"] == "key_1"
         assert (await verifier.verify(token))["sub"] == "key_1"
@@ -167,3 +166,5 @@ async def test_es256_via_jwks_url(jwks_server):
         with pytest.raises(TokenInvalid, match="does not publish"):
             await verifier.verify(jwt.encode(claims(iss="https://idp.example"), pem, algorithm="ES256",
                                              headers={"kid": "unknown"}))
+    finally:
+        await jwks.aclose()
