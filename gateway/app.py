@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings)
         await pool.start()
+        for model in pool.models():  # cache and cost series exist before the first request
+            app.state.policy.metrics.register_model(model)
         try:
             yield
         finally:

@@ -79,5 +79,20 @@ def test_usage_visibility(stack):
 def test_cost_metrics_exported(stack):
     text = httpx.get(f"{stack.url}/metrics").text
     assert "gateway_gpu_monthly_cost_usd 300.0" in text
-    cost = [line for line in text.splitlines() if line.startswith("gateway_hosted_api_cost_usd_total{")]
-    assert cost and float(cost[0].rsplit(" ", 1)[1]) > 0
+    cost = [line for line in text.splitlines()
+            if line.startswith(f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}}')]
+    assert len(cost) == 1 and float(cost[0].rsplit(" ", 1)[1]) > 0
+
+
+def test_policy_metrics_exist_before_traffic():
+    stack = PolicyStack.start()
+    try:
+        text = httpx.get(f"{stack.url}/metrics").text
+        for series in (f'gateway_cache_requests_total{{model="{MODEL}",result="hit"}} 0.0',
+                       f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}} 0.0',
+                       'gateway_rate_limited_total{kind="budget"} 0.0',
+                       'gateway_redis_errors_total{operation="rate_limit"} 0.0',
+                       "gateway_gpu_monthly_cost_usd 0.0"):
+            assert series in text, series
+    finally:
+        stack.stop()
