@@ -77,6 +77,8 @@ def test_usage_visibility(stack):
 
 
 def test_cost_metrics_exported(stack):
+    key = stack.create_key()
+    assert httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(), headers={"X-API-Key": key}).status_code == 200
     text = httpx.get(f"{stack.url}/metrics").text
     assert "gateway_gpu_monthly_cost_usd 300.0" in text
     cost = [line for line in text.splitlines()
