@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from gateway import errors
@@ -255,16 +255,37 @@ class KeyRateLimiter:
 
 
 class AnonymousLimiter:
-    """Edge-wide default for routes without an identity (per client IP), via `limits`."""
+    """Default limit for routes without an identity, per client IP, via `limits` (what slowapi wraps).
 
-    def __init__(self, per_minute: int, storage: Storage | None = None) -> None:
+    With Redis it is one limit across replicas (`limits`' Redis storage on the gateway's own
+    connection pool, called through the circuit); otherwise, or while Redis is unavailable,
+    per process.
+    """
+
+    def __init__(self, per_minute: int, redis: RedisState | None = None) -> None:
         self.item = RateLimitItemPerMinute(per_minute)
-        self.limiter = FixedWindowRateLimiter(storage or MemoryStorage())
+        self.redis = redis
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self.shared = None
+        if redis is not None and redis.client is not None:
+            storage = RedisStorage("async+redis://", connection_pool=redis.client.connection_pool,
+                                   implementation="redispy", key_prefix="gw:anon")
+            self.shared = FixedWindowRateLimiter(storage)
 
     async def check(self, client_ip: str) -> None:
-        if not await self.limiter.hit(self.item, "anon", client_ip):
-            stats = await self.limiter.get_window_stats(self.item, "anon", client_ip)
-            retry = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimited("rpm", f"too many requests from this address; retry in {retry}s", retry,
-                              {"X-RateLimit-Limit": str(self.item.amount), "X-RateLimit-Remaining": "0",
-                               "X-RateLimit-Reset": str(retry)})
+        limiter = self.local
+        if self.shared is not None and self.redis is not None:
+            shared = self.shared
+            try:
+                if await self.redis.run("rate_limit", lambda _: shared.hit(self.item, "anon", client_ip)):
+                    return
+                limiter = shared
+            except RedisUnavailable:
+                pass
+        if limiter is self.local and await self.local.hit(self.item, "anon", client_ip):
+            return
+        stats = await limiter.get_window_stats(self.item, "anon", client_ip)
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited("rpm", f"too many requests from this address; retry in {retry}s", retry,
+                          {"X-RateLimit-Limit": str(self.item.amount), "X-RateLimit-Remaining": "0",
+                           "X-RateLimit-Reset": str(retry)})

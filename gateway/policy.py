@@ -116,7 +116,7 @@ class Policy:
         return cls(
             redis=redis, keys=keys, lookup=lookup, authenticator=authenticator, jwt_config=jwt_config,
             limiter=KeyRateLimiter(redis, on_limited=lambda kind: metrics.rate_limited.labels(kind).inc()),
-            anonymous=AnonymousLimiter(settings.anonymous_rpm),
+            anonymous=AnonymousLimiter(settings.anonymous_rpm, redis),
             cache=ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes),
             usage=UsageStore(redis),
             prices=PriceTable(default=settings.price_default, models=dict(settings.prices),

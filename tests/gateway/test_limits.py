@@ -124,3 +124,14 @@ async def test_reconcile_on_an_expired_window_leaves_no_immortal_key(replicas):
     replicas[0].reconcile(reservation, 10)
     await replicas[0].flush()
     assert 0 < await client.ttl(tpm_key) <= 120
+
+
+async def test_anonymous_limit_is_shared_through_redis(replicas):
+    first, second = (AnonymousLimiter(per_minute=3, redis=r.redis) for r in replicas)
+    await first.check("10.1.1.1")
+    await second.check("10.1.1.1")
+    await first.check("10.1.1.1")
+    with pytest.raises(RateLimited) as refused:
+        await second.check("10.1.1.1")
+    assert refused.value.headers["X-RateLimit-Limit"] == "3"
+    await second.check("10.1.1.2")
