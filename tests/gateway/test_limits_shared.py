@@ -81,3 +81,14 @@ def test_unlimited_key_is_not_limited_and_metrics_count_refusals(stack):
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                   if line.startswith('gateway_rate_limited_total{kind="rpm"}'))
     assert counted >= 7
+
+
+def test_token_endpoint_limited_per_address_across_gateways():
+    stack = PolicyStack.start(gateways=2, GATEWAY_ANONYMOUS_RPM="3")
+    try:
+        key = stack.create_key()
+        codes = [httpx.post(f"{stack.gateways[i % 2].url}/auth/token", headers={"X-API-Key": key}).status_code
+                 for i in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+    finally:
+        stack.stop()
