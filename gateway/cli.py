@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from gateway.errors import GatewayError
-from gateway.jwt_tokens import TokenInvalid, mint_token
+from gateway.jwt_tokens import TokenInvalid, jwt_from_settings, mint_token
 from gateway.keys import ApiKey, KeyNotFound, KeySpec, RedisKeyStore, update_key
-from gateway.policy import DEV_PEPPER, jwt_from_settings
+from gateway.policy import DEV_PEPPER
 from gateway.redis_state import RedisState
 from gateway.settings import Settings
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from jose import jwt
@@ -170,3 +171,24 @@ class JwtVerifier:
             raise TokenInvalid("token issued in the future")
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise TokenInvalid("token has no subject")
+
+
+def jwt_from_settings(settings: Any) -> JwtConfig | None:
+    """The pinned JWT configuration, or None when no secret / public key / JWKS is configured.
+
+    Raises ValueError (at start-up) for a configuration that cannot work, e.g. RS256 pinned
+    without a public key or JWKS URL.
+    """
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    algorithms = tuple(settings.jwt_algorithms)
+    asymmetric = set(algorithms) & ASYMMETRIC_ALGORITHMS
+    if asymmetric and not (settings.jwt_public_key or settings.jwt_jwks_url):
+        raise ValueError(f"GATEWAY_JWT_ALGORITHMS has {sorted(asymmetric)}: set GATEWAY_JWT_PUBLIC_KEY "
+                         "or GATEWAY_JWT_JWKS_URL")
+    if not (secret or asymmetric):
+        return None  # development without JWT: API keys only
+    if not secret:  # only asymmetric verification configured
+        algorithms = tuple(a for a in algorithms if a not in HMAC_ALGORITHMS)
+    return JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
+                     jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                     leeway_s=settings.jwt_leeway_s, ttl_s=settings.jwt_ttl_s)

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.auth import Authenticator, Principal
 from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
 from gateway.cost import PriceTable
-from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier
+from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.protocol import StreamOptions
@@ -105,6 +105,8 @@ class Policy:
                                     retry_after_s=settings.redis_retry_s,
                                     on_error=lambda op: metrics.redis_errors.labels(op).inc())
         pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else DEV_PEPPER
+        if not settings.key_pepper:
+            log.warning("GATEWAY_KEY_PEPPER is not set: API-key hashes use a development pepper")
         keys: KeyStore = RedisKeyStore(redis, pepper) if redis.configured else MemoryKeyStore(pepper)
         lookup = CachedKeyLookup(keys, pepper, fresh_s=settings.key_cache_s, stale_s=settings.key_stale_s)
         jwt_config = jwt_from_settings(settings)
@@ -269,16 +271,3 @@ class Policy:
             log.exception("writing usage and limits to Redis failed")
         finally:
             self._flusher = None
-
-
-def jwt_from_settings(settings: Any) -> JwtConfig | None:
-    """The pinned JWT configuration, or None when no secret / public key / JWKS is configured."""
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-    algorithms = tuple(settings.jwt_algorithms)
-    if not (secret or settings.jwt_public_key or settings.jwt_jwks_url):
-        return None
-    if not secret:  # only asymmetric verification configured
-        algorithms = tuple(a for a in algorithms if not a.startswith("HS")) or ("RS256",)
-    return JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
-                       jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-                       leeway_s=settings.jwt_leeway_s, ttl_s=settings.jwt_ttl_s)

@@ -5,13 +5,17 @@ Each maps to `GATEWAY_<NAME>` through the prefix `Settings` declares.
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.cost import DEFAULT_PRICE, ModelPrice
+from gateway.jwt_tokens import jwt_from_settings
 
 
 class PolicySettings(BaseSettings):
+    # Validation errors must not echo the input: it holds the secrets.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     jwt_algorithms: list[str] = Field(
         default_factory=lambda: ["HS256"],
         description="Accepted JWT algorithms, pinned (never taken from the token): HS256 with "
@@ -42,3 +46,10 @@ class PolicySettings(BaseSettings):
                                    '"output_per_million": ...}.')
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per-model hosted-API prices.")
     gpu_monthly_usd: float = Field(0.0, ge=0, description="Monthly cost of the GPU box, for the break-even volume.")
+
+    @model_validator(mode="after")
+    def _jwt_settings_usable(self) -> "PolicySettings":
+        """Fail at start-up with a clear message, not on the first token."""
+        if hasattr(self, "jwt_secret"):  # the full Settings (the secret lives there)
+            jwt_from_settings(self)  # raises ValueError naming the missing setting
+        return self

@@ -168,3 +168,17 @@ async def test_es256_via_jwks_url(jwks_server):
                                              headers={"kid": "unknown"}))
     finally:
         await jwks.aclose()
+
+
+def test_settings_refuse_unusable_jwt_configuration_without_echoing_secrets():
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(jwt_algorithms=["RS256"], jwt_secret="a-secret-that-must-not-be-echoed")
+    assert "GATEWAY_JWT_PUBLIC_KEY" in str(refused.value)
+    assert "a-secret-that-must-not-be-echoed" not in str(refused.value)
+    with pytest.raises(ValidationError, match="unsupported JWT algorithms"):
+        Settings(jwt_algorithms=["none"], jwt_secret=SECRET)
+    assert Settings(jwt_secret=None).jwt_algorithms == ["HS256"]  # development: API keys only
