@@ -73,11 +73,13 @@ class ResponseCache:
     """
 
     def __init__(self, redis: RedisState, *, ttl_s: int = 3600, max_entry_bytes: int = 256 * 1024,
-                 memory_entries: int = 1024) -> None:
+                 memory_entries: int = 1024, memory_bytes: int = 32 * 1024 * 1024) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.max_entry_bytes = max_entry_bytes
         self.memory_entries = memory_entries
+        self.memory_bytes = memory_bytes  # total cap of the in-process store (no REDIS_URL)
+        self._memory_bytes = 0
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._pending: dict[str, bytes] = {}
         self.max_pending = 256
@@ -121,10 +123,11 @@ class ResponseCache:
                 return False
             self._pending[key] = raw
             return True
+        previous = self._memory.pop(key, None)
+        self._memory_bytes += len(raw) - (len(previous[1]) if previous else 0)
         self._memory[key] = (time.monotonic() + self.ttl_s, raw)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_entries:
-            self._memory.popitem(last=False)
+        while len(self._memory) > self.memory_entries or self._memory_bytes > self.memory_bytes:
+            self._memory_bytes -= len(self._memory.popitem(last=False)[1][1])
         return True
 
     @property

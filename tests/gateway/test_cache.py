@@ -70,12 +70,18 @@ async def test_redis_store_round_trip_ttl_and_size_cap(redis_server):
         await state.close()
 
 
-async def test_memory_store_is_bounded():
+async def test_memory_store_is_bounded_in_entries_and_bytes():
     cache = ResponseCache(RedisState(None), memory_entries=3)
     keys = [cache_key("chat", "tiny", {**BODY, "seed": i}) for i in range(5)]
     for k in keys:
         await cache.put(k, ANSWER)
     assert [await cache.get(k) is not None for k in keys] == [False, False, True, True, True]
+    size = len(orjson.dumps(ANSWER))
+    by_bytes = ResponseCache(RedisState(None), memory_entries=100, memory_bytes=2 * size)
+    for k in keys:
+        await by_bytes.put(k, ANSWER)
+        await by_bytes.put(k, ANSWER)  # overwriting must not count twice
+    assert [await by_bytes.get(k) is not None for k in keys] == [False, False, False, True, True]
 
 
 def parse_sse(frames: list[bytes]) -> list:
