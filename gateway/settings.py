@@ -44,7 +44,8 @@ class Settings(PolicySettings):
     """Every field maps to `GATEWAY_<NAME>` unless an alias says otherwise (REDIS_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True,
+        env_ignore_empty=True,  # compose forwards unset tunables as "": they mean "use the default"
     )
 
     env: Literal["development", "production"] = Field(
