@@ -38,12 +38,7 @@ def gateway_env(*, redis_port: int | None, backend_url: str, **extra: str) -> di
 
 def start_gateway(env: dict[str, str], timeout: float = 30.0) -> Service:
     port = free_port()
-    service = python_service("gateway", ["-m", "gateway"], port, env={**env, "GATEWAY_PORT": str(port)}).start()
-    try:
-        service.wait_http("/healthz", timeout=timeout)
-    except Exception:
-        service.kill()
-        raise RuntimeError(f"the gateway did not start; its log:\n{service.logs()}") from None
+    service = python_service("gateway", ["-m", "gateway"], port, env={**env, "GATEWAY_PORT": str(port)}).start_and_wait_http("/healthz", timeout=timeout)
     return service
 
 
