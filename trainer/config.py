@@ -121,6 +121,12 @@ class OllamaConfig(_Section):
                        description="Model name in Ollama; versions are tagged NAME:vN and NAME:latest.")
     parameters: dict[str, Any] = Field(
         default={"temperature": 0}, description="Ollama model parameters (stop tokens are added from the template).")
+    template: str | None = Field(
+        default=None, description="Go template for Ollama; by default derived from the tokenizer's chat template.")
+    stop: list[str] | None = Field(
+        default=None, description="Stop strings to use with a hand-written template (derived ones are automatic).")
+    adapter_base: str | None = Field(
+        default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries for transient Ollama errors (5xx, connect).")
     timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout for uploads and create.")
 

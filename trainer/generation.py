@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from trainer.encoding import IGNORE, Encoded
+from trainer.encoding import Encoded
+from trainer.loss import assistant_loss_sum
 from trainer.train import collate
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ def eval_loss(model: "PreTrainedModel", examples: list[Encoded], *, pad_id: int,
               desc: str = "eval loss") -> float:
     """Mean cross-entropy over every assistant token of the held-out set (token-weighted, not per batch)."""
     import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -69,9 +69,7 @@ def eval_loss(model: "PreTrainedModel", examples: list[Encoded], *, pad_id: int,
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
         batch = collate(examples[start:start + batch_size], pad_id, str(device))
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
-        targets = batch["labels"][:, 1:].reshape(-1)
-        total += F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum").item()
-        count += int((targets != IGNORE).sum())
+            loss_sum, n = assistant_loss_sum(model, batch)
+        total += loss_sum.item()
+        count += n
     return total / max(count, 1)

@@ -25,6 +25,7 @@ from trainer.config import RunConfig
 from trainer.data import read_prepared
 from trainer.encoding import IGNORE, Encoded, encode_conversation
 from trainer.errors import StageOrderError
+from trainer.loss import assistant_loss_sum
 
 if TYPE_CHECKING:
     import torch
@@ -170,7 +171,11 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
         step_loss = 0.0
         for indices in micro_batches_for_step(step, len(examples), cfg):
             batch = collate([examples[i] for i in indices], tok.pad_token_id, device)
-            loss = model(**batch).loss / cfg.training.gradient_accumulation_steps
+            if backend == "unsloth":  # Unsloth's patched forward has its own fused loss
+                loss = model(**batch).loss / cfg.training.gradient_accumulation_steps
+            else:
+                loss_sum, n = assistant_loss_sum(model, batch)
+                loss = loss_sum / max(n, 1) / cfg.training.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
             seen += int(batch["attention_mask"].sum())
