@@ -128,6 +128,7 @@ class OllamaConfig(_Section):
     adapter_base: str | None = Field(
         default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries for transient Ollama errors (5xx, connect).")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles on each retry.")
     timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout for uploads and create.")
 
     @field_validator("host")
