@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import DataConfig
@@ -170,12 +171,20 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def prepare(cfg: DataConfig, tok: "PreTrainedTokenizerBase", seed: int) -> tuple[list[Messages], list[Messages], PrepareReport]:
-    """Validate, dedupe, length-check and split; raise DataError when nothing usable is left."""
+def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], seed: int
+            ) -> tuple[list[Messages], list[Messages], PrepareReport]:
+    """Validate, dedupe, length-check and split; raise DataError when nothing usable is left.
+
+    The tokenizer is loaded (`load_tok`) only once there are valid rows, so bad data fails fast.
+    """
     report = PrepareReport()
     rows = read_rows(cfg.paths, cfg.format, cfg.system_prompt, report)
     if report.rows_read == 0:
         raise DataError(f"no examples found in {', '.join(map(str, cfg.paths))}: the data is empty")
+    if not rows:
+        raise DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
+                        + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+    tok = load_tok()
     seen: set[str] = set()
     kept: list[Messages] = []
     lengths: list[int] = []

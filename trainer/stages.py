@@ -25,8 +25,9 @@ def prepare_stage(cfg: RunConfig) -> dict[str, Any]:
     from trainer.base_model import load_tokenizer, resolve_source
     from trainer.data import prepare, write_jsonl
 
-    tok = load_tokenizer(resolve_source(cfg.base_model.source), cfg.base_model.chat_template)
-    train_rows, eval_rows, report = prepare(cfg.data, tok, cfg.training.seed)
+    source = resolve_source(cfg.base_model.source)
+    train_rows, eval_rows, report = prepare(
+        cfg.data, lambda: load_tokenizer(source, cfg.base_model.chat_template), cfg.training.seed)
     out = cfg.output_dir / "data"
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "eval.jsonl", eval_rows)
