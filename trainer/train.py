@@ -109,6 +109,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, digest: 
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                tmp / "state.pt")
+    shutil.rmtree(target, ignore_errors=True)  # a stale checkpoint of an earlier run with another config
     tmp.rename(target)
     for old in _checkpoints(root)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
