@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 
 ## up: write .env with generated secrets when there is none, then start the stack
 up:
-	@test -f .env || $(PY) scripts/make_env.py > .env
+	@test -f .env || $(PY) scripts/make_env.py --output .env
 	docker compose up -d
 
 down:

@@ -1,0 +1,1 @@
+"""OpenAI-compatible inference gateway in front of Ollama and OpenAI-compatible servers."""

@@ -1,0 +1,31 @@
+"""`python -m gateway`: serve with uvicorn (one worker per container; scale with replicas)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+def serve() -> int:
+    try:
+        settings = Settings()
+    except (ValidationError, SettingsError) as exc:
+        cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
+        print(f"gateway: invalid configuration:\n{exc}{cause}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

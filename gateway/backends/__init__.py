@@ -1,0 +1,1 @@
+"""Backend kinds behind one interface (`base.Backend`), and the replica pool that routes between them."""

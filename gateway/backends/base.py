@@ -1,0 +1,83 @@
+"""The one interface every backend kind implements, and the status -> error mapping they share.
+
+Backends speak OpenAI's response shapes to the rest of the gateway: a unary call returns the
+OpenAI response dict; a stream yields OpenAI chunk dicts and ends with one usage-only chunk
+(`choices: []`, `usage: {...}`) so the serving layer can count tokens whether or not the client
+asked for `stream_options.include_usage`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.errors import (
+    BackendClientError,
+    BackendOverloaded,
+    BackendUnavailable,
+    GatewayError,
+    ReplicaLacksModel,
+)
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.settings import BackendSpec, Settings
+
+Chunk = dict[str, Any]
+
+
+class Backend(abc.ABC):
+    kind: str
+
+    def __init__(self, spec: BackendSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.name = spec.label
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[str]:
+        """Names of the models this replica serves now."""
+
+    @abc.abstractmethod
+    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]: ...
+
+    @abc.abstractmethod
+    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]: ...
+
+    @abc.abstractmethod
+    async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None:
+        return None
+
+
+def error_for_status(status: int, message: str, backend: str) -> GatewayError:
+    """Which failures fail over (and count against the replica) and which go back to the caller."""
+    text = f"backend {backend}: {message}" if message else f"backend {backend} answered {status}"
+    if status == 404:
+        return ReplicaLacksModel(text)
+    if status in (429, 503):
+        return BackendOverloaded(text)
+    if 400 <= status < 500:
+        return BackendClientError(status, message or f"backend rejected the request ({status})")
+    return BackendUnavailable(text)
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

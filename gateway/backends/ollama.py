@@ -1,0 +1,141 @@
+"""Ollama's native API (docs/api.md): NDJSON streams and exact token counts from the final line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.backends import ollama_translate as tr
+from gateway.backends.base import Backend, Chunk, completion_id, now, usage_dict
+from gateway.backends.http import BackendHTTP, error_message
+from gateway.errors import BackendUnavailable, InvalidRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.settings import BackendSpec, Settings
+
+
+def _chat_chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> Chunk:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def _text_chunk(cid: str, created: int, model: str, text: str, finish: str | None) -> Chunk:
+    return {"id": cid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+
+def _usage(part: dict[str, Any]) -> dict[str, int]:
+    return usage_dict(int(part.get("prompt_eval_count") or 0), int(part.get("eval_count") or 0))
+
+
+class OllamaBackend(Backend):
+    kind = "ollama"
+
+    def __init__(self, spec: BackendSpec, settings: Settings) -> None:
+        super().__init__(spec, settings)
+        self._http = BackendHTTP(spec.url, name=self.name, connect_timeout_s=settings.connect_timeout_s,
+                                 max_connections=settings.max_connections_per_backend)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _parts(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """NDJSON objects; an {"error": ...} line (Ollama's mid-stream failure, status 200) raises."""
+        async for line in self._http.lines(path, orjson.dumps(body)):
+            try:
+                part = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise BackendUnavailable(f"backend {self.name} sent a malformed NDJSON line") from None
+            if "error" in part:
+                raise BackendUnavailable(f"backend {self.name}: {error_message(line)}")
+            yield part
+
+    async def list_models(self) -> list[str]:
+        tags = await self._http.json("GET", "/api/tags")
+        return [m.get("model") or m["name"] for m in tags.get("models", []) if m.get("model") or m.get("name")]
+
+    def _chat_body(self, req: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+        if req.n != 1:
+            raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
+        body: dict[str, Any] = {"model": model, "messages": tr.messages(req), "stream": stream,
+                                "options": tr.options(req, req.output_cap), **tr.passthrough(req)}
+        fmt = tr.response_format(req)
+        if fmt is not None:
+            body["format"] = fmt
+        if req.tools:
+            body["tools"] = req.tools
+        return body
+
+    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
+        r = await self._http.json("POST", "/api/chat", orjson.dumps(self._chat_body(req, model, stream=False)))
+        msg = r.get("message") or {}
+        calls = tr.tool_calls_out(msg.get("tool_calls"))
+        message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
+        if calls:
+            message["tool_calls"] = calls
+        return {"id": completion_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": tr.finish_reason(r.get("done_reason"), bool(calls))}],
+                "usage": _usage(r)}
+
+    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]:
+        body = self._chat_body(req, model, stream=True)
+        cid, created, first, saw_tool_calls = completion_id("chatcmpl"), now(), True, False
+        async for part in self._parts("/api/chat", body):
+            msg = part.get("message") or {}
+            delta: dict[str, Any] = {"content": msg.get("content") or ""}
+            if first:
+                delta["role"] = "assistant"
+                first = False
+            if msg.get("tool_calls"):
+                delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
+                saw_tool_calls = True
+            if delta["content"] or len(delta) > 1:
+                yield _chat_chunk(cid, created, model, delta, None)
+            if part.get("done"):
+                yield _chat_chunk(cid, created, model, {}, tr.finish_reason(part.get("done_reason"), saw_tool_calls))
+                yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [], "usage": _usage(part)}
+                return
+        raise BackendUnavailable(f"backend {self.name}: stream ended before done")
+
+    def _generate_body(self, req: CompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+        if req.n != 1:
+            raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
+        return {"model": model, "stream": stream, "options": tr.options(req, req.output_cap),
+                **tr.generate_kwargs(req)}
+
+    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
+        body = self._generate_body(req, model, stream=False)
+        r = await self._http.json("POST", "/api/generate", orjson.dumps(body))
+        text = (body["prompt"] + r.get("response", "")) if req.echo else r.get("response", "")
+        return {"id": completion_id("cmpl"), "object": "text_completion", "created": now(), "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
+                "usage": _usage(r)}
+
+    async def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]:
+        body = self._generate_body(req, model, stream=True)
+        cid, created = completion_id("cmpl"), now()
+        async for part in self._parts("/api/generate", body):
+            if part.get("response"):
+                yield _text_chunk(cid, created, model, part["response"], None)
+            if part.get("done"):
+                yield _text_chunk(cid, created, model, "", tr.finish_reason(part.get("done_reason"), False))
+                yield {"id": cid, "object": "text_completion", "created": created, "model": model,
+                       "choices": [], "usage": _usage(part)}
+                return
+        raise BackendUnavailable(f"backend {self.name}: stream ended before done")
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
+        extra = req.model_extra or {}
+        body: dict[str, Any] = {"model": model, "input": req.texts(),
+                                **{k: extra[k] for k in ("truncate", "keep_alive", "options") if k in extra}}
+        if req.dimensions:
+            body["dimensions"] = req.dimensions
+        r = await self._http.json("POST", "/api/embed", orjson.dumps(body))
+        data = [{"object": "embedding", "index": i, "embedding": vec} for i, vec in enumerate(r.get("embeddings", []))]
+        tokens = int(r.get("prompt_eval_count") or 0)
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

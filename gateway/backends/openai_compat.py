@@ -1,0 +1,93 @@
+"""Any OpenAI-compatible server (vLLM, llama.cpp server, TGI, Ollama's /v1): SSE relayed chunk by chunk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.backends.base import Backend, Chunk, usage_dict
+from gateway.backends.http import BackendHTTP, error_message
+from gateway.errors import BackendUnavailable
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.settings import BackendSpec, Settings
+
+# Not forwarded: the gateway owns these (the client's stream_options is applied by the serving layer).
+_OWN_FIELDS = {"stream_options"}
+
+
+class OpenAICompatBackend(Backend):
+    kind = "openai"
+
+    def __init__(self, spec: BackendSpec, settings: Settings) -> None:
+        super().__init__(spec, settings)
+        headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
+        self._http = BackendHTTP(spec.url + "/v1", name=self.name, connect_timeout_s=settings.connect_timeout_s,
+                                 max_connections=settings.max_connections_per_backend, headers=headers)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def _body(req: Any, model: str, stream: bool | None) -> bytes:
+        body = req.model_dump(exclude_none=True, exclude=_OWN_FIELDS)
+        body["model"] = model
+        if stream is not None:
+            body["stream"] = stream
+        if stream:  # always ask for usage; the serving layer drops it if the client did not
+            body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
+
+    async def _sse(self, path: str, content: bytes) -> AsyncIterator[Chunk]:
+        async for line in self._http.lines(path, content):
+            if not line.startswith(b"data:"):
+                continue  # comments (": ping") and event/id fields
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise BackendUnavailable(f"backend {self.name} sent a malformed SSE event") from None
+            if "error" in chunk:
+                raise BackendUnavailable(f"backend {self.name}: {error_message(data)}")
+            yield chunk
+        raise BackendUnavailable(f"backend {self.name}: stream ended without [DONE]")
+
+    @staticmethod
+    async def _usage_last(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Guarantee the contract's final usage-only chunk, whatever the server's habit."""
+        usage: dict[str, Any] | None = None
+        content_chunks = 0
+        last: Chunk | None = None
+        async for chunk in chunks:
+            last = chunk
+            if chunk.get("usage"):
+                usage = chunk.pop("usage")
+            if chunk.get("choices"):
+                content_chunks += 1
+                yield chunk
+        if last is not None:
+            usage = usage or usage_dict(0, content_chunks)  # a server without usage: count chunks
+            yield {**{k: last[k] for k in ("id", "object", "created", "model") if k in last},
+                   "choices": [], "usage": usage}
+
+    async def list_models(self) -> list[str]:
+        listing = await self._http.json("GET", "/models")
+        return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
+
+    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
+        return await self._http.json("POST", "/chat/completions", self._body(req, model, stream=False))
+
+    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]:
+        return self._usage_last(self._sse("/chat/completions", self._body(req, model, stream=True)))
+
+    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
+        return await self._http.json("POST", "/completions", self._body(req, model, stream=False))
+
+    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]:
+        return self._usage_last(self._sse("/completions", self._body(req, model, stream=True)))
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
+        return await self._http.json("POST", "/embeddings", self._body(req, model, stream=None))

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the gateway, one registry per app.
+
+Names follow vLLM's (`time_to_first_token_seconds`, `e2e_request_latency_seconds`,
+`prompt_tokens_total`, ...) under a `gateway_` prefix. Labels stay bounded: `model` and
+`backend` come from configuration / discovery, never from key ids or prompts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# vLLM's buckets, extended downwards: a small model on a GPU answers in milliseconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
+TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+OUTCOMES = ("success", "client_error", "backend_error", "timeout", "unavailable", "cancelled")
+
+
+class GatewayMetrics:
+    """Every gateway metric, registered on `registry` when constructed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        mb = ("model", "backend")
+        self.requests = Counter("gateway_llm_requests", "LLM requests by outcome.",
+                                (*mb, "outcome"), registry=registry)
+        self.e2e_latency = Histogram("gateway_e2e_request_latency_seconds", "End-to-end LLM request latency.",
+                                     mb, buckets=LATENCY_BUCKETS, registry=registry)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token (streamed).",
+                              mb, buckets=TTFT_BUCKETS, registry=registry)
+        self.tpot = Histogram("gateway_time_per_output_token_seconds", "Time per output token after the first.",
+                              mb, buckets=TPOT_BUCKETS, registry=registry)
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "Input tokens processed.", mb, registry=registry)
+        self.generation_tokens = Counter("gateway_generation_tokens", "Output tokens generated.",
+                                         mb, registry=registry)
+        self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway outside the backend call.",
+                                  ("model",), buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.in_flight = Gauge("gateway_requests_in_flight", "LLM requests being served.", mb, registry=registry)
+        self.retries = Counter("gateway_retries", "Attempts retried after a replica failed.", ("model",),
+                               registry=registry)
+        self.failovers = Counter("gateway_failovers", "Requests answered by another replica than the first tried.",
+                                 ("model",), registry=registry)
+        self.circuit_state = Gauge("gateway_circuit_state", "Circuit state per replica: 0 closed, 1 half-open, 2 open.",
+                                   ("backend",), registry=registry)
+        self.backend_up = Gauge("gateway_backend_up", "1 if the replica answered its last model-list call.",
+                                ("backend",), registry=registry)
+
+    def register_backend(self, backend: str) -> None:
+        """Create the per-replica series at start-up so dashboards show them before any traffic."""
+        self.circuit_state.labels(backend).set(0)
+        self.backend_up.labels(backend).set(0)
+
+    def register_model(self, model: str, backend: str) -> None:
+        for outcome in OUTCOMES:
+            self.requests.labels(model, backend, outcome)
+        self.prompt_tokens.labels(model, backend)
+        self.generation_tokens.labels(model, backend)
+        self.in_flight.labels(model, backend)

@@ -1,0 +1,100 @@
+"""Gateway configuration: environment variables (or `.env`), validated once at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that must never reach production: they are in docs and examples, so attackers know them too.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
+
+
+class BackendSpec(BaseModel):
+    """One inference server replica the gateway may route to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["ollama", "openai"] = Field(
+        description="`ollama` for Ollama's native API, `openai` for any OpenAI-compatible server "
+        "(vLLM, llama.cpp server, TGI, Ollama's /v1)."
+    )
+    url: str = Field(description="Base URL, e.g. http://ollama:11434 or http://vllm:8000 (no /v1 suffix).")
+    name: str | None = Field(None, description="Label used in metrics and logs; defaults to host:port.")
+    api_key: SecretStr | None = Field(None, description="Bearer token sent to an OpenAI-compatible server.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"backend url must be http(s)://host[:port], got {v!r}")
+        return v.rstrip("/").removesuffix("/v1")
+
+    @property
+    def label(self) -> str:
+        return self.name or urlsplit(self.url).netloc
+
+
+class Settings(BaseSettings):
+    """Every field maps to `GATEWAY_<NAME>` unless an alias says otherwise (REDIS_URL)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` refuses missing or placeholder secrets at start-up."
+    )
+    host: str = Field("0.0.0.0", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    backends: list[BackendSpec] = Field(
+        default_factory=list,
+        description='JSON list of replicas: [{"kind": "ollama", "url": "http://ollama:11434"}, ...].',
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description='JSON object mapping alias -> model, e.g. {"default": "smollm2:135m"}.'
+    )
+    admin_key: SecretStr | None = Field(None, description="Bootstrap admin API key (sk-...).")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret for gateway-issued JWTs.")
+    key_pepper: SecretStr | None = Field(None, description="Server-side pepper mixed into API-key hashes.")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
+        description="redis://[:password@]host:port/db. Unset: in-process stores (development).",
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (413 above).")
+    connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a backend.")
+    first_token_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for a backend's first byte/token (model load included)."
+    )
+    total_timeout_s: float = Field(300.0, gt=0, description="Hard cap on one request, all attempts included.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Replicas tried per request before giving up.")
+    breaker_failures: int = Field(3, ge=1, description="Consecutive failures that open a replica's circuit.")
+    breaker_reset_s: float = Field(10.0, gt=0, description="Seconds a circuit stays open before one probe.")
+    discovery_interval_s: float = Field(15.0, gt=0, description="How often replicas' model lists are refreshed.")
+    discovery_timeout_s: float = Field(3.0, gt=0, description="Timeout of one model-list call.")
+    max_connections_per_backend: int = Field(256, ge=1, description="HTTP connection pool size per replica.")
+
+    @field_validator("backends", mode="after")
+    @classmethod
+    def _unique_labels(cls, v: list[BackendSpec]) -> list[BackendSpec]:
+        labels = [b.label for b in v]
+        dupes = {x for x in labels if labels.count(x) > 1}
+        if dupes:
+            raise ValueError(f"backend names must be unique, repeated: {sorted(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> "Settings":
+        if self.env != "production":
+            return self
+        for field in ("admin_key", "jwt_secret", "key_pepper"):
+            value: SecretStr | None = getattr(self, field)
+            plain = value.get_secret_value() if value else ""
+            if plain.lower() in PLACEHOLDER_SECRETS or len(plain) < 16:
+                raise ValueError(f"GATEWAY_{field.upper()} must be set to a real secret (16+ chars) in production")
+        return self

@@ -1,0 +1,46 @@
+"""Gateway fixtures: Ollama doubles and gateways as real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.support.gateway import ADMIN_KEY, running_gateway
+from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from tests.support.processes import Service
+
+MODEL = "smollm2:135m"
+
+
+@pytest.fixture(scope="module")
+def double() -> Iterator[Service]:
+    with running_ollama_double(tokens=8) as service:
+        yield service
+
+
+@pytest.fixture
+def control(double: Service) -> Iterator[OllamaDoubleControl]:
+    ctl = OllamaDoubleControl(double.url)
+    ctl.reset()
+    yield ctl
+    ctl.reset()
+
+
+@pytest.fixture(scope="module")
+def gateway(double: Service) -> Iterator[Service]:
+    with running_gateway([("ollama", double.url)], env={"GATEWAY_MAX_BODY_BYTES": "65536",
+                                                          "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "2",
+                                                          "GATEWAY_TOTAL_TIMEOUT_S": "5"}) as service:
+        yield service
+
+
+@pytest.fixture
+def client(gateway: Service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def aclient(gateway: Service) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=20)

@@ -1,0 +1,277 @@
+"""The compose files: valid to Docker Compose's own parser and to the compose-spec schema,
+merged with the GPU override, and holding the stack's rules (health, privileges, ports,
+secrets, pinned images, start-up order)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.stack.compose_cli import (BASE, GPU, SCHEMA, SECRET_NAMES, compose_binary, compose_config,
+                                 env_example, generated_env, referenced_variables, run_compose, yaml_model)
+from tests.stack.nginx_render import NGINX_DIR, render_template
+from tests.support.processes import REPO_ROOT
+
+needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
+PUBLISHING = {"nginx", "grafana", "jaeger"}  # the edge: API, dashboards, traces UI
+OPTIONAL_PROFILES = {"trainer": ["train"], "jaeger": ["tracing"]}
+MOVING_TAGS = {"latest", "stable", "mainline", "alpine", "edge", "main", "master"}
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return generated_env()
+
+
+@pytest.fixture(scope="module")
+def model(env: dict[str, str]) -> dict[str, Any]:
+    """Merged base + GPU model: Compose's own rendering where available, else PyYAML's."""
+    return compose_config(env) if compose_binary() else yaml_model()
+
+
+@pytest.fixture(scope="module")
+def services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return model["services"]
+
+
+def spec_validator() -> jsonschema.Draft7Validator:
+    """The compose-spec schema is draft-07 (its $schema URL lacks the '#' jsonschema expects)."""
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+
+
+def long_running(service: dict[str, Any]) -> bool:
+    return service.get("restart", "no") != "no"
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason=f"compose-spec schema not at {SCHEMA}")
+@pytest.mark.parametrize("path", [BASE, GPU], ids=lambda p: p.name)
+def test_each_file_matches_the_compose_spec_schema(path: Path) -> None:
+    spec_validator().validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason=f"compose-spec schema not at {SCHEMA}")
+def test_the_schema_check_catches_a_typo() -> None:
+    broken = yaml.safe_load(BASE.read_text())
+    broken["services"]["redis"]["restrat"] = "always"
+    with pytest.raises(jsonschema.ValidationError, match="restrat"):
+        spec_validator().validate(broken)
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason=f"compose-spec schema not at {SCHEMA}")
+@needs_compose
+def test_merged_config_matches_the_compose_spec_schema(model: dict[str, Any]) -> None:
+    spec_validator().validate(model)
+
+
+@needs_compose
+def test_plain_up_leaves_the_optional_profiles_out(env: dict[str, str]) -> None:
+    done = run_compose(["config", "--services"], env, profiles=())
+    assert done.returncode == 0, done.stderr
+    plain = set(done.stdout.split())
+    assert plain.isdisjoint(OPTIONAL_PROFILES)
+    assert {"nginx", "gateway", "redis", "ollama", "ollama-init", "prometheus", "grafana",
+            "nginx-exporter", "redis-exporter"} <= plain
+
+
+def test_optional_services_sit_in_their_profiles(services: dict[str, dict[str, Any]]) -> None:
+    for name, profiles in OPTIONAL_PROFILES.items():
+        assert services[name].get("profiles") == profiles
+    assert all(not s.get("profiles") for n, s in services.items() if n not in OPTIONAL_PROFILES)
+
+
+@needs_compose
+@pytest.mark.parametrize("secret", SECRET_NAMES)
+def test_compose_refuses_to_start_without_each_secret(env: dict[str, str], secret: str) -> None:
+    done = run_compose(["config", "--quiet"], {k: v for k, v in env.items() if k != secret})
+    assert done.returncode != 0
+    assert secret in done.stderr and "make up" in done.stderr
+
+
+@needs_compose
+def test_compose_refuses_the_example_env_as_is() -> None:
+    done = run_compose(["config", "--quiet"], env_example())
+    assert done.returncode != 0 and "is not set" in done.stderr
+
+
+def test_secrets_are_required_variables_never_literals() -> None:
+    for path in (BASE, GPU):
+        text = path.read_text()
+        for name, operators in referenced_variables(text).items():
+            if name in SECRET_NAMES:
+                assert operators == {":?"}, f"{path.name}: {name} must be ${{{name}:?...}} everywhere"
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition(":")
+            if sep and re.search(r"PASSWORD|SECRET|PEPPER|TOKEN|_KEY$", key) and value.strip():
+                assert "${" in value or "$$" in value, f"{path.name}: literal secret in {line.strip()!r}"
+
+
+def test_secret_values_come_from_the_env_file(services: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
+    if not compose_binary():
+        pytest.skip("interpolation needs the compose binary")
+    seen = 0
+    for service in services.values():
+        for key, value in (service.get("environment") or {}).items():
+            if key in SECRET_NAMES:
+                assert value == env[key]
+                seen += 1
+            if key == "REDIS_URL":
+                assert env["REDIS_PASSWORD"] in value
+    assert seen >= len(SECRET_NAMES)
+
+
+def test_every_variable_is_documented_in_the_env_example() -> None:
+    documented = set(env_example())
+    used = set(referenced_variables(BASE.read_text())) | set(referenced_variables(GPU.read_text()))
+    assert used <= documented, f"not in .env.example: {sorted(used - documented)}"
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if long_running(service):
+            check = service.get("healthcheck") or {}
+            assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+            assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_one_shot_services_do_not_restart(services: dict[str, dict[str, Any]]) -> None:
+    assert services["ollama-init"]["restart"] == "no"
+    assert services["trainer"]["restart"] == "no"
+
+
+def test_start_up_order_waits_for_health(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for target, dep in (service.get("depends_on") or {}).items():
+            condition = dep["condition"]
+            assert condition in ("service_healthy", "service_completed_successfully"), f"{name} -> {target}"
+            if condition == "service_healthy":
+                assert services[target].get("healthcheck"), f"{name} waits on {target}, which has none"
+            else:
+                assert not long_running(services[target]), f"{target} never completes"
+    assert services["nginx"]["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert services["gateway"]["depends_on"]["ollama-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_service_runs_unprivileged_and_hardened(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        user = str(service.get("user", ""))
+        uid = user.split(":")[0]
+        assert uid.isdigit() and int(uid) != 0, f"{name} must set a non-root numeric user, has {user!r}"
+        assert service.get("read_only") is True, f"{name}: root filesystem must be read-only"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert not service.get("privileged"), name
+        assert not service.get("cap_add"), f"{name} adds capabilities"
+
+
+def published(service: dict[str, Any]) -> list[dict[str, Any] | str]:
+    return service.get("ports") or []
+
+
+def test_only_the_edge_publishes_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert {n for n, s in services.items() if published(s)} == PUBLISHING
+    if compose_binary():  # rendered ports: long syntax with host_ip and target
+        assert {int(p["target"]) for p in published(services["nginx"])} == {8080, 8443}
+        for name in ("grafana", "jaeger"):
+            assert all(p["host_ip"] == "127.0.0.1" for p in published(services[name])), name
+    assert all(service.get("network_mode") != "host" for service in services.values())
+
+
+def test_only_the_edge_leaves_the_internal_network(model: dict[str, Any]) -> None:
+    assert model["networks"]["internal"]["internal"] is True
+    for name, service in model["services"].items():
+        networks = set(service.get("networks") or {})
+        assert "internal" in networks, name
+        outside = networks - {"internal"}
+        if name in PUBLISHING:
+            assert outside == {"edge"}, name
+        elif name == "ollama":
+            assert outside == {"egress"}, "ollama alone pulls models from the internet"
+        else:
+            assert not outside, f"{name} must stay on the internal network"
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service["image"]
+        if "@sha256:" in image:
+            continue
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag, f"{name}: {image!r} has no tag"
+        assert tag not in MOVING_TAGS and re.search(r"\d+\.\d+", tag), f"{name}: {image!r} is not a version"
+
+
+def test_state_lives_in_named_volumes(model: dict[str, Any]) -> None:
+    declared = set(model.get("volumes") or {})
+    for name, service in model["services"].items():
+        for volume in service.get("volumes") or []:
+            source = volume.get("source") if isinstance(volume, dict) else volume.split(":")[0]
+            kind = volume.get("type") if isinstance(volume, dict) else ("bind" if source.startswith(".") else "volume")
+            if kind == "volume":
+                assert source in declared, f"{name}: anonymous or undeclared volume {source!r}"
+    assert {"redis-data", "ollama-models", "prometheus-data", "grafana-data"} <= declared
+
+
+def test_bind_mounts_point_into_the_repository(model: dict[str, Any]) -> None:
+    binds = []
+    for service in model["services"].values():
+        for volume in service.get("volumes") or []:
+            if isinstance(volume, dict) and volume.get("type") == "bind":
+                binds.append(Path(volume["source"]))
+            elif isinstance(volume, str) and volume.startswith("./"):
+                binds.append(REPO_ROOT / volume.split(":")[0])
+    assert binds
+    for path in binds:
+        absolute = path if path.is_absolute() else REPO_ROOT / path
+        assert REPO_ROOT in absolute.resolve().parents, f"bind mount outside the repo: {path}"
+        top = absolute.resolve().relative_to(REPO_ROOT).parts[0]
+        if top in ("prometheus", "grafana") and not (REPO_ROOT / top).exists():
+            continue  # written on the observability branch; checked once both are merged
+        if top == "trainer" and absolute.name == "data":
+            continue  # the trainer's data folder is the operator's; compose creates it
+        assert absolute.exists(), f"bind mount source missing: {path}"
+
+
+def test_gpu_goes_to_ollama_and_the_trainer_only(model: dict[str, Any]) -> None:
+    with_gpu = set()
+    for name, service in model["services"].items():
+        devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices")
+        if devices:
+            assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
+            with_gpu.add(name)
+    assert with_gpu == {"ollama", "trainer"}
+    assert not any("devices" in str(s.get("deploy")) for s in yaml_model([BASE])["services"].values())
+
+
+def test_redis_is_persistent_and_evicts_only_expiring_keys(services: dict[str, dict[str, Any]]) -> None:
+    command = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy volatile-lru" in command
+    assert "requirepass" in command and "$$REDIS_PASSWORD" in command  # expanded in the container
+    check = " ".join(services["redis"]["healthcheck"]["test"])
+    assert "REDISCLI_AUTH" in check
+
+
+def test_gateway_runs_in_production_mode_against_redis_and_ollama(services: dict[str, dict[str, Any]]) -> None:
+    gateway = services["gateway"]
+    environment = gateway["environment"]
+    assert environment["GATEWAY_ENV"] == "production"
+    assert environment["REDIS_URL"].endswith("@redis:6379/0")
+    backends = json.loads(environment["GATEWAY_BACKENDS"])
+    assert [b["url"] for b in backends] == ["http://ollama:11434"]
+    if compose_binary():  # interpolated: ${GATEWAY_REPLICAS:-2} with the example's value
+        assert int(gateway["deploy"]["replicas"]) >= 2
+
+
+def test_nginx_template_renders_from_the_compose_environment(services: dict[str, dict[str, Any]]) -> None:
+    values = {k: str(v) for k, v in services["nginx"]["environment"].items() if k.startswith("NGINX_")}
+    template = (NGINX_DIR / "templates" / "gateway.conf.template").read_text()
+    rendered = render_template(template, values, [values["NGINX_GATEWAY_SERVER"]])
+    assert "server gateway:8000 resolve max_fails=" in rendered
+    assert "resolver 127.0.0.11 " in rendered
+    assert services["nginx"]["environment"]["NGINX_ENVSUBST_FILTER"] == "^NGINX_"
