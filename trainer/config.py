@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,7 +117,8 @@ class ExportConfig(_Section):
 
 
 class OllamaConfig(_Section):
-    host: str = Field(default="http://ollama:11434", description="Ollama API base URL.")
+    host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://ollama:11434"),
+                      description="Ollama API base URL (default: $OLLAMA_HOST, else http://ollama:11434).")
     model: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/-]*$",
                        description="Model name in Ollama; versions are tagged NAME:vN and NAME:latest.")
     parameters: dict[str, Any] = Field(

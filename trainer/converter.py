@@ -27,8 +27,8 @@ _MARKER = ".extracted-from"
 
 
 def converter_dir() -> Path:
-    """TRAINER_LLAMA_CPP_DIR, else a versioned folder under the user's cache."""
-    if env := os.environ.get("TRAINER_LLAMA_CPP_DIR"):
+    """TRAINER_LLAMA_CPP_DIR (or LLAMA_CPP_DIR, as the image sets it), else a versioned folder under the cache."""
+    if env := os.environ.get("TRAINER_LLAMA_CPP_DIR") or os.environ.get("LLAMA_CPP_DIR"):
         return Path(env)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "slm-trainer" / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
