@@ -53,6 +53,16 @@ def choose_backend(requested: str, load_in_4bit: bool, caps: Capabilities) -> Ba
     return backend
 
 
+def import_backend_first(cfg: RunConfig) -> None:
+    """Unsloth patches transformers when imported, so it must be imported before transformers is.
+    Called by the CLI before any stage runs; a backend that cannot run is reported later, by train."""
+    try:
+        if choose_backend(cfg.training.backend, cfg.training.load_in_4bit, Capabilities.detect()) == "unsloth":
+            import unsloth  # noqa: F401
+    except BackendError:
+        pass
+
+
 def _peft_model(cfg: RunConfig, source: ModelSource, device: str) -> "PreTrainedModel":
     import torch
     from peft import LoraConfig, get_peft_model

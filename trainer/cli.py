@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(RunConfig.model_json_schema(), indent=2))
             return 0
         cfg = load_config(args.config, _overrides(args) if args.command != "list" else None)
+        if args.command in ("train", "run"):
+            from trainer.backends import import_backend_first
+
+            import_backend_first(cfg)
         result = _dispatch(args, cfg)
     except TrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
