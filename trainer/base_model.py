@@ -96,8 +96,11 @@ def load_model(source: ModelSource, *, dtype: "torch.dtype | None" = None, devic
     except OSError as exc:
         raise ConfigError(f"cannot load the base model {source.describe()}: {exc}") from None
     # A GGUF base arrives dequantised; forget where it came from so saved copies are plain checkpoints.
-    if getattr(model.config, "quantization_config", None) and source.gguf_file:
-        del model.config.quantization_config
+    # (transformers dequantises GGUF weights to plain tensors; only these markers remain.)
+    if source.gguf_file:
+        if getattr(model.config, "quantization_config", None):
+            del model.config.quantization_config
+        model.hf_quantizer = None
     return model.to(device)
 
 
