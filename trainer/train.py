@@ -137,6 +137,25 @@ def load_latest_checkpoint(root: Path, digest: str, model, optimizer, scheduler)
     return 0
 
 
+def _accumulate_gradients(model, examples: list[Encoded], step: int, cfg: RunConfig, pad_id: int, device: str, *,
+                          fused_loss: bool) -> tuple[float, int, int]:
+    """Forward and backward over one optimizer step's micro-batches: (loss, tokens seen, tokens trained)."""
+    step_loss, seen, trained = 0.0, 0, 0
+    for indices in micro_batches_for_step(step, len(examples), cfg):
+        batch = collate([examples[i] for i in indices], pad_id, device)
+        if fused_loss:  # Unsloth's patched forward computes its own fused cross-entropy
+            loss = model(**batch).loss
+        else:
+            loss_sum, n = assistant_loss_sum(model, batch)
+            loss = loss_sum / max(n, 1)
+        loss = loss / cfg.training.gradient_accumulation_steps
+        loss.backward()
+        step_loss += loss.item()
+        seen += int(batch["attention_mask"].sum())
+        trained += int((batch["labels"] != IGNORE).sum())
+    return step_loss, seen, trained
+
+
 def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int | None = None) -> TrainSummary:
     """Train LoRA adapters on the prepared split and save them to OUTPUT/adapter.
 
@@ -169,18 +188,10 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
     end = min(steps, stop_after) if stop_after else steps
     bar = tqdm(range(start, end), initial=start, total=steps, desc=f"train ({backend})", unit="step")
     for step in bar:
-        step_loss = 0.0
-        for indices in micro_batches_for_step(step, len(examples), cfg):
-            batch = collate([examples[i] for i in indices], tok.pad_token_id, device)
-            if backend == "unsloth":  # Unsloth's patched forward has its own fused loss
-                loss = model(**batch).loss / cfg.training.gradient_accumulation_steps
-            else:
-                loss_sum, n = assistant_loss_sum(model, batch)
-                loss = loss_sum / max(n, 1) / cfg.training.gradient_accumulation_steps
-            loss.backward()
-            step_loss += loss.item()
-            seen += int(batch["attention_mask"].sum())
-            trained += int((batch["labels"] != IGNORE).sum())
+        step_loss, n_seen, n_trained = _accumulate_gradients(model, examples, step, cfg, tok.pad_token_id, device,
+                                                             fused_loss=backend == "unsloth")
+        seen += n_seen
+        trained += n_trained
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -188,9 +199,8 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if (step + 1) % cfg.training.logging_steps == 0:
-            with log_path.open("a") as f:
-                f.write(json.dumps({"step": step + 1, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
-                                    "elapsed_s": round(time.perf_counter() - began, 3)}) + "\n")
+            _append_log(log_path, step=step + 1, loss=round(step_loss, 6), lr=scheduler.get_last_lr()[0],
+                        elapsed_s=round(time.perf_counter() - began, 3))
         if (step + 1) % cfg.training.save_steps == 0 or step + 1 == end:
             save_checkpoint(ckpt_root, step + 1, model, optimizer, scheduler, digest)
     wall = time.perf_counter() - began
@@ -206,6 +216,11 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
     log.info("trained %d steps in %.1fs: %.0f tokens/s, loss %s -> %s", end - start, wall,
              summary.tokens_per_s, summary.first_loss, summary.last_loss)
     return summary
+
+
+def _append_log(path: Path, **entry: float) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def _file_digest(path: Path) -> str:
