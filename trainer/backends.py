@@ -98,7 +98,7 @@ def _unsloth_model(cfg: RunConfig, source: ModelSource) -> "PreTrainedModel":
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules), bias="none",
         use_gradient_checkpointing="unsloth" if cfg.training.gradient_checkpointing else False,
-        random_state=cfg.training.seed, max_seq_length=cfg.data.max_seq_length)
+        random_state=cfg.training.seed)
 
 
 def build_lora_model(cfg: RunConfig, caps: Capabilities | None = None
