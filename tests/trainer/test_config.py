@@ -128,3 +128,22 @@ def test_cli_schema_documents_every_field():
 
     assert undocumented(schema, schema["$defs"]) == []
     assert "lora" in schema["properties"] and "r" in schema["$defs"]["LoraConfig"]["properties"]
+
+
+def test_cli_flags_become_config_overrides(tmp_path, monkeypatch):
+    from trainer.cli import _overrides, _parser
+
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["train", "--config", "run.yaml", "--max-steps", "3", "--data", "a.jsonl",
+                                 "--data", "b.jsonl", "--backend", "peft", "--set", "lora.r=8",
+                                 "--set", "gate.min_score=0.5"])
+    assert _overrides(args) == {"training.max_steps": 3, "training.backend": "peft", "lora.r": 8,
+                                "gate.min_score": 0.5,
+                                "data.paths": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]}
+    cfg = load_config(_config(tmp_path), _overrides(args))
+    assert cfg.training.max_steps == 3 and cfg.lora.r == 8 and cfg.data.paths[1] == tmp_path / "b.jsonl"
+
+
+def test_cli_list_without_versions(tmp_path):
+    done = _cli("list", "--config", str(_config(tmp_path)))
+    assert done.returncode == 0 and done.stdout.strip() == "no versions pushed yet"
