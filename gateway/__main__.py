@@ -9,6 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from gateway.access_log import configure_json_logging
 from gateway.app import create_app
 from gateway.settings import Settings
 
@@ -20,10 +21,11 @@ def serve() -> int:
         cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
         print(f"gateway: invalid configuration:\n{exc}{cause}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_json_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
+    # log_config=None: uvicorn's own loggers go through the JSON handler too.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+                log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
     return 0
 
 

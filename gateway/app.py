@@ -8,19 +8,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.access_log import AccessLogMiddleware, RecentRequests
 from gateway.backends.pool import BackendPool
 from gateway.errors import ClientError, GatewayError, InvalidRequest, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routers import health, inference, models
+from gateway.routers import feedback, health, inference, models
 from gateway.serving import InferenceService
 from gateway.settings import Settings
+from gateway.tracing import exporter_from_env, setup_tracing
 
 log = logging.getLogger("gateway")
 
@@ -54,7 +57,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(GatewayError("internal error; see the gateway log for the request id"))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """`span_exporter` turns tracing on (tests pass an in-memory one); else OTEL_EXPORTER_OTLP_ENDPOINT does."""
     settings = settings or Settings()
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
@@ -62,23 +66,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = BackendPool(settings, metrics)
+        tracing.instrument_pool(pool)
         app.state.pool = pool
-        app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings)
+        app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings, tracer=tracing.tracer)
         await pool.start()
         try:
             yield
         finally:
             await pool.aclose()
+            tracing.shutdown()
 
     app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    tracing = app.state.tracing = setup_tracing(app, exporter=span_exporter or exporter_from_env())
+    app.state.recent_requests = RecentRequests()
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(feedback.router)
     install_error_handlers(app)
     Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(
         app).expose(app, endpoint="/metrics", include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware, recent=app.state.recent_requests)  # inside RequestId: sees the id
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -44,6 +44,12 @@ class GatewayMetrics:
                                  ("model",), registry=registry)
         self.circuit_state = Gauge("gateway_circuit_state", "Circuit state per replica: 0 closed, 1 half-open, 2 open.",
                                    ("backend",), registry=registry)
+        # Quality signals (issue 4): users' thumbs up/down, and JSON answers that parse as asked.
+        self.feedback = Counter("gateway_feedback", "User feedback on answers, by rating (up|down).",
+                                ("model", "rating"), registry=registry)
+        self.format_compliance = Counter("gateway_format_compliance",
+                                         "Answers to JSON-format requests, by result (valid|invalid).",
+                                         ("model", "result"), registry=registry)
         self.backend_up = Gauge("gateway_backend_up", "1 if the replica answered its last model-list call.",
                                 ("backend",), registry=registry)
 
@@ -58,3 +64,7 @@ class GatewayMetrics:
         self.prompt_tokens.labels(model, backend)
         self.generation_tokens.labels(model, backend)
         self.in_flight.labels(model, backend)
+        for rating in ("up", "down"):
+            self.feedback.labels(model, rating)
+        for result in ("valid", "invalid"):
+            self.format_compliance.labels(model, result)

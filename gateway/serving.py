@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span, Tracer
 from starlette.responses import Response, StreamingResponse
 
+from gateway.access_log import current_record
 from gateway.backends.base import Backend, Chunk
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
@@ -28,9 +30,11 @@ from gateway.errors import (
     UpstreamError,
     error_payload,
 )
+from gateway.format_check import StreamedAnswer, check_answer, unary_answer
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import Settings
+from gateway.tracing import DISABLED, as_current, backend_span, record_result, record_usage, start_backend_span
 
 log = logging.getLogger("gateway.serving")
 
@@ -59,19 +63,23 @@ def outcome_of(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
+    name: str  # gen_ai.operation.name
     unary: Callable[[Backend, Any, str], Any]
     stream: Callable[[Backend, Any, str], AsyncIterator[Chunk]]
 
 
-CHAT = Operation(unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m: b.chat_stream(r, m))
-COMPLETION = Operation(unary=lambda b, r, m: b.complete(r, m), stream=lambda b, r, m: b.complete_stream(r, m))
+CHAT = Operation(name="chat", unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m: b.chat_stream(r, m))
+COMPLETION = Operation(name="text_completion", unary=lambda b, r, m: b.complete(r, m),
+                       stream=lambda b, r, m: b.complete_stream(r, m))
 
 
 class InferenceService:
-    def __init__(self, *, pool: BackendPool, metrics: GatewayMetrics, settings: Settings) -> None:
+    def __init__(self, *, pool: BackendPool, metrics: GatewayMetrics, settings: Settings,
+                 tracer: Tracer = DISABLED.tracer) -> None:
         self.pool = pool
         self.metrics = metrics
         self.settings = settings
+        self.tracer = tracer
 
     async def generate(self, op: Operation, req: GenRequest, model: str) -> Response:
         """`model` is already resolved (and authorised) by the caller."""
@@ -94,10 +102,14 @@ class InferenceService:
         async def start(backend: Backend) -> dict[str, Any]:
             nonlocal backend_s
             t = time.perf_counter()
-            try:
-                return await (op.unary(backend, req, model) if op else backend.embed(req, model))
-            finally:
-                backend_s += time.perf_counter() - t
+            with backend_span(self.tracer, operation=op.name if op else "embeddings", model=model,
+                              provider=backend.kind, backend=backend.name) as span:
+                try:
+                    result = await (op.unary(backend, req, model) if op else backend.embed(req, model))
+                finally:
+                    backend_s += time.perf_counter() - t
+                record_result(span, result)
+                return result
 
         try:
             async with asyncio.timeout_at(deadline):
@@ -113,6 +125,8 @@ class InferenceService:
         elapsed = time.perf_counter() - t0
         self._record(model, lease.replica.name, "success", elapsed, usage)
         self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
+        if op is CHAT:
+            self._check_format(req, model, unary_answer(result))
         return json_response(result)
 
     # -- streaming -------------------------------------------------------------------------
@@ -121,24 +135,31 @@ class InferenceService:
                            deadline: float) -> Response:
         first_token_s = self.settings.first_token_timeout_s
 
-        async def start(backend: Backend) -> tuple[AsyncIterator[Chunk], Chunk]:
+        async def start(backend: Backend) -> tuple[AsyncIterator[Chunk], Chunk, Span]:
+            span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
+                                      backend=backend.name)
             chunks = op.stream(backend, req, model)
             try:
-                async with asyncio.timeout(first_token_s):
-                    first = await anext(chunks)
+                # The span outlives this function (it ends with the stream), so it is current only here.
+                with as_current(span):
+                    async with asyncio.timeout(first_token_s):
+                        first = await anext(chunks)
             except TimeoutError:
                 await chunks.aclose()
+                span.end()
                 raise BackendTimeout(f"backend {backend.name}: no first token within {first_token_s:g}s") from None
             except StopAsyncIteration:
+                span.end()
                 raise UpstreamError(f"backend {backend.name}: empty stream") from None
             except BaseException:
                 await chunks.aclose()
+                span.end()
                 raise
-            return chunks, first
+            return chunks, first, span
 
         try:
             async with asyncio.timeout_at(deadline):
-                lease, (chunks, first) = await self.pool.open(model, start)
+                lease, (chunks, first, span) = await self.pool.open(model, start)
         except TimeoutError:
             self._count(model, "-", "timeout")
             raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
@@ -147,13 +168,17 @@ class InferenceService:
             raise
         ttft = time.perf_counter() - t0
         self.metrics.ttft.labels(model, lease.replica.name).observe(ttft)
-        body = self._relay(lease, chunks, first, req.include_usage, model, t0, ttft, deadline)
+        answer = StreamedAnswer() if isinstance(req, ChatCompletionRequest) and req.response_format else None
+        body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer)
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def _relay(self, lease: Lease, chunks: AsyncIterator[Chunk], first: Chunk, include_usage: bool,
-                     model: str, t0: float, ttft: float, deadline: float) -> AsyncIterator[bytes]:
+    async def _relay(self, lease: Lease, chunks: AsyncIterator[Chunk], first: Chunk, req: GenRequest,
+                     model: str, t0: float, ttft: float, deadline: float, span: Span,
+                     answer: StreamedAnswer | None) -> AsyncIterator[bytes]:
         backend = lease.replica.name
+        include_usage = req.include_usage
         usage: dict[str, Any] = {}
+        finish_reasons: list[str] = []
         outcome = "success"
         try:
             chunk: Chunk | None = first
@@ -163,6 +188,9 @@ class InferenceService:
                     if include_usage:
                         yield sse(chunk)
                 else:
+                    finish_reasons += [c["finish_reason"] for c in chunk.get("choices") or () if c.get("finish_reason")]
+                    if answer is not None:
+                        answer.feed(chunk)
                     yield sse(chunk)
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -188,11 +216,20 @@ class InferenceService:
             out_tokens = int(usage.get("completion_tokens") or 0)
             if out_tokens > 1:
                 self.metrics.tpot.labels(model, backend).observe((elapsed - ttft) / (out_tokens - 1))
+            record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
+                         finish_reasons=finish_reasons)
+            if outcome != "success":
+                span.set_attribute("error.type", outcome)
+            span.end()
+            if answer is not None and outcome == "success":
+                self._check_format(req, model, answer.text())
 
     # -- accounting ------------------------------------------------------------------------
 
     def _count(self, model: str, backend: str, outcome: str) -> None:
         self.metrics.requests.labels(model, backend, outcome).inc()
+        record = current_record()
+        record.model, record.backend = model, None if backend == "-" else backend
 
     def _record(self, model: str, backend: str, outcome: str, elapsed: float, usage: dict[str, Any]) -> None:
         self._count(model, backend, outcome)
@@ -200,3 +237,11 @@ class InferenceService:
         if usage:
             self.metrics.prompt_tokens.labels(model, backend).inc(int(usage.get("prompt_tokens") or 0))
             self.metrics.generation_tokens.labels(model, backend).inc(int(usage.get("completion_tokens") or 0))
+            record = current_record()
+            record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    def _check_format(self, req: GenRequest, model: str, answer: str) -> None:
+        """Count whether a JSON-format answer is what was asked for (issue 4's format compliance)."""
+        verdict = check_answer(getattr(req, "response_format", None), answer)
+        if verdict is not None:
+            self.metrics.format_compliance.labels(model, verdict).inc()

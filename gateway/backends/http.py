@@ -44,6 +44,7 @@ class BackendHTTP:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=None)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self.trace_configs: list[aiohttp.TraceConfig] = []  # client spans, added when tracing is on
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created lazily: a session needs the running event loop
@@ -51,7 +52,8 @@ class BackendHTTP:
                                              keepalive_timeout=30, enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
                                                   trust_env=False, auto_decompress=False,
-                                                  json_serialize=lambda o: orjson.dumps(o).decode())
+                                                  json_serialize=lambda o: orjson.dumps(o).decode(),
+                                                  trace_configs=self.trace_configs or None)
         return self._session
 
     async def aclose(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.access_log import current_record
 from gateway.deps import PrincipalDep, parse_body, pool, service
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.serving import CHAT, COMPLETION
@@ -16,6 +17,7 @@ async def _authorised_model(request: Request, principal: PrincipalDep, name: str
     principal.require_scope("inference")
     model = await pool(request).resolve(name)
     principal.require_model(model)
+    current_record().model = model  # for the access log and feedback, even when no backend is called
     return model
 
 

@@ -1,0 +1,75 @@
+"""Static checks of the Grafana provisioning and dashboards (the live check is in
+test_prometheus_integration.py, which runs every query against a real Prometheus)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from tests.support.grafana import (BUILTINS, DASHBOARD_DIR, GRAFANA_DIR, VARIABLE, all_datasource_uids,
+                                   dashboard_builder, load_dashboards, panel_queries, provisioned_datasource_uid,
+                                   variables)
+
+
+def test_committed_dashboards_are_what_the_generator_builds() -> None:
+    built = dashboard_builder().render_all()
+    on_disk = {path.name: path.read_text() for path in DASHBOARD_DIR.glob("*.json")}
+    assert on_disk == built, "run `python grafana/build_dashboards.py` and commit the result"
+
+
+def test_every_datasource_reference_is_the_provisioned_uid() -> None:
+    uid = provisioned_datasource_uid()
+    for name, board in load_dashboards().items():
+        uids = all_datasource_uids(board)
+        assert uids, name
+        assert set(uids) == {uid}, f"{name} refers to datasources {set(uids)}, provisioned is {uid}"
+
+
+def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
+    config = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "slm-stack.yml").read_text())
+    (provider,) = config["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_dashboards_have_unique_uids_and_panel_ids_on_the_grid() -> None:
+    boards = load_dashboards()
+    assert {"overview.json", "per-model.json"} <= set(boards)
+    assert len({board["uid"] for board in boards.values()}) == len(boards)
+    for name, board in boards.items():
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), name
+        for panel in board["panels"]:
+            grid = panel["gridPos"]
+            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{name}: {panel['title']}"
+
+
+def test_per_model_dashboard_has_model_and_backend_variables() -> None:
+    board = load_dashboards()["per-model.json"]
+    assert set(variables(board)) == {"model", "backend"}
+    exprs = [query.expr for query in panel_queries({"per-model.json": board})]
+    assert any('model=~"$model"' in expr for expr in exprs)
+    assert any('backend=~"$backend"' in expr for expr in exprs)
+
+
+def test_queries_only_use_defined_variables() -> None:
+    for name, board in load_dashboards().items():
+        known = set(variables(board)) | {b.lstrip("$") for b in BUILTINS}
+        for query in panel_queries({name: board}):
+            used = set(VARIABLE.findall(query.expr))
+            assert used <= known, f"{query}: unknown variables {used - known}"
+
+
+def test_no_panel_groups_by_an_unbounded_label() -> None:
+    unbounded = re.compile(r"\b(key_id|api_key|prompt|user|request_id)\b")
+    for query in panel_queries(load_dashboards()):
+        assert not unbounded.search(query.expr), str(query)
+
+
+def test_cost_panel_compares_hosted_cost_with_the_gpu_break_even() -> None:
+    for name, board in load_dashboards().items():
+        cost = [p for p in board["panels"] if "break-even" in p.get("title", "").lower()]
+        assert cost, f"{name} has no break-even cost panel"
+        exprs = " ".join(t["expr"] for p in cost for t in p["targets"])
+        assert "gateway_hosted_api_cost_usd_total" in exprs and "gateway_gpu_monthly_cost_usd" in exprs
