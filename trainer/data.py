@@ -16,6 +16,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
 from trainer.config import DataConfig
 from trainer.encoding import Messages, encode_conversation
 from trainer.errors import DataError
@@ -188,7 +190,7 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
     seen: set[str] = set()
     kept: list[Messages] = []
     lengths: list[int] = []
-    for row in rows:
+    for row in tqdm(rows, desc="prepare", unit="row", leave=False):
         key = json.dumps(row.messages, sort_keys=True)
         if cfg.dedupe and key in seen:
             report.duplicates += 1

@@ -84,6 +84,14 @@ def quantize(source: Path, target: Path, kind: str) -> Path:
     return target
 
 
+def _adapter_base(cfg: RunConfig) -> str | None:
+    """FROM line for adapter serving: the base's name in Ollama, else the base GGUF file itself."""
+    if cfg.ollama.adapter_base:
+        return cfg.ollama.adapter_base
+    source = resolve_source(cfg.base_model.source)
+    return str(Path(source.location) / source.gguf_file) if source.gguf_file else None
+
+
 def export(cfg: RunConfig) -> dict[str, Any]:
     """Write OUTPUT/export: model-f16.gguf, model-<quant>.gguf, adapter-f16.gguf, Modelfile(s), export.json."""
     if not (adapter_dir(cfg.output_dir) / "adapter_config.json").exists():
@@ -119,11 +127,14 @@ def export(cfg: RunConfig) -> dict[str, Any]:
     served = files[cfg.export.serve]
     (out / "Modelfile").write_text(modelfile_text(from_=f"./{served.name}", template=template,
                                                   system=cfg.data.system_prompt, parameters=parameters))
-    if "adapter" in files:
-        # Adapter serving: the base model's GGUF (as Ollama has it) plus this adapter.
+    adapter_from = _adapter_base(cfg)
+    if "adapter" in files and adapter_from:
+        # Adapter serving: the unchanged base model plus this small adapter file.
         (out / "Modelfile.adapter").write_text(modelfile_text(
-            from_=cfg.ollama.adapter_base or "BASE_MODEL_IN_OLLAMA", adapter=f"./{files['adapter'].name}",
+            from_=adapter_from, adapter=f"./{files['adapter'].name}",
             template=template, system=cfg.data.system_prompt, parameters=parameters))
+    elif "adapter" in files:
+        log.info("no Modelfile.adapter: set ollama.adapter_base to the base model's name in Ollama")
     info = {"served": served.name, "template": template, "system": cfg.data.system_prompt, "parameters": parameters,
             "files": {kind: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for kind, p in files.items()},

@@ -78,7 +78,9 @@ def test_export_writes_quantised_ggufs_an_adapter_and_a_modelfile(pipeline):
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-q4_k_m.gguf\n")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and f'SYSTEM """{cfg.data.system_prompt}"""' in modelfile
-    assert "ADAPTER ./adapter-f16.gguf" in (out / "Modelfile.adapter").read_text()
+    adapter_modelfile = (out / "Modelfile.adapter").read_text()
+    assert adapter_modelfile.startswith("FROM /") and adapter_modelfile.splitlines()[0].endswith(".gguf")
+    assert "ADAPTER ./adapter-f16.gguf" in adapter_modelfile
     print(f"\nexport timings: {info['timings_s']} (total {info['total_s']}s)")
 
 

@@ -103,3 +103,24 @@ def test_gate_report_and_push_refusal_for_a_model_that_did_not_learn(tmp_path, t
     assert "**Gate: failed**" in summary and "| eval loss |" in summary
     with pytest.raises(GateRefused, match="use --force"):
         push_stage(cfg)
+
+
+def test_assistant_loss_matches_the_models_own_loss(tiny_model_dir):
+    """The logits_to_keep shortcut must give the same number as the full forward with labels."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.encoding import IGNORE
+    from trainer.loss import assistant_loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :7] = IGNORE
+    labels[2, 10:] = IGNORE
+    mask = torch.ones_like(ids)
+    mask[2, 10:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    total, count = assistant_loss_sum(model, batch)
+    assert count == 2 * 5 + 3
+    assert torch.allclose(total / count, model(**batch).loss, atol=1e-6)
