@@ -17,6 +17,15 @@ from trainer.config import RunConfig, load_config, parse_set_option
 from trainer.errors import TrainerError
 
 STAGES = ("prepare", "train", "evaluate", "export", "push", "run")
+HELP = {
+    "prepare": "validate the JSONL data, report bad rows, dedupe, split train/eval",
+    "train": "LoRA fine-tuning (Unsloth on CUDA when installed, else PEFT); resumes from checkpoints",
+    "evaluate": "held-out loss, perplexity and task checks for base and tuned model; the gate",
+    "export": "merge, convert to GGUF with llama.cpp, quantise, write Modelfiles",
+    "push": "register the GGUF with Ollama as NAME:vN and NAME:latest (only if the gate passed)",
+    "run": "prepare, train, evaluate, export and push",
+    "list": "show the pushed versions",
+}
 
 # CLI flag -> dotted config key, for the fields people change most.
 OVERRIDES = {
@@ -38,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description="LoRA fine-tuning -> eval gate -> GGUF -> Ollama.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in (*STAGES, "list"):
-        p = sub.add_parser(name, help=f"the {name} stage" if name in STAGES else "show the pushed versions")
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
         p.add_argument("--config", required=True, type=Path, help="run config (YAML)")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name == "list":
