@@ -124,3 +124,13 @@ def test_assistant_loss_matches_the_models_own_loss(tiny_model_dir):
     total, count = assistant_loss_sum(model, batch)
     assert count == 2 * 5 + 3
     assert torch.allclose(total / count, model(**batch).loss, atol=1e-6)
+
+
+def test_run_stops_before_export_when_the_gate_fails(tmp_path, tiny_model_dir):
+    from trainer.stages import run_all
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "run", **{"training.max_steps": 1, "training.learning_rate": 1e-6})
+    with pytest.raises(GateRefused, match="stopping before export"):
+        run_all(cfg)
+    assert (cfg.output_dir / "eval" / "summary.md").exists()
+    assert not (cfg.output_dir / "export").exists() and not (cfg.output_dir / "versions").exists()
