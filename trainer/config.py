@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainer.errors import ConfigError
 
-QUANTIZATIONS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16")
-TASK_CHECKS = ("exact_match", "json_valid", "json_schema", "stops_on_eos")
+Quantization = Literal["q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16"]
+TaskCheck = Literal["exact_match", "json_valid", "json_schema", "stops_on_eos"]
 
 
 class _Section(BaseModel):
@@ -75,9 +75,9 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    checks: list[Literal["exact_match", "json_valid", "json_schema", "stops_on_eos"]] = Field(
+    checks: list[TaskCheck] = Field(
         default=["exact_match"], min_length=1, description="Task checks run on held-out prompts with greedy decoding.")
-    primary_check: Literal["exact_match", "json_valid", "json_schema", "stops_on_eos"] = Field(
+    primary_check: TaskCheck = Field(
         default="exact_match", description="The check whose score the gate compares.")
     json_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the answer must match (for the json_schema check).")
@@ -103,9 +103,9 @@ class GateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    quantizations: list[Literal["q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16"]] = Field(
+    quantizations: list[Quantization] = Field(
         default=["q8_0", "q4_k_m"], min_length=1, description="GGUF files to produce besides the f16 conversion.")
-    serve: Literal["q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16"] = Field(
+    serve: Quantization = Field(
         default="q4_k_m", description="Which GGUF is pushed to Ollama.")
     adapter_gguf: bool = Field(default=True, description="Also export the adapter alone as GGUF (adapter serving).")
 
