@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -165,6 +165,11 @@ def _stats(lengths: list[int]) -> dict[str, float]:
             "p95": pick(0.95), "max": s[-1], "total": sum(s)}
 
 
+def _all_invalid(report: PrepareReport) -> DataError:
+    return DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
+                     + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+
+
 def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic split: the same rows and seed always give the same held-out set."""
     order = list(range(n))
@@ -184,8 +189,7 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
     if report.rows_read == 0:
         raise DataError(f"no examples found in {', '.join(map(str, cfg.paths))}: the data is empty")
     if not rows:
-        raise DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
-                        + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+        raise _all_invalid(report)
     tok = load_tok()
     seen: set[str] = set()
     kept: list[Messages] = []
@@ -204,8 +208,7 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
         kept.append(row.messages)
         lengths.append(n_tokens)
     if not kept:
-        raise DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
-                        + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+        raise _all_invalid(report)
     train_idx, eval_idx = split_indices(len(kept), cfg.eval_fraction, seed)
     if len(eval_idx) < cfg.min_eval_examples or not train_idx:
         raise DataError(f"only {len(kept)} valid rows: {len(eval_idx)} held out (min_eval_examples is "
