@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from trainer.config import RunConfig
-from trainer.errors import PushError
+from trainer.errors import PushError, StageOrderError
 from trainer.export import load_export
 from trainer.manifest import local_versions, utc_iso, write_manifest
 
@@ -92,6 +92,12 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
 
     info = load_export(cfg.output_dir)
     export_dir = cfg.output_dir / "export"
+    for entry in info["files"].values():
+        if not (export_dir / entry["file"]).is_file():
+            raise StageOrderError(f"{export_dir / entry['file']} is missing: run `export` again")
+    if cfg.export.serve not in info["files"]:
+        raise StageOrderError(f"export.serve is {cfg.export.serve} but the export has "
+                              f"{', '.join(info['files'])}: run `export` again")
     o = cfg.ollama
     retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)  # noqa: E731
     client = ollama.Client(host=o.host, timeout=o.timeout_s)

@@ -147,3 +147,15 @@ def test_unreachable_ollama_is_a_clear_error(tmp_path):
     _fake_earlier_stages(cfg.output_dir, _tiny_gguf(cfg.output_dir / "export" / "m.gguf", fill=1.0))
     with pytest.raises(PushError, match="list models failed after 2 attempts"):
         push_stage(cfg)
+
+
+def test_push_with_a_missing_export_file_asks_to_export_again(tmp_path):
+    from trainer.errors import StageOrderError
+
+    cfg = _cfg(tmp_path, "http://127.0.0.1:9")
+    (cfg.output_dir / "export").mkdir(parents=True)
+    model = _tiny_gguf(cfg.output_dir / "export" / "m.gguf", fill=1.0)
+    _fake_earlier_stages(cfg.output_dir, model)
+    model.unlink()
+    with pytest.raises(StageOrderError, match=r"m\.gguf is missing: run `export` again"):
+        push_stage(cfg)
