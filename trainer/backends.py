@@ -65,7 +65,7 @@ def import_backend_first(cfg: RunConfig) -> None:
 
 def _peft_model(cfg: RunConfig, source: ModelSource, device: str) -> "PreTrainedModel":
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.training.load_in_4bit:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -74,10 +74,14 @@ def _peft_model(cfg: RunConfig, source: ModelSource, device: str) -> "PreTrained
                                    bnb_4bit_compute_dtype=torch.bfloat16)
         hf_dir = materialise_hf_dir(source, cfg.output_dir / "base-hf")
         model = AutoModelForCausalLM.from_pretrained(hf_dir, quantization_config=quant, device_map=device)
+        # Norms and the output layer back to fp32 and input grads on, as QLoRA training needs.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = load_model(source, dtype=dtype, device=device)
-    if cfg.training.gradient_checkpointing:
+    if cfg.training.gradient_checkpointing and not cfg.training.load_in_4bit:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
