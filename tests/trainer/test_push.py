@@ -159,3 +159,24 @@ def test_push_with_a_missing_export_file_asks_to_export_again(tmp_path):
     model.unlink()
     with pytest.raises(StageOrderError, match=r"m\.gguf is missing: run `export` again"):
         push_stage(cfg)
+
+
+def test_adapter_serving_creates_a_model_from_the_base_plus_the_adapter(tmp_path, double):
+    cfg = _cfg(tmp_path, double.url, **{"ollama.adapter_base": "smollm2:135m"})
+    export_dir = cfg.output_dir / "export"
+    export_dir.mkdir(parents=True)
+    model = _tiny_gguf(export_dir / "model-q4_k_m.gguf", fill=0.5)
+    adapter = _tiny_gguf(export_dir / "adapter-f16.gguf", fill=0.01)
+    _fake_earlier_stages(cfg.output_dir, model)
+    info = json.loads((export_dir / "export.json").read_text())
+    info["files"]["adapter"] = {"file": adapter.name, "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+                                "bytes": adapter.stat().st_size}
+    (export_dir / "export.json").write_text(json.dumps(info))
+
+    manifest = push_stage(cfg)
+    created = OllamaDoubleControl(double.url).stats()["created"]
+    assert manifest["ollama"]["adapter_tag"] == "orders-adapter:v1"
+    with_adapter = created["orders-adapter:v1"]
+    assert with_adapter["parent_model"].startswith("smollm2:135m")
+    assert with_adapter["adapters"] == {"adapter-f16.gguf": "sha256:" + info["files"]["adapter"]["sha256"]}
+    assert with_adapter["template"] == TEMPLATE
