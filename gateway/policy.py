@@ -26,6 +26,7 @@ from gateway.cost import PriceTable
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
+from gateway.metrics import memoize_labels
 from gateway.protocol import StreamOptions
 from gateway.redis_state import RedisState, flush_staged
 from gateway.usage import UsageStore
@@ -50,6 +51,7 @@ class PolicyMetrics:
         self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
                                  registry=registry)
         self.gpu_monthly.set(gpu_monthly_usd)
+        memoize_labels(self)
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
         for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
