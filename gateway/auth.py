@@ -1,19 +1,29 @@
-"""Who is calling: `Authorization: Bearer <key>` or `X-API-Key: <key>` -> a `Principal`.
+"""Who is calling: `Authorization: Bearer <API key | JWT>` or `X-API-Key: <API key>` -> a `Principal`.
 
-The core accepts the bootstrap admin key (constant-time comparison). With no admin key configured
-(development only; production refuses to start without one) calls are anonymous.
+Credentials, in order: the bootstrap admin key (constant-time comparison), an `sk-...` API key
+(peppered-hash lookup through a short in-process cache), otherwise a JWT (pinned algorithms).
+Every failure is a 401 with `WWW-Authenticate`; a valid identity lacking a scope or a model is a
+403. With no admin key configured (development only; production refuses to start without one)
+calls are anonymous.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.jwt_tokens import JwtVerifier, TokenInvalid
+from gateway.keys import KEY_PREFIX, ApiKey, CachedKeyLookup
+from gateway.redis_state import RedisUnavailable
+
+log = logging.getLogger("gateway.auth")
 
 ALL_SCOPES = frozenset({"inference", "admin"})
+MAX_CREDENTIAL_BYTES = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +34,7 @@ class Principal:
     models: frozenset[str] | None = None  # None: every model
     rpm: int | None = None
     tpm: int | None = None
+    monthly_token_budget: int | None = None
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -35,25 +46,117 @@ class Principal:
 
 
 ANONYMOUS = Principal(subject="anonymous", scopes=ALL_SCOPES)
+BOOTSTRAP_ADMIN = Principal(subject="admin", key_id="admin", scopes=ALL_SCOPES)
 
 
-def presented_key(request: Request) -> str | None:
+class AuthUnavailable(GatewayError):
+    """The key store cannot be reached and this key was not seen recently: try again shortly."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "auth_store_unavailable"
+
+
+def _refused(message: str, *, token: bool = False) -> Unauthorized:
+    challenge = 'Bearer realm="gateway"'
+    if token:
+        escaped = message.replace('"', "'")
+        challenge += f', error="invalid_token", error_description="{escaped}"'
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def presented_credential(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if header:
+        if len(header) > MAX_CREDENTIAL_BYTES:
+            raise _refused("Authorization header too large", token=True)
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization header must be 'Bearer <API key or token>'")
+            raise _refused("Authorization header must be 'Bearer <API key or token>'")
         return value.strip()
-    return request.headers.get("x-api-key")
+    key = request.headers.get("x-api-key")
+    if key is not None and len(key) > MAX_CREDENTIAL_BYTES:
+        raise _refused("X-API-Key header too large")
+    return key
+
+
+def principal_for_key(record: ApiKey) -> Principal:
+    return Principal(subject=record.id, key_id=record.id, scopes=record.scopes,
+                     models=frozenset(record.models) if record.models is not None else None,
+                     rpm=record.rpm, tpm=record.tpm, monthly_token_budget=record.monthly_token_budget)
+
+
+def _check_active(record: ApiKey | None) -> ApiKey:
+    if record is None:
+        raise _refused("Invalid API key")
+    if record.revoked:
+        raise _refused("API key revoked")
+    if not record.is_active():
+        raise _refused("API key expired")
+    return record
+
+
+@dataclass
+class Authenticator:
+    """Built once at start-up; `authenticate` is the request dependency that uses it."""
+
+    keys: CachedKeyLookup
+    jwt: JwtVerifier | None
+    admin_key: str | None
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+
+    async def principal(self, credential: str | None) -> Principal:
+        if self.admin_key is None:
+            return ANONYMOUS
+        if not credential:
+            raise _refused("Missing API key: send 'Authorization: Bearer sk-...' or 'X-API-Key: sk-...'")
+        if hmac.compare_digest(credential.encode(), self.admin_key.encode()):
+            return BOOTSTRAP_ADMIN
+        if credential.startswith(KEY_PREFIX):
+            return principal_for_key(_check_active(await self._lookup(self.keys.find, credential)))
+        return await self._from_token(credential)
+
+    async def _lookup(self, find, value: str) -> ApiKey | None:  # noqa: ANN001
+        try:
+            return await find(value)
+        except RedisUnavailable:
+            raise AuthUnavailable("the key store is unavailable; retry shortly",
+                                  headers={"Retry-After": "5"}) from None
+
+    async def _from_token(self, token: str) -> Principal:
+        if self.jwt is None:
+            raise _refused("Invalid API key")
+        try:
+            claims = await self.jwt.verify(token)
+        except TokenInvalid as exc:
+            raise _refused(str(exc), token=True) from None
+        scope = claims.get("scope", claims.get("scp", ""))
+        scopes = frozenset(scope.split() if isinstance(scope, str) else scope) & ALL_SCOPES
+        models = claims.get("models")
+        models = frozenset(models) if isinstance(models, list) else None
+        key_id = claims.get("key_id")
+        if isinstance(key_id, str):
+            # Issued by us for an API key: the key must still be active, and its limits apply.
+            record = _check_active(await self._lookup(self.keys.find_id, key_id))
+            base = principal_for_key(record)
+            allowed = base.models if models is None else (models if base.models is None else models & base.models)
+            return Principal(subject=record.id, key_id=record.id, scopes=scopes & base.scopes, models=allowed,
+                             rpm=base.rpm, tpm=base.tpm, monthly_token_budget=base.monthly_token_budget)
+        return Principal(subject=f"jwt:{claims['sub']}", scopes=scopes, models=models,
+                         rpm=self.default_rpm, tpm=self.default_tpm)
 
 
 async def authenticate(request: Request) -> Principal:
-    admin_key = request.app.state.settings.admin_key
-    if admin_key is None:
-        return ANONYMOUS
-    key = presented_key(request)
-    if not key:
-        raise Unauthorized("Missing API key: send 'Authorization: Bearer sk-...' or 'X-API-Key: sk-...'")
-    if hmac.compare_digest(key.encode(), admin_key.get_secret_value().encode()):
-        return Principal(subject="admin", key_id="admin", scopes=ALL_SCOPES)
-    raise Unauthorized("Invalid API key")
+    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    if authenticator is None:  # the app was built without the policy layer
+        raise AuthUnavailable("authentication is not configured")
+    principal = await authenticator.principal(presented_credential(request))
+    request.state.principal = principal
+    return principal
+
+
+async def require_admin(request: Request) -> Principal:
+    principal = await authenticate(request)
+    principal.require_scope("admin")
+    return principal

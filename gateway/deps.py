@@ -12,6 +12,7 @@ from gateway.access_log import current_record
 from gateway.auth import Principal, authenticate
 from gateway.backends.pool import BackendPool
 from gateway.errors import InvalidRequest
+from gateway.policy import Policy
 from gateway.serving import InferenceService
 from gateway.tracing import stage_span
 
@@ -31,6 +32,10 @@ PrincipalDep = Annotated[Principal, Depends(authenticated)]
 
 def service(request: Request) -> InferenceService:
     return request.app.state.service
+
+
+def policy(request: Request) -> Policy:
+    return request.app.state.policy
 
 
 def pool(request: Request) -> BackendPool:

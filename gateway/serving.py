@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from opentelemetry.trace import Span, Tracer
@@ -41,6 +41,7 @@ log = logging.getLogger("gateway.serving")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 GenRequest = ChatCompletionRequest | CompletionRequest
+T = TypeVar("T")
 
 
 def sse(obj: Any) -> bytes:
@@ -111,15 +112,7 @@ class InferenceService:
                 record_result(span, result)
                 return result
 
-        try:
-            async with asyncio.timeout_at(deadline):
-                lease, result = await self.pool.open(model, start)
-        except TimeoutError:
-            self._count(model, "-", "timeout")
-            raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
-        except GatewayError as exc:
-            self._count(model, "-", outcome_of(exc))
-            raise
+        lease, result = await self._open(model, start, deadline)
         lease.done()
         usage = result.get("usage") or {}
         elapsed = time.perf_counter() - t0
@@ -157,15 +150,7 @@ class InferenceService:
                 raise
             return chunks, first, span
 
-        try:
-            async with asyncio.timeout_at(deadline):
-                lease, (chunks, first, span) = await self.pool.open(model, start)
-        except TimeoutError:
-            self._count(model, "-", "timeout")
-            raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
-        except GatewayError as exc:
-            self._count(model, "-", outcome_of(exc))
-            raise
+        lease, (chunks, first, span) = await self._open(model, start, deadline)
         ttft = time.perf_counter() - t0
         self.metrics.ttft.labels(model, lease.replica.name).observe(ttft)
         answer = StreamedAnswer() if isinstance(req, ChatCompletionRequest) and req.response_format else None
@@ -223,6 +208,19 @@ class InferenceService:
             span.end()
             if answer is not None and outcome == "success":
                 self._check_format(req, model, answer.text())
+
+    async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
+        """The pool's failover loop under the request's deadline; failures before a replica answered are
+        counted here (backend label "-") because no replica owns them."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.pool.open(model, start)
+        except TimeoutError:
+            self._count(model, "-", "timeout")
+            raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
+        except GatewayError as exc:
+            self._count(model, "-", outcome_of(exc))
+            raise
 
     # -- accounting ------------------------------------------------------------------------
 

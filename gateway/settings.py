@@ -6,7 +6,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from gateway.policy_settings import PolicySettings
 
 # Values that must never reach production: they are in docs and examples, so attackers know them too.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
@@ -38,11 +40,12 @@ class BackendSpec(BaseModel):
         return self.name or urlsplit(self.url).netloc
 
 
-class Settings(BaseSettings):
+class Settings(PolicySettings):
     """Every field maps to `GATEWAY_<NAME>` unless an alias says otherwise (REDIS_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True,
+        env_ignore_empty=True,  # compose forwards unset tunables as "": they mean "use the default"
     )
 
     env: Literal["development", "production"] = Field(

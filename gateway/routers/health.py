@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import pool
+from gateway.deps import policy, pool
 from gateway.serving import json_response
 
 router = APIRouter(tags=["ops"])
@@ -21,6 +21,10 @@ async def readyz(request: Request) -> Response:
     replicas = pool(request).replicas
     backends = {r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)}
                 for r in replicas}
-    ready = any(r.up for r in replicas)
-    body = {"status": "ready" if ready else "unready", "backends": backends}
-    return json_response(body, status_code=200 if ready else 503)
+    backend_ok = any(r.up for r in replicas)
+    redis = policy(request).redis
+    redis_ok = await redis.ping()
+    status = "unready" if not backend_ok else "ready" if redis_ok else "degraded"
+    body = {"status": status, "backends": backends,
+            "redis": {"configured": redis.configured, "up": redis_ok, "last_error": None if redis_ok else redis.last_error}}
+    return json_response(body, status_code=200 if status == "ready" else 503)

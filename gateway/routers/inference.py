@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.access_log import current_record
-from gateway.deps import PrincipalDep, parse_body, pool, service
+from gateway.deps import PrincipalDep, parse_body, policy, pool, service
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.serving import CHAT, COMPLETION
 
@@ -25,18 +25,21 @@ async def _authorised_model(request: Request, principal: PrincipalDep, name: str
 async def chat_completions(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, ChatCompletionRequest)
     model = await _authorised_model(request, principal, req.model)
-    return await service(request).generate(CHAT, req, model)
+    return await policy(request).serve(request, principal, endpoint="chat", req=req, model=model,
+                                       call=lambda: service(request).generate(CHAT, req, model))
 
 
 @router.post("/completions", summary="Create a text completion (OpenAI-compatible)")
 async def completions(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, CompletionRequest)
     model = await _authorised_model(request, principal, req.model)
-    return await service(request).generate(COMPLETION, req, model)
+    return await policy(request).serve(request, principal, endpoint="completions", req=req, model=model,
+                                       call=lambda: service(request).generate(COMPLETION, req, model))
 
 
 @router.post("/embeddings", summary="Create embeddings (OpenAI-compatible)")
 async def embeddings(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, EmbeddingRequest)
     model = await _authorised_model(request, principal, req.model)
-    return await service(request).embed(req, model)
+    return await policy(request).serve(request, principal, endpoint="embeddings", req=req, model=model,
+                                       call=lambda: service(request).embed(req, model))

@@ -30,12 +30,7 @@ def start_gateway(backends: Sequence[tuple[str, str] | dict[str, Any]], *, env: 
     }
     if not full_env["REDIS_URL"]:
         del full_env["REDIS_URL"]
-    service = python_service("gateway", ["-m", "gateway"], port, env=full_env).start()
-    try:
-        service.wait_http("/healthz", timeout=timeout)
-    except Exception:
-        service.kill()
-        raise RuntimeError(f"the gateway did not start; its log:\n{service.logs()}") from None
+    service = python_service("gateway", ["-m", "gateway"], port, env=full_env).start_and_wait_http("/healthz", timeout=timeout)
     return service
 
 

@@ -30,10 +30,5 @@ def start_llama_server(model: Path | None = None, *, alias: str = SMOLLM2_ALIAS,
             # llama-cpp-python ends a running stream with [DONE] when another request waits for the
             # model lock (even GET /v1/models); a gateway polling for models would cut every answer.
             "--interrupt_requests", "False"]
-    service = python_service("llama-server", args, port).start()
-    try:
-        service.wait_http("/v1/models", timeout=timeout)
-    except Exception:
-        service.kill()
-        raise RuntimeError(f"llama.cpp server did not start; its log:\n{service.logs()}") from None
+    service = python_service("llama-server", args, port).start_and_wait_http("/v1/models", timeout=timeout)
     return service

@@ -38,12 +38,7 @@ def start_ollama_double(*, models: Sequence[str] = DEFAULT_MODELS, port: int | N
         args += ["--embed-dim", str(embed_dim)]
     for name, value in knobs.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    service = python_service("ollama-double", args, port).start()
-    try:
-        service.wait_http("/api/version", timeout=timeout)
-    except Exception:
-        service.kill()
-        raise RuntimeError(f"the Ollama double did not start; its log:\n{service.logs()}") from None
+    service = python_service("ollama-double", args, port).start_and_wait_http("/api/version", timeout=timeout)
     return service
 
 

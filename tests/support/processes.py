@@ -101,6 +101,16 @@ class Service:
         wait_until(lambda: http_ok(self.url + path), timeout=timeout, what=self.name, proc=self.proc)
         return self
 
+    def start_and_wait_http(self, path: str, timeout: float = 30.0) -> "Service":
+        """Start, poll `path` until it answers; if it never does, kill it and fail with its log."""
+        self.start()
+        try:
+            self.wait_http(path, timeout=timeout)
+        except Exception:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start; its log:\n{self.logs()}") from None
+        return self
+
     def kill(self) -> None:
         """Hard kill (SIGKILL): what a crash looks like to the peers."""
         if self.proc and self.proc.poll() is None:

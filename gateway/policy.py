@@ -1,0 +1,275 @@
+"""The access and traffic policy around one inference call: limits -> cache -> call -> account.
+
+Authentication happens earlier (the `authenticate` dependency); `Policy.serve` gets the caller's
+`Principal` and the resolved model, reserves RPM/TPM/budget, answers from the cache or calls
+the backend, and afterwards reconciles tokens, records usage and cost and stores complete
+answers. Accounting runs in a task after the response, so it never delays the client and a
+client disconnect cannot cancel it half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from starlette.responses import Response, StreamingResponse
+
+from gateway.auth import Authenticator, Principal
+from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
+from gateway.cost import PriceTable
+from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
+from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
+from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
+from gateway.metrics import memoize_labels
+from gateway.protocol import StreamOptions
+from gateway.redis_state import RedisState, flush_staged
+from gateway.usage import UsageStore
+
+log = logging.getLogger("gateway.policy")
+
+BYPASS = CacheDecision(False, False)
+DEV_PEPPER = "development-pepper-not-for-production"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class PolicyMetrics:
+    def __init__(self, registry: CollectorRegistry, gpu_monthly_usd: float) -> None:
+        self.cache = Counter("gateway_cache_requests", "Inference requests by cache result.",
+                             ("model", "result"), registry=registry)
+        self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a limit.", ("kind",),
+                                    registry=registry)
+        self.redis_errors = Counter("gateway_redis_errors", "Failed Redis calls by operation.", ("operation",),
+                                    registry=registry)
+        self.hosted_cost = Counter("gateway_hosted_api_cost_usd", "What the served tokens would have cost "
+                                   "on the hosted API.", ("model",), registry=registry)
+        self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
+                                 registry=registry)
+        self.gpu_monthly.set(gpu_monthly_usd)
+        memoize_labels(self)
+        for kind in ("rpm", "tpm", "budget"):
+            self.rate_limited.labels(kind)
+        for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
+            self.redis_errors.labels(op)
+
+    def register_model(self, model: str) -> None:
+        for result in ("hit", "miss", "bypass"):
+            self.cache.labels(model, result)
+        self.hosted_cost.labels(model)
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of input, for the pre-call token estimate."""
+    if "messages" in body:
+        total = 0
+        for m in body["messages"]:
+            content = m.get("content")
+            total += len(content) if isinstance(content, str) else len(orjson.dumps(content)) if content else 0
+        return total
+    source = body.get("prompt", body.get("input", ""))
+    return len(source) if isinstance(source, str) else sum(len(str(x)) for x in source)
+
+
+def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
+    usage = usage or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+@dataclass
+class Policy:
+    redis: RedisState
+    keys: KeyStore
+    lookup: CachedKeyLookup
+    authenticator: Authenticator
+    jwt_config: JwtConfig | None
+    limiter: KeyRateLimiter
+    anonymous: AnonymousLimiter
+    cache: ResponseCache
+    usage: UsageStore
+    prices: PriceTable
+    metrics: PolicyMetrics
+    cache_enabled: bool = True
+    default_max_tokens: int = 256
+    jwks: JwksCache | None = None
+    flush_window_s: float = 0.01
+    _flusher: asyncio.Future | None = None
+
+    @classmethod
+    def build(cls, settings: Any, registry: CollectorRegistry) -> "Policy":
+        """Everything from settings; no connection is opened here (Redis connects lazily)."""
+        metrics = PolicyMetrics(registry, settings.gpu_monthly_usd)
+        redis = RedisState.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                                    retry_after_s=settings.redis_retry_s,
+                                    on_error=lambda op: metrics.redis_errors.labels(op).inc())
+        pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else DEV_PEPPER
+        if not settings.key_pepper:
+            log.warning("GATEWAY_KEY_PEPPER is not set: API-key hashes use a development pepper")
+        keys: KeyStore = RedisKeyStore(redis, pepper) if redis.configured else MemoryKeyStore(pepper)
+        lookup = CachedKeyLookup(keys, pepper, fresh_s=settings.key_cache_s, stale_s=settings.key_stale_s)
+        jwt_config = jwt_from_settings(settings)
+        jwks = JwksCache(jwt_config.jwks_url) if jwt_config is not None and jwt_config.jwks_url else None
+        verifier = JwtVerifier(jwt_config, jwks) if jwt_config is not None else None
+        admin = (settings.admin_key.get_secret_value() if settings.admin_key else "") or None
+        authenticator = Authenticator(keys=lookup, jwt=verifier, admin_key=admin,
+                                      default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm)
+        return cls(
+            redis=redis, keys=keys, lookup=lookup, authenticator=authenticator, jwt_config=jwt_config,
+            limiter=KeyRateLimiter(redis, on_limited=lambda kind: metrics.rate_limited.labels(kind).inc()),
+            anonymous=AnonymousLimiter(settings.anonymous_rpm, redis),
+            cache=ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes),
+            usage=UsageStore(redis),
+            prices=PriceTable(default=settings.price_default, models=dict(settings.prices),
+                              gpu_monthly_usd=settings.gpu_monthly_usd),
+            metrics=metrics, cache_enabled=settings.cache_enabled,
+            default_max_tokens=settings.default_max_tokens_estimate, jwks=jwks,
+        )
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=2.0)
+        if self.redis.usable:
+            await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage])
+        await self.redis.close()
+        if self.jwks is not None:
+            await self.jwks.aclose()
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, model: str,
+                    call: Callable[[], Awaitable[Response]]) -> Response:
+        """Limits -> cache -> `call()` -> accounting, for one authorised inference request."""
+        body = req.model_dump(exclude_none=True)
+        decision = self._decide(request, body, endpoint)
+        key = cache_key(endpoint, model, body) if not decision.bypass else ""
+        reservation, hit = await self._reserve_and_read(principal, req, body, key if decision.read else None)
+        extra_headers = reservation.headers() if reservation else {}
+        stream = bool(body.get("stream"))
+        if hit is not None:
+            self.metrics.cache.labels(model, "hit").inc()
+            self._account(principal, model, reservation, None)
+            return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
+        self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()
+        client_wants_usage = getattr(req, "include_usage", False)
+        if stream and not client_wants_usage:
+            req.stream_options = StreamOptions(include_usage=True)
+        try:
+            response = await call()
+        except BaseException:
+            self._account(principal, model, reservation, (0, 0), count_request=False)
+            raise
+        response.headers.update({"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
+        store_key = key if decision.write else ""
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._watch_stream(response.body_iterator, principal, model, reservation,
+                                                        store_key, client_wants_usage)
+            return response
+        self._after_unary(response, principal, model, reservation, store_key)
+        return response
+
+    async def _reserve_and_read(self, principal: Principal, req: Any, body: dict[str, Any],
+                                read_key: str | None) -> tuple[Reservation | None, bytes | None]:
+        """RPM/TPM/budget reservation and the cache read, in one Redis round trip when both apply."""
+        limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
+        if not limits.any:
+            return None, await self.cache.get_raw(read_key) if read_key else None
+        estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
+        if read_key is not None and not self.redis.configured:
+            reservation = await self.limiter.reserve(principal.subject, limits, estimate)
+            return reservation, self.cache.memory_get(read_key)
+        return await self.limiter.reserve_and_get(principal.subject, limits, estimate, read_key)
+
+    def _decide(self, request: Request, body: dict[str, Any], endpoint: str) -> CacheDecision:
+        if not self.cache_enabled or not self.cache.available:
+            return BYPASS
+        return decide(body, request.headers.get("cache-control"), request.headers.get("x-gateway-cache"),
+                      deterministic_endpoint=endpoint == "embeddings")
+
+    @staticmethod
+    def _from_cache(raw: bytes, stream: bool, include_usage: bool, headers: dict[str, str]) -> Response:
+        headers = {**headers, "X-Cache": "HIT"}
+        if stream:
+            frames = replay_sse(orjson.loads(raw), include_usage=include_usage)
+
+            async def body() -> AsyncIterator[bytes]:
+                for frame in frames:
+                    yield frame
+
+            return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        return Response(raw, media_type="application/json", headers=headers)
+
+    def _after_unary(self, response: Response, principal: Principal, model: str,
+                     reservation: Reservation | None, store_key: str) -> None:
+        result = orjson.loads(response.body) if response.status_code == 200 else {}
+        usage = tokens_of(result.get("usage"))
+        complete = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
+        self._account(principal, model, reservation, usage,
+                      store=(store_key, result) if store_key and complete else None)
+
+    async def _watch_stream(self, frames: AsyncIterator[bytes], principal: Principal, model: str,
+                            reservation: Reservation | None, store_key: str,
+                            client_wants_usage: bool) -> AsyncIterator[bytes]:
+        """Pass frames through; note usage and whether the stream ended whole (`[DONE]`)."""
+        assembler = StreamAssembler() if store_key else None
+        usage: dict[str, Any] | None = None
+        done = False
+        try:
+            async for frame in frames:
+                if frame.startswith(b"data: {"):
+                    chunk = orjson.loads(frame[6:])
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        if not client_wants_usage:
+                            continue  # asked for on the client's behalf, to count tokens
+                    if assembler is not None:
+                        assembler.add(chunk)
+                elif frame.startswith(b"data: [DONE]"):
+                    done = True
+                yield frame
+        finally:
+            store = None
+            if assembler is not None and done and assembler.complete:
+                if usage is not None:
+                    assembler.usage = usage
+                store = (store_key, assembler.response())
+            self._account(principal, model, reservation, tokens_of(usage), store=store)
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def _account(self, principal: Principal, model: str, reservation: Reservation | None,
+                 usage: tuple[int, int] | None, *, store: tuple[str, dict] | None = None,
+                 count_request: bool = True) -> None:
+        """Book a finished request in memory; Redis gets it in the next batched write.
+
+        usage None: answered from the cache (no backend tokens).
+        """
+        prompt, completion = usage or (0, 0)
+        self.limiter.reconcile(reservation, prompt + completion)
+        if count_request:
+            self.usage.record(principal.key_id or principal.subject, model, prompt, completion)
+        if prompt or completion:
+            self.metrics.hosted_cost.labels(model).inc(self.prices.hosted_cost(model, prompt, completion))
+        if store is not None:
+            self.cache.put_later(*store)
+        if self.redis.configured and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """Write everything booked so far in one pipeline; what is booked meanwhile goes next.
+
+        One write in flight at a time, after a short batching window: under load a batch grows
+        instead of the number of round trips, and the write stays off the next request's path.
+        """
+        try:
+            await asyncio.sleep(self.flush_window_s)
+            while await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage]):
+                if not (self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending):
+                    break
+        except Exception:  # accounting must never take the gateway down
+            log.exception("writing usage and limits to Redis failed")
+        finally:
+            self._flusher = None

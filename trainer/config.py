@@ -1,0 +1,234 @@
+"""The run configuration: one YAML file, validated into typed models split by domain.
+
+Every field has a description (`python -m trainer schema` prints them). Unknown keys are rejected
+with their dotted path, so a typo never silently falls back to a default. Relative paths are
+resolved against the YAML file's folder, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.errors import ConfigError
+
+Quantization = Literal["q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16"]
+TaskCheck = Literal["exact_match", "json_valid", "json_schema", "stops_on_eos"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseModelConfig(_Section):
+    source: str = Field(
+        description="Base model: a hub id (needs the hub cache offline), a local Hugging Face folder, a .gguf file, "
+        "or pkg://PACKAGE/FILE for a model file shipped inside an installed Python package.")
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template to use instead of the tokenizer's own (rarely needed).")
+
+
+class DataConfig(_Section):
+    paths: list[Path] = Field(min_length=1, description="JSONL files of examples, one JSON object per line.")
+    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = Field(
+        default="auto", description="Row format: chat `messages`, `prompt`/`completion`, alpaca "
+        "`instruction`/`input`/`output`, or `auto` to detect it per row.")
+    system_prompt: str | None = Field(
+        default=None, description="System prompt added to every example that has none; also the served model's SYSTEM.")
+    max_seq_length: int = Field(default=512, ge=16, le=131072,
+                                description="Rows longer than this many tokens are reported and dropped.")
+    eval_fraction: float = Field(default=0.1, gt=0.0, lt=0.9, description="Share of unique rows held out for evaluation.")
+    min_eval_examples: int = Field(default=4, ge=1, description="Refuse to run with fewer held-out rows than this.")
+    dedupe: bool = Field(default=True, description="Drop rows whose conversation repeats an earlier row exactly.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1,
+        description="Names of the linear layers that get adapters.")
+
+
+class TrainingConfig(_Section):
+    backend: Literal["auto", "peft", "unsloth"] = Field(
+        default="auto", description="auto = Unsloth when CUDA and Unsloth are present, else PEFT + transformers.")
+    load_in_4bit: bool = Field(default=False, description="4-bit QLoRA (needs CUDA and bitsandbytes or Unsloth).")
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to run; overrides epochs.")
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps before the linear decay.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay on the adapter weights.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per micro-batch.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    save_steps: int = Field(default=50, ge=1, description="Write a resumable checkpoint every this many steps.")
+    logging_steps: int = Field(default=1, ge=1, description="Append the loss to train_log.jsonl every this many steps.")
+    seed: int = Field(default=42, description="Seed for the split, adapter init, shuffling and dropout.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory (long sequences).")
+
+
+class EvaluationConfig(_Section):
+    checks: list[TaskCheck] = Field(
+        default=["exact_match"], min_length=1, description="Task checks run on held-out prompts with greedy decoding.")
+    primary_check: TaskCheck = Field(
+        default="exact_match", description="The check whose score the gate compares.")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the answer must match (for the json_schema check).")
+    max_new_tokens: int = Field(default=128, ge=1, description="Generation cap per held-out prompt.")
+    max_examples: int = Field(default=64, ge=1, description="Held-out prompts to generate for (loss uses all).")
+    batch_size: int = Field(default=8, ge=1, description="Batch size for eval loss and generation.")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "EvaluationConfig":
+        if "json_schema" in (*self.checks, self.primary_check) and self.json_schema is None:
+            raise ValueError("the json_schema check needs evaluation.json_schema")
+        if self.primary_check not in self.checks:
+            raise ValueError(f"primary_check {self.primary_check!r} must be one of checks {self.checks}")
+        return self
+
+
+class GateConfig(_Section):
+    min_loss_improvement: float = Field(
+        default=0.0, ge=0, lt=1, description="Tuned eval loss must be at most base * (1 - this).")
+    min_score_gain: float = Field(
+        default=0.0, ge=0, le=1, description="Tuned primary check score must exceed the base score by more than this.")
+    min_score: float = Field(default=0.0, ge=0, le=1, description="Tuned primary check score must be at least this.")
+
+
+class ExportConfig(_Section):
+    quantizations: list[Quantization] = Field(
+        default=["q8_0", "q4_k_m"], min_length=1, description="GGUF files to produce besides the f16 conversion.")
+    serve: Quantization = Field(
+        default="q4_k_m", description="Which GGUF is pushed to Ollama.")
+    adapter_gguf: bool = Field(default=True, description="Also export the adapter alone as GGUF (adapter serving).")
+
+    @model_validator(mode="after")
+    def _serve_exported(self) -> "ExportConfig":
+        if self.serve != "f16" and self.serve not in self.quantizations:
+            raise ValueError(f"serve {self.serve!r} must be f16 or one of quantizations {self.quantizations}")
+        return self
+
+
+class OllamaConfig(_Section):
+    host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://ollama:11434"),
+                      description="Ollama API base URL (default: $OLLAMA_HOST, else http://ollama:11434).")
+    model: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/-]*$",
+                       description="Model name in Ollama; versions are tagged NAME:vN and NAME:latest.")
+    parameters: dict[str, Any] = Field(
+        default={"temperature": 0}, description="Ollama model parameters (stop tokens are added from the template).")
+    template: str | None = Field(
+        default=None, description="Go template for Ollama; by default derived from the tokenizer's chat template.")
+    stop: list[str] | None = Field(
+        default=None, description="Stop strings to use with a hand-written template (derived ones are automatic).")
+    adapter_base: str | None = Field(
+        default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile.")
+    retries: int = Field(default=3, ge=0, le=10, description="Retries for transient Ollama errors (5xx, connect).")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles on each retry.")
+    timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout for uploads and create.")
+
+    @field_validator("host")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class RunConfig(_Section):
+    base_model: BaseModelConfig
+    data: DataConfig
+    lora: LoraConfig = LoraConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
+    ollama: OllamaConfig
+    output_dir: Path = Field(description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions.")
+
+    def digest(self) -> str:
+        """Hash of everything that changes the trained weights, to tell if a checkpoint belongs to this run."""
+        relevant = {"base": self.base_model.model_dump(mode="json"), "data": self.data.model_dump(mode="json"),
+                    "lora": self.lora.model_dump(mode="json"),
+                    "training": self.training.model_dump(mode="json", exclude={"save_steps", "logging_steps"})}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _resolve_paths(raw: dict[str, Any], root: Path) -> None:
+    """Relative paths in the YAML are relative to the YAML file, not to the shell's cwd."""
+    def fix(p: Any) -> Any:
+        return str(root / p) if isinstance(p, str) and not Path(p).is_absolute() else p
+
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("paths"), list):
+        data["paths"] = [fix(p) for p in data["paths"]]
+    if "output_dir" in raw:
+        raw["output_dir"] = fix(raw["output_dir"])
+    base = raw.get("base_model")
+    if isinstance(base, dict) and isinstance(base.get("source"), str):
+        src = base["source"]
+        if "://" not in src and (src.startswith(".") or src.endswith(".gguf") or (root / src).exists()):
+            base["source"] = fix(src)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, with the dotted key; 'unknown key' instead of pydantic's wording."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key '{where}'")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, override and validate a run config; every mistake becomes a `ConfigError` naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    _resolve_paths(raw, path.resolve().parent)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """`--set training.max_steps=40`: the value is read as YAML, so numbers and lists keep their type."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. training.max_steps=40), got {item!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML") from None

@@ -1,0 +1,230 @@
+"""The prepare stage: read JSONL, report every bad row with its line number, dedupe, split, count tokens.
+
+Three row formats are accepted and normalised to chat messages:
+  {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}
+  {"prompt": ..., "completion": ...}
+  {"instruction": ..., "input": ... (optional), "output": ...}      (alpaca)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from trainer.config import DataConfig
+from trainer.encoding import Messages, encode_conversation
+from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class BadRow:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class PrepareReport:
+    rows_read: int = 0
+    bad_rows: list[BadRow] = field(default_factory=list)
+    duplicates: int = 0
+    train: int = 0
+    eval: int = 0
+    data_sha256: str = ""
+    token_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["bad_rows"] = [str(b) for b in self.bad_rows]
+        return out
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"field '{name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"field '{name}' is empty")
+    return value
+
+
+def _from_messages(row: dict[str, Any]) -> Messages:
+    msgs = row["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} needs 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise ValueError(f"message {i} has role {m['role']!r}; expected one of {', '.join(ROLES)}")
+        if m["role"] == "system" and i != 1:
+            raise ValueError(f"message {i} is a system message; only the first message may be one")
+        out.append({"role": m["role"], "content": _text(m["content"], f"messages[{i}].content")})
+    if out[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's answer")
+    turns = [m["role"] for m in out if m["role"] != "system"]
+    if any(a == b for a, b in zip(turns, turns[1:])) or turns[0] != "user":
+        raise ValueError("after the optional system message, roles must alternate user, assistant, user, ...")
+    return out
+
+
+def _from_prompt_completion(row: dict[str, Any]) -> Messages:
+    return [{"role": "user", "content": _text(row.get("prompt"), "prompt")},
+            {"role": "assistant", "content": _text(row.get("completion"), "completion")}]
+
+
+def _from_alpaca(row: dict[str, Any]) -> Messages:
+    instruction = _text(row.get("instruction"), "instruction")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError("field 'input' must be a string")
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row.get("output"), "output")}]
+
+
+FORMATS = {"messages": (_from_messages, ("messages",)),
+           "prompt_completion": (_from_prompt_completion, ("prompt", "completion")),
+           "alpaca": (_from_alpaca, ("instruction", "output"))}
+
+
+def row_to_messages(row: Any, fmt: str, system_prompt: str | None) -> Messages:
+    """Normalise one parsed row; raises ValueError with the reason when the row is unusable."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if fmt == "auto":
+        fmt = next((name for name, (_, keys) in FORMATS.items() if keys[0] in row), "")
+        if not fmt:
+            raise ValueError("unknown row format: expected 'messages', 'prompt'/'completion' "
+                             "or 'instruction'/'output' fields")
+    convert, required = FORMATS[fmt]
+    missing = [k for k in required if k not in row]
+    if missing:
+        raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}")
+    messages = convert(row)
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+@dataclass(frozen=True)
+class Row:
+    """A valid example and the line it came from, so later checks (length) can still name it."""
+
+    file: str
+    line: int
+    messages: Messages
+
+
+def read_rows(paths: list[Path], fmt: str, system_prompt: str | None, report: PrepareReport) -> list[Row]:
+    """Parse every file; good rows are returned, bad ones are recorded in the report with their line."""
+    rows: list[Row] = []
+    digest = hashlib.sha256()
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        raw = path.read_bytes()
+        digest.update(raw)
+        for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            report.rows_read += 1
+            try:
+                parsed = json.loads(line)
+            except json.JSONDecodeError as exc:
+                report.bad_rows.append(BadRow(path.name, lineno, f"bad JSON: {exc.msg} at column {exc.colno}"))
+                continue
+            try:
+                rows.append(Row(path.name, lineno, row_to_messages(parsed, fmt, system_prompt)))
+            except ValueError as exc:
+                report.bad_rows.append(BadRow(path.name, lineno, str(exc)))
+    report.data_sha256 = digest.hexdigest()
+    return rows
+
+
+def _stats(lengths: list[int]) -> dict[str, float]:
+    if not lengths:
+        return {"count": 0}
+    s = sorted(lengths)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    return {"count": len(s), "min": s[0], "mean": round(sum(s) / len(s), 1), "p50": pick(0.5),
+            "p95": pick(0.95), "max": s[-1], "total": sum(s)}
+
+
+def _all_invalid(report: PrepareReport) -> DataError:
+    return DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
+                     + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+
+
+def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic split: the same rows and seed always give the same held-out set."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(n * eval_fraction))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], seed: int
+            ) -> tuple[list[Messages], list[Messages], PrepareReport]:
+    """Validate, dedupe, length-check and split; raise DataError when nothing usable is left.
+
+    The tokenizer is loaded (`load_tok`) only once there are valid rows, so bad data fails fast.
+    """
+    report = PrepareReport()
+    rows = read_rows(cfg.paths, cfg.format, cfg.system_prompt, report)
+    if report.rows_read == 0:
+        raise DataError(f"no examples found in {', '.join(map(str, cfg.paths))}: the data is empty")
+    if not rows:
+        raise _all_invalid(report)
+    tok = load_tok()
+    seen: set[str] = set()
+    kept: list[Messages] = []
+    lengths: list[int] = []
+    for row in tqdm(rows, desc="prepare", unit="row", leave=False):
+        key = json.dumps(row.messages, sort_keys=True)
+        if cfg.dedupe and key in seen:
+            report.duplicates += 1
+            continue
+        seen.add(key)
+        n_tokens = len(encode_conversation(tok, row.messages).input_ids)
+        if n_tokens > cfg.max_seq_length:
+            report.bad_rows.append(BadRow(row.file, row.line,
+                                          f"{n_tokens} tokens, over max_seq_length {cfg.max_seq_length}"))
+            continue
+        kept.append(row.messages)
+        lengths.append(n_tokens)
+    if not kept:
+        raise _all_invalid(report)
+    train_idx, eval_idx = split_indices(len(kept), cfg.eval_fraction, seed)
+    if len(eval_idx) < cfg.min_eval_examples or not train_idx:
+        raise DataError(f"only {len(kept)} valid rows: {len(eval_idx)} held out (min_eval_examples is "
+                        f"{cfg.min_eval_examples}) and {len(train_idx)} to train on; add more data")
+    report.train, report.eval = len(train_idx), len(eval_idx)
+    report.token_stats = {"train": _stats([lengths[i] for i in train_idx]),
+                          "eval": _stats([lengths[i] for i in eval_idx])}
+    return [kept[i] for i in train_idx], [kept[i] for i in eval_idx], report
+
+
+def write_jsonl(path: Path, rows: list[Messages]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"messages": r}, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def read_prepared(path: Path) -> list[Messages]:
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]

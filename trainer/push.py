@@ -1,0 +1,162 @@
+"""The push stage: register the exported GGUF with Ollama through its API, then record the version.
+
+Order matters for safety: blobs are uploaded (skipped when Ollama already has them: HEAD first),
+then NAME:vN is created, and only then is NAME:latest moved to it with a copy. A failure at any
+point leaves NAME:latest, and so whatever clients use, on the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from trainer.config import RunConfig
+from trainer.errors import PushError, StageOrderError
+from trainer.export import load_export
+from trainer.manifest import local_versions, utc_iso, write_manifest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK = 1 << 20
+
+
+def _transient(exc: Exception) -> bool:
+    import httpx
+    import ollama
+
+    if isinstance(exc, ollama.ResponseError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, (ConnectionError, httpx.TransportError))
+
+
+def with_retries(call: Callable[[], T], *, what: str, retries: int, backoff_s: float) -> T:
+    """Run `call`, retrying transient failures (5xx, 429, connection errors) with exponential backoff."""
+    import ollama
+
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - classified right below
+            if not _transient(exc):
+                if isinstance(exc, ollama.ResponseError):
+                    raise PushError(f"{what}: Ollama refused it: {exc}") from None
+                raise
+            if attempt == retries:
+                raise PushError(f"{what} failed after {retries + 1} attempts: {exc}") from None
+            delay = backoff_s * 2**attempt
+            log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _file_chunks(path: Path, bar: tqdm) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            bar.update(len(block))
+            yield block
+
+
+def ensure_blob(client, path: Path, digest: str) -> bool:
+    """Upload `path` as blob `digest` unless Ollama has it already; True if it was uploaded."""
+    import ollama
+
+    # The client has no call for HEAD /api/blobs (documented in Ollama's API), so use its request path.
+    try:
+        client._request_raw("HEAD", f"/api/blobs/{digest}")
+        return False
+    except ollama.ResponseError as exc:
+        if exc.status_code != 404:
+            raise
+    with tqdm(total=path.stat().st_size, desc=f"upload {path.name}", unit="B", unit_scale=True) as bar:
+        client._request_raw("POST", f"/api/blobs/{digest}", content=_file_chunks(path, bar))
+    return True
+
+
+def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
+    """One more than the highest vN known locally or in Ollama, so versions never collide."""
+    pattern = re.compile(rf"^{re.escape(name)}:v(\d+)$")
+    remote = [int(m.group(1)) for t in existing_tags if (m := pattern.match(t))]
+    return max([0, *local_versions(output_dir), *remote]) + 1
+
+
+def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dict[str, Any]:
+    """Upload, create NAME:vN, move NAME:latest, write the version's manifest. Returns the manifest."""
+    import ollama
+
+    info = load_export(cfg.output_dir)
+    export_dir = cfg.output_dir / "export"
+    for entry in info["files"].values():
+        if not (export_dir / entry["file"]).is_file():
+            raise StageOrderError(f"{export_dir / entry['file']} is missing: run `export` again")
+    if cfg.export.serve not in info["files"]:
+        raise StageOrderError(f"export.serve is {cfg.export.serve} but the export has "
+                              f"{', '.join(info['files'])}: run `export` again")
+    o = cfg.ollama
+    retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)  # noqa: E731
+    client = ollama.Client(host=o.host, timeout=o.timeout_s)
+    try:
+        tags = retry(lambda: [m.model for m in client.list().models], "list models")
+        version = next_version(cfg.output_dir, tags, o.model)
+        tag, latest = f"{o.model}:v{version}", f"{o.model}:latest"
+        served = info["files"][cfg.export.serve]
+        digest = f"sha256:{served['sha256']}"
+        uploaded = retry(lambda: ensure_blob(client, export_dir / served["file"], digest), f"upload {served['file']}")
+        retry(lambda: client.create(model=tag, files={served["file"]: digest}, template=info["template"],
+                                    system=info["system"], parameters=info["parameters"], stream=False),
+              f"create {tag}")
+        adapter_tag = None
+        if o.adapter_base and "adapter" in info["files"]:
+            adapter = info["files"]["adapter"]
+            adapter_digest = f"sha256:{adapter['sha256']}"
+            retry(lambda: ensure_blob(client, export_dir / adapter["file"], adapter_digest), "upload adapter")
+            adapter_tag = f"{o.model}-adapter:v{version}"
+            retry(lambda: client.create(model=adapter_tag, from_=o.adapter_base,
+                                        adapters={adapter["file"]: adapter_digest}, template=info["template"],
+                                        system=info["system"], parameters=info["parameters"], stream=False),
+                  f"create {adapter_tag}")
+        retry(lambda: client.copy(tag, latest), f"tag {latest}")
+    finally:
+        client.close()
+    manifest = build_manifest(cfg, report, info, version=version, tag=tag, latest=latest, uploaded=uploaded,
+                              adapter_tag=adapter_tag, forced=forced)
+    path = write_manifest(cfg.output_dir, version, manifest)
+    for extra in ("report.json", "summary.md"):
+        src = cfg.output_dir / "eval" / extra
+        if src.exists():
+            (path.parent / extra).write_bytes(src.read_bytes())
+    log.info("pushed %s (and %s) to %s; manifest %s", tag, latest, o.host, path)
+    return manifest
+
+
+def _mtime_iso(path: Path) -> str | None:
+    return utc_iso(path.stat().st_mtime) if path.exists() else None
+
+
+def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any], *, version: int, tag: str,
+                   latest: str, uploaded: bool, adapter_tag: str | None, forced: bool) -> dict[str, Any]:
+    out = cfg.output_dir
+    prepared = json.loads((out / "data" / "prepare_report.json").read_text())
+    trained = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else {}
+    return {
+        "name": cfg.ollama.model, "version": version, "forced": forced,
+        "base_model": cfg.base_model.source, "config_digest": cfg.digest(),
+        "config": cfg.model_dump(mode="json"),
+        "data": {"sha256": prepared["data_sha256"], "train_rows": prepared["train"], "eval_rows": prepared["eval"],
+                 "bad_rows": len(prepared["bad_rows"]), "duplicates": prepared["duplicates"]},
+        "training": trained,
+        "metrics": {k: report[k] for k in ("base", "tuned", "gate", "primary_check")},
+        "artifacts": info["files"], "export_timings_s": info["timings_s"], "converter": info["converter"],
+        "ollama": {"host": cfg.ollama.host, "tag": tag, "latest": latest, "adapter_tag": adapter_tag,
+                   "served_file": info["served"], "blob_uploaded": uploaded},
+        "timestamps": {"prepared_at": _mtime_iso(out / "data" / "prepare_report.json"),
+                       "trained_at": _mtime_iso(out / "train_summary.json"),
+                       "evaluated_at": _mtime_iso(out / "eval" / "report.json"),
+                       "exported_at": _mtime_iso(out / "export" / "export.json"), "pushed_at": utc_iso()},
+    }

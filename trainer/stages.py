@@ -1,0 +1,86 @@
+"""The stages as functions of a validated config: prepare, train, evaluate, export, push, and run (all).
+
+Each stage reads what the previous one left in the output folder, so any stage can be re-run alone:
+
+    OUTPUT/data/{train,eval}.jsonl, prepare_report.json   prepare
+    OUTPUT/checkpoints/step-N/, adapter/, train_log.jsonl  train
+    OUTPUT/eval/report.json, summary.md                    evaluate
+    OUTPUT/export/*.gguf, Modelfile, export.json           export
+    OUTPUT/versions/vN/manifest.json                       push
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from trainer.config import RunConfig
+from trainer.errors import GateRefused
+
+log = logging.getLogger(__name__)
+
+
+def prepare_stage(cfg: RunConfig) -> dict[str, Any]:
+    from trainer.base_model import load_tokenizer, resolve_source
+    from trainer.data import prepare, write_jsonl
+
+    source = resolve_source(cfg.base_model.source)
+    train_rows, eval_rows, report = prepare(
+        cfg.data, lambda: load_tokenizer(source, cfg.base_model.chat_template), cfg.training.seed)
+    out = cfg.output_dir / "data"
+    write_jsonl(out / "train.jsonl", train_rows)
+    write_jsonl(out / "eval.jsonl", eval_rows)
+    (out / "prepare_report.json").write_text(json.dumps(report.to_json(), indent=2))
+    for bad in report.bad_rows:
+        log.warning("skipped %s", bad)
+    log.info("prepared %d train / %d eval rows (%d read, %d bad, %d duplicates); tokens %s",
+             report.train, report.eval, report.rows_read, len(report.bad_rows), report.duplicates,
+             report.token_stats)
+    return report.to_json()
+
+
+def train_stage(cfg: RunConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from trainer.train import train
+
+    return asdict(train(cfg))
+
+
+def evaluate_stage(cfg: RunConfig) -> dict[str, Any]:
+    from trainer.evaluate import evaluate
+
+    return evaluate(cfg)
+
+
+def export_stage(cfg: RunConfig) -> dict[str, Any]:
+    from trainer.export import export
+
+    return export(cfg)
+
+
+def push_stage(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
+    from trainer.evaluate import load_report
+    from trainer.push import push
+
+    report = load_report(cfg.output_dir)
+    if not report["gate"]["passed"]:
+        reasons = "; ".join(report["gate"]["reasons"])
+        if not force:
+            raise GateRefused(f"not pushing: the tuned model did not beat the base model ({reasons}); "
+                              "use --force to push anyway")
+        log.warning("pushing a model that failed the gate because --force was given: %s", reasons)
+    return push(cfg, report, forced=force and not report["gate"]["passed"])
+
+
+def run_all(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
+    """Every stage in order; a failed gate stops before push unless forced."""
+    results = {"prepare": prepare_stage(cfg), "train": train_stage(cfg), "evaluate": evaluate_stage(cfg)}
+    if not results["evaluate"]["gate"]["passed"] and not force:
+        reasons = "; ".join(results["evaluate"]["gate"]["reasons"])
+        raise GateRefused(f"stopping before export: the tuned model did not beat the base model ({reasons}); "
+                          f"see {cfg.output_dir / 'eval' / 'summary.md'}, or use --force")
+    results["export"] = export_stage(cfg)
+    results["push"] = push_stage(cfg, force=force)
+    return results
