@@ -53,7 +53,7 @@ def current_record() -> AccessRecord:
 class RecentRequests:
     """Request id -> model of the last `capacity` LLM requests this replica served (bounded, for feedback)."""
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._models: OrderedDict[str, str] = OrderedDict()
 
