@@ -10,8 +10,9 @@ from tests.support.llama import start_llama_server
 from tests.support.processes import Service, redis_service
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def redis_server() -> Iterator[Service]:
+    """One redis-server per test module; tests that need it empty flush it themselves."""
     service = redis_service().start().wait_port()
     yield service
     service.stop()

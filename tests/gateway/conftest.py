@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.ollama import OllamaDoubleControl, running_ollama_double
@@ -44,3 +46,14 @@ def client(gateway: Service) -> openai.OpenAI:
 @pytest.fixture
 def aclient(gateway: Service) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[str, str]:
+    """A fresh RSA key pair (private PEM, public PEM) for forging and verifying RS256 tokens."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return pem, public

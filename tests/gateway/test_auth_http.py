@@ -11,8 +11,6 @@ import time
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
 from tests.support.policy_stack import ADMIN_KEY, JWT_SECRET, MODEL, PolicyStack, chat_body
@@ -31,16 +29,6 @@ def forge(header: dict, claims: dict, sign=lambda msg: b"") -> str:
 
 def hs_sign(msg: bytes, secret: str = JWT_SECRET) -> bytes:
     return hmac.new(secret.encode(), msg, hashlib.sha256).digest()
-
-
-@pytest.fixture(scope="module")
-def rsa_keys():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return pem, public
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwk, jwt
 
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, TokenInvalid, mint_token
@@ -32,16 +32,6 @@ def forge(header: dict, claims: dict, sign=lambda msg: b"") -> str:
 def claims(**extra) -> dict:
     now = int(time.time())
     return {"sub": "key_1", "iat": now, "exp": now + 300, **extra}
-
-
-@pytest.fixture(scope="module")
-def rsa_keys():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return pem, public
 
 
 def hs_verifier(**cfg) -> JwtVerifier:

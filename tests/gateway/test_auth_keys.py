@@ -12,13 +12,6 @@ from tests.support.processes import redis_service
 PEPPER = "test-pepper-not-a-secret"
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    svc = redis_service().start().wait_port()
-    yield svc
-    svc.stop()
-
-
 @pytest.fixture
 async def redis_state(redis_server):
     state = RedisState.from_url(f"redis://127.0.0.1:{redis_server.port}/0")

@@ -7,20 +7,12 @@ import pytest
 
 from gateway.cache import ResponseCache, StreamAssembler, cache_key, decide, replay_sse
 from gateway.redis_state import RedisState
-from tests.support.processes import redis_service
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 8}
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
                        "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    svc = redis_service().start().wait_port()
-    yield svc
-    svc.stop()
 
 
 @pytest.mark.parametrize("change", [{"temperature": 0.1}, {"top_p": 0.5}, {"seed": 1}, {"max_tokens": 9},

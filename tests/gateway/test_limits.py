@@ -14,13 +14,6 @@ from tests.support.processes import redis_service
 NOW = 1_800_000_010.0  # ten seconds into a minute: every test stays inside one window
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    svc = redis_service().start().wait_port()
-    yield svc
-    svc.stop()
-
-
 @pytest.fixture
 async def replicas(redis_server):
     """Two limiters with their own connections: what two gateway processes look like to Redis."""
