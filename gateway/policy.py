@@ -27,8 +27,8 @@ from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_setti
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.metrics import memoize_labels
-from gateway.protocol import StreamOptions
 from gateway.redis_state import RedisState, flush_staged
+from gateway.serving import AnswerObserver
 from gateway.usage import UsageStore
 
 log = logging.getLogger("gateway.policy")
@@ -78,6 +78,35 @@ def prompt_chars(body: dict[str, Any]) -> int:
 def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
     usage = usage or {}
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+class _Bookkeeper:
+    """The policy's AnswerObserver: assembles a streamed answer for the cache and books usage, limits
+    and the cache write once the serving layer says the answer ended (whole or not)."""
+
+    __slots__ = ("policy", "principal", "model", "reservation", "store_key", "assembler")
+
+    def __init__(self, policy: "Policy", principal: Principal, model: str, reservation: Reservation | None,
+                 store_key: str, stream: bool) -> None:
+        self.policy, self.principal, self.model = policy, principal, model
+        self.reservation, self.store_key = reservation, store_key
+        self.assembler = StreamAssembler() if store_key and stream else None
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        if self.assembler is not None:
+            self.assembler.add(chunk)
+
+    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None) -> None:
+        store = None
+        if self.store_key and complete:
+            if result is not None:  # a non-streamed answer: whole when every choice has a finish_reason
+                whole = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
+                store = (self.store_key, result) if whole else None
+            elif self.assembler is not None and self.assembler.complete:
+                if usage:
+                    self.assembler.usage = usage
+                store = (self.store_key, self.assembler.response())
+        self.policy._account(self.principal, self.model, self.reservation, tokens_of(usage or None), store=store)
 
 
 @dataclass
@@ -141,8 +170,8 @@ class Policy:
     # -- the request path -----------------------------------------------------------------------
 
     async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, model: str,
-                    call: Callable[[], Awaitable[Response]]) -> Response:
-        """Limits -> cache -> `call()` -> accounting, for one authorised inference request."""
+                    call: Callable[[AnswerObserver], Awaitable[Response]]) -> Response:
+        """Limits -> cache -> `call(observer)` -> accounting (when the observer hears the answer end)."""
         body = req.model_dump(exclude_none=True)
         decision = self._decide(request, body, endpoint)
         key = cache_key(endpoint, model, body) if not decision.bypass else ""
@@ -154,21 +183,14 @@ class Policy:
             self._account(principal, model, reservation, None)
             return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
         self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()
-        client_wants_usage = getattr(req, "include_usage", False)
-        if stream and not client_wants_usage:
-            req.stream_options = StreamOptions(include_usage=True)
+        store_key = key if decision.write else ""
+        books = _Bookkeeper(self, principal, model, reservation, store_key, stream)
         try:
-            response = await call()
+            response = await call(books)
         except BaseException:
             self._account(principal, model, reservation, (0, 0), count_request=False)
             raise
         response.headers.update({"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
-        store_key = key if decision.write else ""
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = self._watch_stream(response.body_iterator, principal, model, reservation,
-                                                        store_key, client_wants_usage)
-            return response
-        self._after_unary(response, principal, model, reservation, store_key)
         return response
 
     async def _reserve_and_read(self, principal: Principal, req: Any, body: dict[str, Any],
@@ -201,42 +223,6 @@ class Policy:
 
             return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
         return Response(raw, media_type="application/json", headers=headers)
-
-    def _after_unary(self, response: Response, principal: Principal, model: str,
-                     reservation: Reservation | None, store_key: str) -> None:
-        result = orjson.loads(response.body) if response.status_code == 200 else {}
-        usage = tokens_of(result.get("usage"))
-        complete = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
-        self._account(principal, model, reservation, usage,
-                      store=(store_key, result) if store_key and complete else None)
-
-    async def _watch_stream(self, frames: AsyncIterator[bytes], principal: Principal, model: str,
-                            reservation: Reservation | None, store_key: str,
-                            client_wants_usage: bool) -> AsyncIterator[bytes]:
-        """Pass frames through; note usage and whether the stream ended whole (`[DONE]`)."""
-        assembler = StreamAssembler() if store_key else None
-        usage: dict[str, Any] | None = None
-        done = False
-        try:
-            async for frame in frames:
-                if frame.startswith(b"data: {"):
-                    chunk = orjson.loads(frame[6:])
-                    if chunk.get("usage") and not chunk.get("choices"):
-                        usage = chunk["usage"]
-                        if not client_wants_usage:
-                            continue  # asked for on the client's behalf, to count tokens
-                    if assembler is not None:
-                        assembler.add(chunk)
-                elif frame.startswith(b"data: [DONE]"):
-                    done = True
-                yield frame
-        finally:
-            store = None
-            if assembler is not None and done and assembler.complete:
-                if usage is not None:
-                    assembler.usage = usage
-                store = (store_key, assembler.response())
-            self._account(principal, model, reservation, tokens_of(usage), store=store)
 
     # -- accounting ------------------------------------------------------------------------------
 

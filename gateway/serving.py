@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from opentelemetry.trace import Span, Tracer
@@ -62,6 +62,18 @@ def outcome_of(exc: BaseException) -> str:
     return "backend_error"
 
 
+class AnswerObserver(Protocol):
+    """Hears an answer as the serving layer builds it, so a caller (the policy: usage, limits, cache)
+    never re-parses the bytes that were just serialised."""
+
+    def chunk(self, chunk: Chunk) -> None:
+        """Every streamed chunk with choices (not the usage-only one)."""
+
+    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None) -> None:
+        """Once, when the answer ended: backend usage ({} if unknown), whether it arrived whole,
+        and for a non-streamed answer the response object."""
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     name: str  # gen_ai.operation.name
@@ -82,22 +94,24 @@ class InferenceService:
         self.settings = settings
         self.tracer = tracer
 
-    async def generate(self, op: Operation, req: GenRequest, model: str) -> Response:
+    async def generate(self, op: Operation, req: GenRequest, model: str,
+                       observer: AnswerObserver | None = None) -> Response:
         """`model` is already resolved (and authorised) by the caller."""
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
         if req.stream:
-            return await self._open_stream(op, req, model, t0, deadline)
-        return await self._unary(op, req, model, t0, deadline)
+            return await self._open_stream(op, req, model, t0, deadline, observer)
+        return await self._unary(op, req, model, t0, deadline, observer)
 
-    async def embed(self, req: EmbeddingRequest, model: str) -> Response:
+    async def embed(self, req: EmbeddingRequest, model: str, observer: AnswerObserver | None = None) -> Response:
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
-        return await self._unary(None, req, model, t0, deadline)
+        return await self._unary(None, req, model, t0, deadline, observer)
 
     # -- unary -----------------------------------------------------------------------------
 
-    async def _unary(self, op: Operation | None, req: Any, model: str, t0: float, deadline: float) -> Response:
+    async def _unary(self, op: Operation | None, req: Any, model: str, t0: float, deadline: float,
+                     observer: AnswerObserver | None) -> Response:
         backend_s = 0.0
 
         async def start(backend: Backend) -> dict[str, Any]:
@@ -120,12 +134,14 @@ class InferenceService:
         self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
         if op is CHAT:
             self._check_format(req, model, unary_answer(result))
+        if observer is not None:
+            observer.finished(usage, True, result)
         return json_response(result)
 
     # -- streaming -------------------------------------------------------------------------
 
     async def _open_stream(self, op: Operation, req: GenRequest, model: str, t0: float,
-                           deadline: float) -> Response:
+                           deadline: float, observer: AnswerObserver | None) -> Response:
         first_token_s = self.settings.first_token_timeout_s
 
         async def start(backend: Backend) -> tuple[AsyncIterator[Chunk], Chunk, Span]:
@@ -154,12 +170,12 @@ class InferenceService:
         ttft = time.perf_counter() - t0
         self.metrics.ttft.labels(model, lease.replica.name).observe(ttft)
         answer = StreamedAnswer() if isinstance(req, ChatCompletionRequest) and req.response_format else None
-        body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer)
+        body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer, observer)
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _relay(self, lease: Lease, chunks: AsyncIterator[Chunk], first: Chunk, req: GenRequest,
                      model: str, t0: float, ttft: float, deadline: float, span: Span,
-                     answer: StreamedAnswer | None) -> AsyncIterator[bytes]:
+                     answer: StreamedAnswer | None, observer: AnswerObserver | None) -> AsyncIterator[bytes]:
         backend = lease.replica.name
         include_usage = req.include_usage
         usage: dict[str, Any] = {}
@@ -176,6 +192,8 @@ class InferenceService:
                     finish_reasons += [c["finish_reason"] for c in chunk.get("choices") or () if c.get("finish_reason")]
                     if answer is not None:
                         answer.feed(chunk)
+                    if observer is not None:
+                        observer.chunk(chunk)
                     yield sse(chunk)
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -208,6 +226,8 @@ class InferenceService:
             span.end()
             if answer is not None and outcome == "success":
                 self._check_format(req, model, answer.text())
+            if observer is not None:
+                observer.finished(usage, outcome == "success", None)
 
     async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
         """The pool's failover loop under the request's deadline; failures before a replica answered are

@@ -26,7 +26,7 @@ async def chat_completions(request: Request, principal: PrincipalDep) -> Respons
     req = await parse_body(request, ChatCompletionRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="chat", req=req, model=model,
-                                       call=lambda: service(request).generate(CHAT, req, model))
+                                       call=lambda books: service(request).generate(CHAT, req, model, books))
 
 
 @router.post("/completions", summary="Create a text completion (OpenAI-compatible)")
@@ -34,7 +34,7 @@ async def completions(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, CompletionRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="completions", req=req, model=model,
-                                       call=lambda: service(request).generate(COMPLETION, req, model))
+                                       call=lambda books: service(request).generate(COMPLETION, req, model, books))
 
 
 @router.post("/embeddings", summary="Create embeddings (OpenAI-compatible)")
@@ -42,4 +42,4 @@ async def embeddings(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, EmbeddingRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="embeddings", req=req, model=model,
-                                       call=lambda: service(request).embed(req, model))
+                                       call=lambda books: service(request).embed(req, model, books))

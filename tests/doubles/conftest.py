@@ -7,18 +7,27 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import ollama
 import pytest
 
 from tests.support.ollama import OllamaDoubleControl, running_ollama_double
 from tests.support.processes import Service
 
 TOKENS = 16
+MODEL = "smollm2:135m"
+QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
 @pytest.fixture(scope="module")
 def double() -> Iterator[Service]:
     with running_ollama_double(tokens=TOKENS) as service:
         yield service
+
+
+@pytest.fixture
+def client(double: Service, control: OllamaDoubleControl) -> ollama.Client:
+    """The real ollama client on a freshly reset double."""
+    return ollama.Client(host=double.url, timeout=10)
 
 
 @pytest.fixture

@@ -15,19 +15,10 @@ import jsonschema
 import ollama
 import pytest
 
-from tests.doubles.conftest import TOKENS, smollm2_gguf, write_tiny_gguf
+from tests.doubles.conftest import MODEL, QUESTION, TOKENS, smollm2_gguf, write_tiny_gguf
 from tests.doubles.ollama_text import WORDS, count_prompt_tokens
 from tests.support.ollama import OllamaDoubleControl
 from tests.support.processes import Service
-
-MODEL = "smollm2:135m"
-QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
-
-
-@pytest.fixture
-def client(double: Service, control: OllamaDoubleControl) -> ollama.Client:
-    return ollama.Client(host=double.url, timeout=10)
-
 
 @pytest.fixture
 def aclient(double: Service, control: OllamaDoubleControl) -> ollama.AsyncClient:

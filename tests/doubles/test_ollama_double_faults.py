@@ -14,18 +14,10 @@ import ollama
 import openai
 import pytest
 
+from tests.doubles.conftest import MODEL, QUESTION
 from tests.doubles.ollama_serving import QUEUE_FULL_MESSAGE
 from tests.support.ollama import OllamaDoubleControl, running_ollama_double, start_ollama_double
 from tests.support.processes import REPO_ROOT, Service, wait_until
-
-MODEL = "smollm2:135m"
-QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
-
-
-@pytest.fixture
-def client(double: Service, control: OllamaDoubleControl) -> ollama.Client:
-    return ollama.Client(host=double.url, timeout=10)
-
 
 @pytest.fixture
 def oai(double: Service, control: OllamaDoubleControl) -> openai.OpenAI:
