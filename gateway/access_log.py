@@ -5,25 +5,23 @@ A request's line carries what an operator joins on and filters by: request id (a
 latency and cache result. Prompts and completions are never logged.
 
 The request path fills in what only it knows through `current_record()` (a context variable, so
-the serving code needs no request object); the middleware writes the line when the last byte of
-the response (a stream's too) has gone out, or the request failed.
+the serving code needs no request object); the front layer (gateway/front.py) writes the line when
+the last byte of the response (a stream's too) has gone out, or the request failed.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections import OrderedDict
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from gateway.tracing import current_trace_id
 
 ACCESS_LOGGER = "gateway.access"
 # Probes and scrapes arrive every few seconds from every replica; their successes are noise.
@@ -67,50 +65,29 @@ class RecentRequests:
         return self._models.get(request_id)
 
 
-class AccessLogMiddleware:
-    """Pure ASGI (no buffering), so streamed responses are logged when they end, not when they start."""
+def bind_record(record: AccessRecord) -> Token[AccessRecord | None]:
+    """Make `record` this request's (the front layer does it when a request arrives)."""
+    return _CURRENT.set(record)
 
-    def __init__(self, app: ASGIApp, *, recent: RecentRequests | None = None, logger: logging.Logger | None = None) -> None:
-        self.app = app
+
+def unbind_record(token: Token[AccessRecord | None]) -> None:
+    _CURRENT.reset(token)
+
+
+class AccessLog:
+    """Writes a request's line once its response ended; remembers LLM requests' models for feedback."""
+
+    def __init__(self, *, recent: RecentRequests | None = None, logger: logging.Logger | None = None) -> None:
         self.recent = recent
         self.logger = logger or logging.getLogger(ACCESS_LOGGER)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        record = AccessRecord()
-        token = _CURRENT.set(record)
-        state = scope.setdefault("state", {})
-        started = time.perf_counter()
-        trace_id = current_trace_id()
-        response: dict[str, Any] = {"status": 500, "request_id": None, "x_cache": None, "done": False}
-
-        async def send_and_watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                response["status"] = message["status"]
-                headers = dict(message.get("headers", []))
-                response["request_id"] = headers.get(b"x-request-id", b"").decode() or None
-                response["x_cache"] = headers.get(b"x-cache", b"").decode() or None
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                response["done"] = True
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            _CURRENT.reset(token)
-            # 499 (nginx's "client closed request") when the response never finished going out.
-            status = response["status"] if response["done"] else 499 if response["status"] < 500 else response["status"]
-            request_id = state.get("request_id") or response["request_id"]
-            self._log(scope, record, request_id=request_id, trace_id=trace_id, status=status,
-                      latency_s=time.perf_counter() - started, x_cache=response["x_cache"])
-
-    def _log(self, scope: Scope, record: AccessRecord, *, request_id: str | None, trace_id: str | None,
-             status: int, latency_s: float, x_cache: str | None) -> None:
+    def write(self, scope: Scope, record: AccessRecord, *, request_id: str | None, trace_id: str | None,
+              status: int, latency_s: float, x_cache: str | None) -> None:
         if self.recent is not None and request_id and record.model:
             self.recent.remember(request_id, record.model)
         if scope["path"] in QUIET_PATHS and status < 400:
+            return
+        if not self.logger.isEnabledFor(logging.INFO):
             return
         fields = dict(vars(record))  # flat fields: asdict's recursive deep copy costs ~40 us here
         fields["cache"] = record.cache or (x_cache.lower() if x_cache else None)

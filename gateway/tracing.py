@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: server spans (FastAPI), client spans (aiohttp), and spans per gateway stage.
+"""OpenTelemetry tracing: server spans (ASGI), client spans (aiohttp), and spans per gateway stage.
 
 Tracing is on only when there is somewhere to send spans: `OTEL_EXPORTER_OTLP_ENDPOINT` set (the
 standard OTLP variables configure the exporter), or an exporter passed in (tests use the SDK's
@@ -12,18 +12,18 @@ Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from fastapi import FastAPI
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from starlette.types import ASGIApp, Scope
 
 SERVICE_NAME = "slm-gateway"
 # Probes and scrapes would drown the traces that matter.
@@ -50,6 +50,16 @@ class Tracing:
             if http is not None:
                 http.trace_configs.append(client_trace_config(self.tracer))
 
+    def wrap(self, app: ASGIApp, span_details: Callable[[Scope], tuple[str, dict[str, str]]]) -> ASGIApp:
+        """`app` with a SERVER span per HTTP request (OpenTelemetry's ASGI middleware), or `app` itself
+        when tracing is off. No spans per ASGI send/receive: a stream would make one per chunk."""
+        if self.provider is None:
+            return app
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        return OpenTelemetryMiddleware(app, excluded_urls=EXCLUDED_URLS, default_span_details=span_details,
+                                       tracer_provider=self.provider, exclude_spans=["receive", "send"])
+
     def shutdown(self) -> None:
         """Flush queued spans (called at app shutdown)."""
         if self.provider is not None:
@@ -70,19 +80,23 @@ def exporter_from_env() -> SpanExporter | None:
     return OTLPSpanExporter()
 
 
-def setup_tracing(app: FastAPI, *, exporter: SpanExporter | None, batch: bool = True) -> Tracing:
-    """Instrument `app` and return its Tracing; with no exporter, instrument nothing."""
+def setup_tracing(*, exporter: SpanExporter | None, batch: bool = True) -> Tracing:
+    """A Tracing with its own provider exporting to `exporter`; with no exporter, tracing is off."""
     if exporter is None:
         return DISABLED
     service = os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    # No spans per ASGI send/receive: a streamed answer would otherwise make one per chunk.
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS,
-                                       exclude_spans=["receive", "send"])
     return Tracing(tracer=provider.get_tracer("gateway"), provider=provider)
+
+
+def route_span_details(scope: Scope) -> tuple[str, dict[str, str]]:
+    """Server span names after the route template ("GET /admin/keys/{key_id}"), never the raw path with
+    an id in it. FastAPI's instrumentor knows how to walk FastAPI's (nested) routes; `scope["app"]` must
+    be set. Private to that package, which is pinned; tests/gateway/test_observability.py checks the names."""
+    from opentelemetry.instrumentation.fastapi import _get_default_span_details
+
+    return _get_default_span_details(scope)
 
 
 def _off(tracer: Tracer) -> bool:

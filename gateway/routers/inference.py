@@ -43,3 +43,12 @@ async def embeddings(request: Request, principal: PrincipalDep) -> Response:
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="embeddings", req=req, model=model,
                                        call=lambda books: service(request).embed(req, model, books))
+
+
+# What the front layer (gateway/front.py) serves directly, by POST path; FastAPI keeps the routes above
+# for the OpenAPI schema and the 405 to other methods.
+HANDLERS = {
+    "/v1/chat/completions": chat_completions,
+    "/v1/completions": completions,
+    "/v1/embeddings": embeddings,
+}

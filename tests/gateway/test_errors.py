@@ -72,6 +72,16 @@ def test_chunked_body_over_cap_is_413(gateway: Service) -> None:
     assert_openai_error(r, 413)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_over_cap_is_413_on_every_route(gateway: Service, chunked: bool) -> None:
+    """Routes other than inference go through FastAPI; the same cap and error shape apply there."""
+    body = b'{"name": "' + b"x" * 70_000 + b'"}'
+    content = (body[i:i + 4096] for i in range(0, len(body), 4096)) if chunked else body
+    r = httpx.post(gateway.url + "/admin/keys", content=content, headers={**AUTH, "content-type": "application/json"})
+    assert_openai_error(r, 413)
+    assert r.headers["x-request-id"]
+
+
 def test_backend_4xx_is_passed_on(gateway: Service, control: OllamaDoubleControl) -> None:
     control.set(fail_next=1, fail_status=400)
     err = assert_openai_error(post(gateway, {"model": MODEL, "messages": HI}), 400)
@@ -106,6 +116,10 @@ def test_request_id_is_echoed_or_created(gateway: Service) -> None:
     assert r.headers["x-request-id"] == "abc-123"
     r2 = post(gateway, {"model": MODEL, "messages": HI})
     assert len(r2.headers["x-request-id"]) == 32
+    odd = post(gateway, {"model": MODEL, "messages": HI}, headers={"X-Request-ID": "not ok; " + "x" * 200})
+    assert len(odd.headers["x-request-id"]) == 32, "an unsafe incoming id is replaced"
+    other_route = httpx.get(gateway.url + "/v1/models", headers={**AUTH, "X-Request-ID": "models-1"})
+    assert other_route.headers["x-request-id"] == "models-1"
 
 
 def test_never_reachable_backend_means_unknown_model_and_unready() -> None:

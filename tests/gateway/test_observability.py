@@ -12,10 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.access_log import ACCESS_LOGGER, JsonFormatter
 from gateway.app import create_app
+from gateway.front import FrontDoor
 from gateway.settings import Settings
 from tests.support.ollama import running_ollama_double
 from tests.support.processes import Service
@@ -155,12 +157,18 @@ def test_without_an_exporter_nothing_is_traced(untraced: TestClient, access_line
     assert untraced.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200
     (line,) = log_records(access_lines)
     assert line["trace_id"] is None
-    assert getattr(untraced.app, "_is_instrumented_by_opentelemetry", False) is False
+    assert isinstance(untraced.app.front, FrontDoor), "nothing wraps the front layer when tracing is off"
 
 
-def test_with_an_exporter_the_app_is_instrumented(traced: TestClient) -> None:
-    assert traced.app.state.tracing.enabled
-    assert traced.app._is_instrumented_by_opentelemetry is True
+def test_every_route_gets_a_server_span_named_after_its_template(traced: TestClient,
+                                                                 spans: InMemorySpanExporter) -> None:
+    assert traced.get("/v1/models", headers=AUTH).status_code == 200
+    assert traced.get("/admin/keys/key-that-does-not-exist", headers=AUTH).status_code == 404
+    assert traced.get("/healthz").status_code == 200
+    traced.app.state.tracing.provider.force_flush()
+    names = {span.name for span in spans.get_finished_spans() if span.kind is SpanKind.SERVER}
+    assert {"GET /v1/models", "GET /admin/keys/{key_id}"} <= names
+    assert not any("key-that-does-not-exist" in name or "healthz" in name for name in names)
 
 
 def test_feedback_is_counted_per_model_of_the_rated_request(untraced: TestClient) -> None:
