@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: server spans (ASGI), client spans (aiohttp), and spans per gateway stage.
+"""OpenTelemetry tracing: server spans (ASGI), client spans (backend HTTP calls), and spans per gateway stage.
 
 Tracing is on only when there is somewhere to send spans: `OTEL_EXPORTER_OTLP_ENDPOINT` set (the
 standard OTLP variables configure the exporter), or an exporter passed in (tests use the SDK's
@@ -12,12 +12,12 @@ Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -42,13 +42,13 @@ class Tracing:
         return self.provider is not None
 
     def instrument_pool(self, pool: Any) -> None:
-        """Client spans for every replica's HTTP session (gateway/backends/http.py's BackendHTTP)."""
+        """Client spans for every replica's HTTP calls (gateway/backends/http.py's BackendHTTP)."""
         if self.provider is None:
             return
         for replica in pool.replicas:
             http = getattr(replica.backend, "_http", None)
             if http is not None:
-                http.trace_configs.append(client_trace_config(self.tracer))
+                http.tracer = self.tracer
 
     def wrap(self, app: ASGIApp, span_details: Callable[[Scope], tuple[str, dict[str, str]]]) -> ASGIApp:
         """`app` with a SERVER span per HTTP request (OpenTelemetry's ASGI middleware), or `app` itself
@@ -176,39 +176,30 @@ def record_error(span: Span, error: BaseException) -> None:
         span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
 
 
-def client_trace_config(tracer: Tracer) -> aiohttp.TraceConfig:
-    """HTTP client spans for an aiohttp session, after OpenTelemetry's HTTP semantic conventions.
+NO_CLIENT_SPAN: AbstractContextManager[tuple[Span, dict[str, str]]] = nullcontext((trace.INVALID_SPAN, {}))
 
-    The backends use aiohttp (gateway/backends/http.py says why); OpenTelemetry's own aiohttp-client
-    instrumentation has no release matching the pinned SDK, so this is the few lines it would do:
-    a CLIENT span from request start to response headers, and `traceparent` sent upstream.
-    """
 
-    async def on_start(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        url = params.url
-        ctx.span = tracer.start_span(params.method, kind=SpanKind.CLIENT, attributes={
-            "http.request.method": params.method, "url.full": str(url.with_query(None)),
-            "server.address": url.host or "", "server.port": url.port or 0})
-        propagate.inject(params.headers, context=trace.set_span_in_context(ctx.span))
-
-    async def on_end(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
-        ctx.span.set_attribute("http.response.status_code", params.response.status)
-        if params.response.status >= 500:
-            ctx.span.set_status(Status(StatusCode.ERROR))
-        ctx.span.end()
-
-    async def on_error(_: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
-        if getattr(ctx, "span", None) is not None:
-            ctx.span.record_exception(params.exception)
-            ctx.span.set_attribute("error.type", type(params.exception).__name__)
-            ctx.span.set_status(Status(StatusCode.ERROR))
-            ctx.span.end()
-
-    config = aiohttp.TraceConfig()
-    config.on_request_start.append(on_start)
-    config.on_request_end.append(on_end)
-    config.on_request_exception.append(on_error)
-    return config
+@contextmanager
+def client_span(tracer: Tracer, method: str, url: str) -> Iterator[tuple[Span, dict[str, str]]]:
+    """A CLIENT span around one backend HTTP call, after OpenTelemetry's HTTP semantic conventions,
+    and the headers (`traceparent`) that carry the trace upstream. The query string stays out."""
+    parts = urlsplit(url)
+    span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes={
+        "http.request.method": method, "url.full": parts._replace(query="", fragment="").geturl(),
+        "server.address": parts.hostname or "", "server.port": parts.port or 0})
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield span, headers
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):
+            span.record_exception(exc)
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+        raise
+    finally:
+        span.end()
 
 
 def current_trace_id() -> str | None:

@@ -1,12 +1,13 @@
-"""The HTTP transport every backend uses: one pooled aiohttp session per replica.
+"""The HTTP transport every backend uses: a pooled HTTP/1.1 client per replica (gateway/backends/http11.py).
 
-Why aiohttp and not httpx (or the official `ollama` client, which is httpx inside): on this
-project's reference machine one proxied request cost ~900 us of CPU through an httpx
-AsyncClient (1.1-1.3 ms through `ollama.AsyncClient`) against ~200 us through aiohttp's
-C-accelerated client (`bench/transport_cost.py` measures it). The gateway's budget for
-everything it adds is 1 ms, so the transport decides whether that is reachable.
+Why not httpx (or the official `ollama` client, which is httpx inside) or aiohttp: on this project's
+reference machine one proxied call cost ~900 us of client CPU through an httpx AsyncClient, ~240 us
+through aiohttp and less still through the lean client (`python -m bench.transport_cost` measures
+all of them). The gateway's budget for everything it adds is 1 ms, so the transport decides
+whether that is reachable.
 
-This module is the one place where transport failures become gateway errors.
+This module is the one place where transport failures become gateway errors, and where the
+client span of the call is made when tracing is on.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aiohttp
 import orjson
+from opentelemetry.trace import Tracer
 
 from gateway.backends.base import error_for_status
+from gateway.backends.http11 import BadResponse, Http11Client, Response
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
+from gateway.tracing import NO_CLIENT_SPAN, client_span
 
 
 def error_message(body: bytes) -> str:
@@ -39,40 +42,32 @@ class BackendHTTP:
                  headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
-        self._headers = {"content-type": "application/json", **(headers or {})}
-        # sock_read=None: first-token and total deadlines belong to the serving layer.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=None)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self.trace_configs: list[aiohttp.TraceConfig] = []  # client spans, added when tracing is on
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily: a session needs the running event loop
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections,
-                                             keepalive_timeout=30, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                                  trust_env=False, auto_decompress=False,
-                                                  json_serialize=lambda o: orjson.dumps(o).decode(),
-                                                  trace_configs=self.trace_configs or None)
-        return self._session
+        self._client = Http11Client(self.base_url, connect_timeout_s=connect_timeout_s,
+                                    max_connections=max_connections,
+                                    headers={"content-type": "application/json", **(headers or {})})
+        self.tracer: Tracer | None = None  # set when tracing is on: a client span per call
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.aclose()
 
     def translate(self, exc: BaseException) -> GatewayError:
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        if isinstance(exc, TimeoutError):
             return BackendTimeout(f"backend {self.name} timed out")
+        if isinstance(exc, BadResponse):
+            return BackendUnavailable(f"backend {self.name} answered malformed HTTP")
         return BackendUnavailable(f"backend {self.name} unreachable: {type(exc).__name__}")
 
     @asynccontextmanager
-    async def _request(self, method: str, path: str, body: bytes | None) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _request(self, method: str, path: str, body: bytes | None) -> AsyncIterator[Response]:
+        traced = client_span(self.tracer, method, self.base_url + path) if self.tracer else NO_CLIENT_SPAN
         try:
-            async with self._client().request(method, self.base_url + path, data=body) as resp:
-                if resp.status >= 400:
-                    raise error_for_status(resp.status, error_message(await resp.read()), self.name)
-                yield resp
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            with traced as (span, trace_headers):  # outside the translation: the span records the raw error
+                async with self._client.request(method, path, body, trace_headers) as resp:
+                    span.set_attribute("http.response.status_code", resp.status)
+                    if resp.status >= 400:  # 4xx too: OpenTelemetry marks a client span's 4xx an error
+                        raise error_for_status(resp.status, error_message(await resp.read()), self.name)
+                    yield resp
+        except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError and its kin are OSErrors
             raise self.translate(exc) from None
 
     async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
@@ -88,15 +83,20 @@ class BackendHTTP:
         return data
 
     async def lines(self, path: str, body: bytes) -> AsyncIterator[bytes]:
-        """POST, then the answer line by line (NDJSON or SSE), without trailing newlines or blank lines.
+        """POST, then the answer line by line (NDJSON or SSE), without line ends or blank lines.
 
-        A body cut before its end raises BackendUnavailable (aiohttp sees the chunked body end early).
+        A body cut before its end raises BackendUnavailable.
         """
         async with self._request("POST", path, body) as resp:
-            try:
-                async for raw in resp.content:
-                    line = raw.rstrip(b"\r\n")
+            rest = b""
+            async for piece in resp.pieces():
+                if rest:
+                    piece = rest + piece
+                *complete, rest = piece.split(b"\n")
+                for line in complete:
+                    line = line.rstrip(b"\r")
                     if line:
                         yield line
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise self.translate(exc) from None
+            rest = rest.rstrip(b"\r")
+            if rest:
+                yield rest

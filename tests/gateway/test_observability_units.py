@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-import aiohttp
 import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,7 +14,9 @@ from opentelemetry.trace import StatusCode, Tracer
 
 from gateway.access_log import JsonFormatter, RecentRequests
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
-from gateway.tracing import (DISABLED, backend_span, client_trace_config, current_trace_id, exporter_from_env,
+from gateway.backends.http import BackendHTTP
+from gateway.errors import BackendUnavailable
+from gateway.tracing import (DISABLED, backend_span, current_trace_id, exporter_from_env,
                              record_usage)
 from tests.support.processes import free_port
 
@@ -110,11 +111,12 @@ async def test_client_spans_send_traceparent_upstream(memory_tracer: tuple[Trace
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    http = BackendHTTP(f"http://127.0.0.1:{port}", name="a", connect_timeout_s=1, max_connections=2)
+    http.tracer = tracer
     try:
-        async with aiohttp.ClientSession(trace_configs=[client_trace_config(tracer)]) as session:
-            async with session.post(f"http://127.0.0.1:{port}/api/chat?token=secret", json={}) as response:
-                assert response.status == 200
+        assert await http.json("POST", "/api/chat?token=secret", b"{}") == {}
     finally:
+        await http.aclose()
         await runner.cleanup()
     (span,) = exporter.get_finished_spans()
     assert seen["traceparent"].split("-")[1:3] == [format(span.context.trace_id, "032x"),
@@ -125,12 +127,13 @@ async def test_client_spans_send_traceparent_upstream(memory_tracer: tuple[Trace
 
 async def test_client_span_of_a_refused_connection_is_an_error(memory_tracer: tuple[Tracer, InMemorySpanExporter]) -> None:
     tracer, exporter = memory_tracer
-    async with aiohttp.ClientSession(trace_configs=[client_trace_config(tracer)]) as session:
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await session.get(f"http://127.0.0.1:{free_port()}/api/tags")
+    http = BackendHTTP(f"http://127.0.0.1:{free_port()}", name="a", connect_timeout_s=1, max_connections=2)
+    http.tracer = tracer
+    with pytest.raises(BackendUnavailable):
+        await http.json("GET", "/api/tags")
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
-    assert span.attributes["error.type"]
+    assert span.attributes["error.type"] == "ConnectionRefusedError"
 
 
 def test_tracing_is_off_without_an_otlp_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,255 @@
+"""The backend HTTP/1.1 client against raw TCP servers that send exactly the bytes under test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from gateway.backends.http11 import HIGH_WATER_BYTES, BadResponse, ConnectionClosed, Http11Client
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    first, *lines = head[:-4].split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return first, headers, body
+
+
+@asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server on a free port; yields its URL and the list of connections it accepted."""
+    accepted: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", accepted
+    finally:
+        srv.close()
+
+
+def client(url: str, **kw: object) -> Http11Client:
+    return Http11Client(url, connect_timeout_s=1.0, max_connections=kw.pop("max_connections", 4),  # type: ignore[arg-type]
+                        headers={"content-type": "application/json"})
+
+
+async def keep_alive_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request on the connection with its request line and body, Content-Length framed."""
+    while True:
+        try:
+            first, headers, body = await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+        payload = first + b"|" + headers[b"host"] + b"|" + body
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload))
+        await writer.drain()
+
+
+async def test_sequential_requests_reuse_one_connection_and_prefix_the_base_path() -> None:
+    async with server(keep_alive_echo) as (url, accepted):
+        http = client(url + "/v1")
+        for i in range(3):
+            async with http.request("POST", "/chat", b"body-%d" % i) as resp:
+                assert resp.status == 200
+                port = url.rsplit(":", 1)[1]
+                assert await resp.read() == b"POST /v1/chat HTTP/1.1|127.0.0.1:" + port.encode() + b"|body-%d" % i
+        await http.aclose()
+    assert len(accepted) == 1
+
+
+async def test_chunked_body_arrives_piece_by_piece() -> None:
+    release = asyncio.Event()
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with server(chunked) as (url, _):
+        http = client(url)
+        async with http.request("POST", "/x", b"{}") as resp:
+            pieces = resp.pieces()
+            assert await anext(pieces) == b"first"  # before the server sent the rest
+            release.set()
+            assert [p async for p in pieces] == [b"second"]
+            assert resp.complete
+        await http.aclose()
+
+
+async def test_body_until_close_is_whole_and_the_connection_is_not_reused() -> None:
+    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\neverything until close")
+        await writer.drain()
+
+    async with server(http10_style) as (url, accepted):
+        http = client(url)
+        for _ in range(2):
+            async with http.request("GET", "/") as resp:
+                assert await resp.read() == b"everything until close"
+        await http.aclose()
+    assert len(accepted) == 2
+
+
+async def test_a_body_cut_short_raises_connection_closed() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    async with server(cut) as (url, _):
+        http = client(url)
+        async with http.request("POST", "/x", b"{}") as resp:
+            with pytest.raises(ConnectionClosed):
+                await resp.read()
+        await http.aclose()
+
+
+async def test_no_response_at_all_raises_connection_closed() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with server(hang_up) as (url, _):
+        http = client(url)
+        with pytest.raises(ConnectionClosed):
+            async with http.request("POST", "/x", b"{}"):
+                pass
+        await http.aclose()
+
+
+async def test_garbage_is_a_bad_response() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with server(garbage) as (url, _):
+        http = client(url)
+        with pytest.raises(BadResponse):
+            async with http.request("GET", "/"):
+                pass
+        await http.aclose()
+
+
+async def test_refused_connection_is_an_os_error() -> None:
+    async with server(keep_alive_echo) as (url, _):
+        pass  # closed again: nothing listens on that port now
+    http = client(url)
+    with pytest.raises(OSError):
+        async with http.request("GET", "/"):
+            pass
+    await http.aclose()
+
+
+async def test_leaving_early_closes_the_connection_instead_of_reusing_it() -> None:
+    async def slow_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"3\r\ntwo\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with server(slow_stream) as (url, accepted):
+        http = client(url)
+        async with http.request("POST", "/x", b"{}") as resp:
+            assert await anext(resp.pieces()) == b"one"  # the caller stops here (client gone, cancelled)
+        async with http.request("POST", "/x", b"{}") as resp:
+            assert await resp.read() == b"onetwo"
+        await http.aclose()
+    assert len(accepted) == 2, "a half-read response must not leave its bytes for the next request"
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
+    async def one_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        # keep-alive was implied, but the server closes the idle connection (as uvicorn does after 5 s)
+
+    async with server(one_then_close) as (url, accepted):
+        http = client(url)
+        for _ in range(3):
+            async with http.request("GET", "/") as resp:
+                assert await resp.read() == b"ok"
+            await asyncio.sleep(0.05)  # the FIN arrives while the connection sits in the pool
+        await http.aclose()
+    assert len(accepted) == 3
+
+
+async def test_pool_limit_makes_callers_wait_for_a_connection() -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, peak
+        while True:
+            await read_request(reader)
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.02)
+            in_flight -= 1
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with server(slow) as (url, accepted):
+        http = client(url, max_connections=2)
+
+        async def call() -> int:
+            async with http.request("GET", "/") as resp:
+                await resp.read()
+                return resp.status
+
+        assert await asyncio.gather(*(call() for _ in range(6))) == [200] * 6
+        await http.aclose()
+    assert peak == 2 and len(accepted) == 2
+
+
+async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> None:
+    total = HIGH_WATER_BYTES * 4
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        for _ in range(total // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+        await reader.read()
+
+    async with server(big) as (url, _):
+        http = client(url)
+        async with http.request("GET", "/") as resp:
+            await asyncio.sleep(0.2)  # let the server run ahead: the client must stop reading
+            buffered = resp._buffered
+            got = 0
+            async for piece in resp.pieces():
+                got += len(piece)
+        await http.aclose()
+    assert got == total
+    assert buffered <= HIGH_WATER_BYTES + 65536 * 4, "reading paused near the high-water mark"
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="http"):
+        Http11Client("ftp://example.com", connect_timeout_s=1, max_connections=1)
