@@ -71,7 +71,10 @@ class RedisState:
             return cls(None, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error)
         client = aioredis.Redis.from_url(
             url,
-            socket_timeout=timeout_s,
+            # No socket_timeout: `run` bounds every call with one asyncio deadline already, and redis-py
+            # implements a socket timeout with a Task per command (asyncio.wait_for) plus a timer per
+            # reply, ~20% of the client's CPU per call. A call cut by the deadline drops its connection.
+            socket_timeout=None,
             socket_connect_timeout=timeout_s,
             # One immediate retry on a connection error only: after a Redis restart every pooled
             # connection is stale once. Timeouts are not retried; the circuit handles those.
@@ -102,7 +105,7 @@ class RedisState:
         if self.circuit_open:
             raise RedisUnavailable(f"redis circuit open ({self.last_error})")
         try:
-            async with asyncio.timeout(self.timeout_s * 2):
+            async with asyncio.timeout(self.timeout_s):
                 result = await call(client)
         except (RedisError, OSError, TimeoutError) as exc:
             self.record_failure(operation, exc)
@@ -121,7 +124,7 @@ class RedisState:
         if self.client is None:
             return True
         try:
-            async with asyncio.timeout(self.timeout_s * 2):
+            async with asyncio.timeout(self.timeout_s):
                 await self.client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             self.record_failure("ping", exc)
