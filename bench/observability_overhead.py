@@ -73,11 +73,16 @@ class NullInstrumentator:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def instrument(self, app: Any) -> "NullInstrumentator":
-        return self
-
     def expose(self, app: Any, **kwargs: Any) -> "NullInstrumentator":
         return self
+
+
+class NullHttpMetrics:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def observe(self, **kwargs: Any) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,8 @@ async def gateway_client(config: Config, double_url: str) -> AsyncIterator[httpx
     settings = Settings(backends=[{"kind": "ollama", "url": double_url, "name": "ollama-a"}],
                         admin_key=KEY, discovery_interval_s=3600)
     patches = [] if config.metrics else [mock.patch.object(gateway.app, "GatewayMetrics", NullMetrics),
-                                         mock.patch.object(gateway.app, "Instrumentator", NullInstrumentator)]
+                                         mock.patch.object(gateway.app, "Instrumentator", NullInstrumentator),
+                                         mock.patch.object(gateway.app, "HttpMetrics", NullHttpMetrics)]
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
