@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--gateway-backend", choices=("openai", "ollama"), default="openai",
+                   help="API the gateway uses to reach the mock")
     args = p.parse_args(argv)
     exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock, with_redis=not args.no_redis, source_dir=args.gateway_dir)
+            gateway = start_gateway(stack, mock, backend_kind=args.gateway_backend, with_redis=not args.no_redis,
+                                    source_dir=args.gateway_dir)
             smoke_check(gateway, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"profile setup failed: {exc}") from None

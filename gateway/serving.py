@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, Tracer
 from starlette.responses import Response, StreamingResponse
 
 from gateway.access_log import current_record
-from gateway.backends.base import Backend, Chunk
+from gateway.backends.base import Backend, Chunk, ChunkBatch
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
     BackendTimeout,
@@ -78,7 +78,7 @@ class AnswerObserver(Protocol):
 class Operation:
     name: str  # gen_ai.operation.name
     unary: Callable[[Backend, Any, str], Any]
-    stream: Callable[[Backend, Any, str], AsyncIterator[Chunk]]
+    stream: Callable[[Backend, Any, str], AsyncIterator[ChunkBatch]]
 
 
 CHAT = Operation(name="chat", unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m: b.chat_stream(r, m))
@@ -144,7 +144,7 @@ class InferenceService:
                            deadline: float, observer: AnswerObserver | None) -> Response:
         first_token_s = self.settings.first_token_timeout_s
 
-        async def start(backend: Backend) -> tuple[AsyncIterator[Chunk], Chunk, Span]:
+        async def start(backend: Backend) -> tuple[AsyncIterator[ChunkBatch], ChunkBatch, Span]:
             span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
                                       backend=backend.name)
             chunks = op.stream(backend, req, model)
@@ -173,7 +173,7 @@ class InferenceService:
         body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer, observer)
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def _relay(self, lease: Lease, chunks: AsyncIterator[Chunk], first: Chunk, req: GenRequest,
+    async def _relay(self, lease: Lease, chunks: AsyncIterator[ChunkBatch], first: ChunkBatch, req: GenRequest,
                      model: str, t0: float, ttft: float, deadline: float, span: Span,
                      answer: StreamedAnswer | None, observer: AnswerObserver | None) -> AsyncIterator[bytes]:
         backend = lease.replica.name
@@ -182,24 +182,28 @@ class InferenceService:
         finish_reasons: list[str] = []
         outcome = "success"
         try:
-            chunk: Chunk | None = first
-            while chunk is not None:
-                if chunk.get("usage") and not chunk.get("choices"):
-                    usage = chunk["usage"]
-                    if include_usage:
-                        yield sse(chunk)
-                else:
+            batch: ChunkBatch | None = first
+            while batch is not None:
+                frames: list[bytes] = []
+                for chunk in batch:
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        if include_usage:
+                            frames.append(sse(chunk))
+                        continue
                     finish_reasons += [c["finish_reason"] for c in chunk.get("choices") or () if c.get("finish_reason")]
                     if answer is not None:
                         answer.feed(chunk)
                     if observer is not None:
                         observer.chunk(chunk)
-                    yield sse(chunk)
+                    frames.append(sse(chunk))
+                if frames:  # what arrived together leaves together: one write
+                    yield frames[0] if len(frames) == 1 else b"".join(frames)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
+                        batch = await anext(chunks)
                 except StopAsyncIteration:
-                    chunk = None
+                    batch = None
             yield DONE
             lease.done()
         except (TimeoutError, GatewayError) as exc:

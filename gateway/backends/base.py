@@ -4,6 +4,11 @@ Backends speak OpenAI's response shapes to the rest of the gateway: a unary call
 OpenAI response dict; a stream yields OpenAI chunk dicts and ends with one usage-only chunk
 (`choices: []`, `usage: {...}`) so the serving layer can count tokens whether or not the client
 asked for `stream_options.include_usage`.
+
+Streams yield *batches*: every chunk that arrived together (one read from the socket) in one
+non-empty list, so the serving layer writes them to the client in one write. A model streaming
+token by token gives batches of one; a backend running ahead of a busy gateway gives bigger ones,
+and the gateway's cost per chunk falls exactly when it is loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from gateway.protocol import ChatCompletionRequest, CompletionRequest, Embedding
 from gateway.settings import BackendSpec, Settings
 
 Chunk = dict[str, Any]
+ChunkBatch = list[Chunk]  # never empty
 
 
 class Backend(abc.ABC):
@@ -43,13 +49,13 @@ class Backend(abc.ABC):
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]: ...
+    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]: ...
 
     @abc.abstractmethod
     async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]: ...
+    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]: ...
 
     @abc.abstractmethod
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]: ...

@@ -82,21 +82,16 @@ class BackendHTTP:
             raise BackendUnavailable(f"backend {self.name} answered a JSON {type(data).__name__}, not an object")
         return data
 
-    async def lines(self, path: str, body: bytes) -> AsyncIterator[bytes]:
-        """POST, then the answer line by line (NDJSON or SSE), without line ends or blank lines.
-
-        A body cut before its end raises BackendUnavailable.
-        """
+    async def line_batches(self, path: str, body: bytes) -> AsyncIterator[list[bytes]]:
+        """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:
+        the complete lines of each read from the socket. A body cut short raises BackendUnavailable."""
         async with self._request("POST", path, body) as resp:
             rest = b""
             async for piece in resp.pieces():
-                if rest:
-                    piece = rest + piece
-                *complete, rest = piece.split(b"\n")
-                for line in complete:
-                    line = line.rstrip(b"\r")
-                    if line:
-                        yield line
+                *complete, rest = (rest + piece if rest else piece).split(b"\n")
+                batch = [stripped for line in complete if (stripped := line.rstrip(b"\r"))]
+                if batch:
+                    yield batch
             rest = rest.rstrip(b"\r")
             if rest:
-                yield rest
+                yield [rest]

@@ -76,12 +76,14 @@ class Response:
     async def pieces(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises ConnectionClosed if the body is cut short."""
         while True:
-            while self._pieces:
-                piece = self._pieces.popleft()
-                self._buffered -= len(piece)
-                if self._buffered <= HIGH_WATER_BYTES // 2:
-                    self._conn.resume()
+            if self._pieces:  # everything that arrived so far, as one piece: the caller batches by read
+                pieces = self._pieces
+                piece = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+                pieces.clear()
+                self._buffered = 0
+                self._conn.resume()
                 yield piece
+                continue
             if self.complete:
                 return
             if self._error is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gateway.backends import ollama_translate as tr
-from gateway.backends.base import Backend, Chunk, completion_id, now, usage_dict
+from gateway.backends.base import Backend, Chunk, ChunkBatch, completion_id, now, usage_dict
 from gateway.backends.http import BackendHTTP, error_message
 from gateway.errors import BackendUnavailable, InvalidRequest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -40,16 +40,26 @@ class OllamaBackend(Backend):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _parts(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """NDJSON objects; an {"error": ...} line (Ollama's mid-stream failure, status 200) raises."""
-        async for line in self._http.lines(path, orjson.dumps(body)):
-            try:
-                part = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise BackendUnavailable(f"backend {self.name} sent a malformed NDJSON line") from None
-            if "error" in part:
-                raise BackendUnavailable(f"backend {self.name}: {error_message(line)}")
-            yield part
+    async def _part_batches(self, path: str, body: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """NDJSON objects, batched as they arrived; an {"error": ...} line (Ollama's mid-stream failure,
+        status 200) raises, after the objects before it went out."""
+        async for lines in self._http.line_batches(path, orjson.dumps(body)):
+            parts: list[dict[str, Any]] = []
+            for line in lines:
+                try:
+                    part = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    failure = BackendUnavailable(f"backend {self.name} sent a malformed NDJSON line")
+                else:
+                    if "error" not in part:
+                        parts.append(part)
+                        continue
+                    failure = BackendUnavailable(f"backend {self.name}: {error_message(line)}")
+                if parts:
+                    yield parts
+                raise failure
+            if parts:
+                yield parts
 
     async def list_models(self) -> list[str]:
         tags = await self._http.json("GET", "/api/tags")
@@ -79,25 +89,31 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), bool(calls))}],
                 "usage": _usage(r)}
 
-    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]:
+    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
         body = self._chat_body(req, model, stream=True)
         cid, created, first, saw_tool_calls = completion_id("chatcmpl"), now(), True, False
-        async for part in self._parts("/api/chat", body):
-            msg = part.get("message") or {}
-            delta: dict[str, Any] = {"content": msg.get("content") or ""}
-            if first:
-                delta["role"] = "assistant"
-                first = False
-            if msg.get("tool_calls"):
-                delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
-                saw_tool_calls = True
-            if delta["content"] or len(delta) > 1:
-                yield _chat_chunk(cid, created, model, delta, None)
-            if part.get("done"):
-                yield _chat_chunk(cid, created, model, {}, tr.finish_reason(part.get("done_reason"), saw_tool_calls))
-                yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [], "usage": _usage(part)}
-                return
+        async for parts in self._part_batches("/api/chat", body):
+            batch: ChunkBatch = []
+            for part in parts:
+                msg = part.get("message") or {}
+                delta: dict[str, Any] = {"content": msg.get("content") or ""}
+                if first:
+                    delta["role"] = "assistant"
+                    first = False
+                if msg.get("tool_calls"):
+                    delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
+                    saw_tool_calls = True
+                if delta["content"] or len(delta) > 1:
+                    batch.append(_chat_chunk(cid, created, model, delta, None))
+                if part.get("done"):
+                    batch.append(_chat_chunk(cid, created, model, {},
+                                             tr.finish_reason(part.get("done_reason"), saw_tool_calls)))
+                    batch.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                  "choices": [], "usage": _usage(part)})
+                    yield batch
+                    return
+            if batch:
+                yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
 
     def _generate_body(self, req: CompletionRequest, model: str, stream: bool) -> dict[str, Any]:
@@ -115,17 +131,22 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
                 "usage": _usage(r)}
 
-    async def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]:
+    async def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
         body = self._generate_body(req, model, stream=True)
         cid, created = completion_id("cmpl"), now()
-        async for part in self._parts("/api/generate", body):
-            if part.get("response"):
-                yield _text_chunk(cid, created, model, part["response"], None)
-            if part.get("done"):
-                yield _text_chunk(cid, created, model, "", tr.finish_reason(part.get("done_reason"), False))
-                yield {"id": cid, "object": "text_completion", "created": created, "model": model,
-                       "choices": [], "usage": _usage(part)}
-                return
+        async for parts in self._part_batches("/api/generate", body):
+            batch: ChunkBatch = []
+            for part in parts:
+                if part.get("response"):
+                    batch.append(_text_chunk(cid, created, model, part["response"], None))
+                if part.get("done"):
+                    batch.append(_text_chunk(cid, created, model, "", tr.finish_reason(part.get("done_reason"), False)))
+                    batch.append({"id": cid, "object": "text_completion", "created": created, "model": model,
+                                  "choices": [], "usage": _usage(part)})
+                    yield batch
+                    return
+            if batch:
+                yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:

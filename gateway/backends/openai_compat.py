@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible server (vLLM, llama.cpp server, TGI, Ollama's /v1): SSE relayed chunk by chunk."""
+"""Any OpenAI-compatible server (vLLM, llama.cpp server, TGI, Ollama's /v1): SSE relayed as it arrives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.base import Backend, Chunk, usage_dict
+from gateway.backends.base import Backend, Chunk, ChunkBatch, usage_dict
 from gateway.backends.http import BackendHTTP, error_message
 from gateway.errors import BackendUnavailable
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -39,39 +39,55 @@ class OpenAICompatBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
-    async def _sse(self, path: str, content: bytes) -> AsyncIterator[Chunk]:
-        async for line in self._http.lines(path, content):
-            if not line.startswith(b"data:"):
-                continue  # comments (": ping") and event/id fields
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise BackendUnavailable(f"backend {self.name} sent a malformed SSE event") from None
-            if "error" in chunk:
-                raise BackendUnavailable(f"backend {self.name}: {error_message(data)}")
-            yield chunk
+    async def _sse(self, path: str, content: bytes) -> AsyncIterator[ChunkBatch]:
+        """SSE data events as chunk batches; ends at [DONE]; an error event raises (after the chunks before it)."""
+        async for lines in self._http.line_batches(path, content):
+            batch: ChunkBatch = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # comments (": ping") and event/id fields
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    if batch:
+                        yield batch
+                    return
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    failure = BackendUnavailable(f"backend {self.name} sent a malformed SSE event")
+                else:
+                    if "error" not in chunk:
+                        batch.append(chunk)
+                        continue
+                    failure = BackendUnavailable(f"backend {self.name}: {error_message(data)}")
+                if batch:
+                    yield batch
+                raise failure
+            if batch:
+                yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended without [DONE]")
 
     @staticmethod
-    async def _usage_last(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    async def _usage_last(batches: AsyncIterator[ChunkBatch]) -> AsyncIterator[ChunkBatch]:
         """Guarantee the contract's final usage-only chunk, whatever the server's habit."""
         usage: dict[str, Any] | None = None
         content_chunks = 0
         last: Chunk | None = None
-        async for chunk in chunks:
-            last = chunk
-            if chunk.get("usage"):
-                usage = chunk.pop("usage")
-            if chunk.get("choices"):
-                content_chunks += 1
-                yield chunk
+        async for batch in batches:
+            out: ChunkBatch = []
+            for chunk in batch:
+                last = chunk
+                if chunk.get("usage"):
+                    usage = chunk.pop("usage")
+                if chunk.get("choices"):
+                    content_chunks += 1
+                    out.append(chunk)
+            if out:
+                yield out
         if last is not None:
             usage = usage or usage_dict(0, content_chunks)  # a server without usage: count chunks
-            yield {**{k: last[k] for k in ("id", "object", "created", "model") if k in last},
-                   "choices": [], "usage": usage}
+            yield [{**{k: last[k] for k in ("id", "object", "created", "model") if k in last},
+                    "choices": [], "usage": usage}]
 
     async def list_models(self) -> list[str]:
         listing = await self._http.json("GET", "/models")
@@ -80,13 +96,13 @@ class OpenAICompatBackend(Backend):
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
         return await self._http.json("POST", "/chat/completions", self._body(req, model, stream=False))
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[Chunk]:
+    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
         return self._usage_last(self._sse("/chat/completions", self._body(req, model, stream=True)))
 
     async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
         return await self._http.json("POST", "/completions", self._body(req, model, stream=False))
 
-    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[Chunk]:
+    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
         return self._usage_last(self._sse("/completions", self._body(req, model, stream=True)))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:

@@ -101,12 +101,23 @@ def test_untagged_name_means_latest_not_any_tag(client: openai.OpenAI) -> None:
 
 def test_client_disconnect_cancels_the_upstream_stream(gateway, control: OllamaDoubleControl) -> None:
     control.set(token_delay=0.2, tokens=50)
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "hangs-up-1"}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=headers,
                       json={"model": MODEL, "messages": HI, "stream": True}) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")  # one chunk arrived, then we hang up
     wait_until(lambda: control.stats()["streams"]["aborted"] >= 1, timeout=5, what="upstream stream aborted")
     assert control.stats()["streams"]["completed"] == 0
+
+    def access_line() -> dict | None:
+        for line in gateway.logs().splitlines():
+            if '"hangs-up-1"' in line and '"event": "request"' in line.replace('":"', '": "'):
+                return json.loads(line)
+        return None
+
+    wait_until(lambda: access_line() is not None, timeout=5, what="access-log line of the abandoned stream")
+    assert access_line()["status"] == 499, "a stream the client left is logged as nginx's 499"
+    assert "Traceback" not in gateway.logs()
 
 
 def test_in_flight_gauge_returns_to_zero(gateway, client: openai.OpenAI, control: OllamaDoubleControl) -> None:
