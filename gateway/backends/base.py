@@ -14,8 +14,8 @@ and the gateway's cost per chunk falls exactly when it is loaded.
 from __future__ import annotations
 
 import abc
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -77,7 +77,7 @@ def error_for_status(status: int, message: str, backend: str) -> GatewayError:
 
 
 def completion_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    return f"{prefix}-{os.urandom(12).hex()}"
 
 
 def now() -> int:
