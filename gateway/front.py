@@ -16,6 +16,7 @@ registered, so the OpenAPI schema and the 405 for other methods are unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -32,6 +33,8 @@ from gateway.deps import authenticated
 from gateway.errors import PayloadTooLarge, error_response
 from gateway.http_metrics import HttpMetrics
 from gateway.tracing import current_trace_id
+
+log = logging.getLogger("gateway.front")
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 
@@ -169,8 +172,13 @@ class FrontDoor:
             response = error_response(exc)
         if isinstance(response, StreamingResponse):
             await self._stream(response, receive, send, exchange)
-            return
-        await self._send_whole(send, response, exchange)
+        else:
+            await self._send_whole(send, response, exchange)
+        if response.background is not None:  # bookkeeping the handler left for after the answer went out
+            try:
+                await response.background()
+            except Exception:  # the client has its answer; a bookkeeping bug must not become a second one
+                log.exception("post-response bookkeeping failed")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, refused with 413 by Content-Length or as soon as a chunked body passes the cap."""

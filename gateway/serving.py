@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 from opentelemetry.trace import Span, Tracer
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from gateway.access_log import current_record
@@ -128,15 +129,21 @@ class InferenceService:
 
         lease, result = await self._open(model, start, deadline)
         lease.done()
-        usage = result.get("usage") or {}
         elapsed = time.perf_counter() - t0
-        self._record(model, lease.replica.name, "success", elapsed, usage)
-        self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
-        if op is CHAT:
-            self._check_format(req, model, unary_answer(result))
-        if observer is not None:
-            observer.finished(usage, True, result)
-        return json_response(result)
+        replica = lease.replica.name
+
+        async def book() -> None:
+            usage = result.get("usage") or {}
+            self._record(model, replica, "success", elapsed, usage)
+            self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
+            if op is CHAT:
+                self._check_format(req, model, unary_answer(result))
+            if observer is not None:
+                observer.finished(usage, True, result)
+
+        # The bookkeeping runs once the answer is on its way (the front layer awaits `background`
+        # right after sending), so the client does not wait for metrics, usage and the cache write.
+        return Response(orjson.dumps(result), media_type="application/json", background=BackgroundTask(book))
 
     # -- streaming -------------------------------------------------------------------------
 
