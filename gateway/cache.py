@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.protocol import SSE_DONE
 from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 
 FRAMING_FIELDS = frozenset({"stream", "stream_options"})
@@ -167,7 +168,7 @@ def replay_sse(response: Mapping[str, object], *, include_usage: bool = False) -
                                              "finish_reason": choice.get("finish_reason")}]})
     if include_usage and response.get("usage") is not None:
         yield _sse({**base, "choices": [], "usage": response["usage"]})
-    yield b"data: [DONE]\n\n"
+    yield SSE_DONE
 
 
 class StreamAssembler:

@@ -32,6 +32,7 @@ from gateway.auth import Principal
 from gateway.deps import authenticated
 from gateway.errors import PayloadTooLarge, error_response
 from gateway.http_metrics import HttpMetrics
+from gateway.protocol import SSE_DONE
 from gateway.tracing import current_trace_id
 
 log = logging.getLogger("gateway.front")
@@ -42,6 +43,8 @@ Handler = Callable[[Request, Principal], Awaitable[Response]]
 class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
+# How long a stream runs before a task starts watching for the client hanging up (see `_stream`).
+WATCH_AFTER_S = 0.05
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -200,41 +203,59 @@ class FrontDoor:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _stream(self, response: StreamingResponse, receive: Receive, send: Send, exchange: _Exchange) -> None:
-        """Send a streamed answer; a client that hangs up cancels it at once, wherever it waits.
+        """Send a streamed answer; a client that hangs up cancels it, wherever it waits.
 
         The server's `send` goes quiet once the client is gone, so a watcher on `receive` (the body
         is read, so the next message is the disconnect) cancels this task: the relay then closes the
-        upstream call. One task per stream, where Starlette's StreamingResponse runs a task group.
+        upstream call. The watcher is a task started only if the stream is still going after
+        WATCH_AFTER_S: most answers of a small model end sooner, and a hang-up is then noticed at
+        most that late. An SSE `[DONE]` frame is sent as the last body message (one write less).
         """
         task = asyncio.current_task()
         assert task is not None
         finished = gone = False
+        watcher: asyncio.Future[Message] | None = None
 
-        def hang_up(watcher: asyncio.Task[Message]) -> None:
+        def hang_up(done: asyncio.Future[Message]) -> None:
             nonlocal gone
-            if finished or watcher.cancelled() or watcher.exception() is not None:
+            if finished or done.cancelled() or done.exception() is not None:
                 return
-            if watcher.result()["type"] == "http.disconnect":
+            if done.result()["type"] == "http.disconnect":
                 gone = True
                 task.cancel()
 
+        def watch() -> None:
+            nonlocal watcher
+            if not finished:
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(hang_up)
+
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": exchange.start(response.status_code, response.raw_headers)})
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(hang_up)
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
         body = response.body_iterator
         try:
             async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            exchange.done = True
+                if finished:
+                    continue  # nothing follows [DONE]; let the relay run to its end
+                if chunk.endswith(SSE_DONE):
+                    finished = True
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    exchange.done = True
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not finished:
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                exchange.done = True
         except asyncio.CancelledError:
             if not gone:
                 raise
             task.uncancel()  # our own cancel: the client left, which is not an error
         finally:
             finished = True
-            watcher.cancel()
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if not exchange.done and hasattr(body, "aclose"):  # stopped mid-way: let the relay close upstream
                 await body.aclose()

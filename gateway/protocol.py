@@ -16,6 +16,9 @@ from gateway.errors import InvalidRequest
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
+# The last event of a whole OpenAI stream; a cut one ends with an error event instead.
+SSE_DONE = b"data: [DONE]\n\n"
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -33,14 +33,13 @@ from gateway.errors import (
 )
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol import SSE_DONE, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import Settings
 from gateway.tracing import DISABLED, as_current, backend_span, record_result, record_usage, start_backend_span
 
 log = logging.getLogger("gateway.serving")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DONE = b"data: [DONE]\n\n"
 GenRequest = ChatCompletionRequest | CompletionRequest
 T = TypeVar("T")
 
@@ -211,7 +210,7 @@ class InferenceService:
                         batch = await anext(chunks)
                 except StopAsyncIteration:
                     batch = None
-            yield DONE
+            yield SSE_DONE
             lease.done()
         except (TimeoutError, GatewayError) as exc:
             err = exc if isinstance(exc, GatewayError) else BackendTimeout("stream exceeded the total timeout")
