@@ -162,6 +162,7 @@ class KeyRateLimiter:
         self.redis = redis
         self.local = LocalCounters()
         self._script = redis.client.register_script(RESERVE_LUA) if redis.client is not None else None
+        self._wire_sha = redis.wire.register_script(RESERVE_LUA) if redis.wire is not None else None
         self._on_limited = on_limited
         self._pending: dict[str, int] = {}  # Redis key -> token adjustment not yet written
         self.max_pending = 50_000
@@ -189,10 +190,13 @@ class KeyRateLimiter:
         try:
             if self._script is None:
                 raise RedisUnavailable("no redis")
-            script = self._script
             all_keys = keys if get_key is None else (*keys, get_key)
-            verdict, r, t, b, *rest = await self.redis.run("rate_limit",
-                                                         lambda c: script(keys=all_keys, args=args, client=c))
+            wire, sha, script = self.redis.wire, self._wire_sha, self._script
+            if wire is not None and sha is not None:  # the per-request call: over the multiplexed connection
+                call = lambda _: wire.evalsha(sha, all_keys, args)  # noqa: E731
+            else:
+                call = lambda c: script(keys=all_keys, args=args, client=c)  # noqa: E731
+            verdict, r, t, b, *rest = await self.redis.run("rate_limit", call)
             fetched = rest[0] if rest and rest[0] else None
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
 from gateway.errors import GatewayError
+from gateway.redis_wire import RedisWire
 
 T = TypeVar("T")
 
@@ -49,8 +50,10 @@ class RedisState:
         timeout_s: float = 0.25,
         retry_after_s: float = 3.0,
         on_error: Callable[[str], None] | None = None,
+        wire: RedisWire | None = None,
     ) -> None:
         self.client = client
+        self.wire = wire  # the multiplexed connection for the per-request script (redis:// URLs)
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._on_error = on_error
@@ -82,7 +85,8 @@ class RedisState:
             health_check_interval=0,
             max_connections=64,
         )
-        return cls(client, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error)
+        wire = RedisWire(url, connect_timeout_s=timeout_s) if RedisWire.supports(url) else None
+        return cls(client, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error, wire=wire)
 
     @property
     def configured(self) -> bool:
@@ -133,6 +137,8 @@ class RedisState:
         return True
 
     async def close(self) -> None:
+        if self.wire is not None:
+            await self.wire.aclose()
         if self.client is not None:
             await self.client.aclose()
 

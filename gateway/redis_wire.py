@@ -1,0 +1,169 @@
+"""One multiplexed Redis connection for the call every request makes (the limits + cache-read script).
+
+Callers write their command and wait for their reply; Redis answers in order, so replies are
+matched to a FIFO of waiters and many requests share one connection with no pool, no lock and no
+per-call task. Commands issued in the same event-loop turn leave in one write. A caller cut off
+by its deadline leaves a cancelled waiter behind, and its late reply is skipped: the order never
+slips. Replies are parsed by hiredis (C).
+
+Why next to redis-py (which serves every other call): redis-py spends ~50 us of Python per call
+on its pool, connection checks and command plumbing; this is the gateway's one per-request Redis
+call, and the difference is a tenth of the gateway's CPU per request (bench/reports/2026-11-22/).
+Errors surface as redis-py's exception types, so `RedisState.run` treats both clients alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+Arg = bytes | str | int
+
+
+def pack(args: tuple[Arg, ...]) -> bytes:
+    """RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.waiters: deque[asyncio.Future[object]] = deque()
+        self.closed = False
+        self._out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiters:  # a reply nobody asked for: the stream is out of step, start over
+                self.close(RedisConnectionError("unexpected reply from redis"))
+                return
+            waiter = self.waiters.popleft()
+            if waiter.done():  # its caller gave up (deadline): the reply is skipped, the order kept
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                waiter.set_exception(ResponseError(str(reply)))
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to redis lost: {exc!r}" if exc else "redis closed the connection"))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def close(self, error: Exception | None = None) -> None:
+        self._fail(error or RedisConnectionError("connection closed"))
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, command: bytes) -> asyncio.Future[object]:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        if not self._out:  # first command this turn: write them all at the end of it
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(command)
+        return waiter
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+class RedisWire:
+    """Lazily connected; after a failure the next call connects again (the caller's circuit paces that)."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError("RedisWire speaks plain redis:// only")
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.db = int(parts.path.lstrip("/") or 0)
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._scripts: dict[bytes, bytes] = {}  # sha -> source, for NOSCRIPT after a Redis restart
+
+    @staticmethod
+    def supports(url: str | None) -> bool:
+        return bool(url) and urlsplit(url).scheme == "redis"
+
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+                setup = []
+                if self.password is not None:
+                    auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                    setup.append(conn.send(pack(auth)))
+                if self.db:
+                    setup.append(conn.send(pack(("SELECT", self.db))))
+                for reply in setup:
+                    await reply
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: {exc!r}") from None
+            raise
+        self._conn = conn
+        return conn
+
+    async def call(self, *args: Arg) -> object:
+        conn = await self._connection()
+        return await conn.send(pack(args))
+
+    def register_script(self, source: str) -> bytes:
+        sha = hashlib.sha1(source.encode()).hexdigest().encode()
+        self._scripts[sha] = source.encode()
+        return sha
+
+    async def evalsha(self, sha: bytes, keys: tuple[Arg, ...], args: tuple[Arg, ...]) -> object:
+        """EVALSHA, falling back to EVAL (which caches the script again) after a restart emptied Redis's cache."""
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.call("EVAL", self._scripts[sha], len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,123 @@
+"""The multiplexed Redis connection: against a real redis-server, and a fake one for the ordering cases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.limits import RESERVE_LUA
+from gateway.redis_wire import RedisWire, pack
+from tests.support.processes import Service, free_port, redis_service
+
+
+def wire_for(service: Service, **kw: object) -> RedisWire:
+    return RedisWire(f"redis://127.0.0.1:{service.port}/0", connect_timeout_s=1.0, **kw)  # type: ignore[arg-type]
+
+
+def test_pack_is_resp() -> None:
+    assert pack(("SET", b"k", 5)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n"
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(redis_server: Service) -> None:
+    wire = wire_for(redis_server)
+    await wire.call("DEL", "wire:n")
+    replies = await asyncio.gather(*(wire.call("INCR", "wire:n") for _ in range(200)))
+    assert sorted(replies) == list(range(1, 201))
+    assert await wire.call("GET", "wire:n") == b"200"
+    await wire.aclose()
+
+
+async def test_a_script_error_is_a_response_error(redis_server: Service) -> None:
+    wire = wire_for(redis_server)
+    with pytest.raises(ResponseError):
+        await wire.call("EVAL", "return redis.call('INCR', KEYS[1], 'extra')", 1, "wire:bad")
+    assert await wire.call("PING") == b"PONG", "the connection is still in step after an error reply"
+    await wire.aclose()
+
+
+async def test_evalsha_survives_a_flushed_script_cache(redis_server: Service) -> None:
+    wire = wire_for(redis_server)
+    sha = wire.register_script(RESERVE_LUA)
+    keys = ("wire:r", "wire:t", "wire:b")
+    args = (10, 0, 0, 5, 120, 3600)
+    first = await wire.evalsha(sha, keys, args)
+    await wire.call("SCRIPT", "FLUSH")  # what a Redis restart does to the script cache
+    second = await wire.evalsha(sha, keys, args)
+    assert first[0] == second[0] == 0 and second[1] == first[1] + 1
+    await wire.aclose()
+
+
+async def test_password_and_database_from_the_url() -> None:
+    service = redis_service(extra=["--requirepass", "s3cret"]).start().wait_port()
+    try:
+        wire = RedisWire(f"redis://:s3cret@127.0.0.1:{service.port}/3", connect_timeout_s=1.0)
+        await wire.call("SET", "wire:db", "x")
+        assert await wire.call("GET", "wire:db") == b"x"
+        await wire.aclose()
+        wrong = RedisWire(f"redis://:nope@127.0.0.1:{service.port}/0", connect_timeout_s=1.0)
+        with pytest.raises(ResponseError):
+            await wrong.call("PING")
+        await wrong.aclose()
+    finally:
+        service.stop()
+
+
+async def test_a_caller_that_gave_up_does_not_shift_the_replies() -> None:
+    """A fake Redis that answers the first command late: the caller times out, the others still match."""
+    async def read_command(reader: asyncio.StreamReader) -> list[bytes]:
+        count = int((await reader.readline())[1:])
+        args = []
+        for _ in range(count):
+            size = int((await reader.readline())[1:])
+            args.append((await reader.readexactly(size + 2))[:-2])
+        return args
+
+    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        while True:
+            word = (await read_command(reader))[-1]
+            if first:  # the first reply comes after the caller gave up
+                await asyncio.sleep(0.2)
+                first = False
+            writer.write(b"$%d\r\n%s\r\n" % (len(word), word))
+            await writer.drain()
+
+    server = await asyncio.start_server(slow_then_fast, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wire = RedisWire(f"redis://127.0.0.1:{port}", connect_timeout_s=1.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await wire.call("ECHO", "slow")
+    assert await wire.call("ECHO", "fast") == b"fast"
+    assert await wire.call("ECHO", "next") == b"next"
+    await wire.aclose()
+    server.close()
+
+
+async def test_a_dead_redis_fails_the_waiters_and_the_next_call_reconnects() -> None:
+    service = redis_service().start().wait_port()
+    wire = wire_for(service)
+    assert await wire.call("PING") == b"PONG"
+    service.kill()
+    with pytest.raises(RedisConnectionError):
+        await wire.call("PING")
+    restarted = redis_service(service.port).start().wait_port()
+    try:
+        assert await wire.call("PING") == b"PONG"
+    finally:
+        await wire.aclose()
+        restarted.stop()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    wire = RedisWire(f"redis://127.0.0.1:{free_port()}", connect_timeout_s=1.0)
+    with pytest.raises(RedisConnectionError):
+        await wire.call("PING")
+
+
+def test_only_plain_redis_urls() -> None:
+    assert RedisWire.supports("redis://h:1/0") and not RedisWire.supports("rediss://h:1/0")
+    assert not RedisWire.supports("unix:///tmp/redis.sock") and not RedisWire.supports(None)
