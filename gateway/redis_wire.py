@@ -2,7 +2,7 @@
 
 Callers write their command and wait for their reply; Redis answers in order, so replies are
 matched to a FIFO of waiters and many requests share one connection with no pool, no lock and no
-per-call task. Commands issued in the same event-loop turn leave in one write. A caller cut off
+per-call task. A caller cut off
 by its deadline leaves a cancelled waiter behind, and its late reply is skipped: the order never
 slips. Replies are parsed by hiredis (C).
 
@@ -41,7 +41,6 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[object]] = deque()
         self.closed = False
-        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,15 +77,12 @@ class _Connection(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[object]:
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        if not self._out:  # first command this turn: write them all at the end of it
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(command)
-        return waiter
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
+        # Written at once, not gathered for the end of the loop turn: under load a turn runs many
+        # requests, and holding the first one's command until the last is done idles Redis meanwhile
+        # (measured: more latency at 50 clients despite fewer writes).
         if self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(command)
+        return waiter
 
 
 class RedisWire:
