@@ -37,6 +37,20 @@ def error_message(body: bytes) -> str:
     return str(err)
 
 
+def stream_event(raw: bytes, backend: str, kind: str) -> dict:
+    """One streamed JSON object (an NDJSON line, an SSE data field); a malformed one, or the error
+    object a server sends mid-stream under status 200, raises BackendUnavailable."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BackendUnavailable(f"backend {backend} sent a malformed {kind}") from None
+    if not isinstance(event, dict):
+        raise BackendUnavailable(f"backend {backend} sent a {kind} that is not a JSON object")
+    if "error" in event:
+        raise BackendUnavailable(f"backend {backend}: {error_message(raw)}")
+    return event
+
+
 class BackendHTTP:
     def __init__(self, base_url: str, *, name: str, connect_timeout_s: float, max_connections: int,
                  headers: dict[str, str] | None = None) -> None:

@@ -9,7 +9,7 @@ import orjson
 
 from gateway.backends import ollama_translate as tr
 from gateway.backends.base import Backend, Chunk, ChunkBatch, completion_id, now, usage_dict
-from gateway.backends.http import BackendHTTP, error_message
+from gateway.backends.http import BackendHTTP, stream_event
 from gateway.errors import BackendUnavailable, InvalidRequest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import BackendSpec, Settings
@@ -47,17 +47,11 @@ class OllamaBackend(Backend):
             parts: list[dict[str, Any]] = []
             for line in lines:
                 try:
-                    part = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    failure = BackendUnavailable(f"backend {self.name} sent a malformed NDJSON line")
-                else:
-                    if "error" not in part:
-                        parts.append(part)
-                        continue
-                    failure = BackendUnavailable(f"backend {self.name}: {error_message(line)}")
-                if parts:
-                    yield parts
-                raise failure
+                    parts.append(stream_event(line, self.name, "NDJSON line"))
+                except BackendUnavailable:
+                    if parts:
+                        yield parts
+                    raise
             if parts:
                 yield parts
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.base import Backend, Chunk, ChunkBatch, usage_dict
-from gateway.backends.http import BackendHTTP, error_message
+from gateway.backends.http import BackendHTTP, stream_event
 from gateway.errors import BackendUnavailable
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import BackendSpec, Settings
@@ -52,17 +52,11 @@ class OpenAICompatBackend(Backend):
                         yield batch
                     return
                 try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    failure = BackendUnavailable(f"backend {self.name} sent a malformed SSE event")
-                else:
-                    if "error" not in chunk:
-                        batch.append(chunk)
-                        continue
-                    failure = BackendUnavailable(f"backend {self.name}: {error_message(data)}")
-                if batch:
-                    yield batch
-                raise failure
+                    batch.append(stream_event(data, self.name, "SSE event"))
+                except BackendUnavailable:
+                    if batch:
+                        yield batch
+                    raise
             if batch:
                 yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended without [DONE]")
