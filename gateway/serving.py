@@ -153,7 +153,11 @@ class InferenceService:
         async def start(backend: Backend) -> tuple[AsyncIterator[ChunkBatch], ChunkBatch, Span]:
             span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
                                       backend=backend.name)
-            chunks = op.stream(backend, req, model)
+            try:
+                chunks = op.stream(backend, req, model)  # may refuse the request before any I/O
+            except BaseException:
+                span.end()
+                raise
             try:
                 # The span outlives this function (it ends with the stream), so it is current only here.
                 with as_current(span):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -83,32 +83,43 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), bool(calls))}],
                 "usage": _usage(r)}
 
-    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
-        body = self._chat_body(req, model, stream=True)
-        cid, created, first, saw_tool_calls = completion_id("chatcmpl"), now(), True, False
-        async for parts in self._part_batches("/api/chat", body):
+    async def _chunk_batches(self, path: str, body: dict[str, Any], convert: Callable[[dict[str, Any]], ChunkBatch],
+                             head: dict[str, Any]) -> AsyncIterator[ChunkBatch]:
+        """Ollama's NDJSON parts as OpenAI chunk batches (`convert` maps one part); the part with
+        `done` ends the stream, followed by the usage-only chunk (`head` + usage) the contract wants."""
+        async for parts in self._part_batches(path, body):
             batch: ChunkBatch = []
             for part in parts:
-                msg = part.get("message") or {}
-                delta: dict[str, Any] = {"content": msg.get("content") or ""}
-                if first:
-                    delta["role"] = "assistant"
-                    first = False
-                if msg.get("tool_calls"):
-                    delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
-                    saw_tool_calls = True
-                if delta["content"] or len(delta) > 1:
-                    batch.append(_chat_chunk(cid, created, model, delta, None))
+                batch += convert(part)
                 if part.get("done"):
-                    batch.append(_chat_chunk(cid, created, model, {},
-                                             tr.finish_reason(part.get("done_reason"), saw_tool_calls)))
-                    batch.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                  "choices": [], "usage": _usage(part)})
+                    batch.append({**head, "choices": [], "usage": _usage(part)})
                     yield batch
                     return
             if batch:
                 yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
+
+    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
+        cid, created = completion_id("chatcmpl"), now()
+        state = {"first": True, "tool_calls": False}
+
+        def convert(part: dict[str, Any]) -> ChunkBatch:
+            msg = part.get("message") or {}
+            delta: dict[str, Any] = {"content": msg.get("content") or ""}
+            if state["first"]:
+                delta["role"] = "assistant"
+                state["first"] = False
+            if msg.get("tool_calls"):
+                delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
+                state["tool_calls"] = True
+            out = [_chat_chunk(cid, created, model, delta, None)] if delta["content"] or len(delta) > 1 else []
+            if part.get("done"):
+                out.append(_chat_chunk(cid, created, model, {},
+                                       tr.finish_reason(part.get("done_reason"), state["tool_calls"])))
+            return out
+
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        return self._chunk_batches("/api/chat", self._chat_body(req, model, stream=True), convert, head)
 
     def _generate_body(self, req: CompletionRequest, model: str, stream: bool) -> dict[str, Any]:
         if req.n != 1:
@@ -125,23 +136,18 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
                 "usage": _usage(r)}
 
-    async def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
+    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
         body = self._generate_body(req, model, stream=True)
         cid, created = completion_id("cmpl"), now()
-        async for parts in self._part_batches("/api/generate", body):
-            batch: ChunkBatch = []
-            for part in parts:
-                if part.get("response"):
-                    batch.append(_text_chunk(cid, created, model, part["response"], None))
-                if part.get("done"):
-                    batch.append(_text_chunk(cid, created, model, "", tr.finish_reason(part.get("done_reason"), False)))
-                    batch.append({"id": cid, "object": "text_completion", "created": created, "model": model,
-                                  "choices": [], "usage": _usage(part)})
-                    yield batch
-                    return
-            if batch:
-                yield batch
-        raise BackendUnavailable(f"backend {self.name}: stream ended before done")
+
+        def convert(part: dict[str, Any]) -> ChunkBatch:
+            out = [_text_chunk(cid, created, model, part["response"], None)] if part.get("response") else []
+            if part.get("done"):
+                out.append(_text_chunk(cid, created, model, "", tr.finish_reason(part.get("done_reason"), False)))
+            return out
+
+        head = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        return self._chunk_batches("/api/generate", body, convert, head)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
         extra = req.model_extra or {}

@@ -90,8 +90,9 @@ def test_backend_4xx_is_passed_on(gateway: Service, control: OllamaDoubleControl
     assert post(gateway, {"model": MODEL, "messages": HI}).status_code == 200
 
 
-def test_unsupported_n_is_400_not_500(gateway: Service) -> None:
-    assert_openai_error(post(gateway, {"model": MODEL, "messages": HI, "n": 2}), 400, param="n")
+@pytest.mark.parametrize("stream", [False, True])
+def test_unsupported_n_is_400_not_500(gateway: Service, stream: bool) -> None:
+    assert_openai_error(post(gateway, {"model": MODEL, "messages": HI, "n": 2, "stream": stream}), 400, param="n")
 
 
 def test_missing_and_wrong_key_are_401(gateway: Service) -> None:
