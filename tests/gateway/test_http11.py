@@ -43,6 +43,13 @@ async def server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
         srv.close()
 
 
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll `condition` on the loop until it holds (a bounded wait for a socket event, not a fixed sleep)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 def client(url: str, **kw: object) -> Http11Client:
     return Http11Client(url, connect_timeout_s=1.0, max_connections=kw.pop("max_connections", 4),  # type: ignore[arg-type]
                         headers={"content-type": "application/json"})
@@ -193,7 +200,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
         for _ in range(3):
             async with http.request("GET", "/") as resp:
                 assert await resp.read() == b"ok"
-            await asyncio.sleep(0.05)  # the FIN arrives while the connection sits in the pool
+            await until(lambda: http._idle[-1].closed)  # the FIN arrives while the connection sits in the pool
         await http.aclose()
     assert len(accepted) == 3
 
@@ -240,7 +247,7 @@ async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> No
     async with server(big) as (url, _):
         http = client(url)
         async with http.request("GET", "/") as resp:
-            await asyncio.sleep(0.2)  # let the server run ahead: the client must stop reading
+            await until(lambda: resp._conn._paused)  # the server ran ahead: the client stopped reading
             buffered = resp._buffered
             got = 0
             async for piece in resp.pieces():
