@@ -11,7 +11,6 @@ non-streamed /api/chat call with keep-alive.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 

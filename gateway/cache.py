@@ -114,9 +114,10 @@ class ResponseCache:
             return await flush_staged(self.redis, "cache_put", [self.stage])
         return True
 
-    def put_later(self, key: str, response: Mapping[str, object]) -> bool:
-        """Buffer a complete answer for the next `stage` (with Redis) or store it in memory."""
-        raw = orjson.dumps(response)
+    def put_later(self, key: str, response: Mapping[str, object] | bytes) -> bool:
+        """Buffer a complete answer (or its JSON bytes, when already serialised for the client) for the
+        next `stage` (with Redis) or store it in memory."""
+        raw = response if isinstance(response, bytes) else orjson.dumps(response)
         if len(raw) > self.max_entry_bytes:
             return False
         if self.redis.configured:

@@ -32,7 +32,6 @@ from gateway.auth import Principal
 from gateway.deps import authenticated
 from gateway.errors import PayloadTooLarge, error_response
 from gateway.http_metrics import HttpMetrics
-from gateway.protocol import SSE_DONE
 from gateway.tracing import current_trace_id
 
 log = logging.getLogger("gateway.front")
@@ -209,7 +208,7 @@ class FrontDoor:
         is read, so the next message is the disconnect) cancels this task: the relay then closes the
         upstream call. The watcher is a task started only if the stream is still going after
         WATCH_AFTER_S: most answers of a small model end sooner, and a hang-up is then noticed at
-        most that late. An SSE `[DONE]` frame is sent as the last body message (one write less).
+        most that late.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -236,18 +235,10 @@ class FrontDoor:
         body = response.body_iterator
         try:
             async for chunk in body:
-                if finished:
-                    continue  # nothing follows [DONE]; let the relay run to its end
-                if chunk.endswith(SSE_DONE):
-                    finished = True
-                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
-                    exchange.done = True
-                else:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not finished:
-                finished = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                exchange.done = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            exchange.done = True
         except asyncio.CancelledError:
             if not gone:
                 raise

@@ -28,14 +28,13 @@ from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStor
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.metrics import memoize_labels
 from gateway.redis_state import RedisState, flush_staged
-from gateway.serving import AnswerObserver
+from gateway.serving import SSE_HEADERS, AnswerObserver
 from gateway.usage import UsageStore
 
 log = logging.getLogger("gateway.policy")
 
 BYPASS = CacheDecision(False, False)
 DEV_PEPPER = "development-pepper-not-for-production"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class PolicyMetrics:
@@ -96,12 +95,13 @@ class _Bookkeeper:
         if self.assembler is not None:
             self.assembler.add(chunk)
 
-    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None) -> None:
+    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None,
+                 body: bytes | None = None) -> None:
         store = None
         if self.store_key and complete:
             if result is not None:  # a non-streamed answer: whole when every choice has a finish_reason
                 whole = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
-                store = (self.store_key, result) if whole else None
+                store = (self.store_key, body if body is not None else result) if whole else None
             elif self.assembler is not None and self.assembler.complete:
                 if usage:
                     self.assembler.usage = usage
@@ -227,7 +227,7 @@ class Policy:
     # -- accounting ------------------------------------------------------------------------------
 
     def _account(self, principal: Principal, model: str, reservation: Reservation | None,
-                 usage: tuple[int, int] | None, *, store: tuple[str, dict] | None = None,
+                 usage: tuple[int, int] | None, *, store: tuple[str, dict | bytes] | None = None,
                  count_request: bool = True) -> None:
         """Book a finished request in memory; Redis gets it in the next batched write.
 

@@ -48,8 +48,10 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def json_response(obj: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj), status_code=status_code, media_type="application/json", headers=headers)
+def json_response(obj: Any, status_code: int = 200, headers: dict[str, str] | None = None,
+                  background: BackgroundTask | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status_code, media_type="application/json", headers=headers,
+                    background=background)
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -69,9 +71,10 @@ class AnswerObserver(Protocol):
     def chunk(self, chunk: Chunk) -> None:
         """Every streamed chunk with choices (not the usage-only one)."""
 
-    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None) -> None:
+    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None,
+                 body: bytes | None = None) -> None:
         """Once, when the answer ended: backend usage ({} if unknown), whether it arrived whole,
-        and for a non-streamed answer the response object."""
+        and for a non-streamed answer the response object and the JSON bytes sent for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +141,12 @@ class InferenceService:
             if op is CHAT:
                 self._check_format(req, model, unary_answer(result))
             if observer is not None:
-                observer.finished(usage, True, result)
+                observer.finished(usage, True, result, response.body)
 
         # The bookkeeping runs once the answer is on its way (the front layer awaits `background`
         # right after sending), so the client does not wait for metrics, usage and the cache write.
-        return Response(orjson.dumps(result), media_type="application/json", background=BackgroundTask(book))
+        response = json_response(result, background=BackgroundTask(book))
+        return response
 
     # -- streaming -------------------------------------------------------------------------
 

@@ -8,13 +8,13 @@ the next successful call, so a Redis outage loses no accounting unless the buffe
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from gateway.redis_state import RedisState, flush_staged
+from gateway.utc_dates import utc_date
 
 FIELDS = ("requests", "input", "output")
 RETENTION_S = 400 * 86400
@@ -28,18 +28,6 @@ class UsageRow:
     requests: int
     input_tokens: int
     output_tokens: int
-
-
-_day_cache: tuple[int, str] = (-1, "")
-
-
-def today() -> str:
-    """The UTC date as YYYY-MM-DD, formatted once per day (strftime per request cost ~7 us)."""
-    global _day_cache
-    day_number = int(time.time() // 86400)
-    if day_number != _day_cache[0]:
-        _day_cache = (day_number, datetime.now(UTC).strftime("%Y-%m-%d"))
-    return _day_cache[1]
 
 
 def day_range(start: date, end: date) -> list[str]:
@@ -76,7 +64,7 @@ class UsageStore:
 
     def record(self, key_id: str, model: str, input_tokens: int, output_tokens: int, day: str | None = None) -> None:
         """Count one request. With Redis it is buffered until the next `stage`/`flush`."""
-        self._add_locally(key_id, day or today(), model, (1, input_tokens, output_tokens))
+        self._add_locally(key_id, day or utc_date("%Y-%m-%d"), model, (1, input_tokens, output_tokens))
 
     @property
     def has_pending(self) -> bool:

@@ -37,15 +37,21 @@ def error_message(body: bytes) -> str:
     return str(err)
 
 
+def json_object(raw: bytes, backend: str, what: str) -> dict:
+    """`raw` as a JSON object, or BackendUnavailable naming the backend and `what` it sent."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BackendUnavailable(f"backend {backend} sent a malformed {what}") from None
+    if not isinstance(data, dict):
+        raise BackendUnavailable(f"backend {backend} sent a {what} that is not a JSON object")
+    return data
+
+
 def stream_event(raw: bytes, backend: str, kind: str) -> dict:
     """One streamed JSON object (an NDJSON line, an SSE data field); a malformed one, or the error
     object a server sends mid-stream under status 200, raises BackendUnavailable."""
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BackendUnavailable(f"backend {backend} sent a malformed {kind}") from None
-    if not isinstance(event, dict):
-        raise BackendUnavailable(f"backend {backend} sent a {kind} that is not a JSON object")
+    event = json_object(raw, backend, kind)
     if "error" in event:
         raise BackendUnavailable(f"backend {backend}: {error_message(raw)}")
     return event
@@ -87,14 +93,7 @@ class BackendHTTP:
     async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
         """One request, the whole JSON answer."""
         async with self._request(method, path, body) as resp:
-            raw = await resp.read()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendUnavailable(f"backend {self.name} answered invalid JSON") from None
-        if not isinstance(data, dict):
-            raise BackendUnavailable(f"backend {self.name} answered a JSON {type(data).__name__}, not an object")
-        return data
+            return json_object(await resp.read(), self.name, "JSON answer")
 
     async def line_batches(self, path: str, body: bytes) -> AsyncIterator[list[bytes]]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:

@@ -130,13 +130,14 @@ async def test_anonymous_limit_is_shared_through_redis(replicas):
     await second.check("10.1.1.2")
 
 
-def test_month_of_follows_the_calendar_across_cached_days() -> None:
+def test_utc_date_strings_follow_the_calendar_across_cached_days() -> None:
     from datetime import UTC, datetime
 
-    from gateway.limits import month_of
+    from gateway.utc_dates import utc_date
 
     # last second of January, first of February, and back: the per-day cache must not stick
     for moment in ("2026-01-31T23:59:59", "2026-02-01T00:00:00", "2026-01-31T12:00:00", "2026-12-31T23:59:59",
                    "2027-01-01T00:00:01"):
         ts = datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()
-        assert month_of(ts) == moment[:7]
+        assert utc_date("%Y-%m", ts) == moment[:7]
+        assert utc_date("%Y-%m-%d", ts) == moment[:10]

@@ -1,8 +1,10 @@
-"""The multiplexed Redis connection: against a real redis-server, and a fake one for the ordering cases."""
+"""The multiplexed Redis connection, against real redis-servers (frozen, killed, restarted, with a password)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,35 +68,24 @@ async def test_password_and_database_from_the_url() -> None:
 
 
 async def test_a_caller_that_gave_up_does_not_shift_the_replies() -> None:
-    """A fake Redis that answers the first command late: the caller times out, the others still match."""
-    async def read_command(reader: asyncio.StreamReader) -> list[bytes]:
-        count = int((await reader.readline())[1:])
-        args = []
-        for _ in range(count):
-            size = int((await reader.readline())[1:])
-            args.append((await reader.readexactly(size + 2))[:-2])
-        return args
-
-    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = True
-        while True:
-            word = (await read_command(reader))[-1]
-            if first:  # the first reply comes after the caller gave up
-                await asyncio.sleep(0.2)
-                first = False
-            writer.write(b"$%d\r\n%s\r\n" % (len(word), word))
-            await writer.drain()
-
-    server = await asyncio.start_server(slow_then_fast, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    wire = RedisWire(f"redis://127.0.0.1:{port}", connect_timeout_s=1.0)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await wire.call("ECHO", "slow")
-    assert await wire.call("ECHO", "fast") == b"fast"
-    assert await wire.call("ECHO", "next") == b"next"
-    await wire.aclose()
-    server.close()
+    """Redis frozen (SIGSTOP) while a caller waits: it gives up; once Redis runs again, its late reply
+    comes first on the connection and must not reach the next caller."""
+    service = redis_service().start().wait_port()
+    wire = wire_for(service)
+    try:
+        assert await wire.call("PING") == b"PONG"  # connected before Redis stops
+        os.kill(service.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await wire.call("ECHO", "late")
+        finally:
+            os.kill(service.proc.pid, signal.SIGCONT)
+        assert await wire.call("ECHO", "mine") == b"mine"
+        assert await wire.call("ECHO", "next") == b"next"
+    finally:
+        await wire.aclose()
+        service.stop()
 
 
 async def test_a_dead_redis_fails_the_waiters_and_the_next_call_reconnects() -> None:

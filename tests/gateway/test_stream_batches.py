@@ -13,7 +13,7 @@ from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.errors import BackendUnavailable
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import BackendSpec, Settings
-from tests.gateway.test_http11 import read_request, server
+from tests.support.raw_server import read_request, server
 
 REQ = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                                             "stream": True})
