@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--gateway-backend", choices=("openai", "ollama"), default="openai",
                    help="API the gateway uses to reach the mock")
+    p.add_argument("--backend-ms", type=float, default=0.0,
+                   help="how long the mock takes to answer (bench.overhead uses 20)")
     args = p.parse_args(argv)
     exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = RESULTS_ROOT / f"profile-{args.scenario}-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    opts = MockOptions(token_delay_ms=0.0, plain_delay_ms=0.0)
+    opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         try:
             mock = start_mock(stack, opts)

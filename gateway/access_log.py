@@ -22,7 +22,6 @@ from typing import IO, Any
 import orjson
 from starlette.types import Scope
 
-
 ACCESS_LOGGER = "gateway.access"
 # Probes and scrapes arrive every few seconds from every replica; their successes are noise.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -32,6 +32,7 @@ from gateway.auth import Principal
 from gateway.deps import authenticated
 from gateway.errors import PayloadTooLarge, error_response
 from gateway.http_metrics import HttpMetrics
+from gateway.protocol import FinalPart
 from gateway.tracing import current_trace_id
 
 log = logging.getLogger("gateway.front")
@@ -235,10 +236,16 @@ class FrontDoor:
         body = response.body_iterator
         try:
             async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            exchange.done = True
+                if finished:  # the body went on after its FinalPart: nothing more can be sent
+                    log.error("streamed body yielded after its final part; dropped")
+                    continue
+                finished = type(chunk) is FinalPart
+                await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
+                exchange.done = finished
+            if not finished:
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                exchange.done = True
         except asyncio.CancelledError:
             if not gone:
                 raise

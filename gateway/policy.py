@@ -27,6 +27,7 @@ from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_setti
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.metrics import memoize_labels
+from gateway.protocol import FinalPart
 from gateway.redis_state import RedisState, flush_staged
 from gateway.serving import SSE_HEADERS, AnswerObserver
 from gateway.usage import UsageStore
@@ -215,11 +216,10 @@ class Policy:
     def _from_cache(raw: bytes, stream: bool, include_usage: bool, headers: dict[str, str]) -> Response:
         headers = {**headers, "X-Cache": "HIT"}
         if stream:
-            frames = replay_sse(orjson.loads(raw), include_usage=include_usage)
+            whole = FinalPart(b"".join(replay_sse(orjson.loads(raw), include_usage=include_usage)))
 
             async def body() -> AsyncIterator[bytes]:
-                for frame in frames:
-                    yield frame
+                yield whole  # the stored answer is all here: one write
 
             return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
         return Response(raw, media_type="application/json", headers=headers)

@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import SSE_DONE, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol import SSE_DONE, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, FinalPart
 from gateway.settings import Settings
 from gateway.tracing import DISABLED, as_current, backend_span, record_result, record_usage, start_backend_span
 
@@ -81,12 +81,12 @@ class AnswerObserver(Protocol):
 class Operation:
     name: str  # gen_ai.operation.name
     unary: Callable[[Backend, Any, str], Any]
-    stream: Callable[[Backend, Any, str], AsyncIterator[ChunkBatch]]
+    stream: Callable[[Backend, Any, str, float], AsyncIterator[ChunkBatch]]  # (backend, req, model, deadline)
 
 
-CHAT = Operation(name="chat", unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m: b.chat_stream(r, m))
+CHAT = Operation(name="chat", unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m, d: b.chat_stream(r, m, d))
 COMPLETION = Operation(name="text_completion", unary=lambda b, r, m: b.complete(r, m),
-                       stream=lambda b, r, m: b.complete_stream(r, m))
+                       stream=lambda b, r, m, d: b.complete_stream(r, m, d))
 
 
 class InferenceService:
@@ -158,7 +158,7 @@ class InferenceService:
             span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
                                       backend=backend.name)
             try:
-                chunks = op.stream(backend, req, model)  # may refuse the request before any I/O
+                chunks = op.stream(backend, req, model, deadline)  # may refuse the request before any I/O
             except BaseException:
                 span.end()
                 raise
@@ -196,12 +196,13 @@ class InferenceService:
         finish_reasons: list[str] = []
         outcome = "success"
         try:
-            batch: ChunkBatch | None = first
-            while batch is not None:
+            batch = first
+            ended = False  # the usage-only chunk arrived: by the backend contract, the stream's last
+            while True:
                 frames: list[bytes] = []
                 for chunk in batch:
                     if chunk.get("usage") and not chunk.get("choices"):
-                        usage = chunk["usage"]
+                        usage, ended = chunk["usage"], True
                         if include_usage:
                             frames.append(sse(chunk))
                         continue
@@ -211,21 +212,27 @@ class InferenceService:
                     if observer is not None:
                         observer.chunk(chunk)
                     frames.append(sse(chunk))
+                if ended:
+                    break
                 if frames:  # what arrived together leaves together: one write
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        batch = await anext(chunks)
+                    batch = await anext(chunks)  # the backend ends the stream by `deadline` (BackendTimeout)
                 except StopAsyncIteration:
-                    batch = None
-            yield SSE_DONE
+                    frames = []
+                    break
+            # The last frames, [DONE] and the end of the body leave in one write.
+            frames.append(SSE_DONE)
+            yield FinalPart(b"".join(frames))
+            if ended:
+                await self._drain(chunks, backend)
             lease.done()
         except (TimeoutError, GatewayError) as exc:
             err = exc if isinstance(exc, GatewayError) else BackendTimeout("stream exceeded the total timeout")
             outcome = outcome_of(err)
             lease.done(failed=isinstance(err, UpstreamError))
             log.warning("stream from %s broke after first byte: %s", backend, err)
-            yield sse(error_payload(err))  # no [DONE]: the answer is incomplete
+            yield FinalPart(sse(error_payload(err)))  # no [DONE]: the answer is incomplete
         except BaseException:  # client went away (cancelled) or the generator was closed
             outcome = "cancelled"
             lease.done(cancelled=True)
@@ -246,6 +253,16 @@ class InferenceService:
                 self._check_format(req, model, answer.text())
             if observer is not None:
                 observer.finished(usage, outcome == "success", None)
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[ChunkBatch], backend: str) -> None:
+        """Read a stream whose last chunk was relayed to its end, so the backend's connection is reused.
+        The client has its whole answer by now: what goes wrong here is only logged."""
+        try:
+            async for _ in chunks:
+                log.warning("backend %s sent chunks after its usage chunk; dropped", backend)
+        except GatewayError as exc:
+            log.warning("stream from %s did not end cleanly after its last chunk: %s", backend, exc)
 
     async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
         """The pool's failover loop under the request's deadline; failures before a replica answered are

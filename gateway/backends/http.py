@@ -95,10 +95,13 @@ class BackendHTTP:
         async with self._request(method, path, body) as resp:
             return json_object(await resp.read(), self.name, "JSON answer")
 
-    async def line_batches(self, path: str, body: bytes) -> AsyncIterator[list[bytes]]:
+    async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncIterator[list[bytes]]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:
-        the complete lines of each read from the socket. A body cut short raises BackendUnavailable."""
+        the complete lines of each read from the socket. A body cut short raises BackendUnavailable;
+        one still going at loop time `deadline` raises BackendTimeout."""
         async with self._request("POST", path, body) as resp:
+            if deadline is not None:
+                resp.expire_at(deadline)
             rest = b""
             async for piece in resp.pieces():
                 *complete, rest = (rest + piece if rest else piece).split(b"\n")

@@ -39,7 +39,7 @@ class BadResponse(ConnectionError):
 class Response:
     """Status and headers once they arrived; the body through `read()` or `pieces()`."""
 
-    __slots__ = ("status", "headers", "_conn", "_pieces", "_buffered", "_waiter", "_error", "complete")
+    __slots__ = ("status", "headers", "_conn", "_pieces", "_buffered", "_waiter", "_error", "complete", "_timer")
 
     def __init__(self, conn: "_Connection") -> None:
         self.status = 0
@@ -50,6 +50,13 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.complete = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def expire_at(self, when: float) -> None:
+        """The body must be whole by loop time `when`; after that reading it raises TimeoutError (and the
+        connection is not reused). One timer for the whole body, instead of one per wait."""
+        self._cancel_deadline()
+        self._timer = asyncio.get_running_loop().call_at(when, self._finish, TimeoutError("response deadline passed"))
 
     # -- fed by the connection --------------------------------------------------------------------
     def _add(self, piece: bytes) -> None:
@@ -65,7 +72,13 @@ class Response:
                 self.complete = True
             else:
                 self._error = error
+        self._cancel_deadline()
         self._wake()
+
+    def _cancel_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -257,6 +270,8 @@ class Http11Client:
             yield response
         finally:
             if conn is not None:
+                if conn.response is not None:
+                    conn.response._cancel_deadline()
                 if conn.response is not None and conn.response.complete and conn.reusable and not conn.closed \
                         and not self._closed:
                     conn.response = None

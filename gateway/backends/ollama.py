@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -40,21 +41,6 @@ class OllamaBackend(Backend):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _part_batches(self, path: str, body: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
-        """NDJSON objects, batched as they arrived; an {"error": ...} line (Ollama's mid-stream failure,
-        status 200) raises, after the objects before it went out."""
-        async for lines in self._http.line_batches(path, orjson.dumps(body)):
-            parts: list[dict[str, Any]] = []
-            for line in lines:
-                try:
-                    parts.append(stream_event(line, self.name, "NDJSON line"))
-                except BackendUnavailable:
-                    if parts:
-                        yield parts
-                    raise
-            if parts:
-                yield parts
-
     async def list_models(self) -> list[str]:
         tags = await self._http.json("GET", "/api/tags")
         return [m.get("model") or m["name"] for m in tags.get("models", []) if m.get("model") or m.get("name")]
@@ -84,22 +70,34 @@ class OllamaBackend(Backend):
                 "usage": _usage(r)}
 
     async def _chunk_batches(self, path: str, body: dict[str, Any], convert: Callable[[dict[str, Any]], ChunkBatch],
-                             head: dict[str, Any]) -> AsyncIterator[ChunkBatch]:
+                             head: dict[str, Any], deadline: float | None) -> AsyncIterator[ChunkBatch]:
         """Ollama's NDJSON parts as OpenAI chunk batches (`convert` maps one part); the part with
-        `done` ends the stream, followed by the usage-only chunk (`head` + usage) the contract wants."""
-        async for parts in self._part_batches(path, body):
-            batch: ChunkBatch = []
-            for part in parts:
-                batch += convert(part)
-                if part.get("done"):
-                    batch.append({**head, "choices": [], "usage": _usage(part)})
+        `done` ends the stream, followed by the usage-only chunk (`head` + usage) the contract wants.
+        An {"error": ...} line (Ollama's mid-stream failure, status 200) raises, after the chunks
+        before it went out."""
+        async with aclosing(self._http.line_batches(path, orjson.dumps(body), deadline)) as line_batches:
+            async for lines in line_batches:
+                batch: ChunkBatch = []
+                for line in lines:
+                    try:
+                        part = stream_event(line, self.name, "NDJSON line")
+                    except BackendUnavailable:
+                        if batch:
+                            yield batch
+                        raise
+                    batch += convert(part)
+                    if part.get("done"):
+                        batch.append({**head, "choices": [], "usage": _usage(part)})
+                        yield batch
+                        async for _ in line_batches:  # read to the body's end (usually here already): reuse
+                            pass
+                        return
+                if batch:
                     yield batch
-                    return
-            if batch:
-                yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
+    def chat_stream(self, req: ChatCompletionRequest, model: str,
+                    deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
         cid, created = completion_id("chatcmpl"), now()
         state = {"first": True, "tool_calls": False}
 
@@ -119,7 +117,7 @@ class OllamaBackend(Backend):
             return out
 
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-        return self._chunk_batches("/api/chat", self._chat_body(req, model, stream=True), convert, head)
+        return self._chunk_batches("/api/chat", self._chat_body(req, model, stream=True), convert, head, deadline)
 
     def _generate_body(self, req: CompletionRequest, model: str, stream: bool) -> dict[str, Any]:
         if req.n != 1:
@@ -136,7 +134,8 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
                 "usage": _usage(r)}
 
-    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
+    def complete_stream(self, req: CompletionRequest, model: str,
+                        deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
         body = self._generate_body(req, model, stream=True)
         cid, created = completion_id("cmpl"), now()
 
@@ -147,7 +146,7 @@ class OllamaBackend(Backend):
             return out
 
         head = {"id": cid, "object": "text_completion", "created": created, "model": model}
-        return self._chunk_batches("/api/generate", body, convert, head)
+        return self._chunk_batches("/api/generate", body, convert, head, deadline)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
         extra = req.model_extra or {}

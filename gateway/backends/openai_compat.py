@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -39,26 +40,27 @@ class OpenAICompatBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
-    async def _sse(self, path: str, content: bytes) -> AsyncIterator[ChunkBatch]:
+    async def _sse(self, path: str, content: bytes, deadline: float | None) -> AsyncIterator[ChunkBatch]:
         """SSE data events as chunk batches; ends at [DONE]; an error event raises (after the chunks before it)."""
-        async for lines in self._http.line_batches(path, content):
-            batch: ChunkBatch = []
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # comments (": ping") and event/id fields
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    if batch:
-                        yield batch
-                    return
-                try:
-                    batch.append(stream_event(data, self.name, "SSE event"))
-                except BackendUnavailable:
-                    if batch:
-                        yield batch
-                    raise
-            if batch:
-                yield batch
+        async with aclosing(self._http.line_batches(path, content, deadline)) as line_batches:
+            async for lines in line_batches:
+                batch: ChunkBatch = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # comments (": ping") and event/id fields
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        if batch:
+                            yield batch
+                        return
+                    try:
+                        batch.append(stream_event(data, self.name, "SSE event"))
+                    except BackendUnavailable:
+                        if batch:
+                            yield batch
+                        raise
+                if batch:
+                    yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended without [DONE]")
 
     @staticmethod
@@ -67,17 +69,18 @@ class OpenAICompatBackend(Backend):
         usage: dict[str, Any] | None = None
         content_chunks = 0
         last: Chunk | None = None
-        async for batch in batches:
-            out: ChunkBatch = []
-            for chunk in batch:
-                last = chunk
-                if chunk.get("usage"):
-                    usage = chunk.pop("usage")
-                if chunk.get("choices"):
-                    content_chunks += 1
-                    out.append(chunk)
-            if out:
-                yield out
+        async with aclosing(batches):
+            async for batch in batches:
+                out: ChunkBatch = []
+                for chunk in batch:
+                    last = chunk
+                    if chunk.get("usage"):
+                        usage = chunk.pop("usage")
+                    if chunk.get("choices"):
+                        content_chunks += 1
+                        out.append(chunk)
+                if out:
+                    yield out
         if last is not None:
             usage = usage or usage_dict(0, content_chunks)  # a server without usage: count chunks
             yield [{**{k: last[k] for k in ("id", "object", "created", "model") if k in last},
@@ -90,14 +93,16 @@ class OpenAICompatBackend(Backend):
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
         return await self._http.json("POST", "/chat/completions", self._body(req, model, stream=False))
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
-        return self._usage_last(self._sse("/chat/completions", self._body(req, model, stream=True)))
+    def chat_stream(self, req: ChatCompletionRequest, model: str,
+                    deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
+        return self._usage_last(self._sse("/chat/completions", self._body(req, model, stream=True), deadline))
 
     async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
         return await self._http.json("POST", "/completions", self._body(req, model, stream=False))
 
-    def complete_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[ChunkBatch]:
-        return self._usage_last(self._sse("/completions", self._body(req, model, stream=True)))
+    def complete_stream(self, req: CompletionRequest, model: str,
+                        deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
+        return self._usage_last(self._sse("/completions", self._body(req, model, stream=True), deadline))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
         return await self._http.json("POST", "/embeddings", self._body(req, model, stream=None))

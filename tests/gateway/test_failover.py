@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -135,6 +136,18 @@ def test_hung_backend_never_holds_a_plain_request_past_the_total_timeout() -> No
                        timeout=10)
         assert r.status_code == 504 and r.json()["error"]["code"] == "backend_timeout"
         control.reset()
+
+
+def test_a_stream_still_going_at_the_total_timeout_ends_with_a_timeout_event() -> None:
+    with running_ollama_double(tokens=20, token_delay=0.2) as d, running_gateway(
+            [("ollama", d.url)], env={"GATEWAY_TOTAL_TIMEOUT_S": "1"}) as gw:
+        t0 = time.perf_counter()
+        status, events = sse_events(gw, {"model": MODEL, "messages": HI, "stream": True})
+        elapsed = time.perf_counter() - t0
+    assert status == 200 and '"choices"' in events[0]  # tokens flowed before the deadline
+    assert "[DONE]" not in events
+    assert '"backend_timeout"' in events[-1]
+    assert elapsed < 3  # 20 tokens 0.2 s apart would take 4 s
 
 
 @pytest.mark.parametrize("fault", ["die_mid_stream_next", "error_line_next"])

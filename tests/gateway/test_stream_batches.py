@@ -10,7 +10,7 @@ import pytest
 
 from gateway.backends.ollama import OllamaBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import BackendSpec, Settings
 from tests.support.raw_server import read_request, server
@@ -103,6 +103,41 @@ async def test_an_error_line_mid_batch_delivers_the_tokens_before_it() -> None:
         batches, error = await collect(ollama(url))
     assert texts(batches) == "ab"
     assert error is not None and "model crashed" in str(error)
+
+
+async def test_a_stream_is_read_to_its_end_so_its_connection_serves_the_next() -> None:
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(ndjson(*TOKENS, DONE)))
+            await writer.drain()
+            await asyncio.sleep(0.02)  # the end of the body comes after the done line, in its own write
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        await reader.read()
+
+    async with server(twice) as (url, accepted):
+        backend = ollama(url)
+        try:
+            for _ in range(2):
+                assert texts([batch async for batch in backend.chat_stream(REQ, "m")]) == "abc"
+        finally:
+            await backend.aclose()
+    assert len(accepted) == 1
+
+
+async def test_a_stream_past_its_deadline_raises_backend_timeout() -> None:
+    async with server(replying(*(ndjson(t) for t in TOKENS), ndjson(DONE), gap_s=0.2)) as (url, _):
+        backend = ollama(url)
+        deadline = asyncio.get_running_loop().time() + 0.3
+        batches: list[list[dict]] = []
+        try:
+            with pytest.raises(BackendTimeout):
+                async for batch in backend.chat_stream(REQ, "m", deadline):
+                    batches.append(batch)
+        finally:
+            await backend.aclose()
+    assert 1 <= len(batches) < 4 and texts(batches) in ("a", "ab")
 
 
 def sse(*events: dict | str) -> bytes:
