@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         points = run_points(targets, mock.proc.pid, mock.url, args, opts.model, Path(tmp), dead)
         rss = {t.name: t.peak_rss() for t in targets}
     info["load_average_at_end"] = machine.load_average()
-    settings = {"requests per point": args.requests, "warm-up per point": args.warmup,
+    settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
                 "mock": f"{opts.tokens} tokens, {opts.token_delay_ms} ms between streamed tokens, "
                         f"plain answer after {opts.plain_delay_ms} ms",
                 "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai"}

@@ -142,7 +142,7 @@ def _schedule(spec: LoadSpec) -> list[int]:
 
 
 async def run(spec: LoadSpec) -> tuple[Results, float, float, dict[str, float]]:
-    """Warm up, then send `spec.requests` requests.
+    """Warm up, then send `spec.requests` requests (one continuous run; see the end).
 
     Returns the results, wall and own CPU seconds of the measured phase, and the CPU seconds
     each watched server spent in exactly that phase (read here, where its edges are known)."""
@@ -151,8 +151,16 @@ async def run(spec: LoadSpec) -> tuple[Results, float, float, dict[str, float]]:
     unique = itertools.count(int(time.time() * 1000) % 10**9 * 1000)
     conns = [Connection(spec.host, spec.port) for _ in range(spec.concurrency)]
 
-    async def client(conn: Connection, counter: itertools.count, last: int, record: bool) -> None:
+    window: list[tuple[float, float, CpuSnapshot]] = []  # (clock, own CPU, servers' CPU) when measuring began
+
+    def measuring_starts() -> None:
+        window.append((time.perf_counter(), _cpu(), CpuSnapshot.take(spec.watch_pids)))
+
+    async def client(conn: Connection, counter: itertools.count, last: int) -> None:
         while (i := next(counter)) < last:
+            record = i >= spec.warmup
+            if i == spec.warmup:
+                measuring_starts()
             kind, head, body = templates[cycle[i % len(cycle)]]
             payload = body.replace("{n}", str(next(unique))).encode() if "{n}" in body else body.encode()
             raw = head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
@@ -163,21 +171,19 @@ async def run(spec: LoadSpec) -> tuple[Results, float, float, dict[str, float]]:
                     ValueError) as exc:
                 conn.close()
                 outcome = (0, float("nan"), float("nan"), 0, 0.0)
-                name = type(exc).__name__
-                results.errors[name] = results.errors.get(name, 0) + 1
+                if record:
+                    name = type(exc).__name__
+                    results.errors[name] = results.errors.get(name, 0) + 1
             if record:
                 _record(results, kind.name, outcome, spec.progress_every)
 
-    async def phase(first: int, last: int, record: bool) -> None:
-        counter = itertools.count(first)
-        await asyncio.gather(*(client(c, counter, last, record) for c in conns))
-
-    # The warm-up runs on the same connections; timing starts when it is over.
-    await phase(0, spec.warmup, record=False)
-    results.errors.clear()
-    servers0 = CpuSnapshot.take(spec.watch_pids)
-    cpu0, t0 = _cpu(), time.perf_counter()
-    await phase(spec.warmup, spec.warmup + spec.requests, record=True)
+    # Warm-up and measurement are one run on the same connections, with no barrier between them:
+    # a barrier would start all clients at the same instant, and that synchronised burst (not the
+    # steady load asked for) took the first few hundred measured requests to smooth out. Timing and
+    # CPU start when the first measured request is taken.
+    counter = itertools.count(0)
+    await asyncio.gather(*(client(c, counter, spec.warmup + spec.requests) for c in conns))
+    t0, cpu0, servers0 = window[0]
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     servers = CpuSnapshot.take(spec.watch_pids).since(servers0)
     for c in conns:

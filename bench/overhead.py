@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         rss = {"gateway": gateway.peak_rss()}  # while the processes still run
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info["load_average_at_end"] = machine.load_average()
-    settings = {"requests per point": args.requests, "backend answers in": f"{args.backend_ms} ms",
+    settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
+                "backend answers in": f"{args.backend_ms} ms",
                 "gateway": "one uvicorn worker, Ollama backend, " + ("no Redis" if args.no_redis else "Redis")}
     text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,
                            points=points, rss=rss,

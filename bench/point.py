@@ -69,10 +69,18 @@ def backend_calls(mock_url: str) -> int:
     return int(httpx.get(f"{mock_url}/_stats", timeout=10).json()["inference_calls"])
 
 
+WARMUP_PER_CLIENT = 10
+
+
 def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurrency: int, requests: int,
             warmup: int, workdir: Path, mock_url: str, extra_pids: dict[str, int] | None = None) -> PointSummary:
     """Send the load; the CPU of the target's processes (and extra ones, e.g. the mock) is
-    read by the load generator at the edges of its measured phase (warm-up excluded)."""
+    read by the load generator at the edges of its measured phase (warm-up excluded).
+
+    The warm-up is at least WARMUP_PER_CLIENT requests per client: with fewer, the measured window
+    still held the start-up transient (every client and backend connection being opened, and the
+    first waves of all clients firing together), the first few hundred requests at 50 clients."""
+    warmup = max(warmup, WARMUP_PER_CLIENT * concurrency)
     spec = {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": requests,
             "warmup": warmup, "kinds": [asdict(k) for k in kinds],
             "watch_pids": {**target.pids(), **(extra_pids or {})}}

@@ -161,12 +161,8 @@ class FrontDoor:
 
     async def _serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send, exchange: _Exchange) -> None:
         try:
-            body = await self._read_body(scope, receive)
-
-            async def replay() -> Message:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            request = Request(scope, replay)
+            request = Request(scope, receive)
+            request._body = await self._read_body(scope, receive)  # Starlette's own cache: body() returns it
             response = await handler(request, await authenticated(request))
         except _ClientGone:
             exchange.status = 499

@@ -80,6 +80,13 @@ def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+def add_headers(response: Response, headers: dict[str, str]) -> None:
+    """Append headers the response does not carry yet: straight onto its raw list (Starlette's
+    MutableHeaders scans the whole list for every name it sets, several times per request here)."""
+    response.raw_headers.extend((name.lower().encode("latin-1"), value.encode("latin-1"))
+                                for name, value in headers.items())
+
+
 class _Bookkeeper:
     """The policy's AnswerObserver: assembles a streamed answer for the cache and books usage, limits
     and the cache write once the serving layer says the answer ended (whole or not)."""
@@ -191,7 +198,7 @@ class Policy:
         except BaseException:
             self._account(principal, model, reservation, (0, 0), count_request=False)
             raise
-        response.headers.update({"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
+        add_headers(response, {"X-Cache": "BYPASS" if decision.bypass else "MISS", **extra_headers})
         return response
 
     async def _reserve_and_read(self, principal: Principal, req: Any, body: dict[str, Any],

@@ -90,26 +90,40 @@ class Response:
         """Body bytes as they arrive; raises ConnectionClosed if the body is cut short."""
         while True:
             if self._pieces:  # everything that arrived so far, as one piece: the caller batches by read
-                pieces = self._pieces
-                piece = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
-                pieces.clear()
-                self._buffered = 0
-                self._conn.resume()
-                yield piece
+                yield self._take()
                 continue
             if self.complete:
                 return
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
 
     async def read(self) -> bytes:
-        parts = [piece async for piece in self.pieces()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """The whole body (a plain loop rather than `pieces()`: no async generator per unary call)."""
+        parts: list[bytes] = []
+        while True:
+            if self._pieces:
+                parts.append(self._take())  # taken as it comes, so a large body never pauses the connection
+            if self.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def _take(self) -> bytes:
+        pieces = self._pieces
+        piece = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self._buffered = 0
+        self._conn.resume()
+        return piece
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class _Connection(asyncio.Protocol):

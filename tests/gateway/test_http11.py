@@ -224,6 +224,25 @@ async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> No
     assert buffered <= HIGH_WATER_BYTES + 65536 * 4, "reading paused near the high-water mark"
 
 
+async def test_read_takes_a_body_larger_than_the_high_water_mark_whole() -> None:
+    total = HIGH_WATER_BYTES * 4
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        for i in range(total // 65536):
+            writer.write(bytes([65 + i % 26]) * 65536)
+            await writer.drain()
+        await reader.read()
+
+    async with server(big) as (url, _):
+        http = client(url)
+        async with http.request("GET", "/") as resp:
+            body = await asyncio.wait_for(resp.read(), 10)  # never stuck behind its own paused socket
+        await http.aclose()
+    assert len(body) == total and body[:1] == b"A" and body[-1:] == bytes([65 + (total // 65536 - 1) % 26])
+
+
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="http"):
         Http11Client("ftp://example.com", connect_timeout_s=1, max_connections=1)
