@@ -40,7 +40,8 @@ def serve() -> int:
     quiet_garbage_collector()
     # log_config=None: uvicorn's own loggers go through the JSON handler too.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=None, access_log=False, loop="uvloop", http=GatewayHttpProtocol, timeout_graceful_shutdown=10)
+                log_config=None, access_log=False, loop="uvloop", http=GatewayHttpProtocol,
+                timeout_graceful_shutdown=10)
     return 0
 
 

@@ -8,8 +8,8 @@ chunk (which the gateway already has when it starts the response). A head with n
 the same loop turn (HEAD, 204, a stream still waiting) leaves at the end of that turn, so nothing
 waits on the app.
 
-Measured with `python -m bench.overhead`: see bench/reports/2026-11-23/ (fewer syscalls and
-client wake-ups per request, on the gateway and on the load generator sharing its cores).
+Measured (strace -c on the gateway, 50 clients): socket writes per plain request 4 -> 3, per streamed
+one 6 -> 3 together with FinalPart (gateway/protocol.py); bench/reports/2026-11-22/README.md.
 """
 
 from __future__ import annotations

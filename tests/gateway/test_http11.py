@@ -7,8 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.backends.http11 import HIGH_WATER_BYTES, BadResponse, ConnectionClosed, Http11Client
+from gateway.backends.http11 import (
+    HIGH_WATER_BYTES,
+    BadResponse,
+    ConnectionClosed,
+    Http11Client,
+)
 from tests.support.raw_server import read_request, server
+
 
 async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     """Poll `condition` on the loop until it holds (a bounded wait for a socket event, not a fixed sleep)."""
