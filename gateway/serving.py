@@ -48,10 +48,8 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def json_response(obj: Any, status_code: int = 200, headers: dict[str, str] | None = None,
-                  background: BackgroundTask | None = None) -> Response:
-    return Response(orjson.dumps(obj), status_code=status_code, media_type="application/json", headers=headers,
-                    background=background)
+def json_response(obj: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status_code, media_type="application/json", headers=headers)
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -133,6 +131,7 @@ class InferenceService:
         lease.done()
         elapsed = time.perf_counter() - t0
         replica = lease.replica.name
+        body = orjson.dumps(result)
 
         async def book() -> None:
             usage = result.get("usage") or {}
@@ -141,12 +140,13 @@ class InferenceService:
             if op is CHAT:
                 self._check_format(req, model, unary_answer(result))
             if observer is not None:
-                observer.finished(usage, True, result, response.body)
+                observer.finished(usage, True, result, body)
 
         # The bookkeeping runs once the answer is on its way (the front layer awaits `background`
         # right after sending), so the client does not wait for metrics, usage and the cache write.
-        response = json_response(result, background=BackgroundTask(book))
-        return response
+        # `book` holds the body, not the response: a response -> task -> book -> response cycle left
+        # every unary answer's objects to the cyclic collector (pauses of ~5 ms under load).
+        return Response(body, media_type="application/json", background=BackgroundTask(book))
 
     # -- streaming -------------------------------------------------------------------------
 

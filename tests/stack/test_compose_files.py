@@ -268,6 +268,19 @@ def test_gateway_runs_in_production_mode_against_redis_and_ollama(services: dict
         assert int(gateway["deploy"]["replicas"]) >= 2
 
 
+def test_the_gateway_sees_client_addresses_through_nginx(model: dict[str, Any]) -> None:
+    """uvicorn trusts X-Forwarded-For only from FORWARDED_ALLOW_IPS (default 127.0.0.1, never nginx's
+    container): without it every anonymous caller would share nginx's address and one limit."""
+    services = model["services"]
+    assert services["gateway"]["environment"].get("FORWARDED_ALLOW_IPS") == "*"
+    # which is safe only because nothing but the internal network reaches the gateway ...
+    assert not services["gateway"].get("ports") and services["gateway"]["networks"] in (["internal"], {"internal": None})
+    assert model["networks"]["internal"].get("internal") is True
+    # ... and nginx replaces, never appends to, what a client sends
+    conf = (NGINX_DIR / "api_server.conf").read_text()
+    assert re.search(r"proxy_set_header X-Forwarded-For \$remote_addr;", conf)
+
+
 def test_nginx_template_renders_from_the_compose_environment(services: dict[str, dict[str, Any]]) -> None:
     values = {k: str(v) for k, v in services["nginx"]["environment"].items() if k.startswith("NGINX_")}
     template = (NGINX_DIR / "templates" / "gateway.conf.template").read_text()
