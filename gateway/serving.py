@@ -196,10 +196,7 @@ class InferenceService:
         finish_reasons: list[str] = []
         outcome = "success"
         try:
-            # The first token leaves before the rest of its batch is translated: time to first token is
-            # what a user feels, and a batch can hold a whole short answer.
-            rest_of_first = first[1:] if len(first) > 1 and first[0].get("choices") else None
-            batch = first[:1] if rest_of_first else first
+            batch = first
             ended = False  # the usage-only chunk arrived: by the backend contract, the stream's last
             while True:
                 frames: list[bytes] = []
@@ -219,9 +216,6 @@ class InferenceService:
                     break
                 if frames:  # what arrived together leaves together: one write
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
-                if rest_of_first:
-                    batch, rest_of_first = rest_of_first, None
-                    continue
                 try:
                     batch = await anext(chunks)  # the backend ends the stream by `deadline` (BackendTimeout)
                 except StopAsyncIteration:

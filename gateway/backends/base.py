@@ -6,7 +6,8 @@ OpenAI response dict; a stream yields OpenAI chunk dicts and ends with one usage
 asked for `stream_options.include_usage`.
 
 Streams yield *batches*: every chunk that arrived together (one read from the socket) in one
-non-empty list, so the serving layer writes them to the client in one write. A model streaming
+non-empty list, so the serving layer writes them to the client in one write; only the stream's
+first chunk comes alone, so the first token is not held back by the rest of its read. A model streaming
 token by token gives batches of one; a backend running ahead of a busy gateway gives bigger ones,
 and the gateway's cost per chunk falls exactly when it is loaded.
 """

@@ -97,17 +97,25 @@ class BackendHTTP:
 
     async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncIterator[list[bytes]]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:
-        the complete lines of each read from the socket. A body cut short raises BackendUnavailable;
-        one still going at loop time `deadline` raises BackendTimeout."""
+        the complete lines of each read from the socket, except that the body's first line comes
+        alone, so the first token is relayed before the rest of its read is parsed (a read can hold
+        a whole short answer). A body cut short raises BackendUnavailable; one still going at loop
+        time `deadline` raises BackendTimeout."""
         async with self._request("POST", path, body) as resp:
             if deadline is not None:
                 resp.expire_at(deadline)
             rest = b""
+            first = True
             async for piece in resp.pieces():
                 *complete, rest = (rest + piece if rest else piece).split(b"\n")
                 batch = [stripped for line in complete if (stripped := line.rstrip(b"\r"))]
-                if batch:
-                    yield batch
+                if not batch:
+                    continue
+                if first and len(batch) > 1:
+                    yield batch[:1]
+                    batch = batch[1:]
+                first = False
+                yield batch
             rest = rest.rstrip(b"\r")
             if rest:
                 yield [rest]

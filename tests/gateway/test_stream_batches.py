@@ -74,11 +74,11 @@ def openai_compat(url: str) -> OpenAICompatBackend:
     return OpenAICompatBackend(BackendSpec(kind="openai", url=url), Settings(backends=[]))
 
 
-async def test_what_arrives_together_is_one_batch_and_the_usage_chunk_ends_it() -> None:
+async def test_the_first_token_comes_alone_then_the_rest_of_its_read_as_one_batch() -> None:
     async with server(replying(ndjson(*TOKENS, DONE))) as (url, _):
         batches, error = await collect(ollama(url))
-    assert error is None and len(batches) == 1
-    assert texts(batches) == "abc"
+    assert error is None and [len(b) for b in batches] == [1, 4]  # "a"; then "b", "c", finish, usage
+    assert texts(batches[:1]) == "a" and texts(batches) == "abc"
     assert batches[-1][-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
     assert batches[-1][-2]["choices"][0]["finish_reason"] == "stop"
 

@@ -1,5 +1,6 @@
-"""How a relayed stream is cut into writes: the first token alone and at once, the rest of what arrived
-together in one write, and the last frames with [DONE] and the end of the body in one (FinalPart).
+"""How a relayed stream is cut into writes: what arrived together in one write, and the last frames
+with [DONE] and the end of the body in one (FinalPart). (The first token comes alone from the
+transport: tests/gateway/test_stream_batches.py.)
 And what an answer leaves behind: nothing for the cyclic garbage collector."""
 
 from __future__ import annotations
@@ -69,11 +70,10 @@ def contents(part: bytes) -> list[str]:
             for line in part.split(b"\n\n") if line.startswith(b"data: {")]
 
 
-async def test_first_token_alone_then_the_rest_of_its_batch_with_done_and_the_end() -> None:
+async def test_a_batch_that_ends_the_stream_is_one_write_with_done_and_the_end() -> None:
     parts, lease = await relay([chunk("a"), chunk("b"), chunk("c", "stop"), USAGE])
-    assert [contents(p) for p in parts] == [["a"], ["b", "c"]]
-    assert type(parts[0]) is bytes and type(parts[-1]) is FinalPart
-    assert parts[-1].endswith(SSE_DONE)
+    assert [contents(p) for p in parts] == [["a", "b", "c"]]
+    assert type(parts[0]) is FinalPart and parts[0].endswith(SSE_DONE)
     assert lease.calls == [{"failed": False, "cancelled": False}]
 
 
