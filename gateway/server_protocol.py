@@ -9,7 +9,7 @@ the same loop turn (HEAD, 204, a stream still waiting) leaves at the end of that
 waits on the app.
 
 Measured (strace -c on the gateway, 50 clients): socket writes per plain request 4 -> 3, per streamed
-one 6 -> 3 together with FinalPart (gateway/protocol.py); bench/reports/2026-11-22/README.md.
+one 6 -> 3 together with FinalPart (gateway/protocol.py); bench/reports/2026-11-23/README.md.
 """
 
 from __future__ import annotations

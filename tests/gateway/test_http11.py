@@ -206,18 +206,22 @@ async def test_pool_limit_makes_callers_wait_for_a_connection() -> None:
     assert peak == 2 and len(accepted) == 2
 
 
+BIG = HIGH_WATER_BYTES * 4  # a body the client must pause for
+BLOCK = 65536
+
+
+async def big_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers with BIG bytes as fast as TCP takes them, block i filled with letter i (A, B, ...)."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % BIG)
+    for i in range(BIG // BLOCK):
+        writer.write(bytes([65 + i % 26]) * BLOCK)
+        await writer.drain()
+    await reader.read()
+
+
 async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> None:
-    total = HIGH_WATER_BYTES * 4
-
-    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
-        for _ in range(total // 65536):
-            writer.write(b"x" * 65536)
-            await writer.drain()
-        await reader.read()
-
-    async with server(big) as (url, _):
+    async with server(big_body) as (url, _):
         http = client(url)
         async with http.request("GET", "/") as resp:
             await until(lambda: resp._conn._paused)  # the server ran ahead: the client stopped reading
@@ -226,27 +230,17 @@ async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> No
             async for piece in resp.pieces():
                 got += len(piece)
         await http.aclose()
-    assert got == total
-    assert buffered <= HIGH_WATER_BYTES + 65536 * 4, "reading paused near the high-water mark"
+    assert got == BIG
+    assert buffered <= HIGH_WATER_BYTES + BLOCK * 4, "reading paused near the high-water mark"
 
 
 async def test_read_takes_a_body_larger_than_the_high_water_mark_whole() -> None:
-    total = HIGH_WATER_BYTES * 4
-
-    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
-        for i in range(total // 65536):
-            writer.write(bytes([65 + i % 26]) * 65536)
-            await writer.drain()
-        await reader.read()
-
-    async with server(big) as (url, _):
+    async with server(big_body) as (url, _):
         http = client(url)
         async with http.request("GET", "/") as resp:
             body = await asyncio.wait_for(resp.read(), 10)  # never stuck behind its own paused socket
         await http.aclose()
-    assert len(body) == total and body[:1] == b"A" and body[-1:] == bytes([65 + (total // 65536 - 1) % 26])
+    assert len(body) == BIG and body[:1] == b"A" and body[-1:] == bytes([65 + (BIG // BLOCK - 1) % 26])
 
 
 def test_only_http_urls_are_accepted() -> None:
