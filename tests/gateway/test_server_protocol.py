@@ -102,8 +102,11 @@ async def test_through_uvicorn_a_plain_answer_is_one_write_and_a_stream_two() ->
                                            log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
+        for _ in range(500):  # up to 5 s for the server to listen
+            if server.started:
+                break
             await asyncio.sleep(0.01)
+        assert server.started
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             _Recorder.writes.clear()
             r = await client.get("/plain")
