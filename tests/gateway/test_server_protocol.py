@@ -62,16 +62,17 @@ async def test_closing_writes_a_held_head_first() -> None:
     assert real.writes == [HEAD] and real.closed
 
 
+WRITES: list[bytes] = []  # what reached the socket, across the test's connections
+
+
 class _Recorder:
     """Wraps the real transport uvicorn hands the protocol, recording what reaches the socket."""
-
-    writes: list[bytes] = []
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
 
     def write(self, data: bytes) -> None:
-        _Recorder.writes.append(data)
+        WRITES.append(data)
         self._transport.write(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -108,16 +109,16 @@ async def test_through_uvicorn_a_plain_answer_is_one_write_and_a_stream_two() ->
             await asyncio.sleep(0.01)
         assert server.started
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            _Recorder.writes.clear()
+            WRITES.clear()
             r = await client.get("/plain")
             assert r.text == "hello"
-            assert len(_Recorder.writes) == 1 and _Recorder.writes[0].startswith(b"HTTP/1.1 200")
-            _Recorder.writes.clear()
+            assert len(WRITES) == 1 and WRITES[0].startswith(b"HTTP/1.1 200")
+            WRITES.clear()
             r = await client.get("/stream")
             assert r.text == "onetwo"
-            assert len(_Recorder.writes) == 2  # head + "one"; "two" + the chunked terminator
-            assert _Recorder.writes[0].startswith(b"HTTP/1.1 200") and _Recorder.writes[0].endswith(b"3\r\none\r\n")
-            assert _Recorder.writes[1] == b"3\r\ntwo\r\n0\r\n\r\n"
+            assert len(WRITES) == 2  # head + "one"; "two" + the chunked terminator
+            assert WRITES[0].startswith(b"HTTP/1.1 200") and WRITES[0].endswith(b"3\r\none\r\n")
+            assert WRITES[1] == b"3\r\ntwo\r\n0\r\n\r\n"
     finally:
         server.should_exit = True
         await task
