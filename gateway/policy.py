@@ -91,17 +91,14 @@ class _Bookkeeper:
     """The policy's AnswerObserver: assembles a streamed answer for the cache and books usage, limits
     and the cache write once the serving layer says the answer ended (whole or not)."""
 
-    __slots__ = ("policy", "principal", "model", "reservation", "store_key", "assembler")
+    __slots__ = ("policy", "principal", "model", "reservation", "store_key", "assembler", "on_chunk")
 
     def __init__(self, policy: "Policy", principal: Principal, model: str, reservation: Reservation | None,
                  store_key: str, stream: bool) -> None:
         self.policy, self.principal, self.model = policy, principal, model
         self.reservation, self.store_key = reservation, store_key
         self.assembler = StreamAssembler() if store_key and stream else None
-
-    def chunk(self, chunk: dict[str, Any]) -> None:
-        if self.assembler is not None:
-            self.assembler.add(chunk)
+        self.on_chunk = self.assembler.add if self.assembler is not None else None  # chunks only matter to the cache
 
     def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None,
                  body: bytes | None = None) -> None:

@@ -66,8 +66,9 @@ class AnswerObserver(Protocol):
     """Hears an answer as the serving layer builds it, so a caller (the policy: usage, limits, cache)
     never re-parses the bytes that were just serialised."""
 
-    def chunk(self, chunk: Chunk) -> None:
-        """Every streamed chunk with choices (not the usage-only one)."""
+    # Called with every streamed chunk that has choices (not the usage-only one); None when the
+    # observer has no use for them, so a stream that is not being cached pays no call per chunk.
+    on_chunk: Callable[[Chunk], None] | None
 
     def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None,
                  body: bytes | None = None) -> None:
@@ -195,23 +196,28 @@ class InferenceService:
         usage: dict[str, Any] = {}
         finish_reasons: list[str] = []
         outcome = "success"
+        on_chunk = observer.on_chunk if observer is not None else None
+        dumps = orjson.dumps
         try:
             batch = first
             ended = False  # the usage-only chunk arrived: by the backend contract, the stream's last
             while True:
                 frames: list[bytes] = []
-                for chunk in batch:
-                    if chunk.get("usage") and not chunk.get("choices"):
+                for chunk in batch:  # per token: kept to the few steps every chunk needs
+                    choices = chunk.get("choices")
+                    if not choices and chunk.get("usage"):
                         usage, ended = chunk["usage"], True
                         if include_usage:
-                            frames.append(sse(chunk))
+                            frames.append(b"data: " + dumps(chunk) + b"\n\n")
                         continue
-                    finish_reasons += [c["finish_reason"] for c in chunk.get("choices") or () if c.get("finish_reason")]
+                    for choice in choices or ():
+                        if choice.get("finish_reason"):
+                            finish_reasons.append(choice["finish_reason"])
                     if answer is not None:
                         answer.feed(chunk)
-                    if observer is not None:
-                        observer.chunk(chunk)
-                    frames.append(sse(chunk))
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    frames.append(b"data: " + dumps(chunk) + b"\n\n")
                 if ended:
                     break
                 if frames:  # what arrived together leaves together: one write

@@ -92,8 +92,16 @@ class BackendHTTP:
 
     async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
         """One request, the whole JSON answer."""
-        async with self._request(method, path, body) as resp:
-            return json_object(await resp.read(), self.name, "JSON answer")
+        if self.tracer is not None:  # the client span needs the request's context manager
+            async with self._request(method, path, body) as resp:
+                return json_object(await resp.read(), self.name, "JSON answer")
+        try:
+            status, raw = await self._client.fetch(method, path, body)
+        except (OSError, asyncio.TimeoutError) as exc:  # as in `_request`
+            raise self.translate(exc) from None
+        if status >= 400:
+            raise error_for_status(status, error_message(raw), self.name)
+        return json_object(raw, self.name, "JSON answer")
 
     async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncIterator[list[bytes]]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:

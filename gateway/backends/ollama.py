@@ -79,12 +79,17 @@ class OllamaBackend(Backend):
             async for lines in line_batches:
                 batch: ChunkBatch = []
                 for line in lines:
-                    try:
-                        part = stream_event(line, self.name, "NDJSON line")
-                    except BackendUnavailable:
-                        if batch:
-                            yield batch
-                        raise
+                    try:  # the common case inline (one per token); `stream_event` words the errors
+                        part = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        part = None
+                    if type(part) is not dict or "error" in part:
+                        try:
+                            part = stream_event(line, self.name, "NDJSON line")
+                        except BackendUnavailable:
+                            if batch:
+                                yield batch
+                            raise
                     batch += convert(part)
                     if part.get("done"):
                         batch.append({**head, "choices": [], "usage": _usage(part)})

@@ -52,6 +52,52 @@ async def test_sequential_requests_reuse_one_connection_and_prefix_the_base_path
     assert len(accepted) == 1
 
 
+async def test_fetch_returns_status_and_body_and_reuses_the_connection() -> None:
+    async with server(keep_alive_echo) as (url, accepted):
+        http = client(url + "/v1")
+        port = url.rsplit(":", 1)[1].encode()
+        for i in range(3):
+            assert await http.fetch("POST", "/chat", b"body-%d" % i) == (
+                200, b"POST /v1/chat HTTP/1.1|127.0.0.1:" + port + b"|body-%d" % i)
+        await http.aclose()
+    assert len(accepted) == 1
+
+
+async def test_fetch_does_not_reuse_a_connection_whose_body_ran_until_close() -> None:
+    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\nbusy")
+        await writer.drain()
+
+    async with server(http10_style) as (url, accepted):
+        http = client(url)
+        for _ in range(2):
+            assert await http.fetch("GET", "/") == (503, b"busy")
+        await http.aclose()
+    assert len(accepted) == 2
+
+
+async def test_fetch_of_a_body_cut_short_raises_and_frees_its_slot() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
+            await writer.drain()
+            writer.close()
+            return
+
+    async with server(cut) as (url, accepted):
+        http = client(url, max_connections=1)
+        for _ in range(2):  # with one slot, the second call proves the first gave its slot back
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(http.fetch("POST", "/x", b"{}"), 2.0)
+        await http.aclose()
+    assert len(accepted) == 2
+
+
 async def test_chunked_body_arrives_piece_by_piece() -> None:
     release = asyncio.Event()
 
