@@ -65,8 +65,17 @@ def _refused(message: str, *, token: bool = False) -> Unauthorized:
     return Unauthorized(message, headers={"WWW-Authenticate": challenge})
 
 
+def raw_header(request: Request, name: bytes) -> str | None:
+    """The first value of header `name` (lower-case bytes), read from the ASGI scope: the same answer
+    as `request.headers.get`, without building Starlette's Headers object on the inference path."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def presented_credential(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    header = raw_header(request, b"authorization")
     if header:
         if len(header) > MAX_CREDENTIAL_BYTES:
             raise _refused("Authorization header too large", token=True)
@@ -74,7 +83,7 @@ def presented_credential(request: Request) -> str | None:
         if scheme.lower() != "bearer" or not value.strip():
             raise _refused("Authorization header must be 'Bearer <API key or token>'")
         return value.strip()
-    key = request.headers.get("x-api-key")
+    key = raw_header(request, b"x-api-key")
     if key is not None and len(key) > MAX_CREDENTIAL_BYTES:
         raise _refused("X-API-Key header too large")
     return key
@@ -105,6 +114,9 @@ class Authenticator:
     admin_key: str | None
     default_rpm: int | None = None
     default_tpm: int | None = None
+    # key id -> (the record it was made from, its Principal): a key's Principal is built once per
+    # record version, not on every request (a changed key is a new record object).
+    _principals: dict[str, tuple[ApiKey, Principal]] = field(default_factory=dict, repr=False)
 
     async def principal(self, credential: str | None) -> Principal:
         if self.admin_key is None:
@@ -114,8 +126,18 @@ class Authenticator:
         if hmac.compare_digest(credential.encode(), self.admin_key.encode()):
             return BOOTSTRAP_ADMIN
         if credential.startswith(KEY_PREFIX):
-            return principal_for_key(_check_active(await self._lookup(self.keys.find, credential)))
+            return self._principal_of(_check_active(await self._lookup(self.keys.find, credential)))
         return await self._from_token(credential)
+
+    def _principal_of(self, record: ApiKey) -> Principal:
+        cached = self._principals.get(record.id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        principal = principal_for_key(record)
+        if len(self._principals) >= self.keys.max_entries:
+            self._principals.clear()
+        self._principals[record.id] = (record, principal)
+        return principal
 
     async def _lookup(self, find, value: str) -> ApiKey | None:  # noqa: ANN001
         try:

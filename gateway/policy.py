@@ -20,7 +20,7 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.responses import Response, StreamingResponse
 
-from gateway.auth import Authenticator, Principal
+from gateway.auth import Authenticator, Principal, raw_header
 from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
 from gateway.cost import PriceTable
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
@@ -213,7 +213,7 @@ class Policy:
     def _decide(self, request: Request, body: dict[str, Any], endpoint: str) -> CacheDecision:
         if not self.cache_enabled or not self.cache.available:
             return BYPASS
-        return decide(body, request.headers.get("cache-control"), request.headers.get("x-gateway-cache"),
+        return decide(body, raw_header(request, b"cache-control"), raw_header(request, b"x-gateway-cache"),
                       deterministic_endpoint=endpoint == "embeddings")
 
     @staticmethod

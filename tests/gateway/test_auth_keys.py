@@ -41,6 +41,25 @@ async def test_two_keys_differ_and_wrong_secret_is_unknown(redis_state):
     assert await lookup.find(a[:-1] + ("x" if a[-1] != "x" else "y")) is None
 
 
+async def test_a_known_secret_is_hmaced_once_and_guesses_are_not_remembered(monkeypatch):
+    from gateway import keys as keys_module
+
+    calls: list[str] = []
+    real = keys_module.hash_secret
+    monkeypatch.setattr(keys_module, "hash_secret", lambda secret, pepper: calls.append(secret) or real(secret, pepper))
+    store = MemoryKeyStore(PEPPER)
+    record, secret = await store.create(KeySpec(name="svc"))
+    calls.clear()
+    lookup = CachedKeyLookup(store, PEPPER, fresh_s=0.0)  # fresh_s 0: every call goes back to the store
+    for _ in range(3):
+        assert await lookup.find(secret) == record
+    guess = secret[:-1] + ("x" if secret[-1] != "x" else "y")
+    for _ in range(2):
+        assert await lookup.find(guess) is None
+    assert calls == [secret, guess, guess]
+    assert len(lookup._hashes) == 1 and secret.encode() not in lookup._hashes  # digests, not secrets
+
+
 async def test_revocation_seen_after_forget_and_update_limits(redis_state):
     store = RedisKeyStore(redis_state, PEPPER)
     record, secret = await store.create(KeySpec(name="svc"))
@@ -89,3 +108,18 @@ async def test_memory_store_round_trip():
     record, secret = await store.create(KeySpec(name="dev", scopes=frozenset({"admin", "inference"})))
     assert await CachedKeyLookup(store, PEPPER).find(secret) == record
     assert await store.get(record.id) == record
+
+
+async def test_a_keys_principal_is_reused_until_the_key_changes():
+    from gateway.auth import Authenticator
+
+    store = MemoryKeyStore(PEPPER)
+    record, secret = await store.create(KeySpec(name="svc", rpm=5))
+    lookup = CachedKeyLookup(store, PEPPER, fresh_s=60)
+    authenticator = Authenticator(keys=lookup, jwt=None, admin_key="sk-admin-test")
+    first = await authenticator.principal(secret)
+    assert first.rpm == 5 and first.models is None
+    assert await authenticator.principal(secret) is first
+    lookup.forget(await update_key(store, record.id, rpm=9, models=["m1"]))
+    changed = await authenticator.principal(secret)
+    assert changed.rpm == 9 and changed.models == frozenset({"m1"}) and changed.key_id == record.id
