@@ -54,13 +54,10 @@ def decide(body: Mapping[str, object], cache_control: str | None, opt_in: str | 
     return CacheDecision(read="no-cache" not in directives, write="no-store" not in directives)
 
 
-def _fold(value: object) -> object:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 def cache_key(endpoint: str, model_version: str, body: Mapping[str, object]) -> str:
     """A stable digest of everything that can change the answer."""
-    normalised = {k: _fold(v) for k, v in body.items() if v is not None and k not in FRAMING_FIELDS}
+    normalised = {k: (int(v) if type(v) is float and v.is_integer() else v)  # 1.0 == 1
+                  for k, v in body.items() if v is not None and k not in FRAMING_FIELDS}
     normalised["model"] = model_version
     digest = hashlib.blake2b(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS), digest_size=20)
     return f"gw:cache:{endpoint}:{digest.hexdigest()}"
