@@ -83,8 +83,8 @@ def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
 def add_headers(response: Response, headers: dict[str, str]) -> None:
     """Append headers the response does not carry yet: straight onto its raw list (Starlette's
     MutableHeaders scans the whole list for every name it sets, several times per request here)."""
-    response.raw_headers.extend((name.lower().encode("latin-1"), value.encode("latin-1"))
-                                for name, value in headers.items())
+    response.raw_headers.extend([(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                 for name, value in headers.items()])
 
 
 class _Bookkeeper:

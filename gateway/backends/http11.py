@@ -39,7 +39,8 @@ class BadResponse(ConnectionError):
 class Response:
     """Status and headers once they arrived; the body through `read()` or `pieces()`."""
 
-    __slots__ = ("status", "headers", "_conn", "_pieces", "_buffered", "_waiter", "_error", "complete", "_timer")
+    __slots__ = ("status", "headers", "_conn", "_pieces", "_buffered", "_waiter", "_error", "complete", "_timer",
+                 "_fresh")
 
     def __init__(self, conn: "_Connection") -> None:
         self.status = 0
@@ -51,6 +52,7 @@ class Response:
         self._error: BaseException | None = None
         self.complete = False
         self._timer: asyncio.TimerHandle | None = None
+        self._fresh = False  # body bytes arrived during the current read (see `_Connection.data_received`)
 
     def expire_at(self, when: float) -> None:
         """The body must be whole by loop time `when`; after that reading it raises TimeoutError (and the
@@ -60,8 +62,13 @@ class Response:
 
     # -- fed by the connection --------------------------------------------------------------------
     def _add(self, piece: bytes) -> None:
+        """One body piece (httptools hands one per HTTP chunk); the reader is woken once per read, by `_arrived`."""
         self._pieces.append(piece)
         self._buffered += len(piece)
+        self._fresh = True
+
+    def _arrived(self) -> None:
+        self._fresh = False
         if self._buffered > HIGH_WATER_BYTES:
             self._conn.pause()
         self._wake()
@@ -144,7 +151,8 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # bytes on an idle connection (a server's 408, garbage): never reuse it
+        response = self.response
+        if response is None:  # bytes on an idle connection (a server's 408, garbage): never reuse it
             self.close()
             return
         try:
@@ -152,6 +160,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"malformed HTTP response: {exc}"))
             self.close()
+        if response._fresh:  # a read often holds many chunks (a stream's tokens): one wake-up for all
+            response._arrived()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -115,7 +115,10 @@ class OllamaBackend(Backend):
             if msg.get("tool_calls"):
                 delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
                 state["tool_calls"] = True
-            out = [_chat_chunk(cid, created, model, delta, None)] if delta["content"] or len(delta) > 1 else []
+            # `_chat_chunk`'s dict, written out: this runs once per token
+            out = [{"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}] \
+                if delta["content"] or len(delta) > 1 else []
             if part.get("done"):
                 out.append(_chat_chunk(cid, created, model, {},
                                        tr.finish_reason(part.get("done_reason"), state["tool_calls"])))
