@@ -280,15 +280,13 @@ class Http11Client:
                       headers: dict[str, str] | None = None) -> AsyncIterator[Response]:
         """Send one request; yields once status and headers arrived. The connection goes back to the
         pool only if the body was read to its end; otherwise (error, cancel, early exit) it is closed."""
-        request = self._message(method, path, body, headers)
+        message = self._message(method, path, body, headers)
         await self._slots.acquire()
         conn: _Connection | None = None
         try:
-            conn = self._take_idle() or await self._connect()
-            response = conn.start(request)
-            assert conn.headers_done is not None
-            await conn.headers_done
-            yield response
+            conn = await self._send(message)
+            assert conn.response is not None
+            yield conn.response
         finally:
             self._put_back(conn)
 
@@ -297,17 +295,29 @@ class Http11Client:
         """`request` for a whole answer: status and body, in one coroutine. Why a second entry point:
         the context manager's generator machinery was a fifth of the Python calls of a proxied
         unary call, on the path every non-streamed answer waits on."""
-        request = self._message(method, path, body, headers)
+        message = self._message(method, path, body, headers)
         await self._slots.acquire()
         conn: _Connection | None = None
         try:
-            conn = self._take_idle() or await self._connect()
-            response = conn.start(request)
-            assert conn.headers_done is not None
-            await conn.headers_done
+            conn = await self._send(message)
+            response = conn.response
+            assert response is not None
             return response.status, await response.read()
         finally:
             self._put_back(conn)
+
+    async def _send(self, message: bytes) -> _Connection:
+        """A connection (idle or new) that sent `message` and received the answer's head. If that
+        fails the connection is closed here; the caller holds the pool slot either way."""
+        conn = self._take_idle() or await self._connect()
+        try:
+            conn.start(message)
+            assert conn.headers_done is not None
+            await conn.headers_done
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _message(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None) -> bytes:
         if self._closed:

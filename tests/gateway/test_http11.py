@@ -63,13 +63,18 @@ async def test_fetch_returns_status_and_body_and_reuses_the_connection() -> None
     assert len(accepted) == 1
 
 
-async def test_fetch_does_not_reuse_a_connection_whose_body_ran_until_close() -> None:
-    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def close_delimited(status_line: bytes, body: bytes):  # noqa: ANN201
+    """A server answering one request with a body that ends when it closes the connection."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\nbusy")
+        writer.write(status_line + b"\r\nconnection: close\r\n\r\n" + body)
         await writer.drain()
 
-    async with server(http10_style) as (url, accepted):
+    return answer
+
+
+async def test_fetch_does_not_reuse_a_connection_whose_body_ran_until_close() -> None:
+    async with server(close_delimited(b"HTTP/1.1 503 Service Unavailable", b"busy")) as (url, accepted):
         http = client(url)
         for _ in range(2):
             assert await http.fetch("GET", "/") == (503, b"busy")
@@ -122,12 +127,7 @@ async def test_chunked_body_arrives_piece_by_piece() -> None:
 
 
 async def test_body_until_close_is_whole_and_the_connection_is_not_reused() -> None:
-    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\neverything until close")
-        await writer.drain()
-
-    async with server(http10_style) as (url, accepted):
+    async with server(close_delimited(b"HTTP/1.1 200 OK", b"everything until close")) as (url, accepted):
         http = client(url)
         for _ in range(2):
             async with http.request("GET", "/") as resp:
