@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import orjson
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Tracer
 
 from gateway.backends.base import error_for_status
 from gateway.backends.http11 import BadResponse, Http11Client, Response
@@ -77,30 +76,35 @@ class BackendHTTP:
             return BackendUnavailable(f"backend {self.name} answered malformed HTTP")
         return BackendUnavailable(f"backend {self.name} unreachable: {type(exc).__name__}")
 
-    @asynccontextmanager
-    async def _request(self, method: str, path: str, body: bytes | None) -> AsyncIterator[Response]:
-        traced = client_span(self.tracer, method, self.base_url + path) if self.tracer else NO_CLIENT_SPAN
-        try:
-            with traced as (span, trace_headers):  # outside the translation: the span records the raw error
-                async with self._client.request(method, path, body, trace_headers) as resp:
-                    span.set_attribute("http.response.status_code", resp.status)
-                    if resp.status >= 400:  # 4xx too: OpenTelemetry marks a client span's 4xx an error
-                        raise error_for_status(resp.status, error_message(await resp.read()), self.name)
-                    yield resp
-        except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError and its kin are OSErrors
-            raise self.translate(exc) from None
+    async def _open(self, method: str, path: str, body: bytes | None, trace_headers: dict[str, str],
+                    span: Span) -> Response:
+        """The answer's head; a 4xx/5xx is read, released and raised as the matching GatewayError."""
+        resp = await self._client.open(method, path, body, trace_headers)
+        span.set_attribute("http.response.status_code", resp.status)
+        if resp.status >= 400:  # 4xx too: OpenTelemetry marks a client span's 4xx an error
+            try:
+                message = error_message(await resp.read())
+            finally:
+                self._client.release(resp)
+            raise error_for_status(resp.status, message, self.name)
+        return resp
 
     async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
         """One request, the whole JSON answer."""
-        if self.tracer is not None:  # the client span needs the request's context manager
-            async with self._request(method, path, body) as resp:
-                return json_object(await resp.read(), self.name, "JSON answer")
         try:
-            status, raw = await self._client.fetch(method, path, body)
-        except (OSError, asyncio.TimeoutError) as exc:  # as in `_request`
-            raise self.translate(exc) from None
-        if status >= 400:
-            raise error_for_status(status, error_message(raw), self.name)
+            if self.tracer is None:
+                status, raw = await self._client.fetch(method, path, body)
+                if status >= 400:
+                    raise error_for_status(status, error_message(raw), self.name)
+            else:
+                with client_span(self.tracer, method, self.base_url + path) as (span, trace_headers):
+                    resp = await self._open(method, path, body, trace_headers, span)
+                    try:
+                        raw = await resp.read()
+                    finally:
+                        self._client.release(resp)
+        except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError and its kin are OSErrors
+            raise self.translate(exc) from None  # outside the span: it records the raw error
         return json_object(raw, self.name, "JSON answer")
 
     async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncIterator[list[bytes]]:
@@ -109,21 +113,29 @@ class BackendHTTP:
         alone, so the first token is relayed before the rest of its read is parsed (a read can hold
         a whole short answer). A body cut short raises BackendUnavailable; one still going at loop
         time `deadline` raises BackendTimeout."""
-        async with self._request("POST", path, body) as resp:
-            if deadline is not None:
-                resp.expire_at(deadline)
-            rest = b""
-            first = True
-            async for piece in resp.pieces():
-                *complete, rest = (rest + piece if rest else piece).split(b"\n")
-                batch = [stripped for line in complete if (stripped := line.rstrip(b"\r"))]
-                if not batch:
-                    continue
-                if first and len(batch) > 1:
-                    yield batch[:1]
-                    batch = batch[1:]
-                first = False
-                yield batch
-            rest = rest.rstrip(b"\r")
-            if rest:
-                yield [rest]
+        traced = client_span(self.tracer, "POST", self.base_url + path) if self.tracer else NO_CLIENT_SPAN
+        try:
+            with traced as (span, trace_headers):
+                resp = await self._open("POST", path, body, trace_headers, span)
+                try:
+                    if deadline is not None:
+                        resp.expire_at(deadline)
+                    rest = b""
+                    first = True
+                    async for piece in resp.pieces():
+                        *complete, rest = (rest + piece if rest else piece).split(b"\n")
+                        batch = [stripped for line in complete if (stripped := line.rstrip(b"\r"))]
+                        if not batch:
+                            continue
+                        if first and len(batch) > 1:
+                            yield batch[:1]
+                            batch = batch[1:]
+                        first = False
+                        yield batch
+                    rest = rest.rstrip(b"\r")
+                    if rest:
+                        yield [rest]
+                finally:
+                    self._client.release(resp)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise self.translate(exc) from None

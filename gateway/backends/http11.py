@@ -275,36 +275,44 @@ class Http11Client:
                 return conn
         return None
 
+    async def open(self, method: str, path: str, body: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+        """Send one request; returns once status and headers arrived. The caller reads the body and
+        must hand the response to `release`, whatever happens: its connection goes back to the pool
+        only if the body was read to its end, and is closed otherwise (error, cancel, early exit).
+        A plain coroutine pair rather than a context manager: the generator machinery of one was a
+        fifth of the Python calls of a proxied call, on the path every answer waits on."""
+        message = self._message(method, path, body, headers)
+        await self._slots.acquire()
+        try:
+            conn = await self._send(message)
+        except BaseException:
+            self._slots.release()
+            raise
+        assert conn.response is not None
+        return conn.response
+
+    def release(self, response: Response) -> None:
+        self._put_back(response._conn)
+
     @asynccontextmanager
     async def request(self, method: str, path: str, body: bytes | None = None,
                       headers: dict[str, str] | None = None) -> AsyncIterator[Response]:
-        """Send one request; yields once status and headers arrived. The connection goes back to the
-        pool only if the body was read to its end; otherwise (error, cancel, early exit) it is closed."""
-        message = self._message(method, path, body, headers)
-        await self._slots.acquire()
-        conn: _Connection | None = None
+        """`open` and `release` around a block."""
+        response = await self.open(method, path, body, headers)
         try:
-            conn = await self._send(message)
-            assert conn.response is not None
-            yield conn.response
+            yield response
         finally:
-            self._put_back(conn)
+            self.release(response)
 
     async def fetch(self, method: str, path: str, body: bytes | None = None,
                     headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """`request` for a whole answer: status and body, in one coroutine. Why a second entry point:
-        the context manager's generator machinery was a fifth of the Python calls of a proxied
-        unary call, on the path every non-streamed answer waits on."""
-        message = self._message(method, path, body, headers)
-        await self._slots.acquire()
-        conn: _Connection | None = None
+        """Status and the whole body."""
+        response = await self.open(method, path, body, headers)
         try:
-            conn = await self._send(message)
-            response = conn.response
-            assert response is not None
             return response.status, await response.read()
         finally:
-            self._put_back(conn)
+            self.release(response)
 
     async def _send(self, message: bytes) -> _Connection:
         """A connection (idle or new) that sent `message` and received the answer's head. If that

@@ -155,10 +155,11 @@ async def test_no_response_at_all_raises_connection_closed() -> None:
         await read_request(reader)
 
     async with server(hang_up) as (url, _):
-        http = client(url)
-        with pytest.raises(ConnectionClosed):
-            async with http.request("POST", "/x", b"{}"):
-                pass
+        http = client(url, max_connections=1)
+        for _ in range(2):  # with one slot, the second call proves the first gave its slot back
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(2.0), http.request("POST", "/x", b"{}"):
+                    pass
         await http.aclose()
 
 
