@@ -17,16 +17,29 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Authenticator, Principal, raw_header
-from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
+from gateway.cache import (
+    CacheDecision,
+    ResponseCache,
+    StreamAssembler,
+    cache_key,
+    decide,
+    replay_sse,
+)
 from gateway.cost import PriceTable
+from gateway.fast_metrics import Counter, Gauge
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
-from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
-from gateway.metrics import memoize_labels
+from gateway.limits import (
+    AnonymousLimiter,
+    KeyLimits,
+    KeyRateLimiter,
+    Reservation,
+    estimate_tokens,
+)
 from gateway.protocol import FinalPart
 from gateway.redis_state import RedisState, flush_staged
 from gateway.serving import SSE_HEADERS, AnswerObserver
@@ -51,7 +64,6 @@ class PolicyMetrics:
         self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
                                  registry=registry)
         self.gpu_monthly.set(gpu_monthly_usd)
-        memoize_labels(self)
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
         for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
