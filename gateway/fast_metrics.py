@@ -11,6 +11,7 @@ thread; a scrape may run in a worker thread and reads a snapshot of the children
 
 from __future__ import annotations
 
+import functools
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from prometheus_client.utils import INF, floatToGoString
+
+LABEL_CACHE_SIZE = 4096
 
 
 class _CounterChild:
@@ -73,18 +76,23 @@ class _Family(Collector):
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], object] = {}
+        # The request path resolves a series per update: a C-level cache in front of the lookup makes
+        # that no Python call at all. Bounded, as the labels are (configuration and discovery).
+        self.labels = functools.lru_cache(maxsize=LABEL_CACHE_SIZE)(self._labels)  # type: ignore[method-assign]
         if registry is not None:
             registry.register(self)
 
     def labels(self, *values: object) -> object:
-        child = self._children.get(values)  # type: ignore[arg-type]
+        """The child series for these label values (created on first use)."""
+        return self._labels(*values)
+
+    def _labels(self, *values: object) -> object:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
         if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-            key = tuple(str(v) for v in values)
-            child = self._children.get(key) or self._new_child()
-            self._children[key] = child
-            self._children[values] = child  # type: ignore[index]  # the caller's own tuple next time
+            child = self._children[key] = self._new_child()
         return child
 
     def _only(self) -> object:
@@ -94,13 +102,7 @@ class _Family(Collector):
         return self.labels()
 
     def _series(self) -> list[tuple[list[str], object]]:
-        seen: set[int] = set()
-        out = []
-        for key, child in list(self._children.items()):  # a snapshot: the loop may add children meanwhile
-            if id(child) not in seen and all(isinstance(v, str) for v in key):
-                seen.add(id(child))
-                out.append((list(key), child))
-        return out
+        return [(list(key), child) for key, child in list(self._children.items())]  # a snapshot: see above
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
