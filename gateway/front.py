@@ -68,18 +68,16 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
 class _Exchange:
     """What the front layer learns about one response while it goes out."""
 
-    __slots__ = ("request_id", "status", "first_byte_s", "done", "x_cache")
+    __slots__ = ("request_id", "status", "done", "x_cache")
 
     def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
         self.status = 500
-        self.first_byte_s = 0.0
         self.done = False
         self.x_cache: str | None = None
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         self.status = status
-        self.first_byte_s = time.perf_counter()
         for name, value in headers:
             if name == b"x-cache":
                 self.x_cache = value.decode()
@@ -120,8 +118,7 @@ class FrontDoor:
             finished = time.perf_counter()
             route = scope["path"] if handler is not None else getattr(scope.get("route"), "path", "none")
             self.http_metrics.observe(handler=route, method=scope["method"], status=exchange.status,
-                                      duration_s=finished - started,
-                                      first_byte_s=max(0.0, exchange.first_byte_s - started))
+                                      duration_s=finished - started)
             self.access_log.write(scope, record, request_id=state["request_id"], trace_id=trace_id,
                                   status=exchange.logged_status, latency_s=finished - started,
                                   x_cache=exchange.x_cache)

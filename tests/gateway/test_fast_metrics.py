@@ -63,3 +63,29 @@ def test_misuse_fails_as_prometheus_client_does() -> None:
     fm.Counter("x", "doc", registry=registry)
     with pytest.raises(ValueError):
         fm.Counter("x", "doc", registry=registry)  # a duplicate name is refused, as prometheus_client does
+
+
+def test_http_metrics_expose_what_the_instrumentators_own_functions_would() -> None:
+    from prometheus_fastapi_instrumentator import metrics as library
+
+    from gateway.http_metrics import HttpMetrics
+
+    requests = [("/v1/chat/completions", "POST", 200, 0.021), ("/v1/chat/completions", "POST", 429, 0.0004),
+                ("none", "GET", 404, 0.0001), ("/v1/models", "GET", 200, 7.0), ("/healthz", "GET", 200, 0.001)]
+    theirs = CollectorRegistry()
+    instrumentations = [library.requests(registry=theirs), library.latency(registry=theirs)]
+    for handler, method, status, duration in requests:
+        if handler == "/healthz":
+            continue  # the front layer leaves probes out (EXCLUDED_HANDLERS)
+        info = library.Info(request=None, response=None, method=method, modified_handler=handler,  # type: ignore[arg-type]
+                            modified_status=f"{str(status)[0]}xx", modified_duration=duration,
+                            modified_duration_without_streaming=0.0)
+        for instrumentation in instrumentations:
+            instrumentation(info)
+    ours = CollectorRegistry()
+    metrics = HttpMetrics(ours)
+    for handler, method, status, duration in requests:
+        metrics.observe(handler=handler, method=method, status=status, duration_s=duration)
+    assert without_created(generate_latest(ours)) == without_created(generate_latest(theirs))
+    assert 'http_requests_total{handler="/v1/chat/completions",method="POST",status="4xx"} 1.0' in \
+        generate_latest(ours).decode()
