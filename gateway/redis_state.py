@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
-from gateway.redis_wire import RedisWire
+from gateway.redis_wire import Batch, RedisWire
 
 T = TypeVar("T")
 
@@ -144,10 +144,17 @@ class RedisState:
 
 
 async def flush_staged(redis: RedisState, operation: str, stagers: list[Callable]) -> bool:
-    """One pipeline with everything `stagers` queue; on failure each stager gets its data back."""
+    """One pipeline with everything `stagers` queue; on failure each stager gets its data back.
+    Over the multiplexed connection when there is one (a `Batch`), else redis-py's pipeline."""
     restores: list[Callable[[], None]] = []
+    wire = redis.wire
 
     async def write(client) -> None:  # noqa: ANN001
+        if wire is not None:
+            batch = Batch()
+            restores.extend(stage(batch) for stage in stagers)
+            await wire.pipeline(batch.commands)
+            return
         async with client.pipeline(transaction=False) as pipe:
             restores.extend(stage(pipe) for stage in stagers)
             if len(pipe):

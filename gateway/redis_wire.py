@@ -84,6 +84,15 @@ class _Connection(asyncio.Protocol):
             self.transport.write(command)
         return waiter
 
+    def send_all(self, commands: list[bytes]) -> list[asyncio.Future[object]]:
+        """Several commands in one write; one waiter each, in order."""
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in commands]
+        self.waiters.extend(waiters)
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(commands))
+        return waiters
+
 
 class RedisWire:
     """Lazily connected; after a failure the next call connects again (the caller's circuit paces that)."""
@@ -145,6 +154,29 @@ class RedisWire:
         conn = await self._connection()
         return await conn.send(pack(args))
 
+    async def pipeline(self, commands: list[bytes]) -> list[object]:
+        """Packed commands (see `Batch`) in one write; their replies in order. A command Redis refused
+        raises its ResponseError after every reply arrived (as redis-py's pipeline does)."""
+        if not commands:
+            return []
+        conn = await self._connection()
+        waiters = conn.send_all(commands)
+        try:
+            await waiters[-1]  # replies come in order: the last one arriving means all did
+        except ResponseError:
+            pass  # a refused command: raised below, the first one first
+        except BaseException:
+            for waiter in waiters:  # cut short (deadline, lost connection): nothing left pending or unread
+                if not waiter.done():
+                    waiter.cancel()
+                elif not waiter.cancelled():
+                    waiter.exception()
+            raise
+        errors = [error for waiter in waiters if (error := waiter.exception()) is not None]
+        if errors:
+            raise errors[0]
+        return [waiter.result() for waiter in waiters]
+
     def register_script(self, source: str) -> bytes:
         sha = hashlib.sha1(source.encode()).hexdigest().encode()
         self._scripts[sha] = source.encode()
@@ -163,3 +195,26 @@ class RedisWire:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class Batch:
+    """The pipeline commands the gateway's batched writes use (`stage(pipe)` in limits, usage, cache),
+    packed for `RedisWire.pipeline`: redis-py's pipeline spent ~10 Python calls per command on them."""
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    def incrby(self, name: str, amount: int) -> None:
+        self.commands.append(pack(("INCRBY", name, amount)))
+
+    def hincrby(self, name: str, key: str, amount: int) -> None:
+        self.commands.append(pack(("HINCRBY", name, key, amount)))
+
+    def expire(self, name: str, seconds: int, nx: bool = False) -> None:
+        self.commands.append(pack(("EXPIRE", name, seconds, "NX") if nx else ("EXPIRE", name, seconds)))
+
+    def set(self, name: str, value: bytes | str, ex: int | None = None) -> None:
+        self.commands.append(pack(("SET", name, value, "EX", ex) if ex else ("SET", name, value)))

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.limits import RESERVE_LUA
-from gateway.redis_wire import RedisWire, pack
+from gateway.redis_wire import Batch, RedisWire, pack
 from tests.support.processes import Service, free_port, redis_service
 
 
@@ -29,6 +29,33 @@ async def test_concurrent_callers_share_one_connection_and_get_their_own_replies
     replies = await asyncio.gather(*(wire.call("INCR", "wire:n") for _ in range(200)))
     assert sorted(replies) == list(range(1, 201))
     assert await wire.call("GET", "wire:n") == b"200"
+    await wire.aclose()
+
+
+async def test_a_batch_is_written_at_once_and_answered_in_order(redis_server: Service) -> None:
+    wire = wire_for(redis_server)
+    await wire.call("DEL", "wire:b:n", "wire:b:h", "wire:b:s")
+    batch = Batch()
+    batch.incrby("wire:b:n", 5)
+    batch.expire("wire:b:n", 120, nx=True)
+    batch.expire("wire:b:n", 60, nx=True)  # NX: the first expiry stays
+    batch.hincrby("wire:b:h", "tokens", 7)
+    batch.set("wire:b:s", b"answer", ex=30)
+    assert await wire.pipeline(batch.commands) == [5, 1, 0, 7, b"OK"]
+    assert 60 < await wire.call("TTL", "wire:b:n") <= 120 and 0 < await wire.call("TTL", "wire:b:s") <= 30
+    assert await wire.call("HGET", "wire:b:h", "tokens") == b"7"
+    await wire.aclose()
+
+
+async def test_a_refused_command_in_a_batch_raises_after_every_reply_and_keeps_the_order(redis_server: Service) -> None:
+    wire = wire_for(redis_server)
+    await wire.call("SET", "wire:b:str", "text")
+    batch = Batch()
+    batch.incrby("wire:b:str", 1)  # WRONGTYPE... not an integer
+    batch.incrby("wire:b:ok", 1)
+    with pytest.raises(ResponseError, match="not an integer"):
+        await wire.pipeline(batch.commands)
+    assert await wire.call("PING") == b"PONG"  # the next reply is still the next caller's
     await wire.aclose()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 
 import pytest
+from redis.exceptions import RedisError
 
 from gateway.cost import ModelPrice, PriceTable
 from gateway.redis_state import RedisState
@@ -18,6 +20,16 @@ def durable_redis(tmp_path, port=None):
     """AOF on, fsync every write: a SIGKILLed Redis comes back with the counts (as in compose)."""
     extra = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)]
     return redis_service(port, extra=extra).start().wait_port()
+
+
+async def loaded(state: RedisState, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await state.client.ping()
+                return
+            except RedisError:  # LOADING (redis-py's BusyLoadingError) or not accepting yet
+                await asyncio.sleep(0.02)
 
 
 async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
@@ -37,6 +49,7 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
         store.record("key_a", "tiny", 4, 4, day=D1.isoformat())
         await store.flush()  # fails: buffered, not lost
         svc = durable_redis(tmp_path, port)
+        await loaded(state)  # a restarted Redis answers LOADING until its AOF is read back
         await store.flush()
         assert (await store.query("key_a", D1, D1))[0] == UsageRow("2026-11-21", "tiny", 3, 21, 12)
         assert 0 < await state.client.ttl(f"gw:usage:key_a:{D1.isoformat()}")
