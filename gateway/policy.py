@@ -21,25 +21,12 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Authenticator, Principal, raw_header
-from gateway.cache import (
-    CacheDecision,
-    ResponseCache,
-    StreamAssembler,
-    cache_key,
-    decide,
-    replay_sse,
-)
+from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
 from gateway.cost import PriceTable
 from gateway.fast_metrics import Counter, Gauge
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
 from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStore
-from gateway.limits import (
-    AnonymousLimiter,
-    KeyLimits,
-    KeyRateLimiter,
-    Reservation,
-    estimate_tokens,
-)
+from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.protocol import FinalPart
 from gateway.redis_state import RedisState, flush_staged
 from gateway.serving import SSE_HEADERS, AnswerObserver
