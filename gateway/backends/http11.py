@@ -61,12 +61,8 @@ class Response:
         self._timer = asyncio.get_running_loop().call_at(when, self._finish, TimeoutError("response deadline passed"))
 
     # -- fed by the connection --------------------------------------------------------------------
-    def _add(self, piece: bytes) -> None:
-        """One body piece (httptools hands one per HTTP chunk); the reader is woken once per read, by `_arrived`."""
-        self._pieces.append(piece)
-        self._buffered += len(piece)
-        self._fresh = True
-
+    # Fed by `_Connection.on_body` (one piece per HTTP chunk, appended there), then `_arrived` once
+    # per socket read: the reader is woken once however many chunks the read held.
     def _arrived(self) -> None:
         self._fresh = False
         if self._buffered > HIGH_WATER_BYTES:
@@ -189,9 +185,12 @@ class _Connection(asyncio.Protocol):
         if self.headers_done is not None and not self.headers_done.done():
             self.headers_done.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response._add(body)
+    def on_body(self, body: bytes) -> None:  # once per HTTP chunk (a stream's token): kept to three lines
+        response = self.response
+        if response is not None:
+            response._pieces.append(body)
+            response._buffered += len(body)
+            response._fresh = True
 
     def on_message_complete(self) -> None:
         self.reusable = self.parser.should_keep_alive() and not self._until_close
