@@ -45,7 +45,9 @@ if MODE in ("segments", "calls"):
         current: dict[str, int] = {}
 
         def mark(tag: str) -> None:
-            if "request" in current:
+            # The first time only: a step that runs again within the request (the batched accounting
+            # write's reply arriving during the backend wait) must not move the request's own mark.
+            if "request" in current and tag not in current:
                 current[tag] = ns()
 
         def wrap(owner: object, name: str, tag: str) -> None:
