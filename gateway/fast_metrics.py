@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -124,11 +124,10 @@ class _Family(Collector):
 
 
 class Counter(_Family):
+    labels: Callable[..., _CounterChild]  # type: ignore[assignment]
+
     def _new_child(self) -> _CounterChild:
         return _CounterChild()
-
-    def labels(self, *values: object) -> _CounterChild:
-        return super().labels(*values)  # type: ignore[return-value]
 
     def inc(self, amount: float = 1) -> None:
         self._only().inc(amount)  # type: ignore[attr-defined]
@@ -142,11 +141,10 @@ class Counter(_Family):
 
 
 class Gauge(_Family):
+    labels: Callable[..., _GaugeChild]  # type: ignore[assignment]
+
     def _new_child(self) -> _GaugeChild:
         return _GaugeChild()
-
-    def labels(self, *values: object) -> _GaugeChild:
-        return super().labels(*values)  # type: ignore[return-value]
 
     def set(self, value: float) -> None:
         self._only().set(value)  # type: ignore[attr-defined]
@@ -160,6 +158,8 @@ class Gauge(_Family):
 
 
 class Histogram(_Family):
+    labels: Callable[..., _HistogramChild]  # type: ignore[assignment]
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                  registry: CollectorRegistry | None = None, *, buckets: Sequence[float]) -> None:
         bounds = tuple(float(b) for b in buckets)
@@ -170,9 +170,6 @@ class Histogram(_Family):
 
     def _new_child(self) -> _HistogramChild:
         return _HistogramChild(self.bounds)
-
-    def labels(self, *values: object) -> _HistogramChild:
-        return super().labels(*values)  # type: ignore[return-value]
 
     def observe(self, amount: float) -> None:
         self._only().observe(amount)  # type: ignore[attr-defined]
