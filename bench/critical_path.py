@@ -106,6 +106,15 @@ def segments(records: list[dict[str, int]]) -> tuple[list[tuple[str, float]], fl
     return rows, statistics.median(inside) if inside else float("nan")
 
 
+def _wait_for(path: Path, timeout: float = 10.0) -> None:
+    """Until the probe wrote `path` (it writes under another name and renames: the file is whole)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise BenchSetupError(f"the probe wrote no {path.name} (is {PROBE_DIR} on the gateway's PYTHONPATH?)")
+        time.sleep(0.02)
+
+
 def probe_once(source: Path, *, mode: str, backend_ms: float, requests: int, stream: bool) -> dict:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-path-") as tmp:
         out = Path(tmp) / "probe.json"
@@ -123,15 +132,10 @@ def probe_once(source: Path, *, mode: str, backend_ms: float, requests: int, str
         direct_times = one_client(direct, stream=stream, n=requests)
         if mode == "calls":
             os.kill(pid, signal.SIGUSR1)
-            time.sleep(0.2)
+            _wait_for(out.with_name(out.name + ".on"))  # counting has started
         gateway_times = one_client(gateway, stream=stream, n=requests)
         os.kill(pid, signal.SIGUSR2)
-        deadline = time.monotonic() + 10
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not out.exists():
-            raise BenchSetupError(f"the probe wrote nothing (is {PROBE_DIR} on the gateway's PYTHONPATH?)")
-        time.sleep(0.2)  # the handler writes the file whole in one go; let it finish
+        _wait_for(out)
         data = json.loads(out.read_text())
     return {"data": data, "direct_p50_ms": direct_times[len(direct_times) // 2] * 1000,
             "gateway_p50_ms": gateway_times[len(gateway_times) // 2] * 1000}

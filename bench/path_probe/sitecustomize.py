@@ -24,9 +24,10 @@ if MODE in ("segments", "calls"):
     OUT = os.environ["BENCH_PATH_PROBE_OUT"]
     sys.path.insert(0, os.environ.get("BENCH_PATH_PROBE_SRC", os.getcwd()))
 
-    def _write(data: object) -> None:
-        with open(OUT, "w") as f:
+    def _write(data: object, path: str = OUT) -> None:
+        with open(path + ".part", "w") as f:  # then renamed: the harness never reads half a file
             json.dump(data, f)
+        os.replace(path + ".part", path)
 
     if MODE == "calls":
         counts: Counter[str] = Counter()
@@ -37,7 +38,7 @@ if MODE in ("segments", "calls"):
             elif event == "c_call":
                 counts["c"] += 1
 
-        signal.signal(signal.SIGUSR1, lambda *_: (counts.clear(), sys.setprofile(_profile)))
+        signal.signal(signal.SIGUSR1, lambda *_: (counts.clear(), sys.setprofile(_profile), _write({}, OUT + ".on")))
         signal.signal(signal.SIGUSR2, lambda *_: (sys.setprofile(None), _write(dict(counts))))
     else:
         ns = time.perf_counter_ns
