@@ -54,9 +54,9 @@ async def run(url: str, n: int) -> None:
             async with session.post(url + "/api/chat", data=BODY) as r:
                 return orjson.loads(await r.read())
 
-        async def via_http11() -> object:
-            async with lean.request("POST", "/api/chat", BODY) as r:
-                return orjson.loads(await r.read())
+        async def via_http11() -> object:  # the call the gateway's unary path makes (BackendHTTP.json)
+            _, raw = await lean.fetch("POST", "/api/chat", BODY)
+            return orjson.loads(raw)
 
         print("| client | CPU us/request | wall us/request |\n|---|---|---|")
         for name, call in (("ollama.AsyncClient (httpx)", via_ollama), ("httpx.AsyncClient", via_httpx),

@@ -70,6 +70,8 @@ class _HistogramChild:
 class _Family(Collector):
     """One metric name with its labelled children; registers itself on `registry`."""
 
+    labels: Callable[..., object]  # the child series for these label values, created on first use
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                  registry: CollectorRegistry | None = None) -> None:
         self.name = name
@@ -78,13 +80,9 @@ class _Family(Collector):
         self._children: dict[tuple[str, ...], object] = {}
         # The request path resolves a series per update: a C-level cache in front of the lookup makes
         # that no Python call at all. Bounded, as the labels are (configuration and discovery).
-        self.labels = functools.lru_cache(maxsize=LABEL_CACHE_SIZE)(self._labels)  # type: ignore[method-assign]
+        self.labels = functools.lru_cache(maxsize=LABEL_CACHE_SIZE)(self._labels)  # type: ignore[assignment]
         if registry is not None:
             registry.register(self)
-
-    def labels(self, *values: object) -> object:
-        """The child series for these label values (created on first use)."""
-        return self._labels(*values)
 
     def _labels(self, *values: object) -> object:
         if len(values) != len(self.labelnames):
