@@ -1,7 +1,7 @@
 """Where one request's time goes inside the gateway, step by step, when requests come one at a time.
 
     python -m bench.critical_path [--backend-ms 20] [--requests 300] [--scenario plain|stream]
-                                  [--gateway-dir PATH ...] [--rounds 2] [--mode segments|calls]
+                                  [--gateway-dir PATH ...] [--rounds 2] [--mode segments|calls] [--top N]
 
 A 1-client latency target is a sum of small steps, each slower after the process sat idle while
 the backend answered. This runs the gateway with a probe (bench/path_probe/sitecustomize.py, put
@@ -106,6 +106,14 @@ def segments(records: list[dict[str, int]]) -> tuple[list[tuple[str, float]], fl
     return rows, statistics.median(inside) if inside else float("nan")
 
 
+def top_functions(rounds: list[dict[str, int]], requests: int, n: int) -> list[tuple[str, float]]:
+    """The `n` functions with the most calls per request (median over rounds), most first. Keys of the
+    probe's counts are "py FILE:LINE NAME" or "c NAME"; the "python" and "c" totals are left out."""
+    names = {k for data in rounds for k in data if k not in ("python", "c")}
+    per_request = {k: statistics.median(data.get(k, 0) / requests for data in rounds) for k in names}
+    return sorted(per_request.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
 def _wait_for(path: Path, timeout: float = 10.0) -> None:
     """Until the probe wrote `path` (it writes under another name and renames: the file is whole)."""
     deadline = time.monotonic() + timeout
@@ -115,13 +123,16 @@ def _wait_for(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def probe_once(source: Path, *, mode: str, backend_ms: float, requests: int, stream: bool) -> dict:
+def probe_once(source: Path, *, mode: str, backend_ms: float, requests: int, stream: bool,
+               by_function: bool = False) -> dict:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-path-") as tmp:
         out = Path(tmp) / "probe.json"
         opts = MockOptions(first_token_ms=backend_ms, plain_delay_ms=backend_ms)
         mock = start_mock(stack, opts)
         env = {"PYTHONPATH": str(PROBE_DIR), "BENCH_PATH_PROBE": mode, "BENCH_PATH_PROBE_OUT": str(out),
                "BENCH_PATH_PROBE_SRC": str(source)}
+        if by_function:
+            env["BENCH_PATH_PROBE_BY_FUNCTION"] = "1"
         gateway = start_gateway(stack, mock, backend_kind="ollama", extra_env=env,
                                 source_dir=None if source == ROOT else source)
         direct = direct_target(mock, path="/api/chat")
@@ -150,9 +161,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="a checkout whose gateway package to probe; repeat to compare (default: this one)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--mode", choices=("segments", "calls"), default="segments")
+    p.add_argument("--top", type=int, default=0, metavar="N",
+                   help="with --mode calls: also the N functions called most per request, per checkout")
     args = p.parse_args(argv)
-    if args.requests < 10 or args.rounds < 1 or args.backend_ms < 0:
-        p.error("--requests must be >= 10, --rounds >= 1 and --backend-ms >= 0")
+    if args.requests < 10 or args.rounds < 1 or args.backend_ms < 0 or args.top < 0:
+        p.error("--requests must be >= 10, --rounds >= 1, --backend-ms >= 0 and --top >= 0")
+    if args.top and args.mode != "calls":
+        p.error("--top counts calls per function: it needs --mode calls")
     exit_cleanly_on_sigterm()
     dirs = [d.resolve() for d in (args.gateway_dir or [ROOT])]
     for d in dirs:
@@ -163,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         for d in dirs:  # alternated, so a noisy minute hits every checkout alike
             try:
                 results[d].append(probe_once(d, mode=args.mode, backend_ms=args.backend_ms,
-                                             requests=args.requests, stream=args.scenario == "stream"))
+                                             requests=args.requests, stream=args.scenario == "stream",
+                                             by_function=args.top > 0))
             except BenchSetupError as exc:
                 raise SystemExit(f"critical-path probe failed for {d}: {exc}") from None
     names = [str(d) for d in dirs]
@@ -177,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {kind} calls / request | " + " | ".join(
                 f"{statistics.median(r['data'].get(kind, 0) / args.requests for r in results[d]):.0f}"
                 for d in dirs) + " |")
+        for d in dirs if args.top else ():
+            print(f"\n## {d}: the {args.top} functions called most per request\n\n| calls | function |\n|---|---|")
+            per_function = top_functions([r["data"] for r in results[d]], args.requests, args.top)
+            for name, calls in per_function:
+                print(f"| {calls:.1f} | `{name}` |")
         return
     table = {d: segments([rec for r in results[d] for rec in r["data"]]) for d in dirs}
     keys = list(dict.fromkeys(k for d in dirs for k, _ in table[d][0]))

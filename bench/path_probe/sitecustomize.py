@@ -32,11 +32,26 @@ if MODE in ("segments", "calls"):
     if MODE == "calls":
         counts: Counter[str] = Counter()
 
-        def _profile(frame, event, arg):  # noqa: ANN001, ANN202
-            if event == "call":
-                counts["python"] += 1
-            elif event == "c_call":
-                counts["c"] += 1
+        if os.environ.get("BENCH_PATH_PROBE_BY_FUNCTION"):  # also per function: where the calls are
+            def _profile(frame, event, arg):  # noqa: ANN001, ANN202
+                if event == "call":
+                    counts["python"] += 1
+                    code = frame.f_code
+                    counts[f"py {_short(code.co_filename)}:"
+                           f"{code.co_firstlineno} {code.co_qualname}"] += 1
+                elif event == "c_call":
+                    counts["c"] += 1
+                    counts[f"c {getattr(arg, '__qualname__', repr(arg))}"] += 1
+
+            def _short(path: str) -> str:
+                parts = path.split("/")
+                return "/".join(parts[-2:])
+        else:
+            def _profile(frame, event, arg):  # noqa: ANN001, ANN202
+                if event == "call":
+                    counts["python"] += 1
+                elif event == "c_call":
+                    counts["c"] += 1
 
         signal.signal(signal.SIGUSR1, lambda *_: (counts.clear(), sys.setprofile(_profile), _write({}, OUT + ".on")))
         signal.signal(signal.SIGUSR2, lambda *_: (sys.setprofile(None), _write(dict(counts))))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.critical_path import segments
+from bench.critical_path import segments, top_functions
 
 
 def test_segments_are_ordered_along_the_path_with_median_gaps() -> None:
@@ -17,3 +17,11 @@ def test_segments_are_ordered_along_the_path_with_median_gaps() -> None:
                                           "backend_write< -> backend_reply>", "backend_reply> -> client_write"]
     assert dict(rows)["auth> -> auth<"] == 40.0 and dict(rows)["request -> auth>"] == 10.0
     assert inside == 250.0  # 200 us before the backend write + 50 us after its reply
+
+
+def test_top_functions_are_per_request_medians_over_rounds_without_the_totals() -> None:
+    rounds = [{"python": 900, "c": 500, "py a.py:1 f": 300, "c len": 100, "py b.py:9 g": 30},
+              {"python": 990, "c": 400, "py a.py:1 f": 330, "c len": 200},
+              {"python": 930, "c": 450, "py a.py:1 f": 310, "c len": 150, "py b.py:9 g": 60}]
+    assert top_functions(rounds, 100, 2) == [("py a.py:1 f", 3.1), ("c len", 1.5)]
+    assert top_functions(rounds, 100, 5)[-1] == ("py b.py:9 g", 0.3)  # absent in a round counts as 0 there
