@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings, tracer=tracing.tracer)
         await pool.start()
+        app.state.policy.start()
         for model in pool.models():  # cache and cost series exist before the first request
             app.state.policy.metrics.register_model(model)
         try:

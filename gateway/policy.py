@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Authenticator, Principal, raw_header
 from gateway.cache import CacheDecision, ResponseCache, StreamAssembler, cache_key, decide, replay_sse
+from gateway.cache_presence import CachePresence
 from gateway.cost import PriceTable
 from gateway.fast_metrics import Counter, Gauge
 from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, jwt_from_settings
@@ -51,6 +52,9 @@ class PolicyMetrics:
         self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
                                  registry=registry)
         self.gpu_monthly.set(gpu_monthly_usd)
+        self.cache_index_ready = Gauge("gateway_cache_index_ready", "1 while the cache-key index is in step with "
+                                       "Redis (cache reads of unstored answers skipped), else 0.", registry=registry)
+        self.cache_index_keys = Gauge("gateway_cache_index_keys", "Cache keys the index holds.", registry=registry)
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
         for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
@@ -150,11 +154,18 @@ class Policy:
         admin = (settings.admin_key.get_secret_value() if settings.admin_key else "") or None
         authenticator = Authenticator(keys=lookup, jwt=verifier, admin_key=admin,
                                       default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm)
+        cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
+        if redis.wire is not None and settings.cache_enabled and settings.cache_index:
+            def on_state(ready: bool, keys: int) -> None:
+                metrics.cache_index_ready.set(1 if ready else 0)
+                metrics.cache_index_keys.set(keys)
+
+            cache.presence = CachePresence(redis.wire, ttl_s=settings.cache_ttl_s, on_state=on_state)
         return cls(
             redis=redis, keys=keys, lookup=lookup, authenticator=authenticator, jwt_config=jwt_config,
             limiter=KeyRateLimiter(redis, on_limited=lambda kind: metrics.rate_limited.labels(kind).inc()),
             anonymous=AnonymousLimiter(settings.anonymous_rpm, redis),
-            cache=ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes),
+            cache=cache,
             usage=UsageStore(redis),
             prices=PriceTable(default=settings.price_default, models=dict(settings.prices),
                               gpu_monthly_usd=settings.gpu_monthly_usd),
@@ -162,9 +173,17 @@ class Policy:
             default_max_tokens=settings.default_max_tokens_estimate, jwks=jwks,
         )
 
+    def start(self) -> None:
+        """Background work that needs the running loop: the cache-key index."""
+        if self.cache.presence is not None:
+            self.cache.presence.start()
+
     async def aclose(self) -> None:
+        if self.cache.presence is not None:
+            await self.cache.presence.aclose()
         if self._flusher is not None:
             await asyncio.wait([self._flusher], timeout=2.0)
+        self.limiter.give_back_leases()
         if self.redis.usable:
             await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage, self.cache.stage])
         await self.redis.close()
@@ -199,11 +218,17 @@ class Policy:
 
     async def _reserve_and_read(self, principal: Principal, req: Any, body: dict[str, Any],
                                 read_key: str | None) -> tuple[Reservation | None, bytes | None]:
-        """RPM/TPM/budget reservation and the cache read, in one Redis round trip when both apply."""
+        """RPM/TPM/budget reservation and the cache read: from this process's lease and without the read
+        where the cache cannot hold the answer (no Redis round trip), else in one round trip for both."""
+        if read_key is not None and not self.cache.may_hold(read_key):
+            read_key = None  # a certain miss: nobody stored this answer within the cache's lifetime
         limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
         if not limits.any:
             return None, await self.cache.get_raw(read_key) if read_key else None
         estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
+        reservation = self.limiter.leased(principal.subject, limits, estimate)
+        if reservation is not None:
+            return reservation, await self.cache.get_raw(read_key) if read_key else None
         if read_key is not None and not self.redis.configured:
             reservation = await self.limiter.reserve(principal.subject, limits, estimate)
             return reservation, self.cache.memory_get(read_key)

@@ -7,6 +7,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis as redis_sync  # this test's side of Redis (its counters), not the gateway's
 
 from tests.support.ollama import OllamaDoubleControl
 from tests.support.policy_stack import MODEL, PolicyStack, chat_body
@@ -170,3 +171,29 @@ def test_embeddings_are_cached_without_temperature(stack, key, control):
 
     wait_until(hit, timeout=5, what="embedding cached")
     assert control.calls("/api/embed") == 1
+
+
+def redis_calls(redis_port: int) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT, from the server's own counters."""
+    info = redis_sync.Redis(port=redis_port).info("commandstats")
+    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
+
+
+def test_new_prompts_reach_the_backend_without_a_redis_round_trip(stack, control):
+    """Far from its limits a key spends a lease (no round trip), and the cache-key index knows an
+    unseen prompt is not stored (no read): what is left is the batched write after the answers."""
+    key = stack.create_key(name="leased", rpm=100_000, tpm=10**9)
+    wait_until(lambda: "gateway_cache_index_ready 1.0" in httpx.get(f"{stack.url}/metrics").text,
+               timeout=10, what="cache index in step")
+    assert chat(stack, key, temperature=0, content="warm the key lookup").status_code == 200
+    redis_sync.Redis(port=stack.redis.port).config_resetstat()
+    for i in range(40):
+        answer = chat(stack, key, temperature=0, content=f"never asked before {i}")
+        assert answer.status_code == 200 and answer.headers["X-Cache"] == "MISS"
+    calls = redis_calls(stack.redis.port)
+    reservations = calls.get("evalsha", 0)
+    assert 1 <= reservations <= 3, "a lease covers many requests: 40 took at most 3 reservations"
+    # Redis counts the commands its scripts run too: the reservation script reads its three windows.
+    assert calls.get("get", 0) == 3 * reservations, "no cache read for answers nobody stored"
+    again = wait_cached(stack, key, temperature=0, content="never asked before 7")
+    assert again.headers["X-Cache"] == "HIT", "a stored answer is known to the index and read"

@@ -9,6 +9,7 @@ import pytest
 from gateway.limits import (AnonymousLimiter, KeyLimits, KeyRateLimiter, RateLimited, estimate_tokens,
                             seconds_to_next_month)
 from gateway.redis_state import RedisState
+from gateway.utc_dates import utc_date
 from tests.support.processes import redis_service
 
 NOW = 1_800_000_010.0  # ten seconds into a minute: every test stays inside one window
@@ -141,3 +142,55 @@ def test_utc_date_strings_follow_the_calendar_across_cached_days() -> None:
         ts = datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()
         assert utc_date("%Y-%m", ts) == moment[:7]
         assert utc_date("%Y-%m-%d", ts) == moment[:10]
+
+
+async def test_far_from_a_limit_requests_are_paid_from_a_lease_without_redis(replicas):
+    limiter, client = replicas[0], replicas[0].redis.client
+    rpm_key = f"gw:rl:r:key_lease:{int(NOW // 60)}"
+    first = await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW)
+    counted = int(await client.get(rpm_key))
+    assert first.rpm_used == 1 and counted > 1, "the first reservation took a lease along"
+    leased = [await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW) for _ in range(counted - 1)]
+    assert int(await client.get(rpm_key)) == counted, "spending the lease asked Redis nothing"
+    assert [r.rpm_used for r in leased] == list(range(2, counted + 1))  # the headers count as before
+    await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW)
+    assert int(await client.get(rpm_key)) > counted + 1, "an empty lease: back to Redis, for a new one"
+
+
+async def test_leases_never_let_replicas_past_the_limit(replicas):
+    limits = KeyLimits(rpm=200)
+    key = f"gw:rl:r:key_lc:{int(NOW // 60)}"
+    results = []
+    for _ in range(6):  # bursts of concurrent requests on both replicas, 300 in all
+        results += await asyncio.gather(*[replicas[i % 2].reserve("key_lc", limits, 1, now=NOW) for i in range(50)],
+                                        return_exceptions=True)
+    granted = [r for r in results if not isinstance(r, Exception)]
+    assert all(isinstance(r, RateLimited) for r in results if isinstance(r, Exception))
+    held = sum(limiter.leases.held(key) for limiter in replicas)
+    assert int(await replicas[0].redis.client.get(key)) == 200 == len(granted) + held, \
+        "every request counted in Redis was granted or is still held in a lease: none past the limit"
+    assert held <= 2 * 199 // 16, "a burst asked for one lease per replica, not one per request"
+
+
+async def test_near_a_limit_no_lease_is_granted(replicas):
+    client = replicas[0].redis.client
+    await replicas[0].reserve("key_near", KeyLimits(rpm=16, tpm=10_000), 600, now=NOW)
+    minute = int(NOW // 60)
+    # 15 requests of room is less than the 16 a lease needs; 9400 tokens hold under 16 more estimates
+    assert int(await client.get(f"gw:rl:r:key_near:{minute}")) == 1
+    assert int(await client.get(f"gw:rl:t:key_near:{minute}")) == 600
+
+
+async def test_unspent_leases_are_given_back_on_shutdown(replicas):
+    limiter, client = replicas[0], replicas[0].redis.client
+    limits = KeyLimits(rpm=10_000, tpm=10**9, monthly_token_budget=10**9)
+    await limiter.reserve("key_back", limits, 50, now=NOW)
+    await limiter.reserve("key_back", limits, 50, now=NOW)  # from the lease
+    minute, month = int(NOW // 60), utc_date("%Y-%m", NOW)
+    assert int(await client.get(f"gw:rl:t:key_back:{minute}")) > 100
+    limiter.give_back_leases()
+    await limiter.flush()
+    assert int(await client.get(f"gw:rl:r:key_back:{minute}")) == 2
+    assert int(await client.get(f"gw:rl:t:key_back:{minute}")) == 100
+    assert int(await client.get(f"gw:rl:b:key_back:{month}")) == 100
+    assert limiter.leased("key_back", limits, 50, now=NOW) is None, "nothing held any more"

@@ -1,0 +1,221 @@
+"""Which response-cache keys Redis may hold, known without asking it (Redis's broadcast key tracking).
+
+A cacheable request starts with a read of its cache key. When its prompt is new (most of them) that
+round trip finds nothing and only delays the answer. Redis can instead tell every gateway process
+each time a key under the cache's prefix changes: `CLIENT TRACKING ON BCAST PREFIX gw:cache:`, the
+invalidation messages of Redis's client-side caching, here on this process's own subscriber
+connection. Each process keeps the keys it heard of within the cache's lifetime; a key it has not
+heard of is a certain miss, and its read is skipped.
+
+It never hides a hit that matters: the index answers "absent" only while it is in step (tracking on,
+the subscription confirmed, and the keys that existed before scanned in). Before that, and from a
+lost connection until it is in step again, every read goes to Redis as before. A message says a key
+changed, not how (written, expired, deleted): either way the key counts as present for the cache's
+TTL, which costs at most a read that misses. Replicas must share the TTL (GATEWAY_CACHE_TTL_S; the
+compose stack gives them one .env): an answer stored for longer elsewhere would be read there only.
+Keys are kept as their hash (a collision only costs a read) and bounded by `max_keys`: past it the
+index stands down (reads go to Redis) and builds itself again after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.redis_wire import RedisWire, pack
+
+log = logging.getLogger("gateway.cache")
+
+CHANNEL = b"__redis__:invalidate"
+
+
+class _Subscriber(asyncio.Protocol):
+    """The tracking connection: replies to its own setup commands in order, then invalidation messages."""
+
+    def __init__(self, on_keys: Callable[[list[bytes]], None], on_flush: Callable[[], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.replies: deque[asyncio.Future[object]] = deque()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_keys, self.on_flush = on_keys, on_flush
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if type(reply) is list and len(reply) == 3 and reply[0] == b"message" and reply[1] == CHANNEL:
+                if reply[2] is None:  # FLUSHALL / FLUSHDB: every key is gone
+                    self.on_flush()
+                else:
+                    self.on_keys(reply[2])
+                continue
+            if not self.replies:  # out of step: start over
+                self.close()
+                return
+            waiter = self.replies.popleft()
+            if not waiter.done():
+                waiter.set_exception(ResponseError(str(reply))) if isinstance(reply, hiredis.ReplyError) \
+                    else waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        while self.replies:
+            waiter = self.replies.popleft()
+            if not waiter.done():
+                waiter.set_exception(RedisConnectionError("tracking connection lost"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def send(self, *args: bytes | str | int) -> asyncio.Future[object]:
+        waiter = asyncio.get_running_loop().create_future()
+        self.replies.append(waiter)
+        assert self.transport is not None
+        self.transport.write(pack(args))
+        return waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class CachePresence:
+    """The cache keys any gateway process stored within the TTL, as heard from Redis; see the module doc."""
+
+    def __init__(self, wire: RedisWire, *, ttl_s: float, prefix: str = "gw:cache:", max_keys: int = 200_000,
+                 retry_s: float = 1.0, max_retry_s: float = 30.0, on_state: Callable[[bool, int], None] | None = None):
+        self.wire = wire
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.max_keys = max_keys
+        self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.ready = False
+        self._keys: dict[int, float] = {}  # hash(key) -> when its entry lapses (monotonic)
+        self._order: deque[tuple[int, float]] = deque()  # the same, oldest first (TTLs are all alike)
+        self._overflowed = False
+        self._conn: _Subscriber | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._on_state = on_state
+
+    # -- the request path ----------------------------------------------------------------------------
+    def may_hold(self, key: str) -> bool:
+        """False only for a key no process stored within the TTL, while the index is in step."""
+        return not self.ready or hash(key) in self._keys
+
+    # -- fed by the subscriber -----------------------------------------------------------------------
+    def _heard(self, keys: list[bytes]) -> None:
+        until = time.monotonic() + self.ttl_s + 1.0
+        entries, order = self._keys, self._order
+        for key in keys:
+            h = hash(key.decode("utf-8", "replace"))
+            entries[h] = until
+            order.append((h, until))
+        self._sweep()
+        if len(order) > self.max_keys:  # more than the index may hold: reads go to Redis again
+            log.warning("cache index over %d keys: standing down (every cacheable request reads Redis)",
+                        self.max_keys)
+            self._overflowed = True
+            if self._conn is not None:
+                self._conn.close()
+
+    def _flushed(self) -> None:
+        self._keys.clear()
+        self._order.clear()
+
+    def _sweep(self) -> None:
+        now, entries, order = time.monotonic(), self._keys, self._order
+        while order and order[0][1] < now:
+            h, until = order.popleft()
+            if entries.get(h) == until:  # not heard of again since
+                del entries[h]
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._stand_down()
+
+    def _stand_down(self) -> None:
+        was = self.ready
+        self.ready = False
+        self._flushed()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if was:
+            self._report()
+
+    def _report(self) -> None:
+        if self._on_state is not None:
+            self._on_state(self.ready, len(self._keys))
+
+    async def _run(self) -> None:
+        delay = self.retry_s
+        while True:
+            try:
+                await self._follow()
+                delay = self.retry_s  # it was in step: a later loss starts the back-off over
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: reads go to Redis until it is back
+                log.info("cache index not in step (%s); cacheable requests read Redis meanwhile", exc)
+            self._stand_down()
+            if self._overflowed:
+                self._overflowed = False
+                delay = self.max_retry_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_s)
+
+    async def _follow(self) -> None:
+        """Connect, turn tracking on, scan the keys already there, then follow the messages until the
+        connection is lost (sweeping lapsed entries meanwhile)."""
+        wire, loop = self.wire, asyncio.get_running_loop()
+        async with asyncio.timeout(wire.connect_timeout_s * 4):
+            _, conn = await loop.create_connection(lambda: _Subscriber(self._heard, self._flushed),
+                                                   wire.host, wire.port)
+            self._conn = conn
+            if wire.password is not None:
+                await conn.send(*(("AUTH", wire.username, wire.password) if wire.username else ("AUTH", wire.password)))
+            own_id = await conn.send("CLIENT", "ID")
+            await conn.send("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.prefix)
+            await conn.send("SUBSCRIBE", CHANNEL)
+        await self._scan()
+        if conn.lost.done():
+            raise RedisConnectionError("tracking connection lost during the scan")
+        self.ready = True
+        self._report()
+        log.info("cache index in step: %d keys", len(self._keys))
+        while not conn.lost.done():
+            await asyncio.wait([conn.lost], timeout=min(60.0, self.ttl_s / 4))
+            self._sweep()
+            self._report()
+        raise RedisConnectionError("tracking connection lost")
+
+    async def _scan(self) -> None:
+        """The keys stored before tracking began (those after arrive as messages); this connection's
+        database only, as `RedisWire` reads and writes it."""
+        cursor: bytes | int = 0
+        pattern = self.prefix + "*"
+        while True:
+            async with asyncio.timeout(self.wire.connect_timeout_s * 4):
+                reply = await self.wire.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            cursor, keys = reply  # type: ignore[misc]
+            if keys:
+                self._heard(keys)
+                if self._overflowed:
+                    raise RedisConnectionError("cache index overflow")
+            if cursor in (b"0", 0):
+                return
