@@ -13,8 +13,8 @@ lost connection until it is in step again, every read goes to Redis as before. A
 changed, not how (written, expired, deleted): either way the key counts as present for the cache's
 TTL, which costs at most a read that misses. Replicas must share the TTL (GATEWAY_CACHE_TTL_S; the
 compose stack gives them one .env): an answer stored for longer elsewhere would be read there only.
-Keys are kept as their hash (a collision only costs a read) and bounded by `max_keys`: past it the
-index stands down (reads go to Redis) and builds itself again after a pause.
+Keys are kept in Bloom filters (`KeyGenerations`): a false positive only costs a read, and the memory
+stays a few bytes per key however many answers are stored.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from gateway.redis_wire import RedisWire, pack
 log = logging.getLogger("gateway.cache")
 
 CHANNEL = b"__redis__:invalidate"
+
+
+class TrackingRefused(Exception):
+    """Redis answered CLIENT TRACKING with an error: it cannot do what the index needs."""
 
 
 class _Subscriber(asyncio.Protocol):
@@ -86,20 +90,94 @@ class _Subscriber(asyncio.Protocol):
             self.transport.close()
 
 
+class KeyGenerations:
+    """Keys heard of within the TTL, as Bloom filters by generation: the newest takes the keys, and one is
+    dropped each `span` = (ttl + 1 s) / (GENERATIONS - 1), so a key is found for at least the TTL (plus a
+    second for the message's way) and at most a third longer. Each new filter is sized from the busiest
+    recent generation at `bits_per_key` (~1.5 % false positives at 10 bits and 3 probes); a generation
+    that fills past that just reads Redis more often. A false negative cannot happen: nothing is removed
+    but whole generations older than the TTL."""
+
+    GENERATIONS = 4
+    PROBES = 3
+
+    def __init__(self, ttl_s: float, *, bits_per_key: int = 10, min_bits: int = 1 << 16, max_bits: int = 1 << 27,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.span = (ttl_s + 1.0) / (self.GENERATIONS - 1)
+        self.bits_per_key, self.min_bits, self.max_bits = bits_per_key, min_bits, max_bits
+        self.clock = clock
+        self.clear()
+
+    def clear(self) -> None:
+        self._filters: list[tuple[bytearray, int]] = []  # (bits, mask), newest first
+        self._counts: list[int] = []
+        self._rotate_at = self.clock() + self.span
+        self._push()
+
+    def _push(self) -> None:
+        wanted = max(self._counts, default=0) * self.bits_per_key
+        size = self.min_bits
+        while size < wanted and size < self.max_bits:
+            size <<= 1
+        self._filters.insert(0, (bytearray(size >> 3), size - 1))
+        self._counts.insert(0, 0)
+        del self._filters[self.GENERATIONS:], self._counts[self.GENERATIONS:]
+
+    def _turn(self) -> None:
+        now = self.clock()
+        while now >= self._rotate_at:
+            self._push()
+            self._rotate_at += self.span
+
+    def add(self, key: str) -> None:
+        if self.clock() >= self._rotate_at:
+            self._turn()
+        h = hash(key)
+        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
+        bits, mask = self._filters[0]
+        for i in range(self.PROBES):
+            p = (a + i * b) & mask
+            bits[p >> 3] |= 1 << (p & 7)
+        self._counts[0] += 1
+
+    def __contains__(self, key: str) -> bool:
+        if self.clock() >= self._rotate_at:
+            self._turn()
+        h = hash(key)
+        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
+        for bits, mask in self._filters:
+            p = a & mask
+            if not bits[p >> 3] & (1 << (p & 7)):
+                continue
+            p = (a + b) & mask
+            if not bits[p >> 3] & (1 << (p & 7)):
+                continue
+            p = (a + 2 * b) & mask
+            if bits[p >> 3] & (1 << (p & 7)):
+                return True
+        return False
+
+    @property
+    def keys_heard(self) -> int:
+        """Keys added across the live generations (a key heard twice counts twice)."""
+        return sum(self._counts)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(bits) for bits, _ in self._filters)
+
+
 class CachePresence:
     """The cache keys any gateway process stored within the TTL, as heard from Redis; see the module doc."""
 
-    def __init__(self, wire: RedisWire, *, ttl_s: float, prefix: str = "gw:cache:", max_keys: int = 200_000,
-                 retry_s: float = 1.0, max_retry_s: float = 30.0, on_state: Callable[[bool, int], None] | None = None):
+    def __init__(self, wire: RedisWire, *, ttl_s: float, prefix: str = "gw:cache:", retry_s: float = 1.0,
+                 max_retry_s: float = 30.0, on_state: Callable[[bool, int], None] | None = None) -> None:
         self.wire = wire
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self.max_keys = max_keys
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
         self.ready = False
-        self._keys: dict[int, float] = {}  # hash(key) -> when its entry lapses (monotonic)
-        self._order: deque[tuple[int, float]] = deque()  # the same, oldest first (TTLs are all alike)
-        self._overflowed = False
+        self.keys = KeyGenerations(ttl_s)
         self._conn: _Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_state = on_state
@@ -107,34 +185,16 @@ class CachePresence:
     # -- the request path ----------------------------------------------------------------------------
     def may_hold(self, key: str) -> bool:
         """False only for a key no process stored within the TTL, while the index is in step."""
-        return not self.ready or hash(key) in self._keys
+        return not self.ready or key in self.keys
 
     # -- fed by the subscriber -----------------------------------------------------------------------
     def _heard(self, keys: list[bytes]) -> None:
-        until = time.monotonic() + self.ttl_s + 1.0
-        entries, order = self._keys, self._order
+        add = self.keys.add
         for key in keys:
-            h = hash(key.decode("utf-8", "replace"))
-            entries[h] = until
-            order.append((h, until))
-        self._sweep()
-        if len(order) > self.max_keys:  # more than the index may hold: reads go to Redis again
-            log.warning("cache index over %d keys: standing down (every cacheable request reads Redis)",
-                        self.max_keys)
-            self._overflowed = True
-            if self._conn is not None:
-                self._conn.close()
+            add(key.decode("utf-8", "replace"))
 
     def _flushed(self) -> None:
-        self._keys.clear()
-        self._order.clear()
-
-    def _sweep(self) -> None:
-        now, entries, order = time.monotonic(), self._keys, self._order
-        while order and order[0][1] < now:
-            h, until = order.popleft()
-            if entries.get(h) == until:  # not heard of again since
-                del entries[h]
+        self.keys.clear()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,7 +211,7 @@ class CachePresence:
     def _stand_down(self) -> None:
         was = self.ready
         self.ready = False
-        self._flushed()
+        self.keys.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -160,7 +220,7 @@ class CachePresence:
 
     def _report(self) -> None:
         if self._on_state is not None:
-            self._on_state(self.ready, len(self._keys))
+            self._on_state(self.ready, self.keys.keys_heard)
 
     async def _run(self) -> None:
         delay = self.retry_s
@@ -170,18 +230,20 @@ class CachePresence:
                 delay = self.retry_s  # it was in step: a later loss starts the back-off over
             except asyncio.CancelledError:
                 raise
+            except TrackingRefused as exc:
+                log.warning("Redis refused key tracking (%s): the cache index is off, every cacheable request "
+                            "reads Redis (set GATEWAY_CACHE_INDEX=false to skip this attempt)", exc)
+                self._stand_down()
+                return
             except Exception as exc:  # noqa: BLE001 - any failure: reads go to Redis until it is back
                 log.info("cache index not in step (%s); cacheable requests read Redis meanwhile", exc)
             self._stand_down()
-            if self._overflowed:
-                self._overflowed = False
-                delay = self.max_retry_s
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_retry_s)
 
     async def _follow(self) -> None:
         """Connect, turn tracking on, scan the keys already there, then follow the messages until the
-        connection is lost (sweeping lapsed entries meanwhile)."""
+        connection is lost."""
         wire, loop = self.wire, asyncio.get_running_loop()
         async with asyncio.timeout(wire.connect_timeout_s * 4):
             _, conn = await loop.create_connection(lambda: _Subscriber(self._heard, self._flushed),
@@ -190,17 +252,19 @@ class CachePresence:
             if wire.password is not None:
                 await conn.send(*(("AUTH", wire.username, wire.password) if wire.username else ("AUTH", wire.password)))
             own_id = await conn.send("CLIENT", "ID")
-            await conn.send("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.prefix)
+            try:
+                await conn.send("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.prefix)
+            except ResponseError as exc:  # Redis before 6, or an ACL without CLIENT: asking again will not help
+                raise TrackingRefused(str(exc)) from None
             await conn.send("SUBSCRIBE", CHANNEL)
         await self._scan()
         if conn.lost.done():
             raise RedisConnectionError("tracking connection lost during the scan")
         self.ready = True
         self._report()
-        log.info("cache index in step: %d keys", len(self._keys))
+        log.info("cache index in step: %d keys", self.keys.keys_heard)
         while not conn.lost.done():
             await asyncio.wait([conn.lost], timeout=min(60.0, self.ttl_s / 4))
-            self._sweep()
             self._report()
         raise RedisConnectionError("tracking connection lost")
 
@@ -215,7 +279,5 @@ class CachePresence:
             cursor, keys = reply  # type: ignore[misc]
             if keys:
                 self._heard(keys)
-                if self._overflowed:
-                    raise RedisConnectionError("cache index overflow")
             if cursor in (b"0", 0):
                 return

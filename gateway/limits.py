@@ -180,13 +180,14 @@ class LocalCounters:
 class LeaseBook:
     """The leases this process holds and has not spent, by window key, with the window's shared count
     when last granted (leases included): this process's view of "used" is that count less what it holds.
-    Windows of a past minute (or month) are dropped when the next one starts; their leases were counted."""
+    Windows of a past minute (or month) are dropped when the next one starts, and a lease granted under
+    another limit (the key's limits changed) is not spent; either way its units were counted already."""
 
     def __init__(self, max_windows: int = 50_000) -> None:
         self.max_windows = max_windows
         self._minute = -1
         self._month = ""
-        self._leases: dict[str, list[int]] = {}  # window key -> [units held, shared count at the last grant]
+        self._leases: dict[str, list[int]] = {}  # window key -> [units held, shared count at the grant, limit]
 
     def turn(self, minute: int, month: str) -> None:
         if minute != self._minute or month != self._month:
@@ -204,11 +205,12 @@ class LeaseBook:
         counts as this process sees them, or None, with nothing spent, when one of them is short."""
         leases = self._leases
         lr = lt = lb = None
-        if limits.rpm and ((lr := leases.get(keys[0])) is None or lr[0] < 1):
+        rpm, tpm, budget = limits.rpm, limits.tpm, limits.monthly_token_budget
+        if rpm and ((lr := leases.get(keys[0])) is None or lr[0] < 1 or lr[2] != rpm):
             return None
-        if limits.tpm and ((lt := leases.get(keys[1])) is None or lt[0] < estimate):
+        if tpm and ((lt := leases.get(keys[1])) is None or lt[0] < estimate or lt[2] != tpm):
             return None
-        if limits.monthly_token_budget and ((lb := leases.get(keys[2])) is None or lb[0] < estimate):
+        if budget and ((lb := leases.get(keys[2])) is None or lb[0] < estimate or lb[2] != budget):
             return None
         if lr is not None:
             lr[0] -= 1
@@ -218,16 +220,18 @@ class LeaseBook:
             lb[0] -= estimate
         return (lr[1] - lr[0] if lr else 0, lt[1] - lt[0] if lt else 0, lb[1] - lb[0] if lb else 0)
 
-    def grant(self, key: str, units: int, counted: int) -> int:
-        """Record a grant of `units` (maybe 0) with the window's shared count after it; the used count
-        as this process sees it."""
+    def grant(self, key: str, units: int, counted: int, limit: int) -> int:
+        """Record a grant of `units` (maybe 0) under `limit`, with the window's shared count after it;
+        the used count as this process sees it."""
         lease = self._leases.get(key)
         if lease is None:
             if not units:
                 return counted
             if len(self._leases) >= self.max_windows:
                 self._leases.clear()  # unspent leases stay counted: the strict side
-            lease = self._leases[key] = [0, counted]
+            lease = self._leases[key] = [0, counted, limit]
+        elif lease[2] != limit:  # granted under a limit since changed: not spent (it stays counted)
+            lease[0], lease[2] = 0, limit
         lease[0] += units
         lease[1] = counted
         return counted - lease[0]
@@ -312,9 +316,9 @@ class KeyRateLimiter:
             verdict, r, t, b, lr, lt, lb, *rest = await self.redis.run("rate_limit", call)
             fetched = rest[0] if rest and rest[0] else None
             if not verdict:  # this process's view: the shared counts less the leases it holds
-                r = book.grant(keys[0], lr, r) if limits.rpm else r
-                t = book.grant(keys[1], lt, t) if limits.tpm else t
-                b = book.grant(keys[2], lb, b) if limits.monthly_token_budget else b
+                r = book.grant(keys[0], lr, r, limits.rpm) if limits.rpm else r
+                t = book.grant(keys[1], lt, t, limits.tpm) if limits.tpm else t
+                b = book.grant(keys[2], lb, b, limits.monthly_token_budget) if limits.monthly_token_budget else b
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)
             local = True

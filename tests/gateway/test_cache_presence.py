@@ -9,7 +9,7 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cache_presence import CachePresence
+from gateway.cache_presence import CachePresence, KeyGenerations
 from gateway.redis_wire import RedisWire
 from tests.support.processes import Service, redis_service
 
@@ -100,15 +100,59 @@ async def test_out_of_step_while_redis_is_gone_then_in_step_again():
         service.stop()
 
 
-async def test_past_its_bound_the_index_stands_down(redis_server, other, caplog):
-    index = index_for(redis_server, max_keys=5)
-    index.max_retry_s = 30.0  # after an overflow it waits this long before building itself again
-    index.start()
-    await until(lambda: index.ready)
-    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
-        await other.mset({f"gw:cache:chat:{i}": b"x" for i in range(8)})
-        await until(lambda: not index.ready)
-    assert index.may_hold("gw:cache:chat:never-stored"), "standing down: every read goes to Redis"
-    assert "standing down" in caplog.text
-    await index.aclose()
-    await index.wire.aclose()
+async def test_a_redis_without_key_tracking_turns_the_index_off(caplog):
+    """Redis 5 has no CLIENT TRACKING; an ACL can forbid it. Here the ACL does: asked once, not again."""
+    service = redis_service(extra=["--user", "gateway", "on", ">s3cret", "~*", "&*", "+@all", "-client|tracking",
+                                   "--user", "default", "off"]).start().wait_port()
+    wire = RedisWire(f"redis://gateway:s3cret@127.0.0.1:{service.port}/0", connect_timeout_s=1.0)
+    index = CachePresence(wire, ttl_s=60, retry_s=0.05)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+            index.start()
+            await until(lambda: index._task is not None and index._task.done())
+        assert not index.ready and index.may_hold("gw:cache:chat:x")
+        assert "refused key tracking" in caplog.text
+    finally:
+        await index.aclose()
+        await wire.aclose()
+        service.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_keys_are_found_for_the_ttl_and_no_more_than_a_third_longer() -> None:
+    clock = Clock()
+    keys = KeyGenerations(ttl_s=59.0, clock=clock)  # a span of (59 + 1) / 3 = 20 s per generation
+    keys.add("gw:cache:chat:a")
+    clock.now += 60.0  # the TTL and the second of margin
+    assert "gw:cache:chat:a" in keys
+    keys.add("gw:cache:chat:b")
+    clock.now += 20.0  # a's generation is the fifth now: dropped
+    assert "gw:cache:chat:a" not in keys and "gw:cache:chat:b" in keys
+
+
+def test_many_keys_no_false_negative_and_few_false_positives() -> None:
+    keys = KeyGenerations(ttl_s=3600.0, min_bits=1 << 18, clock=Clock())  # ~13 bits for each of 20k keys
+    stored = [f"gw:cache:chat:{i:040x}" for i in range(20_000)]
+    for key in stored:
+        keys.add(key)
+    assert all(key in keys for key in stored)
+    false_positives = sum(f"gw:cache:chat:other-{i}" in keys for i in range(20_000)) / 20_000
+    assert false_positives < 0.03
+
+
+def test_each_new_generation_is_sized_from_the_busiest_one() -> None:
+    clock = Clock()
+    keys = KeyGenerations(ttl_s=3600.0, bits_per_key=10, min_bits=1 << 16, clock=clock)
+    for i in range(20_000):  # three bits a key in the smallest filter: it reads Redis often, no more
+        keys.add(f"gw:cache:chat:{i}")
+    clock.now += keys.span
+    keys.add("gw:cache:chat:next")
+    assert keys._filters[0][1] + 1 >= 20_000 * 10
+    assert all(f"gw:cache:chat:{i}" in keys for i in range(20_000)), "the older generation still answers"

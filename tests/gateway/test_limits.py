@@ -194,3 +194,16 @@ async def test_unspent_leases_are_given_back_on_shutdown(replicas):
     assert int(await client.get(f"gw:rl:t:key_back:{minute}")) == 100
     assert int(await client.get(f"gw:rl:b:key_back:{month}")) == 100
     assert limiter.leased("key_back", limits, 50, now=NOW) is None, "nothing held any more"
+
+
+async def test_a_lease_is_not_spent_once_the_keys_limits_changed(replicas):
+    limiter, client = replicas[0], replicas[0].redis.client
+    rpm_key = f"gw:rl:r:key_changed:{int(NOW // 60)}"
+    await limiter.reserve("key_changed", KeyLimits(rpm=10_000), 1, now=NOW)
+    assert limiter.leases.held(rpm_key) > 0
+    lowered = KeyLimits(rpm=20)  # an admin lowered the limit below what the lease brought: it must not be spent
+    assert limiter.leased("key_changed", lowered, 1, now=NOW) is None
+    counted = int(await client.get(rpm_key))
+    with pytest.raises(RateLimited):
+        await limiter.reserve("key_changed", lowered, 1, now=NOW)
+    assert counted > 20 and limiter.leases.held(rpm_key) > 0  # held, counted, never spent under the new limit
