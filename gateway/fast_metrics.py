@@ -81,6 +81,8 @@ class _Family(Collector):
         # The request path resolves a series per update: a C-level cache in front of the lookup makes
         # that no Python call at all. Bounded, as the labels are (configuration and discovery).
         self.labels = functools.lru_cache(maxsize=LABEL_CACHE_SIZE)(self._labels)  # type: ignore[assignment]
+        if not self.labelnames:  # as prometheus_client: a metric without labels has its one series from the start
+            self.labels()
         if registry is not None:
             registry.register(self)
 

@@ -22,6 +22,8 @@ def build(kind) -> tuple[CollectorRegistry, dict]:  # noqa: ANN001
         "in_flight": kind.Gauge("t_in_flight", "In flight.", ("model",), registry=registry),
         "monthly": kind.Gauge("t_monthly_usd", "A setting.", registry=registry),
         "unused": kind.Counter("t_unused", "Never touched.", ("model",), registry=registry),
+        "unset": kind.Gauge("t_unset", "No labels, never set: 0 from the start.", registry=registry),
+        "uncounted": kind.Counter("t_uncounted", "No labels, never counted.", registry=registry),
     }
 
 
