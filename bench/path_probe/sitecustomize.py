@@ -120,8 +120,11 @@ if MODE in ("segments", "calls"):
         written = server_protocol.HeadHoldingTransport.write
 
         def write(self, data: bytes) -> None:  # noqa: ANN001
+            first_out = not data.startswith(b"HTTP/1.1 ") and "request" in current
+            if first_out:
+                current["client_write>"] = ns()  # the socket write itself (it wakes the client) is the last step
             written(self, data)
-            if not data.startswith(b"HTTP/1.1 ") and "request" in current:  # the answer's first bytes left
+            if first_out:  # the answer's first bytes left
                 current["client_write"] = ns()
                 records.append(dict(current))
                 current.clear()
