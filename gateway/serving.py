@@ -39,6 +39,21 @@ from gateway.tracing import DISABLED, as_current, backend_span, record_result, r
 log = logging.getLogger("gateway.serving")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class RelayResponse(StreamingResponse):
+    """A relayed stream's response: Starlette's StreamingResponse with the head it would build for an SSE
+    answer, built once at import instead of per stream (its header pass runs on the way to the first
+    token)."""
+
+    RAW_HEADERS = StreamingResponse(iter(()), media_type="text/event-stream", headers=SSE_HEADERS).raw_headers
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:  # noqa: D107 - Starlette's fields, set directly
+        self.body_iterator = body
+        self.status_code = 200
+        self.media_type = "text/event-stream"
+        self.background = None
+        self.raw_headers = list(self.RAW_HEADERS)
 GenRequest = ChatCompletionRequest | CompletionRequest
 T = TypeVar("T")
 
@@ -187,7 +202,7 @@ class InferenceService:
         self.metrics.ttft.labels(model, lease.replica.name).observe(ttft)
         answer = StreamedAnswer() if isinstance(req, ChatCompletionRequest) and req.response_format else None
         body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer, observer)
-        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return RelayResponse(body)
 
     async def _relay(self, lease: Lease, chunks: AsyncIterator[ChunkBatch], first: ChunkBatch, req: GenRequest,
                      model: str, t0: float, ttft: float, deadline: float, span: Span,

@@ -115,6 +115,7 @@ if MODE in ("segments", "calls"):
         wrap(ollama.OllamaBackend, "chat", "ollama_chat")
         wrap(http11._Connection, "start", "backend_write")
         wrap(http11._Connection, "data_received", "backend_reply")
+        wrap(http11.Response, "_arrived", "backend_body")  # a stream's first token, after its head
         wrap(front.FrontDoor, "_send_whole", "send_whole")
         wrap(front.FrontDoor, "_stream", "send_stream")
         written = server_protocol.HeadHoldingTransport.write

@@ -122,7 +122,7 @@ class BackendHTTP:
                         resp.expire_at(deadline)
                     rest = b""
                     first = True
-                    async for piece in resp.pieces():
+                    while (piece := await resp.next_piece()) is not None:
                         *complete, rest = (rest + piece if rest else piece).split(b"\n")
                         batch = [stripped for line in complete if (stripped := line.rstrip(b"\r"))]
                         if not batch:

@@ -89,17 +89,23 @@ class Response:
             waiter.set_result(None)
 
     # -- read by the caller -----------------------------------------------------------------------
-    async def pieces(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; raises ConnectionClosed if the body is cut short."""
+    async def next_piece(self) -> bytes | None:
+        """Everything that arrived since the last call, as one piece (waiting for some), or None once the
+        body is whole; raises ConnectionClosed if the body is cut short. A coroutine per piece rather
+        than an async generator: a stream's relay no longer pays the loop's generator hooks for it."""
         while True:
             if self._pieces:  # everything that arrived so far, as one piece: the caller batches by read
-                yield self._take()
-                continue
+                return self._take()
             if self.complete:
-                return
+                return None
             if self._error is not None:
                 raise self._error
             await self._wait()
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive (`next_piece` until the end)."""
+        while (piece := await self.next_piece()) is not None:
+            yield piece
 
     async def read(self) -> bytes:
         """The whole body (a plain loop rather than `pieces()`: no async generator per unary call)."""
