@@ -22,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
-import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.redis_wire import RedisWire, pack
+from gateway.redis_wire import RedisWire, _Connection, pack
 
 log = logging.getLogger("gateway.cache")
 
@@ -40,18 +38,14 @@ class TrackingRefused(Exception):
     """Redis answered CLIENT TRACKING with an error: it cannot do what the index needs."""
 
 
-class _Subscriber(asyncio.Protocol):
-    """The tracking connection: replies to its own setup commands in order, then invalidation messages."""
+class _Subscriber(_Connection):
+    """The tracking connection: `RedisWire`'s connection, with invalidation messages taken out of the
+    replies (they come whenever a key changes, between the replies to its own commands)."""
 
     def __init__(self, on_keys: Callable[[list[bytes]], None], on_flush: Callable[[], None]) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader()
-        self.replies: deque[asyncio.Future[object]] = deque()
+        super().__init__()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_keys, self.on_flush = on_keys, on_flush
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -61,33 +55,16 @@ class _Subscriber(asyncio.Protocol):
                     self.on_flush()
                 else:
                     self.on_keys(reply[2])
-                continue
-            if not self.replies:  # out of step: start over
-                self.close()
+            elif not self.answer(reply):
                 return
-            waiter = self.replies.popleft()
-            if not waiter.done():
-                waiter.set_exception(ResponseError(str(reply))) if isinstance(reply, hiredis.ReplyError) \
-                    else waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        while self.replies:
-            waiter = self.replies.popleft()
-            if not waiter.done():
-                waiter.set_exception(RedisConnectionError("tracking connection lost"))
+        super().connection_lost(exc)
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def send(self, *args: bytes | str | int) -> asyncio.Future[object]:
-        waiter = asyncio.get_running_loop().create_future()
-        self.replies.append(waiter)
-        assert self.transport is not None
-        self.transport.write(pack(args))
-        return waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def command(self, *args: bytes | str | int) -> asyncio.Future[object]:
+        return self.send(pack(args))
 
 
 class KeyGenerations:
@@ -244,19 +221,15 @@ class CachePresence:
     async def _follow(self) -> None:
         """Connect, turn tracking on, scan the keys already there, then follow the messages until the
         connection is lost."""
-        wire, loop = self.wire, asyncio.get_running_loop()
+        wire = self.wire
         async with asyncio.timeout(wire.connect_timeout_s * 4):
-            _, conn = await loop.create_connection(lambda: _Subscriber(self._heard, self._flushed),
-                                                   wire.host, wire.port)
-            self._conn = conn
-            if wire.password is not None:
-                await conn.send(*(("AUTH", wire.username, wire.password) if wire.username else ("AUTH", wire.password)))
-            own_id = await conn.send("CLIENT", "ID")
+            conn = self._conn = await wire.connect(lambda: _Subscriber(self._heard, self._flushed))
+            own_id = await conn.command("CLIENT", "ID")
             try:
-                await conn.send("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.prefix)
+                await conn.command("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.prefix)
             except ResponseError as exc:  # Redis before 6, or an ACL without CLIENT: asking again will not help
                 raise TrackingRefused(str(exc)) from None
-            await conn.send("SUBSCRIBE", CHANNEL)
+            await conn.command("SUBSCRIBE", CHANNEL)
         await self._scan()
         if conn.lost.done():
             raise RedisConnectionError("tracking connection lost during the scan")

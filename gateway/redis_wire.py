@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -48,16 +50,22 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            if not self.waiters:  # a reply nobody asked for: the stream is out of step, start over
-                self.close(RedisConnectionError("unexpected reply from redis"))
+            if not self.answer(reply):
                 return
-            waiter = self.waiters.popleft()
-            if waiter.done():  # its caller gave up (deadline): the reply is skipped, the order kept
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                waiter.set_exception(ResponseError(str(reply)))
-            else:
-                waiter.set_result(reply)
+
+    def answer(self, reply: object) -> bool:
+        """Hand `reply` to the oldest waiter; False (and the connection closed) if nobody asked for one."""
+        if not self.waiters:  # a reply nobody asked for: the stream is out of step, start over
+            self.close(RedisConnectionError("unexpected reply from redis"))
+            return False
+        waiter = self.waiters.popleft()
+        if waiter.done():  # its caller gave up (deadline): the reply is skipped, the order kept
+            return True
+        if isinstance(reply, hiredis.ReplyError):
+            waiter.set_exception(ResponseError(str(reply)))
+        else:
+            waiter.set_result(reply)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to redis lost: {exc!r}" if exc else "redis closed the connection"))
@@ -94,6 +102,9 @@ class _Connection(asyncio.Protocol):
         return waiters
 
 
+C = TypeVar("C", bound=_Connection)
+
+
 class RedisWire:
     """Lazily connected; after a failure the next call connects again (the caller's circuit paces that)."""
 
@@ -128,11 +139,17 @@ class RedisWire:
                 self._connecting = None
 
     async def _connect(self) -> _Connection:
+        conn = await self.connect(_Connection)
+        self._conn = conn
+        return conn
+
+    async def connect(self, factory: Callable[[], C]) -> C:
+        """A new connection (`factory` makes its protocol), logged in and on the URL's database."""
         loop = asyncio.get_running_loop()
-        conn: _Connection | None = None
+        conn: C | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+                _, conn = await loop.create_connection(factory, self.host, self.port)
                 setup = []
                 if self.password is not None:
                     auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
@@ -147,7 +164,6 @@ class RedisWire:
             if isinstance(exc, (OSError, TimeoutError)):
                 raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: {exc!r}") from None
             raise
-        self._conn = conn
         return conn
 
     async def call(self, *args: Arg) -> object:
