@@ -54,7 +54,8 @@ class PolicyMetrics:
         self.gpu_monthly.set(gpu_monthly_usd)
         self.cache_index_ready = Gauge("gateway_cache_index_ready", "1 while the cache-key index is in step with "
                                        "Redis (cache reads of unstored answers skipped), else 0.", registry=registry)
-        self.cache_index_keys = Gauge("gateway_cache_index_keys", "Cache keys the index holds.", registry=registry)
+        self.cache_index_keys = Gauge("gateway_cache_index_keys", "Cache-key writes the index heard of within the "
+                                      "TTL (a key written twice counts twice).", registry=registry)
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
         for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
