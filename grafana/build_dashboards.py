@@ -105,7 +105,7 @@ def cache_and_limit_panels(model_sel: str) -> list[Panel]:
               description="in step: a replica skips the Redis read of answers nobody stored; "
                           "reading Redis: every cacheable request reads it (Redis down, or no CLIENT TRACKING)",
               queries=[Query(expr="gateway_cache_index_ready", legend="{{instance}}")]),
-        Panel(title="Cache keys the index holds", width=12, queries=[Query(
+        Panel(title="Cache-key writes the index heard (within the TTL)", width=12, queries=[Query(
             expr="gateway_cache_index_keys", legend="{{instance}}")]),
     ]
 
