@@ -76,7 +76,6 @@ class KeyGenerations:
     but whole generations older than the TTL."""
 
     GENERATIONS = 4
-    PROBES = 3
 
     def __init__(self, ttl_s: float, *, bits_per_key: int = 10, min_bits: int = 1 << 16, max_bits: int = 1 << 27,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -106,14 +105,15 @@ class KeyGenerations:
             self._push()
             self._rotate_at += self.span
 
+    # A key's three bit positions: a, a + b, a + 2b (double hashing from its one 64-bit hash), written out
+    # in `add` and `__contains__` alike: the lookup runs on every cacheable request.
     def add(self, key: str) -> None:
         if self.clock() >= self._rotate_at:
             self._turn()
         h = hash(key)
         a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
         bits, mask = self._filters[0]
-        for i in range(self.PROBES):
-            p = (a + i * b) & mask
+        for p in (a & mask, (a + b) & mask, (a + 2 * b) & mask):
             bits[p >> 3] |= 1 << (p & 7)
         self._counts[0] += 1
 
@@ -122,7 +122,7 @@ class KeyGenerations:
             self._turn()
         h = hash(key)
         a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
-        for bits, mask in self._filters:
+        for bits, mask in self._filters:  # the three positions of `add`, tested one by one: most keys fail the first
             p = a & mask
             if not bits[p >> 3] & (1 << (p & 7)):
                 continue
@@ -138,10 +138,6 @@ class KeyGenerations:
     def keys_heard(self) -> int:
         """Keys added across the live generations (a key heard twice counts twice)."""
         return sum(self._counts)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(bits) for bits, _ in self._filters)
 
 
 class CachePresence:

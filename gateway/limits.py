@@ -273,14 +273,19 @@ class KeyRateLimiter:
         are no limits): then `reserve_and_get` asks Redis."""
         if not limits.any:
             return None
+        now, minute, month, keys = self._window(subject, now)
+        used = self.leases.take(keys, limits, estimate)
+        if used is None:
+            return None
+        return Reservation(subject, limits, estimate, minute, month, *used, False)
+
+    def _window(self, subject: str, now: float | None) -> tuple[float, int, str, tuple[str, str, str]]:
+        """The time, the current minute and month, and their window keys; past windows' leases dropped."""
         now = time.time() if now is None else now
         minute = int(now // 60)
         month = utc_date("%Y-%m", now)
         self.leases.turn(minute, month)
-        used = self.leases.take(self._keys(subject, minute, month), limits, estimate)
-        if used is None:
-            return None
-        return Reservation(subject, limits, estimate, minute, month, *used, False)
+        return now, minute, month, self._keys(subject, minute, month)
 
     async def reserve_and_get(self, subject: str, limits: KeyLimits, estimate: int, get_key: str | None, *,
                               now: float | None = None) -> tuple[Reservation | None, bytes | None]:
@@ -288,12 +293,8 @@ class KeyRateLimiter:
         response-cache read) in the same round trip."""
         if not limits.any:
             return None, None
-        now = time.time() if now is None else now
-        minute = int(now // 60)
-        month = utc_date("%Y-%m", now)
-        keys = self._keys(subject, minute, month)
+        now, minute, month, keys = self._window(subject, now)
         book = self.leases
-        book.turn(minute, month)
         # One lease request per window in flight: a burst of concurrent first requests would otherwise
         # each take a lease before any of them could be spent.
         ask = keys[0] not in self._asking

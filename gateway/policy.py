@@ -231,7 +231,7 @@ class Policy:
         if reservation is not None:
             return reservation, await self.cache.get_raw(read_key) if read_key else None
         if read_key is not None and not self.redis.configured:
-            reservation = await self.limiter.reserve(principal.subject, limits, estimate)
+            reservation, _ = await self.limiter.reserve_and_get(principal.subject, limits, estimate, None)
             return reservation, self.cache.memory_get(read_key)
         return await self.limiter.reserve_and_get(principal.subject, limits, estimate, read_key)
 

@@ -54,6 +54,8 @@ class RelayResponse(StreamingResponse):
         self.media_type = "text/event-stream"
         self.background = None
         self.raw_headers = list(self.RAW_HEADERS)
+
+
 GenRequest = ChatCompletionRequest | CompletionRequest
 T = TypeVar("T")
 

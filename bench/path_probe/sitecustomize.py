@@ -36,16 +36,12 @@ if MODE in ("segments", "calls"):
             def _profile(frame, event, arg):  # noqa: ANN001, ANN202
                 if event == "call":
                     counts["python"] += 1
-                    code = frame.f_code
-                    counts[f"py {_short(code.co_filename)}:"
-                           f"{code.co_firstlineno} {code.co_qualname}"] += 1
+                    code = frame.f_code  # "package/file.py:LINE Qual.name": the last two path parts are enough
+                    where = "/".join(code.co_filename.split("/")[-2:])
+                    counts[f"py {where}:{code.co_firstlineno} {code.co_qualname}"] += 1
                 elif event == "c_call":
                     counts["c"] += 1
                     counts[f"c {getattr(arg, '__qualname__', repr(arg))}"] += 1
-
-            def _short(path: str) -> str:
-                parts = path.split("/")
-                return "/".join(parts[-2:])
         else:
             def _profile(frame, event, arg):  # noqa: ANN001, ANN202
                 if event == "call":

@@ -37,7 +37,7 @@ class BadResponse(ConnectionError):
 
 
 class Response:
-    """Status and headers once they arrived; the body through `read()` or `pieces()`."""
+    """Status and headers once they arrived; the body through `read()` or `next_piece()`."""
 
     __slots__ = ("status", "headers", "_conn", "_pieces", "_buffered", "_waiter", "_error", "complete", "_timer",
                  "_fresh")
@@ -102,13 +102,8 @@ class Response:
                 raise self._error
             await self._wait()
 
-    async def pieces(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive (`next_piece` until the end)."""
-        while (piece := await self.next_piece()) is not None:
-            yield piece
-
     async def read(self) -> bytes:
-        """The whole body (a plain loop rather than `pieces()`: no async generator per unary call)."""
+        """The whole body."""
         parts: list[bytes] = []
         while True:
             if self._pieces:

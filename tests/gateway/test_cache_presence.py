@@ -3,7 +3,6 @@ write, emptied by a flush, standing down (every read goes to Redis) while it is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -11,14 +10,7 @@ import redis.asyncio as aioredis
 
 from gateway.cache_presence import CachePresence, KeyGenerations
 from gateway.redis_wire import RedisWire
-from tests.support.processes import Service, redis_service
-
-
-async def until(condition, timeout: float = 5.0) -> None:  # noqa: ANN001
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+from tests.support.processes import Service, redis_service, until
 
 
 @pytest.fixture

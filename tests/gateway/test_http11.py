@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -13,14 +12,8 @@ from gateway.backends.http11 import (
     ConnectionClosed,
     Http11Client,
 )
+from tests.support.processes import until
 from tests.support.raw_server import read_request, server
-
-
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll `condition` on the loop until it holds (a bounded wait for a socket event, not a fixed sleep)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def client(url: str, **kw: object) -> Http11Client:
@@ -118,11 +111,10 @@ async def test_chunked_body_arrives_piece_by_piece() -> None:
     async with server(chunked) as (url, _):
         http = client(url)
         async with http.request("POST", "/x", b"{}") as resp:
-            pieces = resp.pieces()
-            assert await anext(pieces) == b"first"  # before the server sent the rest
+            assert await resp.next_piece() == b"first"  # before the server sent the rest
             release.set()
-            assert [p async for p in pieces] == [b"second"]
-            assert resp.complete
+            assert await resp.next_piece() == b"second"
+            assert await resp.next_piece() is None and resp.complete
         await http.aclose()
 
 
@@ -201,7 +193,7 @@ async def test_leaving_early_closes_the_connection_instead_of_reusing_it() -> No
     async with server(slow_stream) as (url, accepted):
         http = client(url)
         async with http.request("POST", "/x", b"{}") as resp:
-            assert await anext(resp.pieces()) == b"one"  # the caller stops here (client gone, cancelled)
+            assert await resp.next_piece() == b"one"  # the caller stops here (client gone, cancelled)
         async with http.request("POST", "/x", b"{}") as resp:
             assert await resp.read() == b"onetwo"
         await http.aclose()
@@ -274,7 +266,7 @@ async def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> No
             await until(lambda: resp._conn._paused)  # the server ran ahead: the client stopped reading
             buffered = resp._buffered
             got = 0
-            async for piece in resp.pieces():
+            while (piece := await resp.next_piece()) is not None:
                 got += len(piece)
         await http.aclose()
     assert got == BIG

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -33,6 +34,14 @@ def find_binary(name: str) -> str:
     if not found:
         raise RuntimeError(f"{name} is not installed; `make test` installs it (apt, as root)")
     return found
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """`wait_until` for tests on the event loop: poll `condition` until it holds, at most `timeout` seconds
+    (a bounded wait for a socket event, not a fixed sleep)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
