@@ -6,7 +6,8 @@
 A 1-client latency target is a sum of small steps, each slower after the process sat idle while
 the backend answered. This runs the gateway with a probe (bench/path_probe/sitecustomize.py, put
 on its PYTHONPATH) that timestamps the edges of those steps: request read, front layer, auth, body
-parse, policy, the Redis write and reply, the backend write and reply, the answer's first write.
+parse, policy, the Redis write and reply, the backend write and reply, the answer's first write,
+then the end of the request's own work and the arrival of the client's next request.
 It prints the median time between consecutive marks per checkout (`--gateway-dir` more than once,
 e.g. a base and this checkout, alternated `--rounds` times), and end-to-end p50s direct and through
 the gateway. `--mode calls` instead counts Python and C function calls per request (a deterministic

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access_log import AccessLog, RecentRequests
+from gateway.after_answer import AfterAnswer
 from gateway.backends.pool import BackendPool
 from gateway.errors import ClientError, GatewayError, InvalidRequest, PayloadTooLarge, error_response
 from gateway.front import FrontDoor
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         pool = BackendPool(settings, metrics)
         tracing.instrument_pool(pool)
         app.state.pool = pool
-        app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings, tracer=tracing.tracer)
+        app.state.service = InferenceService(pool=pool, metrics=metrics, settings=settings, tracer=tracing.tracer,
+                                             after=after)
         await pool.start()
         app.state.policy.start()
         for model in pool.models():  # cache and cost series exist before the first request
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         try:
             yield
         finally:
+            after.run_all()  # the last answers' bookkeeping, before the accounting is flushed below
             await pool.aclose()
             await app.state.policy.aclose()
             tracing.shutdown()
@@ -100,6 +103,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.authenticator = app.state.policy.authenticator
     tracing = app.state.tracing = setup_tracing(exporter=span_exporter or exporter_from_env())
     app.state.recent_requests = RecentRequests()
+    after = app.state.after_answer = AfterAnswer()
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(health.router)
@@ -111,6 +115,6 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     Instrumentator(registry=registry).expose(app, endpoint="/metrics", include_in_schema=False)
     front = FrontDoor(inner=app.through_fastapi, routes=inference.HANDLERS,
                       max_body_bytes=settings.max_body_bytes, http_metrics=HttpMetrics(registry),
-                      access_log=AccessLog(recent=app.state.recent_requests))
+                      access_log=AccessLog(recent=app.state.recent_requests), after=after)
     app.front = tracing.wrap(front, route_span_details)
     return app

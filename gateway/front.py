@@ -1,8 +1,9 @@
 """The one ASGI layer in front of every HTTP request, and the direct path for the inference routes.
 
 For every request it gives an id (a sane incoming `X-Request-ID`, else a fresh one, echoed on the
-response), feeds the HTTP metrics and writes one access-log line when the last byte went out (a
-stream's too) or the client left (499).
+response), and once the last byte went out (a stream's too) or the client left (499) it queues the
+HTTP metrics and the access-log line, with the answer's own bookkeeping, on the AfterAnswer queue
+(gateway/after_answer.py): they run a moment later, off the path of the client's next request.
 
 The inference routes, the gateway's reason to exist, are then served from here: read the body
 under the cap, authenticate, call the same handler function FastAPI routes to, send the response.
@@ -28,6 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access_log import AccessLog, AccessRecord, bind_record, unbind_record
+from gateway.after_answer import AfterAnswer
 from gateway.auth import Principal
 from gateway.deps import authenticated
 from gateway.errors import PayloadTooLarge, error_response
@@ -91,12 +93,13 @@ class _Exchange:
 
 class FrontDoor:
     def __init__(self, *, inner: ASGIApp, routes: dict[str, Handler], max_body_bytes: int,
-                 http_metrics: HttpMetrics, access_log: AccessLog) -> None:
+                 http_metrics: HttpMetrics, access_log: AccessLog, after: AfterAnswer) -> None:
         self.inner = inner  # FastAPI's own stack, for every other route
         self.routes = routes  # POST path -> handler
         self.max_body_bytes = max_body_bytes
         self.http_metrics = http_metrics
         self.access_log = access_log
+        self.after = after  # the answer's bookkeeping and log line run a moment later (gateway/after_answer.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope["headers"])
@@ -115,15 +118,21 @@ class FrontDoor:
                 await self._pass_on(scope, receive, send, exchange)
         finally:
             unbind_record(token)
-            finished = time.perf_counter()
+            latency_s = time.perf_counter() - started
             route = scope["path"] if handler is not None else getattr(scope.get("route"), "path", "none")
-            self.http_metrics.observe(handler=route, method=scope["method"], status=exchange.status,
-                                      duration_s=finished - started)
-            self.access_log.write(scope, record, request_id=state["request_id"], trace_id=trace_id,
-                                  status=exchange.logged_status, latency_s=finished - started,
-                                  x_cache=exchange.x_cache)
+
+            def book() -> None:
+                self.http_metrics.observe(handler=route, method=scope["method"], status=exchange.status,
+                                          duration_s=latency_s)
+                self.access_log.write(scope, record, request_id=state["request_id"], trace_id=trace_id,
+                                      status=exchange.logged_status, latency_s=latency_s, x_cache=exchange.x_cache)
+
+            self.after.defer(book)
 
     async def _pass_on(self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange) -> None:
+        # What these routes read (metrics, usage, feedback's request -> model map) must include every
+        # answer already sent: the bookkeeping left for later is done first.
+        self.after.run_all()
         cap = self.max_body_bytes
         if _declared_length(scope["headers"]) > cap:
             await self._send_whole(send, error_response(PayloadTooLarge(f"request body exceeds {cap} bytes")), exchange)
@@ -170,11 +179,8 @@ class FrontDoor:
             await self._stream(response, receive, send, exchange)
         else:
             await self._send_whole(send, response, exchange)
-        if response.background is not None:  # bookkeeping the handler left for after the answer went out
-            try:
-                await response.background()
-            except Exception:  # the client has its answer; a bookkeeping bug must not become a second one
-                log.exception("post-response bookkeeping failed")
+        if response.background is not None:  # bookkeeping the handler left for after the answer (a plain callable)
+            self.after.defer(response.background)  # type: ignore[arg-type]
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, refused with 413 by Content-Length or as soon as a chunked body passes the cap."""

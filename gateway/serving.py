@@ -20,6 +20,7 @@ from opentelemetry.trace import Span, Tracer
 from starlette.responses import Response, StreamingResponse
 
 from gateway.access_log import current_record
+from gateway.after_answer import AfterAnswer
 from gateway.backends.base import Backend, Chunk, ChunkBatch
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
@@ -106,8 +107,9 @@ COMPLETION = Operation(name="text_completion", unary=lambda b, r, m: b.complete(
 
 class InferenceService:
     def __init__(self, *, pool: BackendPool, metrics: GatewayMetrics, settings: Settings,
-                 tracer: Tracer = DISABLED.tracer) -> None:
+                 tracer: Tracer = DISABLED.tracer, after: AfterAnswer | None = None) -> None:
         self.pool = pool
+        self.after = after if after is not None else AfterAnswer()  # (an empty queue is falsy)
         self.metrics = metrics
         self.settings = settings
         self.tracer = tracer
@@ -150,7 +152,7 @@ class InferenceService:
         replica = lease.replica.name
         body = orjson.dumps(result)
 
-        async def book() -> None:
+        def book() -> None:
             usage = result.get("usage") or {}
             self._record(model, replica, "success", elapsed, usage)
             self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
@@ -159,10 +161,9 @@ class InferenceService:
             if observer is not None:
                 observer.finished(usage, True, result, body)
 
-        # The bookkeeping runs once the answer is on its way (the front layer awaits `background()`
-        # right after sending, as Starlette's Response would), so the client does not wait for metrics,
-        # usage and the cache write. `book` itself is the background callable: a BackgroundTask would
-        # only wrap it, after asking `inspect` whether it is async, on every answer.
+        # The bookkeeping runs after the answer went out: the front layer hands `background` to its
+        # AfterAnswer queue (gateway/after_answer.py), so neither this client nor its next request waits
+        # for metrics, usage and the cache write. `book` is a plain callable, not a BackgroundTask.
         # `book` holds the body, not the response: a response -> task -> book -> response cycle left
         # every unary answer's objects to the cyclic collector (pauses of ~5 ms under load).
         return Response(body, media_type="application/json", background=book)  # type: ignore[arg-type]
@@ -263,19 +264,23 @@ class InferenceService:
         finally:
             await chunks.aclose()
             elapsed = time.perf_counter() - t0
-            self._record(model, backend, outcome, elapsed, usage)
-            out_tokens = int(usage.get("completion_tokens") or 0)
-            if out_tokens > 1:
-                self.metrics.tpot.labels(model, backend).observe((elapsed - ttft) / (out_tokens - 1))
             record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
                          finish_reasons=finish_reasons)
             if outcome != "success":
                 span.set_attribute("error.type", outcome)
-            span.end()
-            if answer is not None and outcome == "success":
-                self._check_format(req, model, answer.text())
-            if observer is not None:
-                observer.finished(usage, outcome == "success", None)
+            span.end()  # here, not later: the span's end is the stream's
+
+            def book() -> None:  # after the answer (gateway/after_answer.py), like a unary answer's
+                self._record(model, backend, outcome, elapsed, usage)
+                out_tokens = int(usage.get("completion_tokens") or 0)
+                if out_tokens > 1:
+                    self.metrics.tpot.labels(model, backend).observe((elapsed - ttft) / (out_tokens - 1))
+                if answer is not None and outcome == "success":
+                    self._check_format(req, model, answer.text())
+                if observer is not None:
+                    observer.finished(usage, outcome == "success", None)
+
+            self.after.defer(book)
 
     @staticmethod
     async def _drain(chunks: AsyncIterator[ChunkBatch], backend: str) -> None:

@@ -1,7 +1,9 @@
 """Loaded into the gateway process by `python -m bench.critical_path` (via PYTHONPATH); inert elsewhere.
 
 BENCH_PATH_PROBE=segments: timestamps (perf_counter_ns) at the edges of the request path's steps,
-one record per inference request, for requests sent one at a time. BENCH_PATH_PROBE=calls: counts
+one record per inference request, for requests sent one at a time; after the answer's first write,
+`after_done` marks the end of the request's own work and `after_next` the arrival of the client's
+next request (a next request that arrives first waited for that work). BENCH_PATH_PROBE=calls: counts
 Python and C function calls (sys.setprofile) between SIGUSR1 and SIGUSR2. SIGUSR2 writes what was
 gathered to BENCH_PATH_PROBE_OUT as JSON. Patches are by name, so an older checkout can be probed.
 """
@@ -90,6 +92,8 @@ if MODE in ("segments", "calls"):
 
         def data_received(self, data: bytes) -> None:  # noqa: ANN001
             if data.startswith(b"POST /v1"):
+                if records and "after_next" not in records[-1]:  # the previous answer's client sent this one
+                    records[-1]["after_next"] = ns()
                 current.clear()
                 current["request"] = ns()
             received(self, data)
@@ -127,4 +131,12 @@ if MODE in ("segments", "calls"):
                 current.clear()
 
         server_protocol.HeadHoldingTransport.write = write
+        front_call = front.FrontDoor.__call__
+
+        async def front_done(self, scope, receive, send):  # noqa: ANN001, ANN202
+            await front_call(self, scope, receive, send)
+            if records and "after_done" not in records[-1]:  # its bookkeeping, after the answer went out
+                records[-1]["after_done"] = ns()
+
+        front.FrontDoor.__call__ = front_done
         signal.signal(signal.SIGUSR2, lambda *_: _write(records))

@@ -20,7 +20,7 @@ from gateway.app import create_app
 from gateway.front import FrontDoor
 from gateway.settings import Settings
 from tests.support.ollama import running_ollama_double
-from tests.support.processes import Service
+from tests.support.processes import Service, wait_until
 
 MODEL = "smollm2:135m"
 ADMIN_KEY = "sk-test-observability-0123456789"
@@ -74,6 +74,13 @@ def log_records(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
+def logged(stream: io.StringIO, lines: int) -> list[dict]:
+    """The access log once it holds `lines` lines: a request's line is written just after its answer
+    went out (gateway/after_answer.py)."""
+    wait_until(lambda: len(log_records(stream)) >= lines, timeout=5, what=f"{lines} access-log line(s)")
+    return log_records(stream)
+
+
 def by_name(finished: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
     return {span.name: span for span in finished}
 
@@ -125,7 +132,7 @@ def test_access_log_is_one_json_line_per_request_with_ids(traced: TestClient, sp
                                                            access_lines: io.StringIO) -> None:
     response = traced.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-ID": "req-obs-1"})
     assert response.headers["x-request-id"] == "req-obs-1"
-    (line,) = [r for r in log_records(access_lines) if r["path"] == "/v1/chat/completions"]
+    (line,) = [r for r in logged(access_lines, 1) if r["path"] == "/v1/chat/completions"]
     usage = response.json()["usage"]
     assert line["request_id"] == "req-obs-1"
     assert line["status"] == 200 and line["key_id"] == "admin"
@@ -142,20 +149,20 @@ def test_successful_probes_and_scrapes_are_not_logged(untraced: TestClient, acce
     for path in ("/healthz", "/metrics"):
         assert untraced.get(path).status_code == 200
     assert untraced.get("/v1/models", headers=AUTH).status_code == 200
-    assert [line["path"] for line in log_records(access_lines)] == ["/v1/models"]
+    assert [line["path"] for line in logged(access_lines, 1)] == ["/v1/models"]
 
 
 def test_errors_are_logged_too(untraced: TestClient, access_lines: io.StringIO) -> None:
     response = untraced.post("/v1/chat/completions", json={**CHAT, "model": "no-such-model"}, headers=AUTH)
     assert response.status_code == 404
-    (line,) = log_records(access_lines)
+    (line,) = logged(access_lines, 1)
     assert line["status"] == 404 and line["request_id"] == response.headers["x-request-id"]
 
 
 def test_without_an_exporter_nothing_is_traced(untraced: TestClient, access_lines: io.StringIO) -> None:
     assert not untraced.app.state.tracing.enabled
     assert untraced.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200
-    (line,) = log_records(access_lines)
+    (line,) = logged(access_lines, 1)
     assert line["trace_id"] is None
     assert isinstance(untraced.app.front, FrontDoor), "nothing wraps the front layer when tracing is off"
 
