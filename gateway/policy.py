@@ -204,8 +204,10 @@ class Policy:
         stream = bool(body.get("stream"))
         if hit is not None:
             self.metrics.cache.labels(model, "hit").inc()
-            self._account(principal, model, reservation, None)
-            return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
+            response = self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers)
+            # Booked after the answer went out, as a miss's answer is (the front layer queues `background`).
+            response.background = lambda: self._account(principal, model, reservation, None)  # type: ignore[assignment]
+            return response
         self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()
         store_key = key if decision.write else ""
         books = _Bookkeeper(self, principal, model, reservation, store_key, stream)

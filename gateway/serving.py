@@ -216,6 +216,16 @@ class InferenceService:
         finish_reasons: list[str] = []
         outcome = "success"
         on_chunk = observer.on_chunk if observer is not None else None
+        watched = answer is not None or on_chunk is not None
+
+        def feed(sent: ChunkBatch) -> None:  # what only the books read, done after the batch's write
+            for chunk in sent:
+                if chunk.get("choices") or not chunk.get("usage"):
+                    if answer is not None:
+                        answer.feed(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+
         dumps = orjson.dumps
         try:
             batch = first
@@ -232,15 +242,13 @@ class InferenceService:
                     for choice in choices or ():
                         if choice.get("finish_reason"):
                             finish_reasons.append(choice["finish_reason"])
-                    if answer is not None:
-                        answer.feed(chunk)
-                    if on_chunk is not None:
-                        on_chunk(chunk)
                     frames.append(b"data: " + dumps(chunk) + b"\n\n")
                 if ended:
                     break
                 if frames:  # what arrived together leaves together: one write
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
+                if watched:
+                    feed(batch)
                 try:
                     batch = await anext(chunks)  # the backend ends the stream by `deadline` (BackendTimeout)
                 except StopAsyncIteration:
@@ -250,6 +258,8 @@ class InferenceService:
             frames.append(SSE_DONE)
             yield FinalPart(b"".join(frames))
             if ended:
+                if watched:
+                    feed(batch)  # the last batch (a stream that just stopped had its last one fed already)
                 await self._drain(chunks, backend)
             lease.done()
         except GatewayError as err:  # a stream past its deadline raises BackendTimeout (the backend contract)
