@@ -6,7 +6,11 @@ gateway's /v1/chat/completions, which reaches the same mock through its Ollama b
 Targets (issue 2): 1 client, added p50 <= 1 ms; 50 clients, added p50 <= 3 ms and p99 <= 15 ms,
 for non-streamed latency and for the time to first token of streamed requests.
 
-    python -m bench.overhead [--requests 1000] [--no-redis]
+    python -m bench.overhead [--requests 1000] [--no-redis] [--blocks 5]
+
+The 1-client points alternate direct and gateway in `--blocks` blocks (bench.point.measure_alternating):
+measured one after the other, the same code's added p50 moved by 0.3-0.6 ms between runs on this host,
+as much as the target itself.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench import machine, report
-from bench.point import SCENARIOS, kind_for, measure
+from bench.point import SCENARIOS, kind_for, measure, measure_alternating
 from bench.stack import (BenchSetupError, MockOptions, direct_target, exit_cleanly_on_sigterm, smoke_check,
                          start_gateway, start_mock)
 from bench.stats import PointSummary
@@ -52,10 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--backend-ms", type=float, default=20.0, help="how long the mock takes to answer")
     p.add_argument("--no-redis", action="store_true", help="gateway with in-process stores (no REDIS_URL)")
+    p.add_argument("--blocks", type=int, default=5,
+                   help="1-client points: direct and gateway take turns in this many blocks (1: one run each)")
+    p.add_argument("--block-warmup", type=int, default=20, help="warm-up requests before each block")
     args = p.parse_args(argv)
     exit_cleanly_on_sigterm()
-    if args.requests < 1 or args.warmup < 0 or args.backend_ms < 0:
-        p.error("--requests must be >= 1, --warmup and --backend-ms >= 0")
+    if args.requests < 1 or args.warmup < 0 or args.backend_ms < 0 or args.blocks < 1 or args.block_warmup < 0:
+        p.error("--requests and --blocks must be >= 1; --warmup, --block-warmup and --backend-ms >= 0")
+    if args.blocks > args.requests:
+        p.error("--blocks cannot exceed --requests")
     opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)
     info = machine.describe(args.gateway_dir)
     points: list[PointSummary] = []
@@ -71,17 +80,25 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"overhead benchmark setup failed: {exc}") from None
         for name in ("plain", "stream"):
             for clients, _, _ in TARGETS:
-                for target in (direct, gateway):
-                    pt = measure(target=target, kinds=[kind_for(SCENARIOS[name], target, opts.model)],
-                                 scenario=name, concurrency=clients, requests=args.requests,
-                                 warmup=args.warmup, workdir=Path(tmp), mock_url=mock.url)
+                kinds = {t.name: [kind_for(SCENARIOS[name], t, opts.model)] for t in (direct, gateway)}
+                if clients == 1 and args.blocks > 1:  # see measure_alternating: host drift, paired away
+                    pair = measure_alternating(targets=[direct, gateway], kinds=kinds, scenario=name,
+                                               concurrency=clients, requests=args.requests, blocks=args.blocks,
+                                               warmup=args.block_warmup, workdir=Path(tmp), mock_url=mock.url)
+                else:
+                    pair = [measure(target=t, kinds=kinds[t.name], scenario=name, concurrency=clients,
+                                    requests=args.requests, warmup=args.warmup, workdir=Path(tmp), mock_url=mock.url)
+                            for t in (direct, gateway)]
+                for pt in pair:
                     points.append(pt)
-                    print(f"{name:6s} {target.name:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
+                    print(f"{name:6s} {pt.target:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
                           f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)
         rss = {"gateway": gateway.peak_rss()}  # while the processes still run
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info["load_average_at_end"] = machine.load_average()
     settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
+                "1-client points": (f"direct and gateway alternating in {args.blocks} blocks, {args.block_warmup} "
+                                    "warm-up requests before each" if args.blocks > 1 else "one run each"),
                 "backend answers in": f"{args.backend_ms} ms",
                 "gateway": "one uvicorn worker, Ollama backend, " + ("no Redis" if args.no_redis else "Redis")}
     text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,

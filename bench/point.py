@@ -90,3 +90,48 @@ def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurre
                         cpu=result["server_cpu_s"])
     summary.backend_calls_per_request = (backend_calls(mock_url) - calls_before) / (requests + warmup)
     return summary
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Load generator results of several runs against one target as one: per-request columns
+    concatenated, wall and CPU seconds (its own and the servers') and transport errors summed."""
+    merged: dict[str, Any] = {"wall_s": 0.0, "cpu_s": 0.0, "server_cpu_s": {}, "errors": {}}
+    for part in parts:
+        merged["wall_s"] += part["wall_s"]
+        merged["cpu_s"] += part["cpu_s"]
+        for name, secs in part["server_cpu_s"].items():
+            merged["server_cpu_s"][name] = merged["server_cpu_s"].get(name, 0.0) + secs
+        for name, count in part.get("errors", {}).items():
+            merged["errors"][name] = merged["errors"].get(name, 0) + count
+        for column, values in part.items():
+            if isinstance(values, list):
+                merged.setdefault(column, []).extend(values)
+    return merged
+
+
+def measure_alternating(*, targets: list[Target], kinds: dict[str, list[RequestKind]], scenario: str,
+                        concurrency: int, requests: int, blocks: int, warmup: int, workdir: Path,
+                        mock_url: str) -> list[PointSummary]:
+    """`requests` per target sent in `blocks` blocks, the targets taking turns block by block, so a
+    host that speeds up or slows down during the measurement weighs on every target alike (measured
+    one after the other, two runs of the same code differed by more than the 1-client effects being
+    measured). Every block has its own warm-up of `warmup` requests (10 per client at least)."""
+    warmup = max(warmup, WARMUP_PER_CLIENT * concurrency)
+    sizes = [requests // blocks + (1 if b < requests % blocks else 0) for b in range(blocks)]
+    parts: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    calls: dict[str, int] = {t.name: 0 for t in targets}
+    for b, size in enumerate(sizes):
+        for target in targets:
+            spec = {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": size,
+                    "warmup": warmup, "kinds": [asdict(k) for k in kinds[target.name]], "watch_pids": target.pids()}
+            before = backend_calls(mock_url)
+            parts[target.name].append(run_loadgen(spec, workdir, f"{scenario}-{target.name}-c{concurrency}-b{b}"))
+            calls[target.name] += backend_calls(mock_url) - before
+    summaries = []
+    for target in targets:
+        result = merge_results(parts[target.name])
+        summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
+                            cpu=result["server_cpu_s"])
+        summary.backend_calls_per_request = calls[target.name] / (requests + warmup * blocks)
+        summaries.append(summary)
+    return summaries

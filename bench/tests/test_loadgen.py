@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.loadgen import RequestKind
-from bench.point import chat_body, run_loadgen
+from bench.point import chat_body, measure_alternating, merge_results, run_loadgen
+from bench.stack import Target
 from bench.tests.conftest import TOKEN_DELAY_MS, TOKENS
 from tests.support.processes import Service
 
@@ -63,3 +64,29 @@ def test_bad_spec_is_a_clear_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "bench.loadgen", str(bad), str(tmp_path / "r.json")],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "bad load spec" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_alternating_blocks_add_up_to_one_point_per_target(mock: Service, tmp_path: Path) -> None:
+    """`measure_alternating`: each target gets its requests in turns, merged back into one row."""
+    ok = Target(name="ok", port=mock.port, processes={"mock": mock})
+    failing = Target(name="failing", port=mock.port, processes={"mock": mock})
+    kinds = {"ok": [RequestKind(name="plain", path="/v1/chat/completions",
+                                body=chat_body("bench-model", stream=False, prompt="a {n}"))],
+             "failing": [RequestKind(name="plain", path="/api/chat",
+                                     body=chat_body("bench-model", stream=False, prompt="BENCH_FAIL"))]}
+    rows = measure_alternating(targets=[ok, failing], kinds=kinds, scenario="plain", concurrency=2, requests=25,
+                               blocks=3, warmup=2, workdir=tmp_path, mock_url=mock.url)
+    assert [(r.target, r.requests, r.ok, r.statuses) for r in rows] == [
+        ("ok", 25, 25, {"200": 25}), ("failing", 25, 0, {"500": 25})]
+    # 25 measured + 3 blocks x 20 warm-up (10 per client) reached the mock, for each target
+    assert [r.backend_calls_per_request for r in rows] == [1.0, 1.0]
+    assert [set(r.cpu_s_per_1k) for r in rows] == [{"mock"}, {"mock"}]  # (too short a run for CPU ticks)
+
+
+def test_merged_results_concatenate_columns_and_sum_times() -> None:
+    parts = [{"wall_s": 1.0, "cpu_s": 0.5, "server_cpu_s": {"gw": 0.2}, "errors": {"timeout": 1}, "maxrss_kb": 9,
+              "latency": [0.1, 0.2], "status": [200, 200]},
+             {"wall_s": 2.0, "cpu_s": 0.25, "server_cpu_s": {"gw": 0.3, "redis": 0.1}, "errors": {},
+              "latency": [0.3], "status": [502]}]
+    assert merge_results(parts) == {"wall_s": 3.0, "cpu_s": 0.75, "server_cpu_s": {"gw": 0.5, "redis": 0.1},
+                                    "errors": {"timeout": 1}, "latency": [0.1, 0.2, 0.3], "status": [200, 200, 502]}
