@@ -220,22 +220,22 @@ class InferenceService:
 
         def feed(sent: ChunkBatch) -> None:  # what only the books read, done after the batch's write
             for chunk in sent:
-                if chunk.get("choices") or not chunk.get("usage"):
-                    if answer is not None:
-                        answer.feed(chunk)
-                    if on_chunk is not None:
-                        on_chunk(chunk)
+                if answer is not None:
+                    answer.feed(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
 
         dumps = orjson.dumps
         try:
             batch = first
-            ended = False  # the usage-only chunk arrived: by the backend contract, the stream's last
+            ended = False  # the usage-only chunk (`last`) arrived: by the backend contract, the stream's last
+            last: Chunk | None = None
             while True:
                 frames: list[bytes] = []
                 for chunk in batch:  # per token: kept to the few steps every chunk needs
                     choices = chunk.get("choices")
                     if not choices and chunk.get("usage"):
-                        usage, ended = chunk["usage"], True
+                        usage, ended, last = chunk["usage"], True, chunk
                         if include_usage:
                             frames.append(b"data: " + dumps(chunk) + b"\n\n")
                         continue
@@ -258,8 +258,8 @@ class InferenceService:
             frames.append(SSE_DONE)
             yield FinalPart(b"".join(frames))
             if ended:
-                if watched:
-                    feed(batch)  # the last batch (a stream that just stopped had its last one fed already)
+                if watched:  # the last batch, less its usage-only chunk (a stream that just stopped was fed)
+                    feed([chunk for chunk in batch if chunk is not last])
                 await self._drain(chunks, backend)
             lease.done()
         except GatewayError as err:  # a stream past its deadline raises BackendTimeout (the backend contract)
