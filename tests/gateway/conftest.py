@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 
 import openai
@@ -9,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.access_log import ACCESS_LOGGER, JsonFormatter
 from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.ollama import OllamaDoubleControl, running_ollama_double
 from tests.support.processes import Service
@@ -57,3 +60,18 @@ def rsa_keys() -> tuple[str, str]:
     public = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     return pem, public
+
+
+@pytest.fixture
+def access_lines() -> Iterator[io.StringIO]:
+    """What the access logger writes, formatted by the gateway's JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)

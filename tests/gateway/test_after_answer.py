@@ -18,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.access_log import ACCESS_LOGGER, JsonFormatter
 from gateway.after_answer import AfterAnswer
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -78,19 +77,6 @@ def double() -> Iterator[Service]:
     with running_ollama_double(tokens=6) as service:
         yield service
 
-
-@pytest.fixture
-def access_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
 
 
 def app_for(double: Service):  # noqa: ANN201 - the GatewayApp, with its bookkeeping held back for a minute

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +14,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.access_log import ACCESS_LOGGER, JsonFormatter
 from gateway.app import create_app
 from gateway.front import FrontDoor
 from gateway.settings import Settings
@@ -38,18 +36,6 @@ def settings_for(double: Service) -> Settings:
     return Settings(backends=[{"kind": "ollama", "url": double.url, "name": "ollama-a"}],
                     admin_key=ADMIN_KEY, discovery_interval_s=3600)
 
-
-@pytest.fixture
-def access_lines() -> Iterator[io.StringIO]:
-    """What the access logger writes, formatted by the gateway's JSON formatter."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield stream
-    logger.removeHandler(handler)
 
 
 @pytest.fixture
