@@ -9,8 +9,8 @@ for non-streamed latency and for the time to first token of streamed requests.
     python -m bench.overhead [--requests 1000] [--no-redis] [--blocks 5]
 
 The 1-client points alternate direct and gateway in `--blocks` blocks (bench.point.measure_alternating):
-measured one after the other, the same code's added p50 moved by 0.3-0.6 ms between runs on this host,
-as much as the target itself.
+measured one after the other, the same code's added p50 moved by up to 0.7 ms between runs on this
+host, as much as the target itself.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ def test_only_unexpected_statuses_count_as_failures() -> None:
 
 @pytest.mark.parametrize("module,args", [("bench", ["--clients", "one"]), ("bench", ["--scenarios", "nope"]),
                                          ("bench.soak", ["--requests", "5"]), ("bench.overhead", ["--requests", "0"]),
+                                         ("bench.overhead", ["--blocks", "0"]),
+                                         ("bench.overhead", ["--requests", "3", "--blocks", "5"]),
                                          ("bench.idle_cost", ["--backend-ms", "x"]),
                                          ("bench.idle_cost", ["--backend-ms", "-1"]),
                                          ("bench.critical_path", ["--requests", "5"]),
