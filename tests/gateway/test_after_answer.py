@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.after_answer import AfterAnswer
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.support.metrics import metric_value
 from tests.support.ollama import running_ollama_double
 from tests.support.processes import Service, until
 
@@ -86,14 +86,6 @@ def app_for(double: Service):  # noqa: ANN201 - the GatewayApp, with its bookkee
     return app
 
 
-def requests_counted(client: TestClient) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == "gateway_llm_requests_total" and sample.labels.get("outcome") == "success":
-                return sample.value
-    return 0.0
-
-
 def test_answers_leave_before_their_bookkeeping_and_a_next_request_does_not_wait_for_it(
         double: Service, access_lines: io.StringIO) -> None:
     app = app_for(double)
@@ -105,7 +97,7 @@ def test_answers_leave_before_their_bookkeeping_and_a_next_request_does_not_wait
         assert len(app.state.after_answer) == 4
         assert access_lines.getvalue() == ""
         # A read of the books (any route but the inference ones) settles them first.
-        assert requests_counted(client) == 2
+        assert metric_value(client, "gateway_llm_requests_total", outcome="success") == 2
         assert len(app.state.after_answer) == 1  # only the /metrics request's own line, queued as it ended
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert [(line["path"], line["completion_tokens"]) for line in lines if line["path"] != "/metrics"] == [

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.front import FrontDoor
 from gateway.settings import Settings
+from tests.support.metrics import metric_value
 from tests.support.ollama import running_ollama_double
 from tests.support.processes import Service, wait_until
 
@@ -69,14 +69,6 @@ def logged(stream: io.StringIO, lines: int) -> list[dict]:
 
 def by_name(finished: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
     return {span.name: span for span in finished}
-
-
-def metric_value(client: TestClient, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels} not exported")
 
 
 def test_a_chat_request_produces_a_trace_with_genai_attributes(traced: TestClient, spans: InMemorySpanExporter) -> None:
