@@ -72,6 +72,14 @@ def backend_calls(mock_url: str) -> int:
 WARMUP_PER_CLIENT = 10
 
 
+def load_spec(target: Target, kinds: list[RequestKind], *, concurrency: int, requests: int, warmup: int,
+              extra_pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """The load generator's input for one run against `target` (whose processes' CPU it reads)."""
+    return {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": requests,
+            "warmup": warmup, "kinds": [asdict(k) for k in kinds],
+            "watch_pids": {**target.pids(), **(extra_pids or {})}}
+
+
 def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurrency: int, requests: int,
             warmup: int, workdir: Path, mock_url: str, extra_pids: dict[str, int] | None = None) -> PointSummary:
     """Send the load; the CPU of the target's processes (and extra ones, e.g. the mock) is
@@ -81,9 +89,7 @@ def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurre
     still held the start-up transient (every client and backend connection being opened, and the
     first waves of all clients firing together), the first few hundred requests at 50 clients."""
     warmup = max(warmup, WARMUP_PER_CLIENT * concurrency)
-    spec = {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": requests,
-            "warmup": warmup, "kinds": [asdict(k) for k in kinds],
-            "watch_pids": {**target.pids(), **(extra_pids or {})}}
+    spec = load_spec(target, kinds, concurrency=concurrency, requests=requests, warmup=warmup, extra_pids=extra_pids)
     calls_before = backend_calls(mock_url)
     result = run_loadgen(spec, workdir, f"{scenario}-{target.name}-c{concurrency}")
     summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
@@ -122,8 +128,7 @@ def measure_alternating(*, targets: list[Target], kinds: dict[str, list[RequestK
     calls: dict[str, int] = {t.name: 0 for t in targets}
     for b, size in enumerate(sizes):
         for target in targets:
-            spec = {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": size,
-                    "warmup": warmup, "kinds": [asdict(k) for k in kinds[target.name]], "watch_pids": target.pids()}
+            spec = load_spec(target, kinds[target.name], concurrency=concurrency, requests=size, warmup=warmup)
             before = backend_calls(mock_url)
             parts[target.name].append(run_loadgen(spec, workdir, f"{scenario}-{target.name}-c{concurrency}-b{b}"))
             calls[target.name] += backend_calls(mock_url) - before
