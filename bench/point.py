@@ -138,5 +138,10 @@ def measure_alternating(*, targets: list[Target], kinds: dict[str, list[RequestK
         summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
                             cpu=result["server_cpu_s"])
         summary.backend_calls_per_request = calls[target.name] / (requests + warmup * blocks)
+        for part in parts[target.name]:
+            block = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=part,
+                              cpu=part["server_cpu_s"])
+            summary.block_p50_ms.append(block.p50_ms)
+            summary.block_ttft_p50_ms.append(block.ttft_p50_ms)
         summaries.append(summary)
     return summaries

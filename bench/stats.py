@@ -41,6 +41,9 @@ class PointSummary:
     loadgen_cpu_s_per_1k: float = 0.0
     transport_errors: dict[str, int] = field(default_factory=dict)
     backend_calls_per_request: float = float("nan")  # < 1 when a cache answered
+    # Measured in alternating blocks (bench.point.measure_alternating): each block's p50s, in order.
+    block_p50_ms: list[float] = field(default_factory=list)
+    block_ttft_p50_ms: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -81,6 +81,8 @@ def test_alternating_blocks_add_up_to_one_point_per_target(mock: Service, tmp_pa
     # 25 measured + 3 blocks x 20 warm-up (10 per client) reached the mock, for each target
     assert [r.backend_calls_per_request for r in rows] == [1.0, 1.0]
     assert [set(r.cpu_s_per_1k) for r in rows] == [{"mock"}, {"mock"}]  # (too short a run for CPU ticks)
+    ok_row = rows[0]  # each block's own p50, and the whole point's p50 lies among them
+    assert len(ok_row.block_p50_ms) == 3 and min(ok_row.block_p50_ms) <= ok_row.p50_ms <= max(ok_row.block_p50_ms)
 
 
 def test_merged_results_concatenate_columns_and_sum_times() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import report
+from bench import overhead, report
 from bench.stats import PointSummary, percentile
 
 
@@ -61,3 +61,15 @@ def test_markdown_and_plot_are_written(tmp_path: Path) -> None:
     assert "| gateway | 50 | 1.50 |" in text and "PASS" in text and "MISS" not in text
     report.plot(points, tmp_path / "plot.png", "t")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overhead_checks_show_the_spread_of_alternating_blocks() -> None:
+    points = _run(gateway_added=0.9, gateway_cpu=0.4)
+    idx = report.index(points)
+    idx[("plain", "direct", 1)].block_p50_ms = [20.5, 20.7, 20.6]
+    idx[("plain", "gateway", 1)].block_p50_ms = [21.3, 21.8, 21.5]
+    checks = {what: (measured, ok) for what, measured, ok in overhead.checks(points)}
+    assert checks["added latency p50 at 1 client <= 1 ms"] == ("0.900 ms (blocks: 0.800 to 1.100)", True)
+    # points measured in one run each (50 clients, and TTFT here) show no spread
+    assert checks["added TTFT p50 at 1 client <= 1 ms"] == ("0.900 ms", True)
+    assert checks["added latency p99 at 50 clients <= 15 ms"][0] == "1.800 ms"
