@@ -369,8 +369,8 @@ class KeyRateLimiter:
         for key in targets:
             if reservation.local or not self.redis.configured:
                 self.local.add(key, delta)
-            elif key in self._pending or len(self._pending) < self.max_pending:
-                self._pending[key] = self._pending.get(key, 0) + delta
+            else:
+                self._adjust_later(key, delta)
 
     def give_back_leases(self) -> None:
         """Queue every unspent lease for subtraction from the shared counts (at shutdown: a restarted
@@ -378,8 +378,12 @@ class KeyRateLimiter:
         if not self.redis.configured:
             return
         for key, units in self.leases.give_back().items():
-            if key in self._pending or len(self._pending) < self.max_pending:
-                self._pending[key] = self._pending.get(key, 0) - units
+            self._adjust_later(key, -units)
+
+    def _adjust_later(self, key: str, delta: int) -> None:
+        """Buffer `delta` for `key` until the next `stage` (a bounded buffer: past it, new keys are dropped)."""
+        if key in self._pending or len(self._pending) < self.max_pending:
+            self._pending[key] = self._pending.get(key, 0) + delta
 
     @property
     def has_pending(self) -> bool:
