@@ -37,7 +37,9 @@ class AfterAnswer:
         self._jobs: list[tuple[contextvars.Context, Job]] = []
         self._pending: asyncio.Handle | None = None
 
-    def __len__(self) -> int:
+    @property
+    def pending(self) -> int:
+        """Jobs queued and not yet run (a count, not `__len__`: an empty queue must not be falsy)."""
         return len(self._jobs)
 
     def defer(self, job: Job) -> None:

@@ -107,9 +107,9 @@ COMPLETION = Operation(name="text_completion", unary=lambda b, r, m: b.complete(
 
 class InferenceService:
     def __init__(self, *, pool: BackendPool, metrics: GatewayMetrics, settings: Settings,
-                 tracer: Tracer = DISABLED.tracer, after: AfterAnswer | None = None) -> None:
+                 after: AfterAnswer, tracer: Tracer = DISABLED.tracer) -> None:
         self.pool = pool
-        self.after = after if after is not None else AfterAnswer()  # (an empty queue is falsy)
+        self.after = after  # the queue the front layer runs the answers' bookkeeping from
         self.metrics = metrics
         self.settings = settings
         self.tracer = tracer

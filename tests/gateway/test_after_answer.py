@@ -37,10 +37,10 @@ async def test_jobs_run_later_in_order_each_in_the_context_it_was_queued_in() ->
     for i, who in enumerate(("a", "b", "c")):
         WHO.set(who)
         after.defer(lambda i=i: seen.append((i, WHO.get())))
-    assert seen == [] and len(after) == 3, "nothing runs while the answer is still going out"
+    assert seen == [] and after.pending == 3, "nothing runs while the answer is still going out"
     await until(lambda: len(seen) == 3, timeout=2)
     assert seen == [(0, "a"), (1, "b"), (2, "c")]
-    assert len(after) == 0
+    assert after.pending == 0
 
 
 async def test_a_failing_job_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
@@ -60,7 +60,7 @@ async def test_run_all_settles_now_and_a_job_queued_meanwhile_waits_for_the_next
     ran: list[str] = []
     after.defer(lambda: (ran.append("outer"), after.defer(lambda: ran.append("inner"))))
     after.run_all()
-    assert ran == ["outer"] and len(after) == 1
+    assert ran == ["outer"] and after.pending == 1
     await until(lambda: ran == ["outer", "inner"], timeout=2)
 
 
@@ -94,11 +94,11 @@ def test_answers_leave_before_their_bookkeeping_and_a_next_request_does_not_wait
         streamed = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
         assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
         # Two answers out; their usage, metrics and log lines (two jobs each) still queued.
-        assert len(app.state.after_answer) == 4
+        assert app.state.after_answer.pending == 4
         assert access_lines.getvalue() == ""
         # A read of the books (any route but the inference ones) settles them first.
         assert metric_value(client, "gateway_llm_requests_total", outcome="success") == 2
-        assert len(app.state.after_answer) == 1  # only the /metrics request's own line, queued as it ended
+        assert app.state.after_answer.pending == 1  # only the /metrics request's own line, queued as it ended
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert [(line["path"], line["completion_tokens"]) for line in lines if line["path"] != "/metrics"] == [
         ("/v1/chat/completions", 6), ("/v1/chat/completions", 6)]
@@ -109,8 +109,8 @@ def test_shutdown_runs_the_bookkeeping_still_queued(double: Service, access_line
     with TestClient(app) as client:
         response = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert response.status_code == 200
-        assert len(app.state.after_answer) == 2
-    assert len(app.state.after_answer) == 0
+        assert app.state.after_answer.pending == 2
+    assert app.state.after_answer.pending == 0
     (line,) = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert line["request_id"] == response.headers["x-request-id"]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (response.json()["usage"]["prompt_tokens"], 6)

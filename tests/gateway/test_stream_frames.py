@@ -56,7 +56,7 @@ async def batches(*items: list[dict[str, Any]]) -> AsyncIterator[list[dict[str, 
 
 def service() -> InferenceService:
     return InferenceService(pool=None, metrics=GatewayMetrics(CollectorRegistry()),  # type: ignore[arg-type]
-                            settings=Settings(backends=[]))
+                            settings=Settings(backends=[]), after=AfterAnswer())
 
 
 async def relay(first: list[dict[str, Any]], *rest: list[dict[str, Any]]) -> tuple[list[bytes], FakeLease]:
@@ -135,7 +135,7 @@ async def test_a_unary_answer_leaves_no_reference_cycle() -> None:
     """A cycle (response -> background task -> closure -> response) made every answer's objects wait
     for the cyclic collector, whose passes then paused the loop for ~5 ms under load."""
     svc = InferenceService(pool=FakePool(), metrics=GatewayMetrics(CollectorRegistry()),  # type: ignore[arg-type]
-                           settings=Settings(backends=[]))
+                           settings=Settings(backends=[]), after=AfterAnswer())
     plain = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
