@@ -118,10 +118,16 @@ if MODE in ("segments", "calls"):
         wrap(http11.Response, "_arrived", "backend_body")  # a stream's first token, after its head
         wrap(front.FrontDoor, "_send_whole", "send_whole")
         wrap(front.FrontDoor, "_stream", "send_stream")
-        written = server_protocol.HeadHoldingTransport.write
+        # Where the answer's first body bytes are written: the cycle's `_write` (which only ever writes
+        # body bytes, with the held head), or in checkouts before it a transport wrapper that also saw
+        # the head go by.
+        owner = getattr(server_protocol, "GatewayCycle", None)
+        name = "_write" if owner is not None else "write"
+        owner = owner or server_protocol.HeadHoldingTransport
+        written = getattr(owner, name)
 
         def write(self, data: bytes) -> None:  # noqa: ANN001
-            first_out = not data.startswith(b"HTTP/1.1 ") and "request" in current
+            first_out = "request" in current and (name == "_write" or not data.startswith(b"HTTP/1.1 "))
             if first_out:
                 current["client_write>"] = ns()  # the socket write itself (it wakes the client) is the last step
             written(self, data)
@@ -130,7 +136,7 @@ if MODE in ("segments", "calls"):
                 records.append(dict(current))
                 current.clear()
 
-        server_protocol.HeadHoldingTransport.write = write
+        setattr(owner, name, write)
         front_call = front.FrontDoor.__call__
 
         async def front_done(self, scope, receive, send):  # noqa: ANN001, ANN202
