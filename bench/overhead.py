@@ -1,10 +1,17 @@
 """Gateway overhead over the Ollama API called directly (issue 2), one uvicorn worker.
 
-The backend is the bench mock speaking Ollama's native API (/api/chat, NDJSON), answering in
-`--backend-ms` (20 ms by default). The direct rows call its /api/chat; the gateway rows call the
-gateway's /v1/chat/completions, which reaches the same mock through its Ollama backend.
-Targets (issue 2): 1 client, added p50 <= 1 ms; 50 clients, added p50 <= 3 ms and p99 <= 15 ms,
-for non-streamed latency and for the time to first token of streamed requests.
+The backend is the bench mock speaking Ollama's native API (/api/chat, NDJSON). The direct rows call
+its /api/chat; the gateway rows call the gateway's /v1/chat/completions, which reaches the same mock
+through its Ollama backend. Targets (issue 2): 1 client, added p50 <= 1 ms; 50 clients against a
+double that answers in 20 ms, added p50 <= 3 ms and p99 <= 15 ms; for non-streamed latency and for
+the time to first token of streamed requests.
+
+The issue gives the 20 ms only for the 50-client targets, so the 1-client target is measured as
+stated, against the double answering at once (scenarios "plain-instant", "stream-instant"), and also
+against the `--backend-ms` double (20 ms by default), the stricter reading earlier passes measured.
+The second is what one client meets behind a real model; between two of its requests the host
+evicts the gateway's code and data from the CPU caches (`python -m bench.cold_cache`), so the same
+request costs more there.
 
     python -m bench.overhead [--requests 1000] [--no-redis] [--blocks 5]
 
@@ -16,6 +23,7 @@ host, as much as the target itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from contextlib import ExitStack
@@ -28,8 +36,9 @@ from bench.stack import (BenchSetupError, MockOptions, direct_target, exit_clean
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-# (clients, added p50 limit ms, added p99 limit ms or None)
-TARGETS = ((1, 1.0, None), (50, 3.0, 15.0))
+INSTANT = "-instant"  # scenario suffix of the points measured against the double answering at once
+# (scenario suffix, clients, added p50 limit ms, added p99 limit ms or None)
+TARGETS = ((INSTANT, 1, 1.0, None), ("", 1, 1.0, None), ("", 50, 3.0, 15.0))
 
 
 def block_added(direct: list[float], gateway: list[float]) -> list[float]:
@@ -47,21 +56,59 @@ def _block_spread(idx: dict, scenario: str, clients: int, attr: str) -> str:
     return f" (blocks: {min(each):.3f} to {max(each):.3f})"
 
 
-def checks(points: list[PointSummary]) -> list[tuple[str, str, bool | None]]:
+def checks(points: list[PointSummary], backend_ms: float = 20.0) -> list[tuple[str, str, bool | None]]:
     idx = report.index(points)
     out: list[tuple[str, str, bool | None]] = []
-    for scenario, attrs, label in (("plain", ("p50_ms", "p99_ms"), "latency"),
-                                   ("stream", ("ttft_p50_ms", "ttft_p99_ms"), "TTFT")):
-        for clients, p50_max, p99_max in TARGETS:
+    for base, attrs, label in (("plain", ("p50_ms", "p99_ms"), "latency"),
+                               ("stream", ("ttft_p50_ms", "ttft_p99_ms"), "TTFT")):
+        for suffix, clients, p50_max, p99_max in TARGETS:
+            scenario = base + suffix
+            if (scenario, report.GATEWAY, clients) not in idx:
+                continue
+            backend = "backend answering at once" if suffix == INSTANT else f"backend answering in {backend_ms:g} ms"
             for attr, limit in zip(attrs, (p50_max, p99_max)):
                 if limit is None:
                     continue
                 got = report.added(idx, scenario, report.GATEWAY, clients, attr)
                 q = "p99" if "99" in attr else "p50"
-                out.append((f"added {label} {q} at {clients} client{'s' if clients > 1 else ''} <= {limit:g} ms",
-                            f"{got:.3f} ms{_block_spread(idx, scenario, clients, attr)}",
+                out.append((f"added {label} {q} at {clients} client{'s' if clients > 1 else ''}, {backend} "
+                            f"<= {limit:g} ms", f"{got:.3f} ms{_block_spread(idx, scenario, clients, attr)}",
                             None if got != got else got <= limit))
     return out
+
+
+def _measure_on(opts: MockOptions, plan: list[tuple[str, int]], suffix: str, args: argparse.Namespace,
+                workdir: Path) -> tuple[list[PointSummary], dict[str, dict[str, int]]]:
+    """A fresh mock (answering per `opts`) and gateway; each (scenario, clients) in `plan` measured
+    direct and through the gateway, the points' scenarios named with `suffix`. Stops both when done."""
+    points: list[PointSummary] = []
+    with ExitStack() as stack:
+        try:
+            mock = start_mock(stack, opts)
+            gateway = start_gateway(stack, mock, backend_kind="ollama", with_redis=not args.no_redis,
+                                    source_dir=args.gateway_dir)
+            direct = direct_target(mock, path="/api/chat")
+            for t in (direct, gateway):
+                smoke_check(t, opts.model)
+        except BenchSetupError as exc:
+            raise SystemExit(f"overhead benchmark setup failed: {exc}") from None
+        for name, clients in plan:
+            kinds = {t.name: [kind_for(SCENARIOS[name], t, opts.model)] for t in (direct, gateway)}
+            label = name + suffix
+            if clients == 1 and args.blocks > 1:  # see measure_alternating: host drift, paired away
+                pair = measure_alternating(targets=[direct, gateway], kinds=kinds, scenario=label,
+                                           concurrency=clients, requests=args.requests, blocks=args.blocks,
+                                           warmup=args.block_warmup, workdir=workdir, mock_url=mock.url)
+            else:
+                pair = [measure(target=t, kinds=kinds[t.name], scenario=label, concurrency=clients,
+                                requests=args.requests, warmup=args.warmup, workdir=workdir, mock_url=mock.url)
+                        for t in (direct, gateway)]
+            for pt in pair:
+                points.append(pt)
+                print(f"{label:14s} {pt.target:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
+                      f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)
+        rss = {"gateway": gateway.peak_rss()}  # while the processes still run
+    return points, rss
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,46 +129,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.blocks > args.requests:
         p.error("--blocks cannot exceed --requests")
     opts = MockOptions(token_delay_ms=0.0, first_token_ms=args.backend_ms, plain_delay_ms=args.backend_ms)
+    at_once = dataclasses.replace(opts, first_token_ms=0.0, plain_delay_ms=0.0)
     info = machine.describe(args.gateway_dir)
-    points: list[PointSummary] = []
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        try:
-            mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock, backend_kind="ollama", with_redis=not args.no_redis,
-                                    source_dir=args.gateway_dir)
-            direct = direct_target(mock, path="/api/chat")
-            for t in (direct, gateway):
-                smoke_check(t, opts.model)
-        except BenchSetupError as exc:
-            raise SystemExit(f"overhead benchmark setup failed: {exc}") from None
-        for name in ("plain", "stream"):
-            for clients, _, _ in TARGETS:
-                kinds = {t.name: [kind_for(SCENARIOS[name], t, opts.model)] for t in (direct, gateway)}
-                if clients == 1 and args.blocks > 1:  # see measure_alternating: host drift, paired away
-                    pair = measure_alternating(targets=[direct, gateway], kinds=kinds, scenario=name,
-                                               concurrency=clients, requests=args.requests, blocks=args.blocks,
-                                               warmup=args.block_warmup, workdir=Path(tmp), mock_url=mock.url)
-                else:
-                    pair = [measure(target=t, kinds=kinds[t.name], scenario=name, concurrency=clients,
-                                    requests=args.requests, warmup=args.warmup, workdir=Path(tmp), mock_url=mock.url)
-                            for t in (direct, gateway)]
-                for pt in pair:
-                    points.append(pt)
-                    print(f"{name:6s} {pt.target:8s} c={clients:<3d} p50 {pt.p50_ms:7.2f} p99 {pt.p99_ms:7.2f} "
-                          f"ttft50 {pt.ttft_p50_ms:7.2f} ms non-2xx {pt.requests - pt.ok}", flush=True)
-        rss = {"gateway": gateway.peak_rss()}  # while the processes still run
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        points, _ = _measure_on(at_once, [("plain", 1), ("stream", 1)], INSTANT, args, Path(tmp))
+        delayed, rss = _measure_on(opts, [("plain", 1), ("plain", 50), ("stream", 1), ("stream", 50)], "", args,
+                                   Path(tmp))
+        points += delayed
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info["load_average_at_end"] = machine.load_average()
     settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
                 "1-client points": (f"direct and gateway alternating in {args.blocks} blocks, {args.block_warmup} "
                                     "warm-up requests before each" if args.blocks > 1 else "one run each"),
-                "backend answers in": f"{args.backend_ms} ms",
+                "backend answers in": f"{args.backend_ms} ms (scenarios *-instant: at once)",
                 "gateway": "one uvicorn worker, Ollama backend, " + ("no Redis" if args.no_redis else "Redis")}
+    scenarios = {n + INSTANT: SCENARIOS[n].description + "; the backend answers at once" for n in ("plain", "stream")}
+    scenarios |= {n: f"{SCENARIOS[n].description}; the backend answers in {args.backend_ms:g} ms"
+                  for n in ("plain", "stream")}
     text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,
-                           points=points, rss=rss,
-                           scenarios={n: SCENARIOS[n].description for n in ("plain", "stream")},
-                           checks=checks(points), notes=["direct = the mock's /api/chat; gateway = its "
-                                                         "/v1/chat/completions on the same mock."])
+                           points=points, rss=rss, scenarios=scenarios, checks=checks(points, args.backend_ms),
+                           notes=["direct = the mock's /api/chat; gateway = its /v1/chat/completions on the same mock."])
     RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
     out = RESULTS_ROOT / f"overhead-{stamp}.md"
     out.write_text(text)

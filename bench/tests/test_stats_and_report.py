@@ -69,7 +69,21 @@ def test_overhead_checks_show_the_spread_of_alternating_blocks() -> None:
     idx[("plain", "direct", 1)].block_p50_ms = [20.5, 20.7, 20.6]
     idx[("plain", "gateway", 1)].block_p50_ms = [21.3, 21.8, 21.5]
     checks = {what: (measured, ok) for what, measured, ok in overhead.checks(points)}
-    assert checks["added latency p50 at 1 client <= 1 ms"] == ("0.900 ms (blocks: 0.800 to 1.100)", True)
+    assert checks["added latency p50 at 1 client, backend answering in 20 ms <= 1 ms"] == (
+        "0.900 ms (blocks: 0.800 to 1.100)", True)
     # points measured in one run each (50 clients, and TTFT here) show no spread
-    assert checks["added TTFT p50 at 1 client <= 1 ms"] == ("0.900 ms", True)
-    assert checks["added latency p99 at 50 clients <= 15 ms"][0] == "1.800 ms"
+    assert checks["added TTFT p50 at 1 client, backend answering in 20 ms <= 1 ms"] == ("0.900 ms", True)
+    assert checks["added latency p99 at 50 clients, backend answering in 20 ms <= 15 ms"][0] == "1.800 ms"
+
+
+def test_overhead_checks_the_1_client_target_against_both_backends_and_each_on_its_own() -> None:
+    points = _run(gateway_added=1.2, gateway_cpu=0.4)  # behind the 20 ms backend: over the line
+    for scenario in ("plain", "stream"):  # against the backend answering at once: under it
+        points += [_point(scenario + overhead.INSTANT, "direct", 1, 0.3, cpu=0.05),
+                   _point(scenario + overhead.INSTANT, "gateway", 1, 0.3 + 0.6, cpu=0.4)]
+    checks = {what: ok for what, _, ok in overhead.checks(points, backend_ms=20)}
+    assert checks["added latency p50 at 1 client, backend answering at once <= 1 ms"] is True
+    assert checks["added TTFT p50 at 1 client, backend answering at once <= 1 ms"] is True
+    assert checks["added latency p50 at 1 client, backend answering in 20 ms <= 1 ms"] is False
+    assert checks["added TTFT p50 at 1 client, backend answering in 20 ms <= 1 ms"] is False
+    assert len(checks) == 8  # 2 x (instant 1 client, 20 ms 1 client, 50 clients p50 and p99)
