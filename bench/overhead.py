@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                   for n in ("plain", "stream")}
     text = report.markdown(title=f"Gateway overhead over Ollama's API {stamp}", machine=info, settings=settings,
                            points=points, rss=rss, scenarios=scenarios, checks=checks(points, args.backend_ms),
-                           notes=["direct = the mock's /api/chat; gateway = its /v1/chat/completions on the same mock."])
+                           notes=["direct = the mock's /api/chat; gateway = its /v1/chat/completions on the "
+                                  "same mock."])
     RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
     out = RESULTS_ROOT / f"overhead-{stamp}.md"
     out.write_text(text)

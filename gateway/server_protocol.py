@@ -31,7 +31,6 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import service_unavailable
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -39,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 

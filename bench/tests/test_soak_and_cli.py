@@ -42,7 +42,9 @@ def test_only_unexpected_statuses_count_as_failures() -> None:
                                          ("bench.critical_path", ["--top", "10"]),
                                          ("bench.cold_cache", ["--gaps-ms", "5,0"]),
                                          ("bench.cold_cache", ["--gaps-ms", "0,x"]),
-                                         ("bench.cold_cache", ["--cpu", "4096"])])
+                                         ("bench.cold_cache", ["--cpu", "4096"]),
+                                         ("bench.response_cycle", ["--rounds", "0"]),
+                                         ("bench.response_cycle", ["--gateway-dir", "/nonexistent"])])
 def test_bad_arguments_are_usage_errors(module: str, args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "usage:" in out.stderr and "Traceback" not in out.stderr

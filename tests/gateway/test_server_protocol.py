@@ -124,7 +124,8 @@ async def test_a_head_without_body_waits_only_to_the_end_of_the_turn() -> None:
     await cycle.send(start(204))
     assert transport.writes == []
     await asyncio.sleep(0)
-    assert transport.writes == [b"HTTP/1.1 204 No Content\r\nserver: uvicorn\r\ndate: Mon, 23 Nov 2026 09:00:00 GMT\r\n\r\n"]
+    assert transport.writes == [b"HTTP/1.1 204 No Content\r\nserver: uvicorn\r\n"
+                                b"date: Mon, 23 Nov 2026 09:00:00 GMT\r\n\r\n"]
 
 
 def test_on_headers_complete_is_still_a_copy_of_the_pinned_uvicorns() -> None:
