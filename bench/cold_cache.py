@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import machine
+from bench import machine, report
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 _SPIN = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); os.nice(19)\nwhile True: pass"
@@ -126,11 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "Median time of the fixed work (bench/cold_cache.py) after sleeping the gap.", ""]
     lines += table(gaps_ms, result)
     text = "\n".join(lines) + "\n"
-    RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_ROOT / f"cold-cache-{stamp}.md"
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    report.publish(text, RESULTS_ROOT / f"cold-cache-{stamp}.md")
 
 
 if __name__ == "__main__":

@@ -150,11 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                            points=points, rss=rss, scenarios=scenarios, checks=checks(points, args.backend_ms),
                            notes=["direct = the mock's /api/chat; gateway = its /v1/chat/completions on the "
                                   "same mock."])
-    RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_ROOT / f"overhead-{stamp}.md"
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    report.publish(text, RESULTS_ROOT / f"overhead-{stamp}.md")
 
 
 if __name__ == "__main__":

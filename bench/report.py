@@ -129,6 +129,14 @@ def markdown(*, title: str, machine: dict[str, Any], settings: dict[str, Any], p
     return "\n".join(lines) + "\n"
 
 
+def publish(text: str, path: Path) -> None:
+    """Write a markdown result (creating its folder), then print it and where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+    print(f"written: {path}")
+
+
 def plot(points: list[PointSummary], path: Path, title: str) -> None:
     """Four panels: added plain p50/p99, added TTFT p50, req/s and CPU per request, by target."""
     import matplotlib
