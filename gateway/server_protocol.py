@@ -49,6 +49,9 @@ _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 class GatewayCycle(RequestResponseCycle):
     """One request and its response on a connection; only the response path differs from uvicorn's."""
 
+    # Set by the protocol right after construction rather than through an __init__ of our own: a
+    # keyword-forwarding __init__ cost ~1 us per response (`python -m bench.response_cycle`, 10.1
+    # against 9.1 us), as much as the one-pass head saves.
     loop: asyncio.AbstractEventLoop
     _held: bytes | None = None  # a head waiting for the body's first bytes
 
