@@ -1,30 +1,26 @@
-"""`python -m gateway`: serve with uvicorn (one worker per container; scale with replicas)."""
+"""`python -m gateway`: serve with uvicorn (`GATEWAY_WORKERS` processes); `python -m gateway keys|token ...`:
+operator commands."""
 
 from __future__ import annotations
 
-import gc
-import logging
+import os
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from gateway.access_log import configure_json_logging
-from gateway.app import create_app
-from gateway.server_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 
-def quiet_garbage_collector() -> None:
-    """Keep the cyclic GC from stalling requests. Measured under 50 concurrent clients: a full
-    (generation 2) collection walked every object the imports and the app had made and paused the
-    event loop for up to 38 ms, the whole p99. Everything alive now lives as long as the process:
-    `gc.freeze()` moves it out of the collector's sight, and a larger first threshold makes young
-    collections ~30x rarer (request objects die by reference counting, not by the collector)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+def share_metrics_between_workers(workers: int) -> None:
+    """Several workers are one replica to Prometheus: prometheus_client's multiprocess mode keeps each
+    process's series in a shared folder and `/metrics` sums them, whichever worker answers the scrape.
+    Set before the workers start, so each of them imports prometheus_client in that mode."""
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 
 def serve() -> int:
@@ -35,19 +31,19 @@ def serve() -> int:
         print(f"gateway: invalid configuration:\n{exc}{cause}", file=sys.stderr)
         return 2
     configure_json_logging(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
-    app = create_app(settings)
-    quiet_garbage_collector()
+    share_metrics_between_workers(settings.workers)
+    # The app is built by each worker from the same environment (an import string is what lets
+    # uvicorn start several worker processes); all shared state is in Redis.
     # log_config=None: uvicorn's own loggers go through the JSON handler too.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=None, access_log=False, loop="uvloop", http=GatewayHttpProtocol,
+    uvicorn.run("gateway.app:create_app", factory=True, workers=settings.workers, host=settings.host,
+                port=settings.port, log_level=settings.log_level, log_config=None, access_log=False,
                 timeout_graceful_shutdown=10)
     return 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in ("keys", "token", "-h", "--help", "--json"):
-        from gateway.cli import main  # operator commands (issue 3): keys create|list|..., token
+        from gateway.cli import main  # operator commands: keys create|list|..., token
 
         sys.exit(main(sys.argv[1:]))
     sys.exit(serve())

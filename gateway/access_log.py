@@ -5,7 +5,7 @@ A request's line carries what an operator joins on and filters by: request id (a
 latency and cache result. Prompts and completions are never logged.
 
 The request path fills in what only it knows through `current_record()` (a context variable, so
-the serving code needs no request object); the front layer (gateway/front.py) writes the line when
+the serving code needs no request object); gateway/middleware/access_log.py writes the line when
 the last byte of the response (a stream's too) has gone out, or the request failed.
 """
 
@@ -65,7 +65,7 @@ class RecentRequests:
 
 
 def bind_record(record: AccessRecord) -> Token[AccessRecord | None]:
-    """Make `record` this request's (the front layer does it when a request arrives)."""
+    """Make `record` this request's (the access-log middleware does it when a request arrives)."""
     return _CURRENT.set(record)
 
 

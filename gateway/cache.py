@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.cache_presence import CachePresence
 from gateway.protocol import SSE_DONE
 from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 
@@ -82,7 +81,6 @@ class ResponseCache:
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._pending: dict[str, bytes] = {}
         self.max_pending = 256
-        self.presence: CachePresence | None = None  # set by the policy where Redis can track the keys
 
     @property
     def available(self) -> bool:
@@ -96,16 +94,10 @@ class ResponseCache:
         """The stored answer as JSON bytes (served as is for a non-streamed hit)."""
         if not self.redis.configured:
             return self.memory_get(key)
-        wire = self.redis.wire
         try:
-            return await self.redis.run("cache_get", lambda r: wire.call("GET", key) if wire else r.get(key))
+            return await self.redis.run("cache_get", lambda r: r.get(key))
         except RedisUnavailable:
             return None
-
-    def may_hold(self, key: str) -> bool:
-        """False only when the answer is certainly not stored (see `CachePresence`): the read is skipped."""
-        presence = self.presence
-        return presence is None or presence.may_hold(key)
 
     def memory_get(self, key: str) -> bytes | None:
         hit = self._memory.get(key)

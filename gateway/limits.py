@@ -11,15 +11,6 @@ Token accounting: before the call we reserve an estimate (prompt length / 4 + ma
 after it, `reconcile` adds (actual - estimate) to the same windows. Windows are fixed: the
 current minute for RPM/TPM, the calendar month (UTC) for the budget.
 
-Leases: far from a limit, a round trip per request buys nothing but latency. So the script may
-also grant a lease, a share of the window's headroom counted in Redis at once, that this process
-then spends request by request with no round trip (`LeaseBook`). A lease is granted only when
-the window has room for at least LEASE_SHARE more of the same request beyond this one, and takes
-at most 1/LEASE_SHARE of that room: near a limit every request goes to Redis, so the limit stays
-exact there and is never exceeded anywhere (leases are counted before they are spent). The cost
-is on the strict side: a lease a replica does not spend before its window ends is counted anyway
-(at most 1/LEASE_SHARE of the room left when it was granted, per replica).
-
 When Redis is unavailable, counting falls back to this process (`LocalCounters`): the limit
 then holds per replica, which is the best a partitioned replica can do.
 """
@@ -42,49 +33,25 @@ from gateway.redis_state import RedisState, RedisUnavailable, flush_staged
 from gateway.utc_dates import utc_date
 
 # KEYS: rpm window, tpm window, budget month, [a response-cache key to read when allowed].
-# ARGV: rpm, tpm, budget limits (0 = none), token estimate, minute-window ttl, month ttl, lease share,
-# lease wanted beyond this request (requests, tokens, budget tokens; 0 = none).
-# Returns {verdict, rpm used, tpm used, budget used, rpm lease, tpm lease, budget lease, [cached value
-# or false]} where verdict 0 = allowed (and reserved, leases included in the used counts), 1 = rpm,
-# 2 = tpm, 3 = budget exceeded. The cache read rides along so the whole pre-call policy costs one
-# round trip (or none, on a lease).
+# ARGV: rpm, tpm, budget limits (0 = none), token estimate, minute-window ttl, month ttl.
+# Returns {verdict, rpm used, tpm used, budget used, [cached value or false]} where verdict 0 = allowed
+# (and reserved), 1 = rpm, 2 = tpm, 3 = budget exceeded. The cache read rides along so the whole
+# pre-call policy costs one round trip.
 RESERVE_LUA = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local est = tonumber(ARGV[4])
-local share = tonumber(ARGV[7] or '0')
-local function lease(limit, used, need, want)
-  if share <= 0 or want == nil or tonumber(want) <= 0 then return 0 end
-  local room = math.floor((limit - used - need) / share)
-  if room < need then return 0 end
-  return math.min(tonumber(want), room)
-end
 local r = tonumber(redis.call('GET', KEYS[1]) or '0')
 local t = tonumber(redis.call('GET', KEYS[2]) or '0')
 local b = tonumber(redis.call('GET', KEYS[3]) or '0')
-if rpm > 0 and r + 1 > rpm then return {1, r, t, b, 0, 0, 0} end
-if tpm > 0 and t + est > tpm then return {2, r, t, b, 0, 0, 0} end
-if budget > 0 and b + est > budget then return {3, r, t, b, 0, 0, 0} end
-local lr, lt, lb = 0, 0, 0
-if rpm > 0 then
-  lr = lease(rpm, r, 1, ARGV[8])
-  r = redis.call('INCRBY', KEYS[1], 1 + lr); redis.call('EXPIRE', KEYS[1], ARGV[5])
-end
-if tpm > 0 then
-  lt = lease(tpm, t, est, ARGV[9])
-  t = redis.call('INCRBY', KEYS[2], est + lt); redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-if budget > 0 then
-  lb = lease(budget, b, est, ARGV[10])
-  b = redis.call('INCRBY', KEYS[3], est + lb); redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
-if KEYS[4] then return {0, r, t, b, lr, lt, lb, redis.call('GET', KEYS[4])} end
-return {0, r, t, b, lr, lt, lb}
+if rpm > 0 and r + 1 > rpm then return {1, r, t, b} end
+if tpm > 0 and t + est > tpm then return {2, r, t, b} end
+if budget > 0 and b + est > budget then return {3, r, t, b} end
+if rpm > 0 then r = redis.call('INCRBY', KEYS[1], 1); redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if tpm > 0 then t = redis.call('INCRBY', KEYS[2], est); redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+if budget > 0 then b = redis.call('INCRBY', KEYS[3], est); redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+if KEYS[4] then return {0, r, t, b, redis.call('GET', KEYS[4])} end
+return {0, r, t, b}
 """
-
-# A lease takes at most 1/LEASE_SHARE of a window's room, and only where the room holds LEASE_SHARE
-# more of the same request; it covers at most LEASE_REQUESTS requests (or as many estimates' tokens).
-LEASE_SHARE = 16
-LEASE_REQUESTS = 32
 
 VERDICTS = {1: "rpm", 2: "tpm", 3: "budget"}
 MONTH_TTL_S = 35 * 86400
@@ -177,82 +144,13 @@ class LocalCounters:
         return value
 
 
-class LeaseBook:
-    """The leases this process holds and has not spent, by window key, with the window's shared count
-    when last granted (leases included): this process's view of "used" is that count less what it holds.
-    Windows of a past minute (or month) are dropped when the next one starts, and a lease granted under
-    another limit (the key's limits changed) is not spent; either way its units were counted already."""
-
-    def __init__(self, max_windows: int = 50_000) -> None:
-        self.max_windows = max_windows
-        self._minute = -1
-        self._month = ""
-        self._leases: dict[str, list[int]] = {}  # window key -> [units held, shared count at the grant, limit]
-
-    def turn(self, minute: int, month: str) -> None:
-        if minute != self._minute or month != self._month:
-            current = ":" + month
-            self._leases = {k: v for k, v in self._leases.items() if k.endswith(current)} if month == self._month \
-                else {}
-            self._minute, self._month = minute, month
-
-    def held(self, key: str) -> int:
-        lease = self._leases.get(key)
-        return lease[0] if lease is not None else 0
-
-    def take(self, keys: tuple[str, str, str], limits: KeyLimits, estimate: int) -> tuple[int, int, int] | None:
-        """Spend one request (and `estimate` tokens) from the leases of every limit in force: the used
-        counts as this process sees them, or None, with nothing spent, when one of them is short."""
-        leases = self._leases
-        lr = lt = lb = None
-        rpm, tpm, budget = limits.rpm, limits.tpm, limits.monthly_token_budget
-        if rpm and ((lr := leases.get(keys[0])) is None or lr[0] < 1 or lr[2] != rpm):
-            return None
-        if tpm and ((lt := leases.get(keys[1])) is None or lt[0] < estimate or lt[2] != tpm):
-            return None
-        if budget and ((lb := leases.get(keys[2])) is None or lb[0] < estimate or lb[2] != budget):
-            return None
-        if lr is not None:
-            lr[0] -= 1
-        if lt is not None:
-            lt[0] -= estimate
-        if lb is not None:
-            lb[0] -= estimate
-        return (lr[1] - lr[0] if lr else 0, lt[1] - lt[0] if lt else 0, lb[1] - lb[0] if lb else 0)
-
-    def grant(self, key: str, units: int, counted: int, limit: int) -> int:
-        """Record a grant of `units` (maybe 0) under `limit`, with the window's shared count after it;
-        the used count as this process sees it."""
-        lease = self._leases.get(key)
-        if lease is None:
-            if not units:
-                return counted
-            if len(self._leases) >= self.max_windows:
-                self._leases.clear()  # unspent leases stay counted: the strict side
-            lease = self._leases[key] = [0, counted, limit]
-        elif lease[2] != limit:  # granted under a limit since changed: not spent (it stays counted)
-            lease[0], lease[2] = 0, limit
-        lease[0] += units
-        lease[1] = counted
-        return counted - lease[0]
-
-    def give_back(self) -> dict[str, int]:
-        """Every unspent lease, emptied: what to subtract from the shared counts (on shutdown)."""
-        held = {k: v[0] for k, v in self._leases.items() if v[0] > 0}
-        self._leases.clear()
-        return held
-
-
 class KeyRateLimiter:
     """RPM + TPM + monthly budget per subject, shared through Redis when it is there."""
 
     def __init__(self, redis: RedisState, *, on_limited=None) -> None:
         self.redis = redis
         self.local = LocalCounters()
-        self.leases = LeaseBook()
-        self._asking: set[str] = set()  # windows (their rpm key) with a lease request in flight
         self._script = redis.client.register_script(RESERVE_LUA) if redis.client is not None else None
-        self._wire_sha = redis.wire.register_script(RESERVE_LUA) if redis.wire is not None else None
         self._on_limited = on_limited
         self._pending: dict[str, int] = {}  # Redis key -> token adjustment not yet written
         self.max_pending = 50_000
@@ -263,69 +161,30 @@ class KeyRateLimiter:
 
     async def reserve(self, subject: str, limits: KeyLimits, estimate: int, now: float | None = None) -> Reservation | None:
         """Reserve one request and `estimate` tokens, or raise `RateLimited`. None: no limits."""
-        reservation = self.leased(subject, limits, estimate, now=now)
-        if reservation is None:
-            reservation, _ = await self.reserve_and_get(subject, limits, estimate, None, now=now)
+        reservation, _ = await self.reserve_and_get(subject, limits, estimate, None, now=now)
         return reservation
-
-    def leased(self, subject: str, limits: KeyLimits, estimate: int, *, now: float | None = None) -> Reservation | None:
-        """A reservation paid from this process's leases, with no I/O; None when they fall short (or there
-        are no limits): then `reserve_and_get` asks Redis."""
-        if not limits.any:
-            return None
-        now, minute, month, keys = self._window(subject, now)
-        used = self.leases.take(keys, limits, estimate)
-        if used is None:
-            return None
-        return Reservation(subject, limits, estimate, minute, month, *used, False)
-
-    def _window(self, subject: str, now: float | None) -> tuple[float, int, str, tuple[str, str, str]]:
-        """The time, the current minute and month, and their window keys; past windows' leases dropped."""
-        now = time.time() if now is None else now
-        minute = int(now // 60)
-        month = utc_date("%Y-%m", now)
-        self.leases.turn(minute, month)
-        return now, minute, month, self._keys(subject, minute, month)
 
     async def reserve_and_get(self, subject: str, limits: KeyLimits, estimate: int, get_key: str | None, *,
                               now: float | None = None) -> tuple[Reservation | None, bytes | None]:
-        """`reserve` through Redis (topping up this process's leases), plus a GET of `get_key` (the
-        response-cache read) in the same round trip."""
+        """`reserve`, plus a GET of `get_key` (the response-cache read) in the same round trip."""
         if not limits.any:
             return None, None
-        now, minute, month, keys = self._window(subject, now)
-        book = self.leases
-        # One lease request per window in flight: a burst of concurrent first requests would otherwise
-        # each take a lease before any of them could be spent.
-        ask = keys[0] not in self._asking
-        wants = (LEASE_REQUESTS - book.held(keys[0]), LEASE_REQUESTS * estimate - book.held(keys[1]),
-                 LEASE_REQUESTS * estimate - book.held(keys[2])) if ask else (0, 0, 0)
-        args = (limits.rpm or 0, limits.tpm or 0, limits.monthly_token_budget or 0, estimate, 120, MONTH_TTL_S,
-                LEASE_SHARE, *(max(0, w) for w in wants))
+        now = time.time() if now is None else now
+        minute, month = int(now // 60), utc_date("%Y-%m", now)
+        keys = self._keys(subject, minute, month)
+        args = (limits.rpm or 0, limits.tpm or 0, limits.monthly_token_budget or 0, estimate, 120, MONTH_TTL_S)
         local, fetched = False, None
-        if ask:
-            self._asking.add(keys[0])
         try:
-            if self._script is None:
+            script = self._script
+            if script is None:
                 raise RedisUnavailable("no redis")
             all_keys = keys if get_key is None else (*keys, get_key)
-            wire, sha, script = self.redis.wire, self._wire_sha, self._script
-            if wire is not None and sha is not None:  # the per-request call: over the multiplexed connection
-                call = lambda _: wire.evalsha(sha, all_keys, args)  # noqa: E731
-            else:
-                call = lambda c: script(keys=all_keys, args=args, client=c)  # noqa: E731
-            verdict, r, t, b, lr, lt, lb, *rest = await self.redis.run("rate_limit", call)
+            verdict, r, t, b, *rest = await self.redis.run(
+                "rate_limit", lambda c: script(keys=all_keys, args=args, client=c))
             fetched = rest[0] if rest and rest[0] else None
-            if not verdict:  # this process's view: the shared counts less the leases it holds
-                r = book.grant(keys[0], lr, r, limits.rpm) if limits.rpm else r
-                t = book.grant(keys[1], lt, t, limits.tpm) if limits.tpm else t
-                b = book.grant(keys[2], lb, b, limits.monthly_token_budget) if limits.monthly_token_budget else b
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)
             local = True
-        finally:
-            if ask:
-                self._asking.discard(keys[0])
         if verdict:
             raise self._limited(VERDICTS[verdict], limits, r, t, now)
         return Reservation(subject, limits, estimate, minute, month, r, t, b, local), fetched
@@ -371,14 +230,6 @@ class KeyRateLimiter:
                 self.local.add(key, delta)
             else:
                 self._adjust_later(key, delta)
-
-    def give_back_leases(self) -> None:
-        """Queue every unspent lease for subtraction from the shared counts (at shutdown: a restarted
-        process must not leave its leases counted against the key for the rest of the window)."""
-        if not self.redis.configured:
-            return
-        for key, units in self.leases.give_back().items():
-            self._adjust_later(key, -units)
 
     def _adjust_later(self, key: str, delta: int) -> None:
         """Buffer `delta` for `key` until the next `stage` (a bounded buffer: past it, new keys are dropped)."""

@@ -1,6 +1,5 @@
 """Prometheus metrics of the gateway, one registry per app.
 
-The classes are gateway/fast_metrics.py's (prometheus_client's exposition, cheaper updates).
 Names follow vLLM's (`time_to_first_token_seconds`, `e2e_request_latency_seconds`,
 `prompt_tokens_total`, ...) under a `gateway_` prefix. Labels stay bounded: `model` and
 `backend` come from configuration / discovery, never from key ids or prompts.
@@ -8,9 +7,7 @@ Names follow vLLM's (`time_to_first_token_seconds`, `e2e_request_latency_seconds
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
-from gateway.fast_metrics import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # vLLM's buckets, extended downwards: a small model on a GPU answers in milliseconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -40,13 +37,15 @@ class GatewayMetrics:
                                          mb, registry=registry)
         self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway outside the backend call.",
                                   ("model",), buckets=OVERHEAD_BUCKETS, registry=registry)
-        self.in_flight = Gauge("gateway_requests_in_flight", "LLM requests being served.", mb, registry=registry)
+        # multiprocess_mode: how the workers' values combine when GATEWAY_WORKERS > 1 (gateway/__main__.py).
+        self.in_flight = Gauge("gateway_requests_in_flight", "LLM requests being served.", mb, registry=registry,
+                               multiprocess_mode="livesum")
         self.retries = Counter("gateway_retries", "Attempts retried after a replica failed.", ("model",),
                                registry=registry)
         self.failovers = Counter("gateway_failovers", "Requests answered by another replica than the first tried.",
                                  ("model",), registry=registry)
         self.circuit_state = Gauge("gateway_circuit_state", "Circuit state per replica: 0 closed, 1 half-open, 2 open.",
-                                   ("backend",), registry=registry)
+                                   ("backend",), registry=registry, multiprocess_mode="livemax")
         # Quality signals (issue 4): users' thumbs up/down, and JSON answers that parse as asked.
         self.feedback = Counter("gateway_feedback", "User feedback on answers, by rating (up|down).",
                                 ("model", "rating"), registry=registry)
@@ -54,7 +53,7 @@ class GatewayMetrics:
                                          "Answers to JSON-format requests, by result (valid|invalid).",
                                          ("model", "result"), registry=registry)
         self.backend_up = Gauge("gateway_backend_up", "1 if the replica answered its last model-list call.",
-                                ("backend",), registry=registry)
+                                ("backend",), registry=registry, multiprocess_mode="livemin")
 
     def register_backend(self, backend: str) -> None:
         """Create the per-replica series at start-up so dashboards show them before any traffic."""
@@ -71,3 +70,29 @@ class GatewayMetrics:
             self.feedback.labels(model, rating)
         for result in ("valid", "invalid"):
             self.format_compliance.labels(model, result)
+
+
+class PolicyMetrics:
+    """The access and traffic policy's series: cache results, refusals, Redis failures, cost."""
+
+    def __init__(self, registry: CollectorRegistry, gpu_monthly_usd: float) -> None:
+        self.cache = Counter("gateway_cache_requests", "Inference requests by cache result.",
+                             ("model", "result"), registry=registry)
+        self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a limit.", ("kind",),
+                                    registry=registry)
+        self.redis_errors = Counter("gateway_redis_errors", "Failed Redis calls by operation.", ("operation",),
+                                    registry=registry)
+        self.hosted_cost = Counter("gateway_hosted_api_cost_usd", "What the served tokens would have cost "
+                                   "on the hosted API.", ("model",), registry=registry)
+        self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
+                                 registry=registry, multiprocess_mode="max")
+        self.gpu_monthly.set(gpu_monthly_usd)
+        for kind in ("rpm", "tpm", "budget"):
+            self.rate_limited.labels(kind)
+        for op in ("key_lookup", "rate_limit", "cache_get", "account", "ping"):
+            self.redis_errors.labels(op)
+
+    def register_model(self, model: str) -> None:
+        for result in ("hit", "miss", "bypass"):
+            self.cache.labels(model, result)
+        self.hosted_cost.labels(model)

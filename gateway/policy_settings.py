@@ -38,8 +38,6 @@ class PolicySettings(BaseSettings):
         256, ge=1, description="Output tokens reserved against TPM/budget when a request sets no max_tokens.")
     cache_enabled: bool = Field(True, description="Exact-match response cache on or off.")
     cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer.")
-    cache_index: bool = Field(True, description="Skip the cache read of an answer no replica stored, known from "
-                                                "Redis's key tracking (needs CLIENT TRACKING, Redis 6+).")
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, description="Larger answers are not cached.")
     redis_timeout_s: float = Field(0.25, gt=0, le=5, description="Socket timeout of every Redis call.")
     redis_retry_s: float = Field(3.0, gt=0, description="After a Redis failure, seconds before it is tried again.")

@@ -20,12 +20,6 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-class FinalPart(bytes):
-    """The last bytes of a streamed body: the front layer sends them together with the end of the
-    body (one write with the chunked-encoding terminator instead of two). A body that never yields
-    one simply ends when its iterator does."""
-
-
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -1,4 +1,5 @@
-"""The gateway's one Redis connection, with a circuit so a dead Redis never stalls a request.
+"""The gateway's one Redis client (redis-py's asyncio client, hiredis parser), with a circuit so a dead
+Redis never stalls a request.
 
 Every Redis call in the policy path goes through `RedisState.run`. It bounds the call with a
 short timeout; on a failure it opens the circuit for `retry_after_s`, during which calls fail
@@ -20,7 +21,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
-from gateway.redis_wire import Batch, RedisWire
 
 T = TypeVar("T")
 
@@ -50,10 +50,8 @@ class RedisState:
         timeout_s: float = 0.25,
         retry_after_s: float = 3.0,
         on_error: Callable[[str], None] | None = None,
-        wire: RedisWire | None = None,
     ) -> None:
         self.client = client
-        self.wire = wire  # the multiplexed connection for the per-request script (redis:// URLs)
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._on_error = on_error
@@ -69,14 +67,16 @@ class RedisState:
         retry_after_s: float = 3.0,
         on_error: Callable[[str], None] | None = None,
     ) -> "RedisState":
-        """Build the client without connecting (connections open lazily on first use)."""
+        """Build the client without connecting (connections open lazily on first use).
+
+        Any URL redis-py takes: `redis://`, `rediss://` (TLS; `ssl_ca_certs=...` and the other `ssl_*`
+        query arguments set the trust), `unix:///path/redis.sock`."""
         if not url:
             return cls(None, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error)
         client = aioredis.Redis.from_url(
             url,
-            # No socket_timeout: `run` bounds every call with one asyncio deadline already, and redis-py
-            # implements a socket timeout with a Task per command (asyncio.wait_for) plus a timer per
-            # reply, ~20% of the client's CPU per call. A call cut by the deadline drops its connection.
+            # No socket_timeout: `run` bounds every call with one asyncio deadline already; a call cut by
+            # that deadline drops its connection.
             socket_timeout=None,
             socket_connect_timeout=timeout_s,
             # One immediate retry on a connection error only: after a Redis restart every pooled
@@ -85,8 +85,7 @@ class RedisState:
             health_check_interval=0,
             max_connections=64,
         )
-        wire = RedisWire(url, connect_timeout_s=timeout_s) if RedisWire.supports(url) else None
-        return cls(client, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error, wire=wire)
+        return cls(client, timeout_s=timeout_s, retry_after_s=retry_after_s, on_error=on_error)
 
     @property
     def configured(self) -> bool:
@@ -137,24 +136,15 @@ class RedisState:
         return True
 
     async def close(self) -> None:
-        if self.wire is not None:
-            await self.wire.aclose()
         if self.client is not None:
             await self.client.aclose()
 
 
 async def flush_staged(redis: RedisState, operation: str, stagers: list[Callable]) -> bool:
-    """One pipeline with everything `stagers` queue; on failure each stager gets its data back.
-    Over the multiplexed connection when there is one (a `Batch`), else redis-py's pipeline."""
+    """One pipeline with everything `stagers` queue; on failure each stager gets its data back."""
     restores: list[Callable[[], None]] = []
-    wire = redis.wire
 
-    async def write(client) -> None:  # noqa: ANN001
-        if wire is not None:
-            batch = Batch()
-            restores.extend(stage(batch) for stage in stagers)
-            await wire.pipeline(batch.commands)
-            return
+    async def write(client: aioredis.Redis) -> None:
         async with client.pipeline(transaction=False) as pipe:
             restores.extend(stage(pipe) for stage in stagers)
             if len(pipe):

@@ -4,6 +4,9 @@ Deadlines: the whole request (all attempts) lives under `total_timeout_s`; a str
 its first chunk within `first_token_timeout_s` or the replica counts as failed and the next one
 is tried. After the first chunk has been sent a failure ends the stream with an error event
 (`data: {"error": ...}`) and no `[DONE]`, so the client can tell a cut answer from a whole one.
+
+Each answer is described in an `Answer` (gateway/accounting.py) and booked by the response's
+background task, after the client has it.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from opentelemetry.trace import Span, Tracer
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from gateway.access_log import current_record
-from gateway.after_answer import AfterAnswer
+from gateway.accounting import Accounting, Answer, Ticket
 from gateway.backends.base import Backend, Chunk, ChunkBatch
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
@@ -31,9 +36,8 @@ from gateway.errors import (
     UpstreamError,
     error_payload,
 )
-from gateway.format_check import StreamedAnswer, check_answer, unary_answer
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import SSE_DONE, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, FinalPart
+from gateway.format_check import StreamedAnswer, structured_format, unary_answer
+from gateway.protocol import SSE_DONE, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import Settings
 from gateway.tracing import DISABLED, as_current, backend_span, record_result, record_usage, start_backend_span
 
@@ -42,19 +46,31 @@ log = logging.getLogger("gateway.serving")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class RelayResponse(StreamingResponse):
-    """A relayed stream's response: Starlette's StreamingResponse with the head it would build for an SSE
-    answer, built once at import instead of per stream (its header pass runs on the way to the first
-    token)."""
+class AnswerStream(StreamingResponse):
+    """An SSE answer whose bookkeeping runs however the stream ends.
 
-    RAW_HEADERS = StreamingResponse(iter(()), media_type="text/event-stream", headers=SSE_HEADERS).raw_headers
+    Starlette skips a response's background task when the client hangs up mid-stream, but the books
+    must still be settled (the reservation reconciled, the outcome counted): `settle` runs after the
+    body in every case, once the body's generator is closed (which closes the upstream call). A client
+    leaving is not an error, so its disconnect ends here instead of reaching the error handlers.
+    """
 
-    def __init__(self, body: AsyncIterator[bytes]) -> None:  # noqa: D107 - Starlette's fields, set directly
-        self.body_iterator = body
-        self.status_code = 200
-        self.media_type = "text/event-stream"
-        self.background = None
-        self.raw_headers = list(self.RAW_HEADERS)
+    def __init__(self, body: AsyncIterator[bytes], *, settle: BackgroundTask | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+        self.settle = settle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (ClientDisconnect, OSError):
+            pass
+        finally:
+            body = self.body_iterator
+            if hasattr(body, "aclose"):
+                await body.aclose()
+            if self.settle is not None:
+                await self.settle()
 
 
 GenRequest = ChatCompletionRequest | CompletionRequest
@@ -76,21 +92,9 @@ def outcome_of(exc: BaseException) -> str:
         return "unavailable"
     if isinstance(exc, ClientError):
         return "client_error"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
     return "backend_error"
-
-
-class AnswerObserver(Protocol):
-    """Hears an answer as the serving layer builds it, so a caller (the policy: usage, limits, cache)
-    never re-parses the bytes that were just serialised."""
-
-    # Called with every streamed chunk that has choices (not the usage-only one); None when the
-    # observer has no use for them, so a stream that is not being cached pays no call per chunk.
-    on_chunk: Callable[[Chunk], None] | None
-
-    def finished(self, usage: dict[str, Any], complete: bool, result: dict[str, Any] | None,
-                 body: bytes | None = None) -> None:
-        """Once, when the answer ended: backend usage ({} if unknown), whether it arrived whole,
-        and for a non-streamed answer the response object and the JSON bytes sent for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,33 +109,38 @@ COMPLETION = Operation(name="text_completion", unary=lambda b, r, m: b.complete(
                        stream=lambda b, r, m, d: b.complete_stream(r, m, d))
 
 
+def response_format_of(req: Any) -> Any:
+    """The format an answer is checked against (chat requests asking for JSON), else None."""
+    if isinstance(req, ChatCompletionRequest):
+        return structured_format(req.response_format)
+    return None
+
+
 class InferenceService:
-    def __init__(self, *, pool: BackendPool, metrics: GatewayMetrics, settings: Settings,
-                 after: AfterAnswer, tracer: Tracer = DISABLED.tracer) -> None:
+    def __init__(self, *, pool: BackendPool, accounting: Accounting, settings: Settings,
+                 tracer: Tracer = DISABLED.tracer) -> None:
         self.pool = pool
-        self.after = after  # the queue the front layer runs the answers' bookkeeping from
-        self.metrics = metrics
+        self.accounting = accounting
         self.settings = settings
         self.tracer = tracer
 
-    async def generate(self, op: Operation, req: GenRequest, model: str,
-                       observer: AnswerObserver | None = None) -> Response:
+    async def generate(self, op: Operation, req: GenRequest, model: str, ticket: Ticket) -> Response:
         """`model` is already resolved (and authorised) by the caller."""
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
         if req.stream:
-            return await self._open_stream(op, req, model, t0, deadline, observer)
-        return await self._unary(op, req, model, t0, deadline, observer)
+            return await self._open_stream(op, req, model, t0, deadline, ticket)
+        return await self._unary(op, req, model, t0, deadline, ticket)
 
-    async def embed(self, req: EmbeddingRequest, model: str, observer: AnswerObserver | None = None) -> Response:
+    async def embed(self, req: EmbeddingRequest, model: str, ticket: Ticket) -> Response:
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
-        return await self._unary(None, req, model, t0, deadline, observer)
+        return await self._unary(None, req, model, t0, deadline, ticket)
 
     # -- unary -----------------------------------------------------------------------------
 
     async def _unary(self, op: Operation | None, req: Any, model: str, t0: float, deadline: float,
-                     observer: AnswerObserver | None) -> Response:
+                     ticket: Ticket) -> Response:
         backend_s = 0.0
 
         async def start(backend: Backend) -> dict[str, Any]:
@@ -148,30 +157,20 @@ class InferenceService:
 
         lease, result = await self._open(model, start, deadline)
         lease.done()
-        elapsed = time.perf_counter() - t0
-        replica = lease.replica.name
         body = orjson.dumps(result)
-
-        def book() -> None:
-            usage = result.get("usage") or {}
-            self._record(model, replica, "success", elapsed, usage)
-            self.metrics.overhead.labels(model).observe(max(0.0, elapsed - backend_s))
-            if op is CHAT:
-                self._check_format(req, model, unary_answer(result))
-            if observer is not None:
-                observer.finished(usage, True, result, body)
-
-        # The bookkeeping runs after the answer went out: the front layer hands `background` to its
-        # AfterAnswer queue (gateway/after_answer.py), so neither this client nor its next request waits
-        # for metrics, usage and the cache write. `book` is a plain callable, not a BackgroundTask.
-        # `book` holds the body, not the response: a response -> task -> book -> response cycle left
-        # every unary answer's objects to the cyclic collector (pauses of ~5 ms under load).
-        return Response(body, media_type="application/json", background=book)  # type: ignore[arg-type]
+        response_format = response_format_of(req)
+        whole = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
+        answer = Answer(model=model, backend=lease.replica.name, elapsed_s=time.perf_counter() - t0,
+                        backend_s=backend_s, usage=result.get("usage") or {}, complete=whole, result=result,
+                        body=body, response_format=response_format,
+                        text=unary_answer(result) if response_format is not None else None)
+        return Response(body, media_type="application/json",
+                        background=BackgroundTask(self.accounting.settle, ticket, answer))
 
     # -- streaming -------------------------------------------------------------------------
 
     async def _open_stream(self, op: Operation, req: GenRequest, model: str, t0: float,
-                           deadline: float, observer: AnswerObserver | None) -> Response:
+                           deadline: float, ticket: Ticket) -> Response:
         first_token_s = self.settings.first_token_timeout_s
 
         async def start(backend: Backend) -> tuple[AsyncIterator[ChunkBatch], ChunkBatch, Span]:
@@ -201,41 +200,31 @@ class InferenceService:
             return chunks, first, span
 
         lease, (chunks, first, span) = await self._open(model, start, deadline)
-        ttft = time.perf_counter() - t0
-        self.metrics.ttft.labels(model, lease.replica.name).observe(ttft)
-        answer = StreamedAnswer() if isinstance(req, ChatCompletionRequest) and req.response_format else None
-        body = self._relay(lease, chunks, first, req, model, t0, ttft, deadline, span, answer, observer)
-        return RelayResponse(body)
+        response_format = response_format_of(req)
+        answer = Answer(model=model, backend=lease.replica.name, ttft_s=time.perf_counter() - t0,
+                        response_format=response_format)
+        text = StreamedAnswer() if response_format is not None else None
+        body = self._relay(lease, chunks, first, req, t0, span, answer, text, ticket)
+        return AnswerStream(body, settle=BackgroundTask(self.accounting.settle, ticket, answer))
 
     async def _relay(self, lease: Lease, chunks: AsyncIterator[ChunkBatch], first: ChunkBatch, req: GenRequest,
-                     model: str, t0: float, ttft: float, deadline: float, span: Span,
-                     answer: StreamedAnswer | None, observer: AnswerObserver | None) -> AsyncIterator[bytes]:
+                     t0: float, span: Span, answer: Answer, text: StreamedAnswer | None,
+                     ticket: Ticket) -> AsyncIterator[bytes]:
+        """The stream's body; fills in `answer` as it goes, for the books settled after it."""
         backend = lease.replica.name
         include_usage = req.include_usage
-        usage: dict[str, Any] = {}
         finish_reasons: list[str] = []
-        outcome = "success"
-        on_chunk = observer.on_chunk if observer is not None else None
-        watched = answer is not None or on_chunk is not None
-
-        def feed(sent: ChunkBatch) -> None:  # what only the books read, done after the batch's write
-            for chunk in sent:
-                if answer is not None:
-                    answer.feed(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk)
-
+        watched = text is not None or ticket.assembler is not None
         dumps = orjson.dumps
         try:
-            batch = first
-            ended = False  # the usage-only chunk (`last`) arrived: by the backend contract, the stream's last
-            last: Chunk | None = None
+            batch: ChunkBatch = first
+            ended = False  # the usage-only chunk arrived: by the backend contract, the stream's last
             while True:
                 frames: list[bytes] = []
-                for chunk in batch:  # per token: kept to the few steps every chunk needs
+                for chunk in batch:
                     choices = chunk.get("choices")
                     if not choices and chunk.get("usage"):
-                        usage, ended, last = chunk["usage"], True, chunk
+                        answer.usage, ended = chunk["usage"], True
                         if include_usage:
                             frames.append(b"data: " + dumps(chunk) + b"\n\n")
                         continue
@@ -243,54 +232,51 @@ class InferenceService:
                         if choice.get("finish_reason"):
                             finish_reasons.append(choice["finish_reason"])
                     frames.append(b"data: " + dumps(chunk) + b"\n\n")
+                    if watched:
+                        self._feed(chunk, text, ticket)
                 if ended:
+                    frames.append(SSE_DONE)  # the last frames and [DONE] leave in one write
+                    yield b"".join(frames)
+                    await self._drain(chunks, backend)
                     break
                 if frames:  # what arrived together leaves together: one write
-                    yield frames[0] if len(frames) == 1 else b"".join(frames)
-                if watched:
-                    feed(batch)
+                    yield b"".join(frames)
                 try:
-                    batch = await anext(chunks)  # the backend ends the stream by `deadline` (BackendTimeout)
+                    batch = await anext(chunks)  # the backend ends the stream by its deadline (BackendTimeout)
                 except StopAsyncIteration:
-                    frames = []
+                    yield SSE_DONE
                     break
-            # The last frames, [DONE] and the end of the body leave in one write.
-            frames.append(SSE_DONE)
-            yield FinalPart(b"".join(frames))
-            if ended:
-                if watched:  # the last batch, less its usage-only chunk (a stream that just stopped was fed)
-                    feed([chunk for chunk in batch if chunk is not last])
-                await self._drain(chunks, backend)
+            answer.complete = True
             lease.done()
         except GatewayError as err:  # a stream past its deadline raises BackendTimeout (the backend contract)
-            outcome = outcome_of(err)
+            answer.outcome = outcome_of(err)
             lease.done(failed=isinstance(err, UpstreamError))
             log.warning("stream from %s broke after first byte: %s", backend, err)
-            yield FinalPart(sse(error_payload(err)))  # no [DONE]: the answer is incomplete
+            yield sse(error_payload(err))  # no [DONE]: the answer is incomplete
         except BaseException:  # client went away (cancelled) or the generator was closed
-            outcome = "cancelled"
+            answer.outcome = "cancelled"
             lease.done(cancelled=True)
             raise
         finally:
-            await chunks.aclose()
-            elapsed = time.perf_counter() - t0
+            answer.elapsed_s = time.perf_counter() - t0
+            if text is not None:
+                answer.text = text.text()
+            usage = answer.usage
             record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
                          finish_reasons=finish_reasons)
-            if outcome != "success":
-                span.set_attribute("error.type", outcome)
+            if answer.outcome != "success":
+                span.set_attribute("error.type", answer.outcome)
             span.end()  # here, not later: the span's end is the stream's
+            # Shielded: when the client hangs up, Starlette cancels this body's task group, and every await
+            # here would be cancelled again before the upstream call is closed.
+            await asyncio.shield(chunks.aclose())
 
-            def book() -> None:  # after the answer (gateway/after_answer.py), like a unary answer's
-                self._record(model, backend, outcome, elapsed, usage)
-                out_tokens = int(usage.get("completion_tokens") or 0)
-                if out_tokens > 1:
-                    self.metrics.tpot.labels(model, backend).observe((elapsed - ttft) / (out_tokens - 1))
-                if answer is not None and outcome == "success":
-                    self._check_format(req, model, answer.text())
-                if observer is not None:
-                    observer.finished(usage, outcome == "success", None)
-
-            self.after.defer(book)
+    @staticmethod
+    def _feed(chunk: Chunk, text: StreamedAnswer | None, ticket: Ticket) -> None:
+        if text is not None:
+            text.feed(chunk)
+        if ticket.assembler is not None:
+            ticket.assembler.add(chunk)
 
     @staticmethod
     async def _drain(chunks: AsyncIterator[ChunkBatch], backend: str) -> None:
@@ -303,36 +289,9 @@ class InferenceService:
             log.warning("stream from %s did not end cleanly after its last chunk: %s", backend, exc)
 
     async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
-        """The pool's failover loop under the request's deadline; failures before a replica answered are
-        counted here (backend label "-") because no replica owns them."""
+        """The pool's failover loop under the request's deadline."""
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.pool.open(model, start)
         except TimeoutError:
-            self._count(model, "-", "timeout")
             raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
-        except GatewayError as exc:
-            self._count(model, "-", outcome_of(exc))
-            raise
-
-    # -- accounting ------------------------------------------------------------------------
-
-    def _count(self, model: str, backend: str, outcome: str) -> None:
-        self.metrics.requests.labels(model, backend, outcome).inc()
-        record = current_record()
-        record.model, record.backend = model, None if backend == "-" else backend
-
-    def _record(self, model: str, backend: str, outcome: str, elapsed: float, usage: dict[str, Any]) -> None:
-        self._count(model, backend, outcome)
-        self.metrics.e2e_latency.labels(model, backend).observe(elapsed)
-        if usage:
-            self.metrics.prompt_tokens.labels(model, backend).inc(int(usage.get("prompt_tokens") or 0))
-            self.metrics.generation_tokens.labels(model, backend).inc(int(usage.get("completion_tokens") or 0))
-            record = current_record()
-            record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-
-    def _check_format(self, req: GenRequest, model: str, answer: str) -> None:
-        """Count whether a JSON-format answer is what was asked for (issue 4's format compliance)."""
-        verdict = check_answer(getattr(req, "response_format", None), answer)
-        if verdict is not None:
-            self.metrics.format_compliance.labels(model, verdict).inc()

@@ -53,6 +53,8 @@ class Settings(PolicySettings):
     )
     host: str = Field("0.0.0.0", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes in this container, so one replica "
+                                                     "can use several cores (all shared state is in Redis).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     backends: list[BackendSpec] = Field(
         default_factory=list,

@@ -12,7 +12,7 @@ Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-from starlette.types import ASGIApp, Scope
 
 SERVICE_NAME = "slm-gateway"
 # Probes and scrapes would drown the traces that matter.
@@ -50,15 +49,16 @@ class Tracing:
             if http is not None:
                 http.tracer = self.tracer
 
-    def wrap(self, app: ASGIApp, span_details: Callable[[Scope], tuple[str, dict[str, str]]]) -> ASGIApp:
-        """`app` with a SERVER span per HTTP request (OpenTelemetry's ASGI middleware), or `app` itself
-        when tracing is off. No spans per ASGI send/receive: a stream would make one per chunk."""
+    def instrument_app(self, app: Any) -> None:
+        """A SERVER span per HTTP request, named after the route template ("GET /admin/keys/{key_id}"),
+        through OpenTelemetry's FastAPI instrumentation; nothing when tracing is off. No spans per ASGI
+        send/receive: a stream would make one per chunk."""
         if self.provider is None:
-            return app
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+            return
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        return OpenTelemetryMiddleware(app, excluded_urls=EXCLUDED_URLS, default_span_details=span_details,
-                                       tracer_provider=self.provider, exclude_spans=["receive", "send"])
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider, excluded_urls=EXCLUDED_URLS,
+                                           exclude_spans=["receive", "send"])
 
     def shutdown(self) -> None:
         """Flush queued spans (called at app shutdown)."""
@@ -88,15 +88,6 @@ def setup_tracing(*, exporter: SpanExporter | None, batch: bool = True) -> Traci
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return Tracing(tracer=provider.get_tracer("gateway"), provider=provider)
-
-
-def route_span_details(scope: Scope) -> tuple[str, dict[str, str]]:
-    """Server span names after the route template ("GET /admin/keys/{key_id}"), never the raw path with
-    an id in it. FastAPI's instrumentor knows how to walk FastAPI's (nested) routes; `scope["app"]` must
-    be set. Private to that package, which is pinned; tests/gateway/test_observability.py checks the names."""
-    from opentelemetry.instrumentation.fastapi import _get_default_span_details
-
-    return _get_default_span_details(scope)
 
 
 def _off(tracer: Tracer) -> bool:

@@ -101,17 +101,8 @@ def cache_and_limit_panels(model_sel: str) -> list[Panel]:
             expr=f"sum by (result) (rate(gateway_cache_requests_total{{{model_sel}}}[$__rate_interval]))", legend="{{result}}")]),
         Panel(title="Rate-limited requests by limit", unit="reqps", queries=[Query(
             expr="sum by (kind) (rate(gateway_rate_limited_total[$__rate_interval]))", legend="{{kind}}")]),
-        Panel(title="Cache-key index in step (replicas)", kind="stat", mappings=INDEX_MAPPINGS, width=12,
-              description="in step: a replica skips the Redis read of answers nobody stored; "
-                          "reading Redis: every cacheable request reads it (Redis down, or no CLIENT TRACKING)",
-              queries=[Query(expr="gateway_cache_index_ready", legend="{{instance}}")]),
-        Panel(title="Cache-key writes the index heard (within the TTL)", width=12, queries=[Query(
-            expr="gateway_cache_index_keys", legend="{{instance}}")]),
     ]
 
-
-INDEX_MAPPINGS = [{"type": "value", "options": {"0": {"text": "reading Redis", "color": "orange"},
-                                                "1": {"text": "in step", "color": "green"}}}]
 
 
 STATE_MAPPINGS = [{"type": "value", "options": {

@@ -26,7 +26,7 @@ async def chat_completions(request: Request, principal: PrincipalDep) -> Respons
     req = await parse_body(request, ChatCompletionRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="chat", req=req, model=model,
-                                       call=lambda books: service(request).generate(CHAT, req, model, books))
+                                       call=lambda ticket: service(request).generate(CHAT, req, model, ticket))
 
 
 @router.post("/completions", summary="Create a text completion (OpenAI-compatible)")
@@ -34,7 +34,7 @@ async def completions(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, CompletionRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="completions", req=req, model=model,
-                                       call=lambda books: service(request).generate(COMPLETION, req, model, books))
+                                       call=lambda ticket: service(request).generate(COMPLETION, req, model, ticket))
 
 
 @router.post("/embeddings", summary="Create embeddings (OpenAI-compatible)")
@@ -42,13 +42,5 @@ async def embeddings(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, EmbeddingRequest)
     model = await _authorised_model(request, principal, req.model)
     return await policy(request).serve(request, principal, endpoint="embeddings", req=req, model=model,
-                                       call=lambda books: service(request).embed(req, model, books))
+                                       call=lambda ticket: service(request).embed(req, model, ticket))
 
-
-# What the front layer (gateway/front.py) serves directly, by POST path; FastAPI keeps the routes above
-# for the OpenAPI schema and the 405 to other methods.
-HANDLERS = {
-    "/v1/chat/completions": chat_completions,
-    "/v1/completions": completions,
-    "/v1/embeddings": embeddings,
-}

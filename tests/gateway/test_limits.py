@@ -144,20 +144,7 @@ def test_utc_date_strings_follow_the_calendar_across_cached_days() -> None:
         assert utc_date("%Y-%m-%d", ts) == moment[:10]
 
 
-async def test_far_from_a_limit_requests_are_paid_from_a_lease_without_redis(replicas):
-    limiter, client = replicas[0], replicas[0].redis.client
-    rpm_key = f"gw:rl:r:key_lease:{int(NOW // 60)}"
-    first = await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW)
-    counted = int(await client.get(rpm_key))
-    assert first.rpm_used == 1 and counted > 1, "the first reservation took a lease along"
-    leased = [await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW) for _ in range(counted - 1)]
-    assert int(await client.get(rpm_key)) == counted, "spending the lease asked Redis nothing"
-    assert [r.rpm_used for r in leased] == list(range(2, counted + 1))  # the headers count as before
-    await limiter.reserve("key_lease", KeyLimits(rpm=1000), 1, now=NOW)
-    assert int(await client.get(rpm_key)) > counted + 1, "an empty lease: back to Redis, for a new one"
-
-
-async def test_leases_never_let_replicas_past_the_limit(replicas):
+async def test_concurrent_bursts_on_two_replicas_never_pass_the_limit(replicas):
     limits = KeyLimits(rpm=200)
     key = f"gw:rl:r:key_lc:{int(NOW // 60)}"
     results = []
@@ -166,44 +153,5 @@ async def test_leases_never_let_replicas_past_the_limit(replicas):
                                         return_exceptions=True)
     granted = [r for r in results if not isinstance(r, Exception)]
     assert all(isinstance(r, RateLimited) for r in results if isinstance(r, Exception))
-    held = sum(limiter.leases.held(key) for limiter in replicas)
-    assert int(await replicas[0].redis.client.get(key)) == 200 == len(granted) + held, \
-        "every request counted in Redis was granted or is still held in a lease: none past the limit"
-    assert held <= 2 * 199 // 16, "a burst asked for one lease per replica, not one per request"
-
-
-async def test_near_a_limit_no_lease_is_granted(replicas):
-    client = replicas[0].redis.client
-    await replicas[0].reserve("key_near", KeyLimits(rpm=16, tpm=10_000), 600, now=NOW)
-    minute = int(NOW // 60)
-    # 15 requests of room is less than the 16 a lease needs; 9400 tokens hold under 16 more estimates
-    assert int(await client.get(f"gw:rl:r:key_near:{minute}")) == 1
-    assert int(await client.get(f"gw:rl:t:key_near:{minute}")) == 600
-
-
-async def test_unspent_leases_are_given_back_on_shutdown(replicas):
-    limiter, client = replicas[0], replicas[0].redis.client
-    limits = KeyLimits(rpm=10_000, tpm=10**9, monthly_token_budget=10**9)
-    await limiter.reserve("key_back", limits, 50, now=NOW)
-    await limiter.reserve("key_back", limits, 50, now=NOW)  # from the lease
-    minute, month = int(NOW // 60), utc_date("%Y-%m", NOW)
-    assert int(await client.get(f"gw:rl:t:key_back:{minute}")) > 100
-    limiter.give_back_leases()
-    await limiter.flush()
-    assert int(await client.get(f"gw:rl:r:key_back:{minute}")) == 2
-    assert int(await client.get(f"gw:rl:t:key_back:{minute}")) == 100
-    assert int(await client.get(f"gw:rl:b:key_back:{month}")) == 100
-    assert limiter.leased("key_back", limits, 50, now=NOW) is None, "nothing held any more"
-
-
-async def test_a_lease_is_not_spent_once_the_keys_limits_changed(replicas):
-    limiter, client = replicas[0], replicas[0].redis.client
-    rpm_key = f"gw:rl:r:key_changed:{int(NOW // 60)}"
-    await limiter.reserve("key_changed", KeyLimits(rpm=10_000), 1, now=NOW)
-    assert limiter.leases.held(rpm_key) > 0
-    lowered = KeyLimits(rpm=20)  # an admin lowered the limit below what the lease brought: it must not be spent
-    assert limiter.leased("key_changed", lowered, 1, now=NOW) is None
-    counted = int(await client.get(rpm_key))
-    with pytest.raises(RateLimited):
-        await limiter.reserve("key_changed", lowered, 1, now=NOW)
-    assert counted > 20 and limiter.leases.held(rpm_key) > 0  # held, counted, never spent under the new limit
+    assert len(granted) == 200 == int(await replicas[0].redis.client.get(key))
+    assert sorted(r.rpm_used for r in granted) == list(range(1, 201)), "each grant saw its own count"

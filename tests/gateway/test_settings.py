@@ -66,18 +66,3 @@ def test_empty_variables_mean_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, "")
     s = Settings(_env_file=None)
     assert s.breaker_failures == 3 and s.jwt_issuer is None
-
-
-def test_served_process_takes_its_long_lived_objects_out_of_the_collectors_sight() -> None:
-    import gc
-
-    from gateway.__main__ import quiet_garbage_collector
-
-    before = gc.get_threshold()
-    try:
-        quiet_garbage_collector()
-        assert gc.get_freeze_count() > 1000  # the imported modules, classes and functions at least
-        assert gc.get_threshold()[0] > before[0]
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)

@@ -1,0 +1,158 @@
+"""Everything booked once an answer has ended: its metrics, usage, limit reconciliation and cache write.
+
+The serving layer describes each answer in an `Answer`; the policy opens a `Ticket` per request (who
+pays, what was reserved, where a complete answer is stored). `Accounting.settle` books both: in
+memory at once, then one Redis pipeline for everything booked so far. It runs as the response's
+Starlette `BackgroundTask`, so the client has its last byte before any of it happens. While Redis is
+unavailable the writes stay buffered (bounded) and go out with the next successful flush.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.access_log import current_record
+from gateway.auth import Principal
+from gateway.cache import ResponseCache, StreamAssembler
+from gateway.cost import PriceTable
+from gateway.format_check import check_answer
+from gateway.limits import KeyRateLimiter, Reservation
+from gateway.metrics import GatewayMetrics, PolicyMetrics
+from gateway.redis_state import RedisState, flush_staged
+from gateway.usage import UsageStore
+
+log = logging.getLogger("gateway.accounting")
+
+NO_BACKEND = "-"  # the backend label of a request no replica answered
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the serving layer learned about one answer (or one failed attempt to get it)."""
+
+    model: str
+    backend: str = NO_BACKEND
+    # success | client_error | backend_error | timeout | unavailable | cancelled, or cache_hit (no backend call)
+    outcome: str = "success"
+    elapsed_s: float = 0.0
+    backend_s: float | None = None  # a unary call's time inside the backend, for gateway_overhead_seconds
+    ttft_s: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False  # arrived whole (every choice finished, no error)
+    result: dict[str, Any] | None = None  # a non-streamed answer's response object ...
+    body: bytes | None = None  # ... and the JSON bytes sent for it
+    text: str | None = None  # the answer's text, when a response_format asks for it to be checked
+    response_format: Any = None
+    count_usage: bool = True  # False: failed before any backend answered (the reservation is still given back)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's account: who pays, what was reserved, and the cache key a complete answer goes to."""
+
+    principal: Principal
+    model: str
+    reservation: Reservation | None = None
+    store_key: str = ""
+    assembler: StreamAssembler | None = None  # a streamed answer rebuilt for the cache, when it may be stored
+
+    def on_chunk(self, chunk: dict[str, Any]) -> None:
+        if self.assembler is not None:
+            self.assembler.add(chunk)
+
+
+class Accounting:
+    def __init__(self, *, redis: RedisState, metrics: GatewayMetrics, policy_metrics: PolicyMetrics,
+                 limiter: KeyRateLimiter, usage: UsageStore, cache: ResponseCache, prices: PriceTable) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self.policy_metrics = policy_metrics
+        self.limiter = limiter
+        self.usage = usage
+        self.cache = cache
+        self.prices = prices
+
+    async def settle(self, ticket: Ticket | None, answer: Answer) -> None:
+        """Book the answer and write what Redis must know (the BackgroundTask of every inference response)."""
+        self.book(ticket, answer)
+        await self.flush()
+
+    def book(self, ticket: Ticket | None, answer: Answer) -> None:
+        """The in-memory half of `settle`: metrics now, Redis writes buffered for the next `flush`."""
+        try:
+            self._observe(answer)
+            if ticket is not None:
+                self._charge(ticket, answer)
+        except Exception:  # the client has its answer; a bookkeeping bug must not become a second error
+            log.exception("booking an answer failed")
+
+    async def flush(self) -> None:
+        """One pipeline with every buffered write; kept buffered when Redis is unavailable."""
+        if not self.redis.configured:
+            return
+        stagers = [self.limiter.stage, self.usage.stage, self.cache.stage]
+        if self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending:
+            await flush_staged(self.redis, "account", stagers)
+
+    # -- the two halves ------------------------------------------------------------------------
+
+    def _observe(self, answer: Answer) -> None:
+        """The answer's Prometheus series and access-log fields."""
+        model, backend, m = answer.model, answer.backend, self.metrics
+        record = current_record()
+        record.model = model
+        if answer.outcome == "cache_hit":
+            return
+        record.backend = None if backend == NO_BACKEND else backend
+        m.requests.labels(model, backend, answer.outcome).inc()
+        if backend == NO_BACKEND:
+            return
+        m.e2e_latency.labels(model, backend).observe(answer.elapsed_s)
+        usage = answer.usage
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if usage:
+            m.prompt_tokens.labels(model, backend).inc(prompt)
+            m.generation_tokens.labels(model, backend).inc(completion)
+            record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if answer.ttft_s is not None:
+            m.ttft.labels(model, backend).observe(answer.ttft_s)
+            if completion > 1:
+                m.tpot.labels(model, backend).observe((answer.elapsed_s - answer.ttft_s) / (completion - 1))
+        if answer.backend_s is not None:
+            m.overhead.labels(model).observe(max(0.0, answer.elapsed_s - answer.backend_s))
+        if answer.outcome == "success" and answer.response_format is not None and answer.text is not None:
+            verdict = check_answer(answer.response_format, answer.text)
+            if verdict is not None:
+                m.format_compliance.labels(model, verdict).inc()
+
+    def _charge(self, ticket: Ticket, answer: Answer) -> None:
+        """Usage, the limits' real token count, the hosted-API cost, and the cache write of a whole answer."""
+        usage = answer.usage
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        self.limiter.reconcile(ticket.reservation, prompt + completion)
+        if not answer.count_usage:
+            return
+        principal = ticket.principal
+        self.usage.record(principal.key_id or principal.subject, ticket.model, prompt, completion)
+        if prompt or completion:
+            self.policy_metrics.hosted_cost.labels(ticket.model).inc(
+                self.prices.hosted_cost(ticket.model, prompt, completion))
+        stored = self._storable(ticket, answer)
+        if stored is not None:
+            self.cache.put_later(ticket.store_key, stored)
+
+    @staticmethod
+    def _storable(ticket: Ticket, answer: Answer) -> dict[str, Any] | bytes | None:
+        """What goes into the cache: only a complete, successful answer the request allows storing."""
+        if not ticket.store_key or answer.outcome != "success" or not answer.complete:
+            return None
+        if answer.result is not None:
+            return answer.body if answer.body is not None else answer.result
+        assembler = ticket.assembler
+        if assembler is None or not assembler.complete:
+            return None
+        if answer.usage:
+            assembler.usage = answer.usage
+        return assembler.response()
