@@ -46,9 +46,7 @@ class Tracing:
         if self.provider is None:
             return
         for replica in pool.replicas:
-            http = getattr(replica.backend, "_http", None)
-            if http is not None:
-                http.tracer = self.tracer
+            replica.backend.trace_with(self.tracer)
 
     def wrap(self, app: ASGIApp, span_details: Callable[[Scope], tuple[str, dict[str, str]]]) -> ASGIApp:
         """`app` with a SERVER span per HTTP request (OpenTelemetry's ASGI middleware), or `app` itself
