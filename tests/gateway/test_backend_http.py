@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import openai
 import orjson
 import pytest
 from aiohttp import web
@@ -24,7 +25,8 @@ from gateway.errors import (
     GatewayError,
     ReplicaLacksModel,
 )
-from tests.support.processes import free_port, until
+from tests.support.gateway import ADMIN_KEY, running_gateway
+from tests.support.processes import free_port, python_service, until
 from tests.support.raw_server import read_request, server
 from tests.support.tls import LocalCA, make_test_ca
 
@@ -657,3 +659,48 @@ async def test_no_proxy_exempts_a_backend(monkeypatch: pytest.MonkeyPatch) -> No
         finally:
             await http.aclose()
     assert seen == []
+
+
+# -- the gateway with https backends ----------------------------------------------------------------
+
+TLS_DOUBLE = """
+import sys, uvicorn
+from tests.doubles.ollama_double import build_app
+from tests.doubles.ollama_state import Knobs
+port, cert, key = sys.argv[1:4]
+uvicorn.run(build_app(models=["smollm2:135m"], knobs=Knobs()), host="127.0.0.1", port=int(port),
+            ssl_certfile=cert, ssl_keyfile=key, log_level="warning")
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_ollama_double(ca: LocalCA) -> Iterator[str]:
+    """The Ollama double (native API and its /v1 OpenAI API) served over https with the test CA's certificate."""
+    port = free_port()
+    double = python_service("ollama-double-tls", ["-c", TLS_DOUBLE, str(port), str(ca.cert_file), str(ca.key_file)],
+                            port).start().wait_port()
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        double.stop()
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+def test_the_gateway_serves_from_an_https_backend_trusted_through_ssl_cert_file(
+        kind: str, tls_ollama_double: str, ca: LocalCA) -> None:
+    with running_gateway([(kind, tls_ollama_double)], env={"SSL_CERT_FILE": str(ca.ca_file)}) as gw:
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
+        plain = sdk.chat.completions.create(model="smollm2:135m", messages=[{"role": "user", "content": "hi"}])
+        streamed = "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
+            model="smollm2:135m", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+    assert plain.choices[0].message.content and streamed == plain.choices[0].message.content
+
+
+def test_the_gateway_refuses_an_untrusted_https_backend_clearly(tls_ollama_double: str) -> None:
+    with running_gateway([("ollama", tls_ollama_double)]) as gw:  # the platform's CAs only
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model="smollm2:135m", messages=[{"role": "user", "content": "hi"}])
+        logs = gw.logs()
+    assert caught.value.status_code == 404  # no replica could say what it serves
+    assert "TLS certificate not trusted" in logs and "Traceback" not in logs
