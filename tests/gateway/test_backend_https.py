@@ -99,6 +99,9 @@ async def forward_proxy() -> AsyncIterator[tuple[str, list[bytes]]]:
                 return
             seen.append(first)
             method, target, version = first.split(b" ")
+            if method == b"CONNECT":  # https through the proxy: a TCP tunnel, TLS end to end
+                await tunnel(target, reader, writer)
+                return
             parts = urlsplit(target.decode())
             up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port)
             kept = b"".join(k + b": " + v + b"\r\n" for k, v in headers.items() if not k.startswith(b"proxy-"))
@@ -113,6 +116,20 @@ async def forward_proxy() -> AsyncIterator[tuple[str, list[bytes]]]:
 
     async with server(relay) as (url, _):
         yield url, seen
+
+
+async def tunnel(target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    host, port = target.decode().rsplit(":", 1)
+    up_reader, up_writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+        dst.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
 
 
 async def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,3 +199,15 @@ def test_the_gateway_refuses_an_untrusted_https_backend_clearly(tls_ollama_doubl
         logs = gw.logs()
     assert caught.value.status_code == 404  # no replica could say what it serves
     assert "TLS certificate not trusted" in logs and "Traceback" not in logs
+
+
+async def test_https_proxy_from_the_environment_tunnels_to_an_https_backend(ca: LocalCA,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    async with https_backend(ca) as url, forward_proxy() as (proxy, seen):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        http = client(url, ca_file=str(ca.ca_file))
+        try:
+            assert await http.json("GET", "/api/tags") == {"models": [{"name": "m:1"}]}
+        finally:
+            await http.aclose()
+    assert seen == [f"CONNECT {urlsplit(url).netloc} HTTP/1.1".encode()]
