@@ -79,8 +79,9 @@ def _reuse_tracking() -> aiohttp.TraceConfig:
     return config
 
 
-# What a failure to get an answer's head can be when the server closed a kept-alive connection.
-_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# What a failure to get an answer's head can be when the server closed a kept-alive connection:
+# an end of stream, or a reset (aiohttp's ClientConnectionResetError is a ConnectionResetError).
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError)
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
