@@ -19,6 +19,8 @@ import aiohttp
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from gateway.backends.session import new_session
+
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 
@@ -77,12 +79,14 @@ def mint_token(config: JwtConfig, *, subject: str, key_id: str, scopes: frozense
 class JwksCache:
     """Public keys from an identity provider's JWKS URL, refreshed on an unknown `kid`.
 
-    Its aiohttp session is opened on first use (inside the running loop) and closed by `aclose`.
+    Its aiohttp session (the gateway's outbound conventions: the environment's proxy, verified
+    TLS, a connect timeout) is opened on first use, inside the running loop, and closed by `aclose`.
     """
 
     url: str
     ttl_s: float = 600.0
     min_refresh_s: float = 30.0
+    timeout_s: float = 3.0  # the whole fetch; a slow identity provider must not hold requests up
     _keys: list[dict] = field(default_factory=list)
     _fetched_at: float = float("-inf")
     _session: aiohttp.ClientSession | None = None
@@ -104,7 +108,8 @@ class JwksCache:
 
     async def _refresh(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3.0))
+            self._session = new_session(self.url, connect_timeout_s=self.timeout_s, total_timeout_s=self.timeout_s,
+                                        max_connections=2)
         try:
             async with self._session.get(self.url) as response:
                 response.raise_for_status()

@@ -45,9 +45,7 @@ class Tracing:
         if self.provider is None:
             return
         for replica in pool.replicas:
-            http = getattr(replica.backend, "_http", None)
-            if http is not None:
-                http.tracer = self.tracer
+            replica.backend.trace_with(self.tracer)
 
     def instrument_app(self, app: Any) -> None:
         """A SERVER span per HTTP request, named after the route template ("GET /admin/keys/{key_id}"),

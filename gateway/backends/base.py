@@ -5,7 +5,7 @@ OpenAI response dict; a stream yields OpenAI chunk dicts and ends with one usage
 (`choices: []`, `usage: {...}`) so the serving layer can count tokens whether or not the client
 asked for `stream_options.include_usage`.
 
-Streams yield *batches*: every chunk that arrived together (one read from the socket) in one
+Streams yield *batches*: every chunk that arrived together (since the last read) in one
 non-empty list, so the serving layer writes them to the client in one write; only the stream's
 first chunk comes alone, so the first token is not held back by the rest of its read. A model streaming
 token by token gives batches of one; a backend running ahead of a busy gateway gives bigger ones,
@@ -19,6 +19,8 @@ import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+from opentelemetry.trace import Tracer
 
 from gateway.errors import (
     BackendClientError,
@@ -64,6 +66,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]: ...
+
+    def trace_with(self, tracer: Tracer) -> None:
+        """Make a client span for each of this replica's HTTP calls (called when tracing is on)."""
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -7,6 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer
 
 from gateway.backends import ollama_translate as tr
 from gateway.backends.base import Backend, Chunk, ChunkBatch, completion_id, now, usage_dict
@@ -37,6 +38,9 @@ class OllamaBackend(Backend):
         super().__init__(spec, settings)
         self._http = BackendHTTP(spec.url, name=self.name, connect_timeout_s=settings.connect_timeout_s,
                                  max_connections=settings.max_connections_per_backend)
+
+    def trace_with(self, tracer: Tracer) -> None:
+        self._http.tracer = tracer
 
     async def aclose(self) -> None:
         await self._http.aclose()

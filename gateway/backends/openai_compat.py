@@ -7,6 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer
 
 from gateway.backends.base import Backend, Chunk, ChunkBatch, usage_dict
 from gateway.backends.http import BackendHTTP, stream_event
@@ -26,6 +27,9 @@ class OpenAICompatBackend(Backend):
         headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
         self._http = BackendHTTP(spec.url + "/v1", name=self.name, connect_timeout_s=settings.connect_timeout_s,
                                  max_connections=settings.max_connections_per_backend, headers=headers)
+
+    def trace_with(self, tracer: Tracer) -> None:
+        self._http.tracer = tracer
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -137,6 +137,7 @@ def jwks_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json", pem, hits
     server.shutdown()
+    server.server_close()
 
 
 async def test_es256_via_jwks_url(jwks_server):
