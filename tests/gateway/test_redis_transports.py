@@ -3,54 +3,17 @@ TLS port and a CA made for the test) and `unix://`. Each carries keys, shared li
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from tests.support.ollama import start_ollama_double
 from tests.support.policy_stack import ADMIN_KEY, chat_body, gateway_env, start_gateway
 from tests.support.processes import Service, find_binary, free_port, wait_until
+from tests.support.tls import make_test_ca
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _write_pem(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("slm-stack test CA")).issuer_name(_name("slm-stack test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    _write_pem(folder / "ca", ca_key, ca)
-    _write_pem(folder / "server", key, cert)
-    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
 def redis_server(argv_tail: list[str], port: int) -> Service:
@@ -59,12 +22,12 @@ def redis_server(argv_tail: list[str], port: int) -> Service:
 
 
 def _tls_redis(tmp: Path) -> tuple[Service, str]:
-    ca, cert, key = make_test_ca(tmp)
+    ca = make_test_ca(tmp)
     port = free_port()
-    server = redis_server(["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                           "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"],
-                          port).start().wait_port()
-    return server, f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    server = redis_server(["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(ca.cert_file),
+                           "--tls-key-file", str(ca.key_file), "--tls-ca-cert-file", str(ca.ca_file),
+                           "--tls-auth-clients", "no"], port).start().wait_port()
+    return server, f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca.ca_file}"
 
 
 def _unix_redis(tmp: Path) -> tuple[Service, str]:
