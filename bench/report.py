@@ -121,10 +121,11 @@ def headline(points: list[PointSummary], litellm_label: str = "LiteLLM") -> list
     lo, hi = levels[0], levels[-1]
     at = f"{lo} / {hi} clients"
 
-    def cell(target: str, scenario: str, attr: str, fn: Callable[[PointSummary], float] | None = None) -> str:
+    def cell(target: str, scenario: str, attr: str, fn: Callable[[PointSummary], float] | None = None,
+             digits: int = 2) -> str:
         get = fn or (lambda p: getattr(p, attr))
         vals = [get(idx[(scenario, target, c)]) if (scenario, target, c) in idx else math.nan for c in (lo, hi)]
-        return " / ".join(_f(v) for v in vals)
+        return " / ".join(_f(v, digits) for v in vals)
 
     def added_cell(target: str, scenario: str, attr: str) -> str:
         return " / ".join(_f(added(idx, scenario, target, c, attr)) for c in (lo, hi))
@@ -154,8 +155,8 @@ def headline(points: list[PointSummary], litellm_label: str = "LiteLLM") -> list
                         f"{cell(GATEWAY, scenario, '', _cpu_ms)} | {cell(LITELLM, scenario, '', _cpu_ms)} | "
                         f"{ratio_cell(scenario, '', cpu=True)} |")
     if any(p.scenario == "plain" for p in points):
-        rows.append(f"| plain requests/s (measured, closed loop) | {cell(DIRECT, 'plain', 'rps')} | "
-                    f"{cell(GATEWAY, 'plain', 'rps')} | {cell(LITELLM, 'plain', 'rps')} | |")
+        rows.append(f"| plain requests/s (measured, closed loop) | {cell(DIRECT, 'plain', 'rps', digits=0)} | "
+                    f"{cell(GATEWAY, 'plain', 'rps', digits=0)} | {cell(LITELLM, 'plain', 'rps', digits=0)} | |")
         gw = [p for p in points if p.scenario == "plain" and p.target == GATEWAY]
         if gw:
             busiest = max(gw, key=lambda p: p.rps)

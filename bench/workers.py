@@ -10,7 +10,7 @@ served, and the requests/s of each count against the first's.
 The process count is the check that the setting took: a gateway that does not know
 GATEWAY_WORKERS ignores it and serves from one process, and the ratio then only shows noise.
 
-    python -m bench.workers [--workers 1,2] [--clients 50] [--requests 4000] [--rounds 2]
+    python -m bench.workers [--workers 1,2] [--clients 50] [--requests 4000] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", default="1,2", help="comma-separated GATEWAY_WORKERS values, the first the baseline")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--requests", type=int, default=4000, help="measured requests per gateway, over all rounds")
-    p.add_argument("--rounds", type=int, default=2, help="the gateways take turns this many times")
+    p.add_argument("--rounds", type=int, default=4, help="the gateways take turns this many times")
     p.add_argument("--warmup", type=int, default=100,
                    help="unmeasured requests before each round (10 per client at least)")
     p.add_argument("--gateway-dir", type=Path, default=None,
