@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SYSTEM_BINS := redis-server nginx promtool prometheus
 
-.PHONY: test test-fast system-deps venv up down bench bench-soak lint clean
+.PHONY: test test-fast system-deps venv up down bench bench-workers bench-soak lint clean
 
 ## test: install what is missing (apt as root, pip into .venv), then run the whole suite
 test: system-deps venv
@@ -47,11 +47,17 @@ up:
 down:
 	docker compose down -v
 
-## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run
+## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run;
+## WORKERS=N runs the gateway with GATEWAY_WORKERS=N (see bench/README.md)
+WORKERS ?= 1
 bench: venv
 	$(BIN)/python -m bench.litellm_env
-	$(BIN)/python -m bench $(BENCH_ARGS)
-	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench --workers $(WORKERS) $(BENCH_ARGS)
+	$(BIN)/python -m bench.overhead --workers $(WORKERS)
+
+## bench-workers: plain requests/s at 50 clients, GATEWAY_WORKERS=1 against 2, in one run
+bench-workers: venv
+	$(BIN)/python -m bench.workers
 
 ## bench-soak: 100 000 mixed requests through the gateway, RSS growth and errors
 bench-soak: venv
