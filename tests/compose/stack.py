@@ -143,6 +143,22 @@ def images_needed(stack: Stack) -> tuple[set[str], set[str]]:
     return pulled, built
 
 
+def dockerfile_bases(workdir: Path) -> set[str]:
+    """The images the project's Dockerfiles build FROM (stage names left out)."""
+    bases: set[str] = set()
+    for dockerfile in workdir.rglob("Dockerfile"):
+        stages: set[str] = set()
+        for line in dockerfile.read_text().splitlines():
+            words = line.split()
+            if words and words[0].upper() == "FROM":
+                ref = next(w for w in words[1:] if not w.startswith("--"))
+                if ref not in stages:
+                    bases.add(ref)
+                if len(words) >= 4 and words[-2].upper() == "AS":
+                    stages.add(words[-1])
+    return bases
+
+
 def provide_images(stack: Stack, refs: Iterable[str]) -> str:
     """Pull what a registry gives; else, in a private engine only, build the stand-ins."""
     missing = sorted(r for r in refs if stack.engine.run("image", "inspect", r, check=False).returncode)
