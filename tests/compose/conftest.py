@@ -46,6 +46,7 @@ def stack(engine: Engine) -> Iterator[Stack]:
           f"COMPOSE_FILE={env['COMPOSE_FILE']}; not run here: "
           + ", ".join(f"{k} ({v})" for k, v in NOT_RUN.items()))
     s.compose("--profile", "*", "down", "-v", "--remove-orphans", "-t", "2", check=False)  # an earlier run's leftovers
+    s.volumes_before = set(engine.run("volume", "ls", "-q").stdout.split())
     # Compose interpolates the whole file even to list images: throwaway secrets for that one call.
     (workdir / ".env").write_text("".join(f"{k}=list-only-{k}\n" for k in (
         "GATEWAY_ADMIN_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_KEY_PEPPER", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")))

@@ -77,6 +77,7 @@ class Stack:
     workdir: Path
     api_port: int
     env: dict[str, str] = field(default_factory=dict)
+    volumes_before: set[str] = field(default_factory=set)  # the engine's volumes before the run
 
     @property
     def base_url(self) -> str:
