@@ -171,7 +171,10 @@ def provide_images(stack: Stack, refs: Iterable[str]) -> str:
     if not stack.engine.private:
         raise AssertionError(f"missing {missing}, no registry answers, and stand-ins go only into a private engine")
     assert (STANDINS / "build.sh").exists(), f"no stand-ins at {STANDINS} (set SLM_STANDINS_DIR)"
-    # The project's Dockerfiles' FROM images too (python, busybox, ...): --missing builds all absent ones.
-    stack.run([str(STANDINS / "build.sh"), "--project", str(stack.workdir), "--follow-project", "--missing"],
-              timeout=1800)
-    return f"built stand-ins for {', '.join(missing)} (and the Dockerfiles' bases)"
+    build = [str(STANDINS / "build.sh"), "--project", str(stack.workdir), "--follow-project"]
+    listed = stack.run([*build, "--list"]).stdout  # "key -> tag" lines, tags as the project pins them
+    keys = [k for k, _, tag in (line.split() for line in listed.splitlines() if " -> " in line) if tag in missing]
+    no_standin = sorted(set(missing) - {tag for *_, tag in (line.split() for line in listed.splitlines() if " -> " in line)})
+    assert not no_standin, f"no stand-in for {no_standin}"
+    stack.run([*build, "--missing", *keys], timeout=1800)
+    return f"built stand-ins for {', '.join(missing)}"

@@ -35,6 +35,14 @@ def chat_status(stack: Stack, key: str, text: str) -> int:
     return r.status_code
 
 
+def answers(url: str) -> int | str:
+    """The status of a GET, or the error while the server is (re)starting."""
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
 def make_key(stack: Stack, name: str, rpm: int) -> str:
     out = stack.exec("gateway", "python", "-m", "gateway", "--json", "keys", "create", "--name", name,
                      "--rpm", str(rpm), "--models", MODEL)
@@ -144,7 +152,7 @@ def test_three_replicas_all_serve(stack: Stack) -> None:
     if "resolve" not in next(line for line in env.splitlines() if line.startswith("NGINX_GATEWAY_SERVER=")):
         # The stand-in nginx (1.22) has no upstream `resolve`: it saw two replicas at start.
         stack.compose("restart", "nginx")
-        poll("nginx back", lambda: httpx.get(f"{stack.base_url}/models", timeout=5).status_code == 401, 60)
+        poll("nginx back", lambda: answers(f"{stack.base_url}/models") == 401, 60)
         note = " (nginx restarted: the stand-in nginx 1.22 has no upstream `resolve`)"
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
 
