@@ -6,6 +6,8 @@ real engine; these run in seconds with Compose's own parser (`docker compose con
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,11 +68,10 @@ def compose_in(folder: Path) -> dict[str, Any]:
     """`docker compose config` as a plain command in `folder` would see it (its .env included)."""
     binary = compose_binary()
     assert binary
-    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("COMPOSE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     done = subprocess.run([*binary, "config", "--format", "json"], cwd=folder, capture_output=True, text=True,
                           env=clean, timeout=60)
     assert done.returncode == 0, done.stderr
-    import json
     return json.loads(done.stdout)
 
 
@@ -112,7 +113,6 @@ def test_7_plain_down_v_reaches_every_volume_and_the_tls_steps_work() -> None:
     every = compose_config(generated_env(), files=(BASE,))["volumes"]
     done = run_compose(["config", "--format", "json"], generated_env(), files=(BASE,), profiles=())
     assert done.returncode == 0, done.stderr
-    import json
     default = json.loads(done.stdout)["volumes"]
     assert set(default) == set(every), set(every) - set(default)
     tls = (REPO_ROOT / "README.md").read_text().split("### TLS", 1)[1].split("\n### ", 1)[0]
