@@ -34,7 +34,8 @@ class Routes:
         backends = [{"kind": "ollama", "url": self.a.url, "name": "a"}, {"kind": "ollama", "url": self.b.url, "name": "b"}]
         self.env = gateway_env(redis_port=self.redis.port, backend_url=self.a.url,
                                GATEWAY_BACKENDS=json.dumps(backends), GATEWAY_SHADOW_QUEUE="4",
-                               GATEWAY_TOTAL_TIMEOUT_S="20", GATEWAY_FIRST_TOKEN_TIMEOUT_S="10")
+                               GATEWAY_TOTAL_TIMEOUT_S="20", GATEWAY_FIRST_TOKEN_TIMEOUT_S="10",
+                               GATEWAY_BREAKER_RESET_S="0.5")
         self.gateways = [start_gateway(self.env), start_gateway(self.env)]
         self.control_b = OllamaDoubleControl(self.b.url)
 
@@ -78,7 +79,11 @@ def routes():
 
 @pytest.fixture(autouse=True)
 def healthy_candidates(routes):
+    """Double B healthy again, and no gateway still holding its circuit open from the last test."""
     routes.control_b.reset()
+    for gateway in routes.gateways:
+        wait_until(lambda g=gateway: httpx.get(f"{g.url}/readyz").json()["backends"]["b"]["circuit"] != "open",
+                   timeout=5, what="circuit of double B not open")
     yield
     routes.control_b.reset()
 
