@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting, Answer, Ticket
+from gateway.backends.affinity import affinity_key
 from gateway.backends.base import Backend, Chunk, ChunkBatch
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
@@ -155,7 +156,7 @@ class InferenceService:
                 record_result(span, result)
                 return result
 
-        lease, result = await self._open(model, start, deadline)
+        lease, result = await self._open(model, start, deadline, req)
         lease.done()
         body = orjson.dumps(result)
         response_format = response_format_of(req)
@@ -199,7 +200,7 @@ class InferenceService:
                 raise
             return chunks, first, span
 
-        lease, (chunks, first, span) = await self._open(model, start, deadline)
+        lease, (chunks, first, span) = await self._open(model, start, deadline, req)
         response_format = response_format_of(req)
         answer = Answer(model=model, backend=lease.replica.name, ttft_s=time.perf_counter() - t0,
                         response_format=response_format)
@@ -288,10 +289,12 @@ class InferenceService:
         except GatewayError as exc:
             log.warning("stream from %s did not end cleanly after its last chunk: %s", backend, exc)
 
-    async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
+    async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float,
+                    req: Any = None) -> tuple[Lease, T]:
         """The pool's failover loop under the request's deadline."""
+        key = affinity_key(req, self.settings.affinity_prefix_chars)  # the pool uses it under prefix_affinity
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.pool.open(model, start)
+                return await self.pool.open(model, start, affinity_key=key)
         except TimeoutError:
             raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
