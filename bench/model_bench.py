@@ -33,6 +33,7 @@ from bench.model_stack import (
     replica_names,
     requests_per_replica,
     server_version,
+    start_mock_replicas,
     start_replicas,
     start_stack,
 )
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-reuse", type=int, default=0, help="llama-server --cache-reuse")
     p.add_argument("--workloads", default="single,chats,chats-shared-system")
     p.add_argument("--targets", default="direct,stack")
+    p.add_argument("--replicas", choices=("llama", "mock"), default="llama",
+                   help="mock: bench.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--label", default="", help="suffix of the report's file names")
     return p.parse_args(argv)
@@ -93,7 +96,7 @@ async def settled_split(gateway_port: int, before: dict[str, float], expected: i
 async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> list[Block]:
     opts = ServerOptions(threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
                          cache_ram_mib=args.cache_ram, slot_similarity=args.sps, cache_reuse=args.cache_reuse)
-    replicas = start_replicas(stack, 2, opts, workdir)
+    replicas = start_replicas(stack, 2, opts, workdir) if args.replicas == "llama" else start_mock_replicas(stack, 2)
     gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor) for p in POLICIES}
     direct_clients = {name: _client(url, {}) for name, url in replica_names(replicas).items()}
     workloads, targets = args.workloads.split(","), args.targets.split(",")
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_cleanly_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {**describe(), "llama_server": server_version(), "model_file": smollm2_gguf().name,
+    info = {**describe(), "llama_server": server_version() if args.replicas == "llama" else "mock replicas", "model_file": smollm2_gguf().name,
             "openai_sdk": openai.__version__, "server_args": " ".join(ServerOptions(
                 threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot, cache_ram_mib=args.cache_ram,
                 slot_similarity=args.sps, cache_reuse=args.cache_reuse).args()),

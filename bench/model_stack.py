@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.stack import BenchSetupError, Target, _started, start_gateway
+from bench.stack import BenchSetupError, MockOptions, Target, _started, start_gateway, start_mock
 from tests.stack.nginx_render import build_conf_dir
 from tests.stack.topology import loopback_nginx_values, start_nginx
 from tests.support.llama import smollm2_gguf
@@ -59,6 +59,12 @@ def start_replicas(stack: ExitStack, count: int, opts: ServerOptions, log_dir: P
         svc = Service(name=f"llama{i}", argv=argv, port=port, log_dir=log_dir)
         replicas.append(_started(stack, svc, http_path="/health", timeout=120))
     return replicas
+
+
+def start_mock_replicas(stack: ExitStack, count: int) -> list[Service]:
+    """Replicas without a model (bench.mock_backend), to check the benchmark's plumbing in seconds."""
+    return [start_mock(stack, MockOptions(model=MODEL, tokens=8, token_delay_ms=1.0), name=f"mock{i}")
+            for i in range(count)]
 
 
 def replica_names(replicas: list[Service]) -> dict[str, str]:

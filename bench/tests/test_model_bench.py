@@ -76,3 +76,19 @@ def test_checks_follow_the_numbers(tmp_path: Path) -> None:
     plot(good, tmp_path / "p.png")
     text = markdown(good, title="t", info={"cpu": "x"}, plot_name="p.png")
     assert "| chats | stack | affinity | 1 |" in text and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
+    from bench.model_bench import main
+
+    args = ["--replicas", "mock", "--rounds", "1", "--conversations", "4", "--turns", "2", "--history-words", "40",
+            "--shared-system-words", "30", "--single", "4", "--concurrency", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = next(tmp_path.glob("model-*.md")).read_text()
+    for row in ("| single | direct | LIF | 1 |", "| single | stack | affinity | 1 |",
+                "| chats | stack | LIF | 1 |", "| chats-shared-system | stack | affinity | 1 |"):
+        assert row in report
+    rows = [line for line in report.splitlines() if line.startswith(("| single |", "| chats"))]
+    assert len(rows) == 10 and all(row.endswith("| 0 |") for row in rows)  # no request failed
+    assert all(" n/a " not in row for row in rows)  # every block measured TTFT and, through the stack, its split
+    assert next(tmp_path.glob("model-*.png")).stat().st_size > 1000
