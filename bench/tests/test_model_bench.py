@@ -88,7 +88,7 @@ def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
     for row in ("| single | direct | LIF | 1 |", "| single | stack | affinity | 1 |",
                 "| chats | stack | LIF | 1 |", "| chats-shared-system | stack | affinity | 1 |"):
         assert row in report
-    rows = [line for line in report.splitlines() if line.startswith(("| single |", "| chats"))]
+    rows = [line for line in report.splitlines() if line.startswith(("| single |", "| chats |", "| chats-shared-system |"))]
     assert len(rows) == 10 and all(row.endswith("| 0 |") for row in rows)  # no request failed
     assert all(" n/a " not in row for row in rows)  # every block measured TTFT and, through the stack, its split
     assert next(tmp_path.glob("model-*.png")).stat().st_size > 1000
