@@ -44,24 +44,27 @@ from tests.support.llama import smollm2_gguf
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=2, help="times every block runs (order alternates)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of single-turn blocks (order alternates)")
+    p.add_argument("--chat-rounds", type=int, default=1, help="rounds of chat blocks (the first rounds)")
     p.add_argument("--conversations", type=int, default=16)
-    p.add_argument("--turns", type=int, default=4)
-    p.add_argument("--history-words", type=int, default=600, help="each chat's own history (~800 tokens)")
-    p.add_argument("--shared-system-words", type=int, default=300,
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--history-words", type=int, default=160,
+                   help="each chat's own history (160 words: about 300 tokens; 430: about 800)")
+    p.add_argument("--shared-system-words", type=int, default=160,
                    help="the shared-system-prompt workload's system prompt; 0 skips that workload")
-    p.add_argument("--single", type=int, default=24, help="single-turn requests per block")
+    p.add_argument("--single", type=int, default=16, help="single-turn requests per block")
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--load-factor", type=float, default=1.25)
     p.add_argument("--threads", type=int, default=1, help="threads per replica (2 replicas on 2 cores: 1 each)")
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--ctx-per-slot", type=int, default=2048)
     p.add_argument("--cache-ram", type=int, default=8192, help="llama-server --cache-ram MiB (0: off)")
-    p.add_argument("--sps", type=float, default=0.1, help="llama-server --slot-prompt-similarity")
+    p.add_argument("--sps", type=float, default=0.8, help="llama-server --slot-prompt-similarity")
     p.add_argument("--cache-reuse", type=int, default=0, help="llama-server --cache-reuse")
     p.add_argument("--workloads", default="single,chats,chats-shared-system")
-    p.add_argument("--targets", default="direct,stack")
+    p.add_argument("--targets", default="direct,stack", help="targets of single-turn blocks")
+    p.add_argument("--chat-targets", default="stack", help="targets of chat blocks")
     p.add_argument("--replicas", choices=("llama", "mock"), default="llama",
                    help="mock: bench.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
@@ -99,15 +102,16 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
     replicas = start_replicas(stack, 2, opts, workdir) if args.replicas == "llama" else start_mock_replicas(stack, 2)
     gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor) for p in POLICIES}
     direct_clients = {name: _client(url, {}) for name, url in replica_names(replicas).items()}
-    workloads, targets = args.workloads.split(","), args.targets.split(",")
-    order = [(t, p) for t in targets for p in POLICIES]
+    workloads = args.workloads.split(",")
     blocks: list[Block] = []
     seed = 1000
-    for rnd in range(args.rounds):
+    for rnd in range(max(args.rounds, args.chat_rounds)):
         for workload in workloads:
+            single = workload == "single"
+            if rnd >= (args.rounds if single else args.chat_rounds):
+                continue
+            order = [(t, p) for t in (args.targets if single else args.chat_targets).split(",") for p in POLICIES]
             for target_kind, policy in (order if rnd % 2 == 0 else order[::-1]):
-                if workload == "chats-shared-system" and target_kind == "direct":
-                    continue  # explained by the stack's two policies; keeps the default run short
                 seed += 1
                 if target_kind == "stack":
                     gw, nginx = gateways[policy]

@@ -31,7 +31,7 @@ class ServerOptions:
     slots: int = 8
     ctx_per_slot: int = 2048
     cache_ram_mib: int = 8192  # llama.cpp's default host-memory prompt cache
-    slot_similarity: float = 0.1  # llama.cpp's default -sps
+    slot_similarity: float = 0.8  # llama.cpp's default (0.1) lets chats sharing a system prompt take each other's slots
     cache_reuse: int = 0
     extra: tuple[str, ...] = ()
 

@@ -81,7 +81,7 @@ def test_checks_follow_the_numbers(tmp_path: Path) -> None:
 def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
     from bench.model_bench import main
 
-    args = ["--replicas", "mock", "--rounds", "1", "--conversations", "4", "--turns", "2", "--history-words", "40",
+    args = ["--replicas", "mock", "--rounds", "1", "--chat-targets", "direct,stack", "--conversations", "4", "--turns", "2", "--history-words", "40",
             "--shared-system-words", "30", "--single", "4", "--concurrency", "2", "--out", str(tmp_path)]
     assert main(args) == 0
     report = next(tmp_path.glob("model-*.md")).read_text()
@@ -89,6 +89,6 @@ def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
                 "| chats | stack | LIF | 1 |", "| chats-shared-system | stack | affinity | 1 |"):
         assert row in report
     rows = [line for line in report.splitlines() if line.startswith(("| single |", "| chats |", "| chats-shared-system |"))]
-    assert len(rows) == 10 and all(row.endswith("| 0 |") for row in rows)  # no request failed
+    assert len(rows) == 12 and all(row.endswith("| 0 |") for row in rows)  # no request failed
     assert all(" n/a " not in row for row in rows)  # every block measured TTFT and, through the stack, its split
     assert next(tmp_path.glob("model-*.png")).stat().st_size > 1000
