@@ -119,11 +119,14 @@ async def run_chats(target: Target, chats: list[Conversation], concurrency: int)
     changed = asyncio.Condition()
     records: list[Record] = []
 
+    def can_go() -> bool:
+        return bool(ready) or unfinished == 0
+
     async def worker() -> None:
         nonlocal unfinished
         while True:
             async with changed:
-                await changed.wait_for(lambda: bool(ready) or unfinished == 0)
+                await changed.wait_for(can_go)
                 if not ready:
                     return
                 chat = ready.popleft()

@@ -140,14 +140,14 @@ def overhead_checks(cfgs: dict[tuple[str, str, str], Config]) -> list[tuple[str,
         added = _ratio(stack.ttft_ms(50) - direct.ttft_ms(50), direct.ttft_ms(50))
         pairs = [_ratio(s - d, d) * 100 for s, d in zip(stack.per_block("ttft_ms", 50), direct.per_block("ttft_ms", 50))]
         out.append((f"single-turn, {SHORT[policy]}: stack adds < 2 % to TTFT p50",
-                    f"{_f(stack.ttft_ms(50))} vs {_f(direct.ttft_ms(50))} ms direct = {_f(added * 100, 1)} % "
-                    f"(per round: {_spread(pairs, 1)} %)", None if math.isnan(added) else added < 0.02))
+                    (f"{_f(stack.ttft_ms(50))} vs {_f(direct.ttft_ms(50))} ms direct = {_f(added * 100, 1)} % "
+                     f"(per round: {_spread(pairs, 1)} %)"), None if math.isnan(added) else added < 0.02))
         lost = _ratio(direct.mean("tokens_per_s") - stack.mean("tokens_per_s"), direct.mean("tokens_per_s"))
         pairs = [_ratio(d - s, d) * 100 for s, d in zip(stack.per_block("tokens_per_s"),
                                                       direct.per_block("tokens_per_s"))]
         out.append((f"single-turn, {SHORT[policy]}: stack costs < 2 % of tokens/s",
-                    f"{_f(stack.mean('tokens_per_s'), 1)} vs {_f(direct.mean('tokens_per_s'), 1)} direct = "
-                    f"{_f(lost * 100, 1)} % (per round: {_spread(pairs, 1)} %)",
+                    (f"{_f(stack.mean('tokens_per_s'), 1)} vs {_f(direct.mean('tokens_per_s'), 1)} direct = "
+                     f"{_f(lost * 100, 1)} % (per round: {_spread(pairs, 1)} %)"),
                     None if math.isnan(lost) else lost < 0.02))
     return out
 
@@ -157,9 +157,10 @@ def markdown(cfgs: dict[tuple[str, str, str], Config], *, title: str, info: dict
     lines = [f"# {title}", "", "## Checks (issue 21)", "", "| check | measured | passed |", "|---|---|---|"]
     for what, measured, passed in checks(cfgs):
         lines.append(f"| {what} | {measured} | {'-' if passed is None else ('yes' if passed else 'NO')} |")
-    lines += ["", "## Results", "", "TTFT: first content token, client side (openai SDK, streaming). Chats: "
-              "follow-up turns only; single: every request. Pooled percentiles over all blocks; per-block "
-              "values in block order (rounds alternate the order of targets and policies).", "", *table(cfgs)]
+    lines += ["", "## Results", "", ("TTFT: first content token, client side (openai SDK, streaming). Chats: "
+                                     "follow-up turns only; single: every request. Pooled percentiles over all "
+                                     "blocks; per-block values in block order (rounds alternate the order of "
+                                     "targets and policies)."), "", *table(cfgs)]
     if plot_name:
         lines += ["", f"![TTFT and tokens/s]({plot_name})"]
     lines += ["", "## Machine and versions", "", "```"]

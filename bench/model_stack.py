@@ -13,7 +13,14 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.stack import BenchSetupError, MockOptions, Target, _started, start_gateway, start_mock
+from bench.stack import (
+    BenchSetupError,
+    MockOptions,
+    Target,
+    _started,
+    start_gateway,
+    start_mock,
+)
 from tests.stack.nginx_render import build_conf_dir
 from tests.stack.topology import loopback_nginx_values, start_nginx
 from tests.support.llama import smollm2_gguf
@@ -43,7 +50,8 @@ class ServerOptions:
 
 def server_version() -> str:
     try:
-        out = subprocess.run([str(llama_server_binary()), "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([str(llama_server_binary()), "--version"], capture_output=True, text=True, timeout=30,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return " ".join((out.stdout + out.stderr).split())[:200]

@@ -116,8 +116,9 @@ async def test_every_gateway_process_picks_the_same_replica(models_server) -> No
     pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY)
     here = " ".join([await route_once(pool, key_of(i)) for i in range(100)])
     for seed, order in (("1", ["c", "a", "b"]), ("2", ["b", "c", "a"])):
-        out = subprocess.run([sys.executable, "-c", PICKS_SCRIPT, *order], capture_output=True, text=True,
-                             timeout=60, cwd=REPO_ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", PICKS_SCRIPT, *order], capture_output=True, text=True,
+            timeout=60, cwd=REPO_ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
         assert out.stdout.strip() == here
     await pool.aclose()
 
