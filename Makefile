@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SYSTEM_BINS := redis-server nginx promtool prometheus
 
-.PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak lint clean
+.PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model lint clean
 
 ## test: install what is missing (apt as root, pip into .venv), then run the whole suite
 test: system-deps venv
@@ -81,6 +81,12 @@ bench-workers: venv
 ## bench-soak: 100 000 mixed requests through the gateway, RSS growth and errors
 bench-soak: venv
 	$(BIN)/python -m bench.soak
+
+## bench-model: nginx -> gateway -> 2 llama.cpp replicas on SmolLM2 vs direct, least_in_flight vs prefix_affinity
+## (builds llama-server once, several minutes; one run about 15 minutes on 2 cores; bench/README.md, "Real model")
+bench-model: system-deps venv
+	$(BIN)/python -m tests.support.llama_server
+	$(BIN)/python -m bench.model_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

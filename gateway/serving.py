@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting, Answer, Ticket
+from gateway.backends.affinity import affinity_key
 from gateway.backends.base import Backend, Chunk, ChunkBatch
 from gateway.backends.pool import BackendPool, Lease
 from gateway.errors import (
@@ -163,7 +164,7 @@ class InferenceService:
                 record_result(span, result)
                 return result
 
-        model, lease, result = await self._open(models, start, deadline)
+        model, lease, result = await self._open(models, start, deadline, req)
         lease.done()
         body = orjson.dumps(result)
         response_format = response_format_of(req)
@@ -207,7 +208,7 @@ class InferenceService:
                 raise
             return chunks, first, span
 
-        model, lease, (chunks, first, span) = await self._open(models, start, deadline)
+        model, lease, (chunks, first, span) = await self._open(models, start, deadline, req)
         response_format = response_format_of(req)
         answer = Answer(model=model, backend=lease.replica.name, ttft_s=time.perf_counter() - t0,
                         response_format=response_format)
@@ -298,14 +299,16 @@ class InferenceService:
             log.warning("stream from %s did not end cleanly after its last chunk: %s", backend, exc)
 
     async def _open(self, models: tuple[str, ...], start: Callable[[Backend, str], Awaitable[T]],
-                    deadline: float) -> tuple[str, Lease, T]:
+                    deadline: float, req: Any = None) -> tuple[str, Lease, T]:
         """The pool's failover loop under the request's deadline, for each model in turn: a fallback is
         tried only when every replica of the models before it failed (before any byte was sent)."""
+        key = affinity_key(req, self.settings.affinity_prefix_chars)  # the pool uses it under prefix_affinity
         try:
             async with asyncio.timeout_at(deadline):
                 for i, model in enumerate(models):
                     try:
-                        lease, result = await self.pool.open(model, lambda backend, m=model: start(backend, m))
+                        lease, result = await self.pool.open(model, lambda backend, m=model: start(backend, m),
+                                                             affinity_key=key)
                         return model, lease, result
                     except (NoHealthyBackend, UpstreamError):
                         if i == len(models) - 1:

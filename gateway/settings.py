@@ -13,6 +13,9 @@ from gateway.policy_settings import PolicySettings
 # Values that must never reach production: they are in docs and examples, so attackers know them too.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
 
+# How the pool picks among the replicas serving a model (gateway/backends/affinity.py).
+RoutingPolicy = Literal["least_in_flight", "prefix_affinity"]
+
 
 class BackendSpec(BaseModel):
     """One inference server replica the gateway may route to."""
@@ -85,6 +88,18 @@ class Settings(PolicySettings):
     shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow requests waiting at most; more are "
                               "dropped (and counted in gateway_shadow_requests_total{result=\"dropped\"}).")
     max_connections_per_backend: int = Field(256, ge=1, description="HTTP connection pool size per replica.")
+    routing_policy: RoutingPolicy = Field(
+        "least_in_flight", description="How a replica is picked among those serving a model: `least_in_flight`, "
+        "or `prefix_affinity` (a conversation sticks to one replica, whose prompt cache it reuses).")
+    routing_policies: dict[str, RoutingPolicy] = Field(
+        default_factory=dict, description='Per-model policy overriding GATEWAY_ROUTING_POLICY, e.g. '
+        '{"smollm2:135m": "prefix_affinity"} (the model name the replicas serve).')
+    affinity_load_factor: float = Field(
+        1.25, ge=1.0, le=10.0, description="prefix_affinity's load bound: no replica takes a request that would put "
+        "it above this factor x the mean of requests in flight (it goes to the next replica on the ring).")
+    affinity_prefix_chars: int = Field(
+        2048, ge=16, le=1 << 20, description="prefix_affinity hashes the system messages and the first user "
+        "message, each cut to this many characters.")
 
     @field_validator("backends", mode="after")
     @classmethod

@@ -1,4 +1,5 @@
-"""Replicas, model discovery, and picking a replica: least requests in flight among open circuits.
+"""Replicas, model discovery, and picking a replica among closed circuits: by a routing policy,
+least requests in flight (the default) or prefix affinity (gateway/backends/affinity.py).
 
 `open()` is the failover loop: it tries replicas one after another until one *starts* answering
 (for a stream: yields its first chunk). Once that happened the caller owns the `Lease` and no
@@ -15,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from gateway.backends.affinity import pick_bounded
 from gateway.backends.base import Backend
 from gateway.backends.ollama import OllamaBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.breaker import CircuitBreaker
 from gateway.errors import BackendClientError, ModelNotFound, NoHealthyBackend, UpstreamError
 from gateway.metrics import GatewayMetrics
-from gateway.settings import Settings
+from gateway.settings import RoutingPolicy, Settings
 
 log = logging.getLogger("gateway.pool")
 T = TypeVar("T")
@@ -156,24 +158,38 @@ class BackendPool:
             raise ModelNotFound(f"The model '{name}' does not exist or no backend serves it", param="model")
         return found
 
-    def _pick(self, model: str, tried: set[Replica]) -> Replica:
+    def policy_for(self, model: str) -> RoutingPolicy:
+        """The routing policy of a model (the name the replicas serve): its own setting, else the global one."""
+        return self._settings.routing_policies.get(model, self._settings.routing_policy)
+
+    def _pick(self, model: str, tried: set[Replica], key: bytes | None, policy: RoutingPolicy) -> Replica:
         serving = [r for r in self.replicas if model in r.models]
         candidates = [r for r in serving if r not in tried and r.breaker.available()]
         if not candidates:
             waits = [r.breaker.retry_after() for r in serving] or [self._settings.breaker_reset_s]
             raise NoHealthyBackend(f"no healthy backend for model '{model}'", retry_after_s=min(waits))
+        if policy == "prefix_affinity" and key is not None:
+            usable = set(candidates)
+            chosen = pick_bounded(key, serving, usable.__contains__, self._settings.affinity_load_factor)
+            if chosen is not None:
+                return chosen  # type: ignore[return-value]  # one of `serving`
         # least in flight; ties broken by rotation so idle replicas share the load
         start = next(self._rotation) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda r: r.in_flight)
 
-    async def open(self, model: str, start: Callable[[Backend], Awaitable[T]]) -> tuple[Lease, T]:
-        """Run `start` on replicas until one succeeds; fail over only on replica failures."""
+    async def open(self, model: str, start: Callable[[Backend], Awaitable[T]], *,
+                   affinity_key: bytes | None = None, policy: RoutingPolicy | None = None) -> tuple[Lease, T]:
+        """Run `start` on replicas until one succeeds; fail over only on replica failures.
+
+        `affinity_key` (gateway.backends.affinity.affinity_key of the request) is used when the policy,
+        `policy` or else the model's setting, is `prefix_affinity`; a retry walks on to the next replica."""
         tried: set[Replica] = set()
+        policy = policy or self.policy_for(model)
         last: UpstreamError | None = None
         for attempt in range(1, self._settings.max_attempts + 1):
             try:
-                replica = self._pick(model, tried)
+                replica = self._pick(model, tried, affinity_key, policy)
             except NoHealthyBackend:
                 if last is not None:
                     raise last from None
