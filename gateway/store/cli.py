@@ -21,7 +21,7 @@ from gateway.store.queries import export_rows
 from gateway.store.since import parse_since
 
 
-def _url() -> str:
+def store_url() -> str:
     settings = Settings()
     return async_url(settings.database_url.get_secret_value() if settings.database_url else None,
                      settings.sqlite_path)
@@ -34,7 +34,7 @@ def _json_default(value: Any) -> str:
 
 
 async def _migrate() -> str | None:
-    engine = create_engine(_url())
+    engine = create_engine(store_url())
     try:
         return await migrate(engine)
     finally:
@@ -42,7 +42,7 @@ async def _migrate() -> str | None:
 
 
 async def _export(route: str | None, since: datetime | None, out: Path | None) -> int:
-    engine = create_engine(_url())
+    engine = create_engine(store_url())
     count = 0
     stream = out.open("w") if out is not None else sys.stdout
     try:
