@@ -15,8 +15,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 

@@ -69,7 +69,8 @@ async def purge_before(engine: AsyncEngine, cutoff: datetime) -> dict[str, int]:
 
 def _window(query: Select, *, route: str | None, since: datetime | None) -> Select:
     if route is not None:
-        query = query.where((inferences.c.route == route) | ((inferences.c.route.is_(None)) & (inferences.c.model == route)))
+        plain = inferences.c.route.is_(None) & (inferences.c.model == route)  # a model asked for by name
+        query = query.where((inferences.c.route == route) | plain)
     if since is not None:
         query = query.where(inferences.c.created_at >= since)
     return query
@@ -84,7 +85,8 @@ async def sample_answers(engine: AsyncEngine, *, route: str, since: datetime, n:
         return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-async def export_rows(engine: AsyncEngine, *, route: str | None, since: datetime | None) -> AsyncIterator[dict[str, Any]]:
+async def export_rows(engine: AsyncEngine, *, route: str | None,
+                      since: datetime | None) -> AsyncIterator[dict[str, Any]]:
     """Each captured inference of the window with its feedback (`"feedback": [...]`), oldest first."""
     query = _window(select(inferences), route=route, since=since).order_by(inferences.c.created_at, inferences.c.id)
     async with engine.connect() as conn:

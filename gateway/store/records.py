@@ -43,7 +43,8 @@ def _format_valid(answer: Answer, text: str | None) -> bool | None:
     return check_answer(answer.response_format, text) == "valid"
 
 
-def inference_row(ctx: CaptureContext, ticket: Ticket, answer: Answer, *, now: datetime | None = None) -> dict[str, Any]:
+def inference_row(ctx: CaptureContext, ticket: Ticket, answer: Answer, *,
+                  now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     body = ctx.body
     text, tool_calls, finish = _answer_parts(answer, ticket)

@@ -67,7 +67,7 @@ class StoreRuntime:
     async def migrate(self) -> None:
         """Postgres serialises replicas with an advisory lock (db.migrate); SQLite processes on one host
         (GATEWAY_WORKERS) with a lock file beside the database."""
-        if self.sqlite_path is None:
+        if self.sqlite_path is None or self.sqlite_path == ":memory:":  # Postgres, or a database of this process
             await migrate(self.engine)
         else:
             lock_path = Path(self.sqlite_path).with_name(Path(self.sqlite_path).name + ".lock")

@@ -63,7 +63,8 @@ async def test_fifty_clients_while_postgres_goes_down_and_comes_back(double: Ser
         phase, latencies, errors, stop = ["up"], {}, [], asyncio.Event()
         limits = httpx.Limits(max_connections=CLIENTS)
         async with httpx.AsyncClient(base_url=gateway.url, headers=ADMIN, timeout=30, limits=limits) as client:
-            tasks = [asyncio.create_task(client_loop(client, phase, latencies, errors, stop, n)) for n in range(CLIENTS)]
+            tasks = [asyncio.create_task(client_loop(client, phase, latencies, errors, stop, n))
+                     for n in range(CLIENTS)]
             await asyncio.sleep(PHASE_S)
             phase[0] = "down"
             await asyncio.to_thread(own_postgres.stop)
