@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
-SYSTEM_BINS := redis-server nginx promtool prometheus
+SYSTEM_BINS := redis-server nginx promtool prometheus pg_ctl
 
 .PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model lint clean
 
@@ -17,12 +17,12 @@ test-fast: system-deps venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 system-deps:
-	@missing=""; for b in $(SYSTEM_BINS); do command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	@missing=""; for b in $(SYSTEM_BINS); do command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages for:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx prometheus; \
-	  else echo "missing:$$missing (install redis-server, nginx and prometheus, or run as root)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx prometheus postgresql; \
+	  else echo "missing:$$missing (install redis-server, nginx, prometheus and postgresql, or run as root)"; exit 1; fi; \
 	fi
 
 venv: $(STAMP)

@@ -46,6 +46,14 @@ if __name__ == "__main__":
         from gateway.routes.cli import main as routes_main  # the admin API's routes, from a shell
 
         sys.exit(routes_main(sys.argv[2:]))
+    if sys.argv[1:2] and sys.argv[1] in ("migrate", "export"):
+        from gateway.store.cli import main as store_main  # the inference store's one-shot commands
+
+        sys.exit(store_main(sys.argv[1:]))
+    if sys.argv[1:2] == ["judge"]:
+        from gateway.judge import main as judge_main  # an LLM judge over a sample of captured answers
+
+        sys.exit(judge_main(sys.argv[2:]))
     if sys.argv[1:2] and sys.argv[1] in ("keys", "token", "-h", "--help", "--json"):
         from gateway.cli import main  # operator commands: keys create|list|..., token
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ class Ticket:
     assembler: StreamAssembler | None = None  # a streamed answer rebuilt for the cache, when it may be stored
     route: StoredRoute | None = None
     variant: str | None = None  # the route's chosen variant (served model)
+    capture: Any = None  # this request is sampled for the inference log (gateway/store/records.CaptureContext)
 
 
 class Accounting:
@@ -81,10 +83,14 @@ class Accounting:
         self.prices = prices
         self.route_stats = route_stats
         self._writing: asyncio.Future[bool] | None = None
+        # Called with each settled answer of a sampled request (capture: gateway/store/capture.py); never awaits.
+        self.on_settled: Callable[[Ticket, Answer], None] | None = None
 
     async def settle(self, ticket: Ticket | None, answer: Answer) -> None:
         """Book the answer and write what Redis must know (the BackgroundTask of every inference response)."""
         self.book(ticket, answer)
+        if ticket is not None and ticket.capture is not None and self.on_settled is not None:
+            self.on_settled(ticket, answer)
         await self.flush()
 
     def book(self, ticket: Ticket | None, answer: Answer) -> None:

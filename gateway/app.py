@@ -21,13 +21,14 @@ from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.policy import Policy
-from gateway.routers import admin, auth_token, feedback, health, inference, models, routes, usage
+from gateway.routers import admin, auth_token, feedback, health, inference, inferences, models, routes, usage
 from gateway.routes.guard import Guardian
 from gateway.routes.shadow import ShadowMirror
 from gateway.routes.table import RouteTable
 from gateway.routes.targeting import Targeting
 from gateway.serving import InferenceService
 from gateway.settings import Settings
+from gateway.store.runtime import StoreRuntime
 from gateway.tracing import exporter_from_env, setup_tracing
 
 # Probes and scrapes would dominate the request rate and say nothing about the API.
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     metrics = GatewayMetrics(registry)
     policy = Policy.build(settings, registry, metrics)
     tracing = setup_tracing(exporter=span_exporter or exporter_from_env())
+    store = StoreRuntime(settings, registry)  # the inference log and feedback (connects in the lifespan)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +84,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         shadow = app.state.shadow = ShadowMirror(pool=pool, metrics=metrics, timeout_s=settings.total_timeout_s,
                                                  capacity=settings.shadow_queue)
         await pool.start()
+        await store.start()
+        policy.accounting.on_settled = store.capture.on_settled
         await table.start()
         guardian.start()
         shadow.start()
@@ -95,17 +99,19 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             await table.aclose()
             await pool.aclose()
             await policy.aclose()
+            await store.aclose()
             tracing.shutdown()
 
     app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.policy = policy
+    app.state.store = store
     app.state.authenticator = policy.authenticator
     app.state.tracing = tracing
     app.state.recent_requests = RecentRequests()
     for router in (inference.router, models.router, health.router, feedback.router, usage.router,
-                   auth_token.router, admin.router, routes.router):
+                   auth_token.router, admin.router, routes.router, inferences.router):
         app.include_router(router)
     install_error_handlers(app)
     # Middleware, innermost first (each add_middleware wraps what was added before).

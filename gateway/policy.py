@@ -114,8 +114,9 @@ class Policy:
     # -- the request path -----------------------------------------------------------------------
 
     async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, target: Target,
-                    call: Callable[[Ticket], Awaitable[Response]]) -> Response:
-        """Limits -> cache -> `call(ticket)`; the response's background task settles the ticket."""
+                    call: Callable[[Ticket], Awaitable[Response]], capture: Any = None) -> Response:
+        """Limits -> cache -> `call(ticket)`; the response's background task settles the ticket.
+        `capture`: this request is sampled for the inference log (a streamed answer is then reassembled)."""
         model = target.model
         body = req.model_dump(exclude_none=True)
         decision = self._decide(request, body, endpoint)
@@ -124,7 +125,7 @@ class Policy:
         extra_headers = reservation.headers() if reservation else {}
         stream = bool(body.get("stream"))
         ticket = Ticket(principal=principal, model=model, public=target.public, reservation=reservation,
-                        route=target.route, variant=target.variant)
+                        route=target.route, variant=target.variant, capture=capture)
         if hit is not None:
             self.metrics.cache.labels(model, "hit").inc()
             extra_headers["X-Model-Variant"] = model
@@ -134,6 +135,8 @@ class Policy:
         if decision.write:
             ticket.store_key = key
             ticket.assembler = StreamAssembler() if stream else None
+        if capture is not None and stream and ticket.assembler is None:
+            ticket.assembler = StreamAssembler()  # not stored (no store_key): only for the captured text
         t0 = time.perf_counter()
         try:
             response = await call(ticket)

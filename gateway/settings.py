@@ -9,6 +9,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import SettingsConfigDict
 
 from gateway.policy_settings import PolicySettings
+from gateway.store.settings import StoreSettings
 
 # Values that must never reach production: they are in docs and examples, so attackers know them too.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
@@ -43,7 +44,7 @@ class BackendSpec(BaseModel):
         return self.name or urlsplit(self.url).netloc
 
 
-class Settings(PolicySettings):
+class Settings(PolicySettings, StoreSettings):
     """Every field maps to `GATEWAY_<NAME>` unless an alias says otherwise (REDIS_URL)."""
 
     model_config = SettingsConfigDict(

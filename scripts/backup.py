@@ -6,11 +6,13 @@
 
 Run from the project directory: it drives the stack through `docker compose` (so .env and its
 COMPOSE_FILE apply). Standard library only, like make_env.py. Each store is one `Store` with a
-backup and a restore step; a new store (Postgres, issue 19) is one more entry in STORES.
+backup and a restore step.
 
 - redis: a consistent snapshot taken while Redis serves (BGSAVE, the fork's point-in-time RDB);
   restored by loading that RDB into a one-off Redis on the volume and switching AOF on there
   (Redis ignores an RDB while an AOF exists), then starting the service again.
+- postgres: `pg_dump --format=custom` (one transaction: a consistent snapshot while the gateways write);
+  restored with `pg_restore --clean` into the freshly started service.
 - trainer: every run's version manifests (`*/versions/vN/manifest.json` in the trainer's volume).
 - ollama (only with --models, they are large): Ollama's model store (manifests and blobs).
 """
@@ -159,6 +161,26 @@ def ollama_restore(src: Path) -> str:
     return "models restored"
 
 
+# ---- Postgres (the inference log, feedback, judge runs) --------------------------------------
+# pg_dump reads everything in one transaction: a consistent snapshot while the gateways keep writing.
+# Over the container's local socket (trusted there), so no password is on any command line.
+PG = ["-U", "slm", "-d", "slm"]
+
+
+def postgres_backup(dest: Path) -> str:
+    if not running("postgres"):
+        raise BackupError("postgres is not running: start the stack (make up) to back it up")
+    compose(["exec", "-T", "postgres", "pg_dump", *PG, "--format=custom"], stdout=dest / "slm.dump")
+    return f"pg_dump {(dest / 'slm.dump').stat().st_size} bytes"
+
+
+def postgres_restore(src: Path) -> str:
+    compose(["up", "-d", "--no-deps", "--wait", "postgres"])
+    compose(["exec", "-T", "postgres", "pg_restore", *PG, "--clean", "--if-exists", "--no-owner"],
+            stdin=src / "slm.dump")
+    return "database restored"
+
+
 @dataclass(frozen=True)
 class Store:
     name: str
@@ -169,6 +191,7 @@ class Store:
 
 STORES = (
     Store("redis", redis_backup, redis_restore),
+    Store("postgres", postgres_backup, postgres_restore),
     Store("trainer", trainer_backup, trainer_restore),
     Store("ollama", ollama_backup, ollama_restore, optional=True),
 )

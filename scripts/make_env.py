@@ -28,6 +28,7 @@ SECRET_GENERATORS: dict[str, Callable[[], str]] = {
     "GATEWAY_JWT_SECRET": lambda: secrets.token_urlsafe(48),
     "GATEWAY_KEY_PEPPER": lambda: secrets.token_urlsafe(32),
     "REDIS_PASSWORD": lambda: secrets.token_hex(32),
+    "POSTGRES_PASSWORD": lambda: secrets.token_hex(32),  # embedded in the gateways' DATABASE_URL
     "GRAFANA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(24),
 }
 

@@ -96,6 +96,11 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dataset"]:  # rows from production traffic; no run config (trainer/dataset.py)
+        from trainer.dataset import main as dataset_main
+
+        return dataset_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

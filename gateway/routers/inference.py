@@ -27,6 +27,11 @@ async def _target(request: Request, principal: PrincipalDep, req: Any) -> tuple[
     return target, req
 
 
+def _capture(request: Request, principal: PrincipalDep, target: Target, req: Any, endpoint: str) -> Any:
+    """The request's capture context when it is sampled for the inference log (gateway/store/capture.py)."""
+    return request.app.state.store.capture.context(request.state.request_id, endpoint, principal, target, req)
+
+
 def _shadow(request: Request, target: Target, req: Any, response: Response) -> Response:
     """Mirror a share of a route's answered requests to its shadow candidate, after the answer."""
     shadow = target.route.spec.shadow if target.route is not None else None
@@ -43,7 +48,8 @@ async def chat_completions(request: Request, principal: PrincipalDep) -> Respons
     req = await parse_body(request, ChatCompletionRequest)
     target, req = await _target(request, principal, req)
     response = await policy(request).serve(request, principal, endpoint="chat", req=req, target=target,
-                                           call=lambda t: service(request).generate(CHAT, req, target.models, t))
+                                           call=lambda t: service(request).generate(CHAT, req, target.models, t),
+                                           capture=_capture(request, principal, target, req, "chat"))
     return _shadow(request, target, req, response)
 
 
@@ -52,7 +58,8 @@ async def completions(request: Request, principal: PrincipalDep) -> Response:
     req = await parse_body(request, CompletionRequest)
     target, req = await _target(request, principal, req)
     response = await policy(request).serve(request, principal, endpoint="completions", req=req, target=target,
-                                           call=lambda t: service(request).generate(COMPLETION, req, target.models, t))
+                                           call=lambda t: service(request).generate(COMPLETION, req, target.models, t),
+                                           capture=_capture(request, principal, target, req, "completions"))
     return _shadow(request, target, req, response)
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.store.capture_spec import CaptureSpec
+
 TOTAL_WEIGHT = 100
 
 
@@ -78,6 +80,7 @@ class RouteSpec(BaseModel):
                                  description="Routes or models tried in order when the variant cannot answer.")
     shadow: Shadow | None = None
     guard: Guard | None = None
+    capture: CaptureSpec | None = None  # a share of the route's answers kept in the inference log
 
     @model_validator(mode="after")
     def _weights(self) -> "RouteSpec":

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.support.metrics import metric_value
+from tests.support.metrics import metric_value, sample_in
 from tests.support.ollama import running_ollama_double
 from tests.support.processes import Service, wait_until
 
@@ -33,7 +33,7 @@ def double() -> Iterator[Service]:
 
 def settings_for(double: Service) -> Settings:
     return Settings(backends=[{"kind": "ollama", "url": double.url, "name": "ollama-a"}],
-                    admin_key=ADMIN_KEY, discovery_interval_s=3600)
+                    admin_key=ADMIN_KEY, discovery_interval_s=3600, sqlite_path=":memory:")
 
 
 
@@ -165,10 +165,13 @@ def test_feedback_is_counted_per_model_of_the_rated_request(untraced: TestClient
     assert metric_value(untraced, "gateway_feedback_total", model=MODEL, rating="down") == before + 1
 
 
-def test_feedback_for_a_request_this_replica_did_not_serve(untraced: TestClient) -> None:
+def test_feedback_for_a_request_no_gateway_kept(untraced: TestClient) -> None:
+    """Kept and counted, but not joined to an answer (issue 19: no more "this replica does not remember it")."""
+    before = sample_in(untraced.get("/metrics").text, "gateway_feedback_total", model="unknown", rating="up") or 0
     unknown = untraced.post("/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up"}, headers=AUTH)
-    assert unknown.status_code == 404
-    assert unknown.json()["error"]["code"] == "request_not_found"
+    assert unknown.status_code == 202
+    assert unknown.json()["joined"] is False and unknown.json()["stored"] is True
+    assert metric_value(untraced, "gateway_feedback_total", model="unknown", variant="unknown", rating="up") == before + 1
     named = untraced.post("/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up", "model": MODEL},
                           headers=AUTH)
     assert named.status_code == 201

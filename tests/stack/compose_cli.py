@@ -28,7 +28,7 @@ GPU = REPO_ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 SECRET_NAMES = ("GATEWAY_ADMIN_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_KEY_PEPPER", "REDIS_PASSWORD",
-                "GRAFANA_ADMIN_PASSWORD")
+                "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 # ${NAME}, ${NAME:-default}, ${NAME:?error} but not the escaped $${NAME}.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 

@@ -1,0 +1,165 @@
+"""`python -m gateway judge`: an LLM judge over a random sample of a route's captured answers.
+
+Each answer is scored from 0 to 1 against a rubric (a text file) by a judge model reached through the
+gateway's own API (any route or model it serves: a larger local model or a hosted one). Scores are
+kept as feedback of kind `judge`; the per-variant mean with a 95 % confidence interval is printed and
+stored as a judge run, which the gateways export as `gateway_judge_score{route,variant}` (the first run
+of a route and variant, or one marked `--baseline`, is the baseline the alert compares with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.store.cli import store_url
+from gateway.store.db import create_engine
+from gateway.store.queries import add_feedback, add_judge_run, sample_answers
+from gateway.store.since import parse_since
+
+PROMPT = """You grade an assistant's answer against a rubric.
+
+Rubric:
+{rubric}
+
+Conversation:
+{conversation}
+
+Answer to grade:
+<answer>
+{answer}
+</answer>
+
+Reply with a JSON object only: {{"score": <a number from 0 (worst) to 1 (best)>, "reason": "<one sentence>"}}"""
+_NUMBER = re.compile(r'"?score"?\s*[:=]\s*([0-9]*\.?[0-9]+)', re.I)
+Z95 = 1.96
+
+
+@dataclass(frozen=True)
+class Verdict:
+    request_id: str
+    variant: str
+    score: float
+    reason: str
+
+
+def judge_prompt(rubric: str, row: dict[str, Any]) -> str:
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        conversation = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+    else:
+        conversation = f"user: {(messages or {}).get('prompt')}"
+    return PROMPT.format(rubric=rubric.strip(), conversation=conversation, answer=row.get("answer") or "")
+
+
+def parse_score(text: str) -> tuple[float, str] | None:
+    """The judge's score (clipped to 0..1) and reason, from its JSON reply (or a `score: x` fragment)."""
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("score"), int | float):
+            return min(1.0, max(0.0, float(data["score"]))), str(data.get("reason") or "")
+    except ValueError:
+        pass
+    match = _NUMBER.search(text)
+    return (min(1.0, max(0.0, float(match.group(1)))), "") if match else None
+
+
+def mean_ci(scores: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and a normal-approximation 95 % interval (clipped to 0..1)."""
+    n = len(scores)
+    mean = sum(scores) / n
+    if n < 2:
+        return mean, 0.0, 1.0
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+    half = Z95 * sd / math.sqrt(n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+async def grade(client: httpx.AsyncClient, judge_model: str, rubric: str, row: dict[str, Any]) -> Verdict | None:
+    body = {"model": judge_model, "temperature": 0, "max_tokens": 200,
+            "messages": [{"role": "user", "content": judge_prompt(rubric, row)}],
+            "response_format": {"type": "json_object"}}
+    response = await client.post("/v1/chat/completions", json=body)
+    if response.status_code != 200:
+        print(f"judge: {row['request_id']}: HTTP {response.status_code}: {response.text[:200]}", file=sys.stderr)
+        return None
+    parsed = parse_score(response.json()["choices"][0]["message"].get("content") or "")
+    if parsed is None:
+        print(f"judge: {row['request_id']}: no score in the judge's reply", file=sys.stderr)
+        return None
+    return Verdict(row["request_id"], row["variant"], *parsed)
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    rubric = args.rubric.read_text()
+    engine = create_engine(store_url())
+    try:
+        rows = await sample_answers(engine, route=args.route, since=args.since, n=args.sample)
+        if not rows:
+            raise SystemExit(f"error: no captured answers of {args.route!r} in the window")
+        limits = httpx.Limits(max_connections=args.concurrency)
+        async with httpx.AsyncClient(base_url=args.gateway_url, timeout=args.timeout, limits=limits,
+                                     headers={"Authorization": f"Bearer {args.api_key}"}) as client:
+            gate = asyncio.Semaphore(args.concurrency)
+
+            async def one(row: dict[str, Any]) -> Verdict | None:
+                async with gate:
+                    return await grade(client, args.judge_model, rubric, row)
+
+            verdicts = [v for v in await asyncio.gather(*(one(r) for r in rows)) if v is not None]
+        for v in verdicts:
+            await add_feedback(engine, request_id=v.request_id, kind="judge", value=v.score, text=v.reason or None,
+                               source=args.judge_model)
+        summary: dict[str, dict[str, float]] = {}
+        for variant in sorted({v.variant for v in verdicts}):
+            scores = [v.score for v in verdicts if v.variant == variant]
+            mean, low, high = mean_ci(scores)
+            summary[variant] = {"n": len(scores), "mean": mean, "ci_low": low, "ci_high": high}
+            await add_judge_run(engine, route=args.route, variant=variant, judge_model=args.judge_model,
+                                n=len(scores), mean=mean, ci_low=low, ci_high=high,
+                                baseline=True if args.baseline else None)
+        return summary
+    finally:
+        await engine.dispose()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gateway judge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--route", required=True, help="the route (or model) whose captured answers are judged")
+    p.add_argument("--sample", type=int, default=50, help="answers to judge (a random sample)")
+    p.add_argument("--since", type=parse_since, default=parse_since("7d"), help="window: 7d, 12h, an ISO date")
+    p.add_argument("--rubric", type=Path, required=True, help="a text file: what a good answer is")
+    p.add_argument("--judge-model", required=True, help="a route or model the gateway serves")
+    p.add_argument("--gateway-url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("GATEWAY_API_KEY", ""), help="default: $GATEWAY_API_KEY")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--baseline", action="store_true", help="make this run the baseline later runs compare with")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.sample < 1 or not args.rubric.is_file():
+        print("error: --sample must be at least 1 and --rubric an existing file", file=sys.stderr)
+        return 2
+    summary = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps({"route": args.route, "judge_model": args.judge_model, "variants": summary}, indent=2))
+        return 0
+    print(f"{'variant':<30} {'n':>4} {'mean':>6}  95% CI")
+    for variant, s in summary.items():
+        print(f"{variant:<30} {s['n']:>4} {s['mean']:>6.3f}  [{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
+    return 0

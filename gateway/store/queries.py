@@ -1,0 +1,126 @@
+"""Every read and write of the store, as small async functions over an engine (no state here)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.store.schema import feedback, inferences, judge_runs
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING: a client may reuse an X-Request-ID; the first answer is kept."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(inferences).values(list(rows)).on_conflict_do_nothing(index_elements=["request_id"])
+    if dialect == "sqlite":
+        return sqlite.insert(inferences).values(list(rows)).on_conflict_do_nothing(index_elements=["request_id"])
+    return insert(inferences).values(list(rows))
+
+
+async def insert_inferences(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(_insert_ignoring_duplicates(conn, rows))
+
+
+async def inference_of(engine: AsyncEngine, request_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(inferences).where(inferences.c.request_id == request_id))).first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def add_feedback(engine: AsyncEngine, *, request_id: str, kind: str, value: float | None = None,
+                       text: str | None = None, key_id: str | None = None, source: str | None = None,
+                       at: datetime | None = None) -> int:
+    async with engine.begin() as conn:
+        result = await conn.execute(insert(feedback).values(
+            request_id=request_id, created_at=at or datetime.now(UTC), kind=kind, value=value, text=text,
+            key_id=key_id, source=source).returning(feedback.c.id))
+        return int(result.scalar_one())
+
+
+async def feedback_of(engine: AsyncEngine, request_id: str) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(feedback).where(feedback.c.request_id == request_id).order_by(feedback.c.id))
+    return [dict(r._mapping) for r in rows]
+
+
+async def erase_key(engine: AsyncEngine, key_id: str) -> dict[str, int]:
+    """Everything of one key: its captured inferences, the feedback on them, and the feedback it sent."""
+    async with engine.begin() as conn:
+        own = select(inferences.c.request_id).where(inferences.c.key_id == key_id)
+        fb = await conn.execute(delete(feedback).where((feedback.c.key_id == key_id) | feedback.c.request_id.in_(own)))
+        inf = await conn.execute(delete(inferences).where(inferences.c.key_id == key_id))
+    return {"inferences": inf.rowcount, "feedback": fb.rowcount}
+
+
+async def purge_before(engine: AsyncEngine, cutoff: datetime) -> dict[str, int]:
+    """Retention: captured inferences older than `cutoff`, and feedback older than it."""
+    async with engine.begin() as conn:
+        inf = await conn.execute(delete(inferences).where(inferences.c.created_at < cutoff))
+        fb = await conn.execute(delete(feedback).where(feedback.c.created_at < cutoff))
+    return {"inferences": inf.rowcount, "feedback": fb.rowcount}
+
+
+def _window(query: Select, *, route: str | None, since: datetime | None) -> Select:
+    if route is not None:
+        plain = inferences.c.route.is_(None) & (inferences.c.model == route)  # a model asked for by name
+        query = query.where((inferences.c.route == route) | plain)
+    if since is not None:
+        query = query.where(inferences.c.created_at >= since)
+    return query
+
+
+async def sample_answers(engine: AsyncEngine, *, route: str, since: datetime, n: int) -> list[dict[str, Any]]:
+    """A random sample of a route's successful answers in the window (the judge's input)."""
+    query = _window(select(inferences), route=route, since=since).where(
+        inferences.c.outcome.in_(("success", "cache_hit")), inferences.c.answer.is_not(None)
+    ).order_by(func.random()).limit(n)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def export_rows(engine: AsyncEngine, *, route: str | None,
+                      since: datetime | None) -> AsyncIterator[dict[str, Any]]:
+    """Each captured inference of the window with its feedback (`"feedback": [...]`), oldest first."""
+    query = _window(select(inferences), route=route, since=since).order_by(inferences.c.created_at, inferences.c.id)
+    async with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(query)]
+        ids = [r["request_id"] for r in rows]
+        notes: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            part = await conn.execute(select(feedback).where(feedback.c.request_id.in_(ids[start:start + 500]))
+                                      .order_by(feedback.c.id))
+            for f in part:
+                notes.setdefault(f.request_id, []).append(dict(f._mapping))
+    for row in rows:
+        row["feedback"] = notes.get(row["request_id"], [])
+        yield row
+
+
+async def add_judge_run(engine: AsyncEngine, **values: Any) -> None:
+    async with engine.begin() as conn:
+        if values.get("baseline") is None:  # the first run of a route and variant is its baseline
+            first = (await conn.execute(select(func.count()).select_from(judge_runs).where(
+                judge_runs.c.route == values["route"], judge_runs.c.variant == values["variant"]))).scalar_one()
+            values["baseline"] = first == 0
+        await conn.execute(insert(judge_runs).values(created_at=datetime.now(UTC), **values))
+
+
+async def judge_levels(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Per route and variant: the latest judge mean and the latest baseline's mean."""
+    async with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(select(judge_runs).order_by(judge_runs.c.created_at,
+                                                                                          judge_runs.c.id))]
+    levels: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        level = levels.setdefault((r["route"], r["variant"]), {"route": r["route"], "variant": r["variant"]})
+        level["score"] = r["mean"]
+        if r["baseline"]:
+            level["baseline"] = r["mean"]
+    return list(levels.values())
