@@ -161,7 +161,7 @@ class GuardOverrides(_Section):
 class DeployConfig(_Section):
     """Register the pushed version on a gateway route as a canary instead of moving NAME:latest."""
 
-    route: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$",
+    route: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$", max_length=100,
                        description="Route name clients send as `model`; created with the new version at 100 % "
                        "if it does not exist yet.")
     canary_percent: int = Field(
@@ -182,7 +182,8 @@ class DeployConfig(_Section):
         default="GATEWAY_ADMIN_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding an admin-scoped gateway key (never the key itself).")
     model_wait_s: float = Field(
-        default=60.0, ge=0, description="How long to wait for the gateway to discover the new version in Ollama.")
+        default=60.0, ge=0, description="How long to wait for the gateway to list the new version (it polls "
+        "Ollama for models); 0 = do not wait.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout for the gateway's admin API.")
 
     @field_validator("gateway_url")

@@ -57,13 +57,11 @@ class GatewayAdmin:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
-    def _call(self, method: str, path: str, *, ok_404: bool = False, **kwargs: Any) -> httpx.Response | None:
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise DeployError(f"cannot reach the gateway at {self.deploy.gateway_url} ({method} {path}): {exc}") from None
-        if ok_404 and response.status_code == 404:
-            return None
         if response.status_code in (401, 403):
             raise DeployError(f"gateway refused {method} {path} ({response.status_code}): {_error_text(response)}; "
                               f"is ${self.deploy.admin_key_env} an admin-scoped key of {self.deploy.gateway_url}?")
@@ -72,18 +70,16 @@ class GatewayAdmin:
         return response
 
     def get_route(self, name: str) -> dict[str, Any] | None:
-        response = self._call("GET", f"/admin/routes/{name}", ok_404=True)
-        return None if response is None else response.json()
+        """The route, or None when there is none. Read from the list: a 404 from GET /admin/routes/NAME
+        could also mean a gateway without the route API, which must not read as "create it"."""
+        routes = self._call("GET", "/admin/routes").json()["routes"]
+        return next((r for r in routes if r.get("name") == name), None)
 
     def put_route(self, name: str, route: dict[str, Any]) -> dict[str, Any]:
-        response = self._call("PUT", f"/admin/routes/{name}", json=route)
-        assert response is not None
-        return response.json()
+        return self._call("PUT", f"/admin/routes/{name}", json=route).json()
 
     def model_ids(self) -> set[str]:
-        response = self._call("GET", "/v1/models")
-        assert response is not None
-        return {m["id"] for m in response.json().get("data", [])}
+        return {m["id"] for m in self._call("GET", "/v1/models").json().get("data", [])}
 
 
 def plan_guard(current: dict[str, Any] | None, deploy: DeployConfig) -> dict[str, Any]:
@@ -115,7 +111,10 @@ def preflight(deploy: DeployConfig) -> None:
 
 
 def wait_for_model(admin: GatewayAdmin, model: str, wait_s: float) -> None:
-    """The gateway learns of new Ollama models by polling its backends; a PUT before that is a 404."""
+    """The gateway learns of new Ollama models by polling its backends; a PUT before that is a 404.
+    With wait_s 0 the PUT goes at once and the gateway itself judges the model."""
+    if wait_s <= 0:
+        return
     deadline = time.monotonic() + wait_s
     while model not in admin.model_ids():
         if time.monotonic() >= deadline:

@@ -74,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/models":
             tags = httpx.get(self.server.ollama_url + "/api/tags").json()["models"]
             return self._answer(200, {"object": "list", "data": [{"id": m["name"], "object": "model"} for m in tags]})
+        if self.path == "/admin/routes":
+            return self._answer(200, {"routes": list(self.server.routes.values())})
         name = self.path.removeprefix("/admin/routes/")
         if self.command == "GET":
             route = self.server.routes.get(name)
@@ -146,7 +148,7 @@ def test_a_missing_or_wrong_key_fails_before_anything_is_pushed(tmp_path, stack)
     double, admin = stack
     config = str(_config(tmp_path, double.url, admin.url))
     for key, message in ((None, "$TEST_DEPLOY_KEY (deploy.admin_key_env); it is not set"),
-                         ("sk-wrong", "gateway refused GET /admin/routes/orders (401): invalid API key; "
+                         ("sk-wrong", "gateway refused GET /admin/routes (401): invalid API key; "
                                       "is $TEST_DEPLOY_KEY an admin-scoped key")):
         done = _cli("push", "--config", config, key=key)
         assert done.returncode == 2, done.stderr
