@@ -78,3 +78,16 @@ def test_an_existing_route_keeps_its_stable_variant_first_and_gains_the_canary(t
                              "step_after_requests": 20}
     assert body["fallbacks"] == ["llama3.2:1b"] and body["shadow"] == {"model": "llama3.2:1b", "percent": 5.0}
     assert not {"name", "version", "updated_at"} & body.keys()
+
+
+def test_the_examples_commented_deploy_section_is_valid(tmp_path):
+    """The example config documents `deploy` in comments; uncommented, it must load."""
+    example = Path(__file__).resolve().parents[2] / "trainer" / "examples" / "order_json" / "config.yaml"
+    lines = example.read_text().splitlines()
+    start = lines.index("# deploy:")
+    block = [line[2:] for line in lines[start:start + 20] if line.startswith("# ") or line == "#"]
+    block = block[:next((i for i, line in enumerate(block[1:], 1) if not line.startswith("  ")), len(block))]
+    copy = tmp_path / "config.yaml"
+    copy.write_text("\n".join(lines) + "\n" + "\n".join(block) + "\n")
+    cfg = load_config(copy, {"data.paths": [str(example.parent / "orders.jsonl")]})
+    assert cfg.deploy is not None and cfg.deploy.route == "order-json" and cfg.deploy.steps == [50, 100]

@@ -25,7 +25,7 @@ from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
 from trainer.config import load_config
 from trainer.errors import DeployError, StageOrderError
-from trainer.manifest import list_versions
+from trainer.manifest import format_versions, list_versions
 from trainer.stages import deploy_stage, push_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,6 +134,8 @@ def test_first_push_creates_the_route_and_the_second_becomes_a_10_percent_canary
     created = OllamaDoubleControl(double.url).stats()["created"]
     assert {"orders:v1", "orders:v2"} <= set(created) and "orders:latest" not in created  # latest never moved
     assert [m["deploy"]["model"] for m in list_versions(cfg.output_dir)] == ["orders:v1", "orders:v2"]
+    table = format_versions(list_versions(cfg.output_dir)).splitlines()
+    assert table[1].endswith("orders created 100%") and table[2].endswith("orders canary 10%")
 
 
 def _cli(*args: str, key: str | None) -> subprocess.CompletedProcess:
@@ -171,6 +173,7 @@ def test_a_refused_route_change_leaves_the_version_pushed_and_deploy_retries_it(
     assert "orders:v1" in OllamaDoubleControl(double.url).stats()["created"]
     (manifest,) = list_versions(tmp_path / "out")
     assert manifest["deploy"]["error"].startswith("gateway refused PUT") and manifest["ollama"]["latest"] is None
+    assert format_versions([manifest]).splitlines()[1].endswith("orders NOT DEPLOYED")
 
     admin.refuse = (404, "unknown model orders:v1")
     done = _cli("deploy", "--config", config, key=KEY)
