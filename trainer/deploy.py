@@ -69,17 +69,29 @@ class GatewayAdmin:
             raise DeployError(f"gateway refused {method} {path} ({response.status_code}): {_error_text(response)}")
         return response
 
+    def _json(self, method: str, path: str, key: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON answer, which must hold `key`; anything else is not the gateway's admin API answering."""
+        response = self._call(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or key not in body:
+            raise DeployError(f"{self.deploy.gateway_url} answered {method} {path} without {key!r}: is it the "
+                              f"gateway? ({response.text.strip()[:200]})")
+        return body
+
     def get_route(self, name: str) -> dict[str, Any] | None:
         """The route, or None when there is none. Read from the list: a 404 from GET /admin/routes/NAME
         could also mean a gateway without the route API, which must not read as "create it"."""
-        routes = self._call("GET", "/admin/routes").json()["routes"]
+        routes = self._json("GET", "/admin/routes", "routes")["routes"]
         return next((r for r in routes if r.get("name") == name), None)
 
     def put_route(self, name: str, route: dict[str, Any]) -> dict[str, Any]:
-        return self._call("PUT", f"/admin/routes/{name}", json=route).json()
+        return self._json("PUT", f"/admin/routes/{name}", "variants", json=route)
 
     def model_ids(self) -> set[str]:
-        return {m["id"] for m in self._call("GET", "/v1/models").json().get("data", [])}
+        return {m["id"] for m in self._json("GET", "/v1/models", "data")["data"]}
 
 
 def plan_guard(current: dict[str, Any] | None, deploy: DeployConfig) -> dict[str, Any]:

@@ -160,6 +160,15 @@ def test_a_missing_or_wrong_key_fails_before_anything_is_pushed(tmp_path, stack)
     assert list_versions(tmp_path / "out") == []
 
 
+def test_a_server_without_the_route_api_is_never_taken_for_an_empty_gateway(tmp_path, stack, monkeypatch):
+    double, _ = stack
+    monkeypatch.setenv("TEST_DEPLOY_KEY", KEY)
+    cfg = load_config(_config(tmp_path, double.url, double.url))  # gateway_url points at Ollama by mistake
+    with pytest.raises(DeployError, match=r"gateway refused GET /admin/routes \(404\)"):
+        push_stage(cfg)
+    assert OllamaDoubleControl(double.url).stats()["created"] == {}
+
+
 def test_a_refused_route_change_leaves_the_version_pushed_and_deploy_retries_it(tmp_path, stack):
     double, admin = stack
     config = str(_config(tmp_path, double.url, admin.url))
