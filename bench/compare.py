@@ -1,13 +1,15 @@
 """The gateway against the floor and against LiteLLM's proxy, in one run (issue 7).
 
-Starts on loopback: the mock backend, the gateway (production settings, API key, Redis) and
-LiteLLM's proxy (one worker, master key, Redis cache), then sends the same load to each and to
+Starts on loopback: the mock backend, the gateway (production settings, API key, Redis;
+`--workers` uvicorn workers, one by default) and LiteLLM's proxy (one worker, master key, Redis
+cache), then sends the same load to each and to
 the mock directly, point by point (scenario x clients x target, interleaved so drift in the
 machine's load hits every target alike). Writes results.md, results.json and plot.png under
 bench/results/<UTC time>/.
 
     python -m bench                      # the full run (make bench)
     python -m bench --requests 500 --targets gateway --clients 1,10
+    python -m bench --workers 2          # the gateway with GATEWAY_WORKERS=2
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="API the gateway uses to reach the mock (LiteLLM always uses openai)")
     p.add_argument("--targets", default="direct,gateway,litellm",
                    help="which of direct,gateway,litellm to measure (direct is always measured: it is the floor)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="the gateway's uvicorn worker processes (passed as GATEWAY_WORKERS)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<time>)")
     args = p.parse_args(argv)
     try:
@@ -56,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = {t for t in args.targets.split(",") if t} | {"direct"}
     if args.targets - {"direct", "gateway", "litellm"}:
         p.error("--targets takes direct, gateway and/or litellm")
-    if args.requests < 1 or args.warmup < 0 or min(args.clients) < 1:
-        p.error("--requests and every --clients level must be >= 1, --warmup >= 0")
+    if args.requests < 1 or args.warmup < 0 or min(args.clients) < 1 or args.workers < 1:
+        p.error("--requests, --workers and every --clients level must be >= 1, --warmup >= 0")
     return args
 
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             targets = [direct_target(mock)]
             if "gateway" in args.targets:
                 targets.append(start_gateway(stack, mock, backend_kind=args.gateway_backend,
-                                             source_dir=args.gateway_dir))
+                                             workers=args.workers, source_dir=args.gateway_dir))
             if "litellm" in args.targets:
                 targets.append(start_litellm(stack, mock, model=opts.model, workdir=Path(tmp)))
             for t in targets:
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
                 "mock": f"{opts.tokens} tokens, {opts.token_delay_ms} ms between streamed tokens, "
                         f"plain answer after {opts.plain_delay_ms} ms",
-                "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai"}
+                "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai",
+                "gateway workers (GATEWAY_WORKERS)": args.workers}
     notes = ["Every process (load generator, mock, gateway, LiteLLM, two redis-servers) shares this "
              "machine's cores; at high concurrency the numbers include that contention.",
              "LiteLLM authenticates with its master key: virtual keys need its Postgres database, "

@@ -93,10 +93,14 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
 
 
 def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
-                  extra_env: dict[str, str] | None = None, source_dir: Path | None = None) -> Target:
-    """The gateway as production runs it: production env, API key auth, Redis for keys/limits/cache.
+                  workers: int = 1, source_dir: Path | None = None, name: str = "gateway") -> Target:
+    """The gateway as production runs it: `python -m gateway` configured only by its documented
+    environment settings (production env, API key auth, Redis for keys/limits/cache), so the
+    harness measures any version of the gateway without knowing its insides.
 
-    `source_dir` runs the `gateway` package of another checkout (before/after comparisons)."""
+    `workers` is passed as GATEWAY_WORKERS (uvicorn worker processes; a gateway that does not know
+    the setting ignores it and serves with one). `source_dir` runs the `gateway` package of another
+    checkout (before/after comparisons)."""
     processes: dict[str, Service] = {}
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
@@ -104,20 +108,21 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENV": "production",
         "GATEWAY_BACKENDS": json.dumps([{"kind": backend_kind, "url": mock.url, "name": "mock"}]),
         "GATEWAY_ADMIN_KEY": admin_key, "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
-        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning", **(extra_env or {}),
+        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_WORKERS": str(workers),
     }
     if with_redis:
         redis = _started(stack, redis_service(), http_path=None, timeout=15)
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
         processes["redis"] = redis
-    svc = python_service("gateway", ["-m", "gateway"], port, env)
+    svc = python_service(name, ["-m", "gateway"], port, env)
     if source_dir is not None:
         if not (source_dir / "gateway" / "__main__.py").exists():
             raise BenchSetupError(f"{source_dir} has no gateway package (gateway/__main__.py)")
         svc.cwd = source_dir  # `python -m` puts the working directory first on sys.path
     gw = _started(stack, svc, http_path="/healthz", timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
-    return Target(name="gateway", port=port, headers=headers, processes={"gateway": gw, **processes})
+    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes})
 
 
 def _client_key(base_url: str, admin_key: str) -> str:
