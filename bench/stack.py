@@ -37,6 +37,8 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     processes: dict[str, Service] = field(default_factory=dict)
     chat_path: str = CHAT_PATH
+    model: str | None = None  # what requests name as `model` (None: the mock's model)
+    admin_key: str | None = None  # a gateway's bootstrap admin key (to create routes)
 
     def pids(self) -> dict[str, int]:
         return {name: svc.proc.pid for name, svc in self.processes.items() if svc.proc}
@@ -122,7 +124,20 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         svc.cwd = source_dir  # `python -m` puts the working directory first on sys.path
     gw = _started(stack, svc, http_path="/healthz", timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
-    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes})
+    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes},
+                  admin_key=admin_key)
+
+
+def routed_target(gateway: Target, model: str, *, route: str = "bench-route") -> Target:
+    """The same gateway, called through a route (one variant at 100 % on `model`): what a routed request
+    costs beyond a plain one. Gateways without routes fail here with BenchSetupError."""
+    admin = {"Authorization": f"Bearer {gateway.admin_key}"}
+    url = f"http://127.0.0.1:{gateway.port}/admin/routes/{route}"
+    r = httpx.put(url, headers=admin, json={"variants": [{"model": model, "weight": 100}]}, timeout=10)
+    if r.status_code != 200:
+        raise BenchSetupError(f"could not create route {route}: {r.status_code} {r.text[:200]}")
+    return Target(name="routed", port=gateway.port, headers=gateway.headers, processes=gateway.processes,
+                  model=route)
 
 
 def _client_key(base_url: str, admin_key: str) -> str:

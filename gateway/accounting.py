@@ -10,6 +10,7 @@ unavailable the writes stay buffered (bounded) and go out with the next successf
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,7 @@ class Accounting:
         self.cache = cache
         self.prices = prices
         self.route_stats = route_stats
+        self._writing: asyncio.Future[bool] | None = None
 
     async def settle(self, ticket: Ticket | None, answer: Answer) -> None:
         """Book the answer and write what Redis must know (the BackgroundTask of every inference response)."""
@@ -99,13 +101,30 @@ class Accounting:
             log.exception("booking an answer failed")
 
     async def flush(self) -> None:
-        """One pipeline with every buffered write; kept buffered when Redis is unavailable."""
+        """Return once what was booked so far is in Redis (or kept buffered, Redis being unavailable).
+
+        One pipeline in flight at a time: answers settled while it runs wait for it and then share the
+        next one, so under load a write carries many answers instead of each paying a round trip."""
         if not self.redis.configured:
             return
-        stagers = [self.limiter.stage, self.usage.stage, self.cache.stage, self.route_stats.stage]
-        if self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending or \
-                self.route_stats.has_pending:
-            await flush_staged(self.redis, "account", stagers)
+        while self._pending():
+            if self._writing is None:
+                self._writing = asyncio.ensure_future(self._write())
+            writing = self._writing
+            await asyncio.shield(writing)
+            if not writing.result():
+                return  # Redis unavailable: the data stays buffered for a later flush
+
+    def _pending(self) -> bool:
+        return self.limiter.has_pending or self.usage.has_pending or self.cache.has_pending or \
+            self.route_stats.has_pending
+
+    async def _write(self) -> bool:
+        try:
+            return await flush_staged(self.redis, "account", [self.limiter.stage, self.usage.stage,
+                                                              self.cache.stage, self.route_stats.stage])
+        finally:
+            self._writing = None
 
     # -- the two halves ------------------------------------------------------------------------
 

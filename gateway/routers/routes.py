@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.auth import Principal, require_admin
-from gateway.errors import ClientError, ModelNotFound
-from gateway.routes.guard import promoted, variant_named
+from gateway.errors import ModelNotFound
+from gateway.routes import changes
 from gateway.routes.spec import RouteSpec, StoredRoute
 from gateway.routes.stats import VariantStats
 from gateway.routes.store import RouteStore
@@ -26,11 +26,6 @@ class PromoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="The variant (its served model) to send 100 % to.")
-
-
-class NothingToRollBack(ClientError):
-    status = 409
-    code = "nothing_to_roll_back"
 
 
 def _store(request: Request) -> RouteStore:
@@ -74,10 +69,7 @@ async def show_route(request: Request, name: RouteName, _: AdminDep) -> Response
 @router.put("/{name}", summary="Create or replace a route")
 async def put_route(request: Request, name: RouteName, spec: RouteSpec, principal: AdminDep) -> Response:
     await _check_models(request, name, spec)
-    store = _store(request)
-    current = (await store.all()).get(name)
-    return await _changed(request, await store.change(name, spec, expected=current, who=_who(principal),
-                                                      why="manual"))
+    return await _changed(request, await changes.put(_store(request), name, spec, who=_who(principal)))
 
 
 @router.delete("/{name}", summary="Delete a route (its name is then served as a plain model name again)")
@@ -90,27 +82,12 @@ async def delete_route(request: Request, name: RouteName, principal: AdminDep) -
 
 @router.post("/{name}/promote", summary="Send 100 % to one variant")
 async def promote(request: Request, name: RouteName, body: PromoteBody, principal: AdminDep) -> Response:
-    store = _store(request)
-    current = await store.get(name)
-    variant = variant_named(current.spec, body.model)
-    if variant is None:
-        raise ModelNotFound(f"route '{name}' has no variant '{body.model}'", param="model")
-    spec = promoted(current.spec, variant.served)
-    return await _changed(request, await store.change(name, spec, expected=current, who=_who(principal),
-                                                      why="promote"))
+    return await _changed(request, await changes.promote(_store(request), name, body.model, who=_who(principal)))
 
 
 @router.post("/{name}/rollback", summary="Restore the route as it was before its last change")
 async def rollback(request: Request, name: RouteName, principal: AdminDep) -> Response:
-    store = _store(request)
-    current = await store.get(name)
-    history = await store.history(name)
-    before = history[0]["from"] if history else None
-    if before is None:
-        raise NothingToRollBack(f"route '{name}' has no earlier version to roll back to")
-    spec = RouteSpec.model_validate({k: v for k, v in before.items() if k in RouteSpec.model_fields})
-    route = await store.change(name, spec, expected=current, who=_who(principal), why="rollback",
-                               reason={"signal": "manual", "to_version": before["version"]})
+    route = await changes.roll_back(_store(request), name, who=_who(principal))
     request.app.state.metrics.rollbacks.labels(name, "manual").inc()
     return await _changed(request, route)
 

@@ -141,12 +141,12 @@ class Guardian:
             spec = stepped(route.spec, verdict.canary, verdict.weight)
         try:
             await self.store.change(route.name, spec, expected=route, who="guard", why=verdict.action,
-                                    reason={"canary": verdict.canary, **verdict.reason})
+                                    reason={"canary_model": verdict.canary, **verdict.reason})
         except RouteConflict:
             return None  # another replica acted first (or an admin did): the table reloads it
         if verdict.action == "rollback":
             self.on_rollback(route.name, verdict.reason["signal"])
-            log.warning({"event": "rollback", "route": route.name, "canary": verdict.canary, **verdict.reason})
+            log.warning({"event": "rollback", "route": route.name, "canary_model": verdict.canary, **verdict.reason})
         else:
             log.info({"event": "route_step", "route": route.name, "canary": verdict.canary, "weight": verdict.weight})
         await self.table.reload()

@@ -29,10 +29,10 @@ class Target:
 
 
 def assignment_unit(request: Request, principal: Principal, req: Any) -> str:
-    """Who stays on one variant: the request's `user`, else the API key, else the client address."""
+    """Who stays on one variant: the request's `user` as sent, else `key:<key id>`, else `addr:<client>`."""
     user = getattr(req, "user", None)
     if user:
-        return f"user:{user}"
+        return str(user)
     if principal.key_id:
         return f"key:{principal.key_id}"
     return f"addr:{request.client.host if request.client else '-'}"
