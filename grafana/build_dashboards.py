@@ -1,4 +1,4 @@
-"""Write grafana/dashboards/*.json: the overview and the per-model dashboard.
+"""Write grafana/dashboards/*.json: the overview, the per-model dashboard and the rollouts dashboard.
 
 Dashboards are code: change this file and run `python grafana/build_dashboards.py`. A test checks
 that the committed JSON is what this file builds, and another runs every query it contains
@@ -212,11 +212,12 @@ def query_variable(name: str, label: str, query: str) -> dict[str, Any]:
             "sort": 1}
 
 
-def dashboard(uid: str, title: str, rows: list[Row], variables: list[dict[str, Any]]) -> dict[str, Any]:
+def dashboard(uid: str, title: str, rows: list[Row], variables: list[dict[str, Any]],
+              annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "tags": ["slm-stack"], "timezone": "browser", "schemaVersion": 39,
         "editable": False, "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": variables}, "annotations": {"list": []}, "panels": render_rows(rows),
+        "templating": {"list": variables}, "annotations": {"list": annotations or []}, "panels": render_rows(rows),
     }
 
 
@@ -247,7 +248,69 @@ def per_model() -> dict[str, Any]:
     ])
 
 
-DASHBOARDS = {"overview.json": overview, "per-model.json": per_model}
+# A replica's rollback counter for a route is born at 1, and increase() cannot see a series' first
+# sample: the second term catches series born in the window (as the alert in prometheus/rules does).
+ROLLBACKS_IN = ("sum by (route, reason) (increase(gateway_rollbacks_total{{{sel}}}[{w}])) > 0 or "
+                "sum by (route, reason) (gateway_rollbacks_total{{{sel}}} unless gateway_rollbacks_total{{{sel}}} "
+                "offset {w}) > 0")
+
+
+def share_of(metric: str, by: str, part: str, sel: str, window: str) -> str:
+    """Each `part` value's share of `metric` within its `by` group (e.g. each variant's share of a route)."""
+    return (f"sum by ({by}, {part}) (increase({metric}{{{sel}}}[{window}])) / ignoring ({part}) group_left "
+            f"sum by ({by}) (increase({metric}{{{sel}}}[{window}]))")
+
+
+def rollout_panels(sel: str, route_sel: str) -> list[Row]:
+    by = "model, variant"  # model is the route's name on routed requests
+    return [
+        Row(title="Variants side by side", panels=[
+            Panel(title="Traffic share by variant", unit="percentunit", description="Each variant's share of "
+                  "the route's requests; compare with the configured weights next to it",
+                  queries=[Query(expr=share_of("gateway_llm_requests_total", "model", "variant", sel, "$__rate_interval"),
+                                 legend="{{variant}}")]),
+            Panel(title="Configured weight by variant (%)", unit="percent",
+                  description="The route's current weights; steps and rollbacks show as jumps",
+                  queries=[Query(expr=f"max by (route, variant) (gateway_route_weight{{{route_sel}}})",
+                                 legend="{{variant}}")]),
+            Panel(title="Rollbacks (since the gateways started)", kind="stat", description="Canaries rolled "
+                  "back by the guard, by the signal that breached; each one is also an annotation on the graphs",
+                  queries=[Query(expr=f"sum by (route, reason) (gateway_rollbacks_total{{{route_sel}}})",
+                                 legend="{{route}} {{reason}}")]),
+            Panel(title="Server error ratio by variant", unit="percentunit", queries=[Query(
+                expr=ratio("gateway_llm_requests_total", SERVER_ERRORS, by, sel, "$__rate_interval"),
+                legend="{{variant}}")]),
+            Panel(title="Time to first token p95 by variant", unit="s",
+                  queries=quantiles("gateway_time_to_first_token_seconds", "variant", sel, (0.95,))),
+            Panel(title="Output tokens per second by variant", unit="short", queries=[Query(
+                expr=f"sum by (variant) (rate(gateway_generation_tokens_total{{{sel}}}[$__rate_interval]))",
+                legend="{{variant}}")]),
+        ]),
+        Row(title="Quality by variant", panels=[
+            Panel(title="JSON format compliance by variant (valid share, 5m)", unit="percentunit", width=12,
+                  queries=[Query(expr=ratio("gateway_format_compliance_total", 'result="valid"', by, sel, "5m"),
+                                 legend="{{variant}}")]),
+            Panel(title="Feedback by variant (thumbs up/down share, 1h)", unit="percentunit", width=12,
+                  queries=[Query(expr=share_of("gateway_feedback_total", "model, variant", "rating", sel, "1h"),
+                                 legend="{{variant}} {{rating}}")]),
+        ]),
+    ]
+
+
+def rollouts() -> dict[str, Any]:
+    sel, route_sel = 'model=~"$route"', 'route=~"$route"'
+    route = {"name": "route", "label": "Route", "type": "query", "datasource": DATASOURCE,
+             "query": {"query": "label_values(gateway_route_weight, route)", "refId": "route-variable"},
+             "definition": "label_values(gateway_route_weight, route)", "refresh": 2, "multi": False,
+             "includeAll": False, "sort": 1}
+    rollbacks = {"name": "Rollbacks", "datasource": DATASOURCE, "enable": True, "iconColor": "red",
+                 "expr": ROLLBACKS_IN.format(sel=route_sel, w="1m"), "step": "60s",
+                 "titleFormat": "Rollback of a canary on {{route}}", "textFormat": "breached: {{reason}}",
+                 "tagKeys": "route,reason", "useValueForTime": False}
+    return dashboard("slm-rollouts", "SLM stack: rollouts", rollout_panels(sel, route_sel), [route], [rollbacks])
+
+
+DASHBOARDS = {"overview.json": overview, "per-model.json": per_model, "rollouts.json": rollouts}
 
 
 def render_all() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Command line: `python -m trainer STAGE --config FILE [overrides]`.
 
-Stages: prepare, train, evaluate, export, push, run (all of them), list (versions), schema (config docs).
+Stages: prepare, train, evaluate, export, push, run (all of them), deploy (retry a version's route change),
+list (versions), schema (config docs).
 A user mistake prints one `error:` line and exits 2; Ctrl-C during training leaves a checkpoint to resume.
 """
 
@@ -16,14 +17,16 @@ from typing import Any
 from trainer.config import RunConfig, load_config, parse_set_option
 from trainer.errors import TrainerError
 
-STAGES = ("prepare", "train", "evaluate", "export", "push", "run")
+STAGES = ("prepare", "train", "evaluate", "export", "push", "run", "deploy")
 HELP = {
     "prepare": "validate the JSONL data, report bad rows, dedupe, split train/eval",
     "train": "LoRA fine-tuning (Unsloth on CUDA when installed, else PEFT); resumes from checkpoints",
     "evaluate": "held-out loss, perplexity and task checks for base and tuned model; the gate",
     "export": "merge, convert to GGUF with llama.cpp, quantise, write Modelfiles",
-    "push": "register the GGUF with Ollama as NAME:vN and NAME:latest (only if the gate passed)",
+    "push": "register the GGUF with Ollama as NAME:vN and NAME:latest, or as a canary on the `deploy` route "
+            "(only if the gate passed)",
     "run": "prepare, train, evaluate, export and push",
+    "deploy": "put a pushed version (default: the newest) on the `deploy` route as a canary",
     "list": "show the pushed versions",
 }
 
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="any config field, e.g. --set lora.r=8 (value read as YAML)")
         if name in ("push", "run"):
             p.add_argument("--force", action="store_true", help="push even if the eval gate failed")
+        if name == "deploy":
+            p.add_argument("--version", type=int, help="pushed version N to deploy (default: the newest)")
     sub.add_parser("schema", help="print every config field with its description")
     return parser
 
@@ -92,6 +97,8 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> Any:
         return stages.push_stage(cfg, force=args.force)
     if args.command == "run":
         return stages.run_all(cfg, force=args.force)
+    if args.command == "deploy":
+        return stages.deploy_stage(cfg, version=args.version)
     return getattr(stages, f"{args.command}_stage")(cfg)
 
 

@@ -141,6 +141,67 @@ class OllamaConfig(_Section):
         return v.rstrip("/")
 
 
+class GuardOverrides(_Section):
+    """The gateway's rollout guard thresholds (issue 18 contract); unset fields keep the gateway's defaults."""
+
+    min_requests: int | None = Field(
+        default=None, ge=1, description="Minimum requests per variant before the guard judges the canary.")
+    max_error_rate_delta: float | None = Field(
+        default=None, ge=0, le=1, description="Canary error rate may exceed the stable one's by at most this (absolute).")
+    max_ttft_p95_ratio: float | None = Field(
+        default=None, gt=0, description="Canary time-to-first-token p95 at most this times the stable one's.")
+    max_format_failure_delta: float | None = Field(
+        default=None, ge=0, le=1, description="Canary JSON format failure share may exceed the stable one's by at most this.")
+    max_thumbs_down_delta: float | None = Field(
+        default=None, ge=0, le=1, description="Canary thumbs-down share may exceed the stable one's by at most this.")
+    step_after_s: float | None = Field(
+        default=None, ge=0, description="Also step the canary after this many seconds without a breach (0 = unused).")
+
+
+class DeployConfig(_Section):
+    """Register the pushed version on a gateway route as a canary instead of moving NAME:latest."""
+
+    route: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$", max_length=100,
+                       description="Route name clients send as `model`; created with the new version at 100 % "
+                       "if it does not exist yet.")
+    canary_percent: int = Field(
+        default=10, ge=1, le=99, description="Starting weight of the new version; the route's stable (first) "
+        "variant keeps the rest.")
+    steps: list[int] = Field(
+        default=[], description="Canary weights the guard steps through while no signal breaches, e.g. [50, 100]; "
+        "[] = stay at canary_percent until promoted by hand.")
+    step_after_requests: int | None = Field(
+        default=None, ge=1, description="Step after this many canary requests without a breach (default: the gateway's).")
+    guard: GuardOverrides = Field(
+        default=GuardOverrides(), description="Guard thresholds to set on the route; unset ones keep the route's "
+        "current values, else the gateway's defaults.")
+    gateway_url: str = Field(
+        default_factory=lambda: os.environ.get("GATEWAY_URL", "http://gateway:8000"),
+        description="Gateway base URL for its admin API (default: $GATEWAY_URL, else http://gateway:8000).")
+    admin_key_env: str = Field(
+        default="GATEWAY_ADMIN_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding an admin-scoped gateway key (never the key itself).")
+    model_wait_s: float = Field(
+        default=60.0, ge=0, description="How long to wait for the gateway to list the new version (it polls "
+        "Ollama for models); 0 = do not wait.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout for the gateway's admin API.")
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _steps_climb(self) -> "DeployConfig":
+        if any(not self.canary_percent < s <= 100 for s in self.steps):
+            raise ValueError(f"steps {self.steps} must each be above canary_percent ({self.canary_percent}) and at most 100")
+        if self.steps != sorted(set(self.steps)):
+            raise ValueError(f"steps {self.steps} must rise strictly")
+        return self
+
+
 class RunConfig(_Section):
     base_model: BaseModelConfig
     data: DataConfig
@@ -150,6 +211,9 @@ class RunConfig(_Section):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     ollama: OllamaConfig
+    deploy: DeployConfig | None = Field(
+        default=None, description="Put each pushed version on a gateway route as a canary; without it push "
+        "moves NAME:latest.")
     output_dir: Path = Field(description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions.")
 
     def digest(self) -> str:

@@ -9,6 +9,7 @@ anything else is a bug and keeps its traceback.
      +-- ExportError        conversion or quantisation to GGUF failed
      +-- GateRefused        the tuned model did not beat the base model by the configured margin
      +-- PushError          Ollama refused or could not be reached after retries
+     +-- DeployError        the gateway refused the route change (the version stays pushed in Ollama)
 """
 
 from __future__ import annotations
@@ -43,4 +44,8 @@ class GateRefused(TrainerError):
 
 
 class PushError(TrainerError):
+    pass
+
+
+class DeployError(TrainerError):
     pass

@@ -52,16 +52,27 @@ def list_versions(output_dir: Path) -> list[dict[str, Any]]:
             for v in local_versions(output_dir)]
 
 
+def _route_cell(deploy: dict[str, Any] | None) -> str:
+    """Where push put the version: `-` (NAME:latest moved), `ROUTE canary 10%`, or the failed deploy."""
+    if not deploy:
+        return "-"
+    if "error" in deploy:
+        return f"{deploy['route']} NOT DEPLOYED"
+    weight = next((v["weight"] for v in deploy["variants"] if v["model"] == deploy["model"]), 0)
+    return f"{deploy['route']} {'created' if deploy['action'] == 'created' else 'canary'} {weight}%"
+
+
 def format_versions(manifests: list[dict[str, Any]]) -> str:
     if not manifests:
         return "no versions pushed yet"
-    rows = [("version", "tag", "pushed at", "eval loss base->tuned", "gate score base->tuned", "gate")]
+    rows = [("version", "tag", "pushed at", "eval loss base->tuned", "gate score base->tuned", "gate", "route")]
     for m in manifests:
         base, tuned = m["metrics"]["base"], m["metrics"]["tuned"]
         primary = m["metrics"]["primary_check"]
         gate = "passed" if m["metrics"]["gate"]["passed"] else ("FORCED" if m.get("forced") else "failed")
         rows.append((f"v{m['version']}", m["ollama"]["tag"], m["timestamps"]["pushed_at"],
                      f"{base['eval_loss']:.3f} -> {tuned['eval_loss']:.3f}",
-                     f"{primary} {base['scores'][primary]:.2f} -> {tuned['scores'][primary]:.2f}", gate))
+                     f"{primary} {base['scores'][primary]:.2f} -> {tuned['scores'][primary]:.2f}", gate,
+                     _route_cell(m.get("deploy"))))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -3,6 +3,10 @@
 Order matters for safety: blobs are uploaded (skipped when Ollama already has them: HEAD first),
 then NAME:vN is created, and only then is NAME:latest moved to it with a copy. A failure at any
 point leaves NAME:latest, and so whatever clients use, on the previous version.
+
+With a `deploy` section, NAME:latest is left alone: NAME:vN goes onto a gateway route as a canary
+instead (trainer/deploy.py). The gateway is asked first, so a wrong key fails before anything is
+pushed; a refused route change after the create leaves NAME:vN in Ollama and its manifest says so.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from trainer.config import RunConfig
-from trainer.errors import PushError, StageOrderError
+from trainer.errors import DeployError, PushError, StageOrderError
 from trainer.export import load_export
 from trainer.manifest import local_versions, utc_iso, write_manifest
 
@@ -87,8 +91,10 @@ def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
 
 
 def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dict[str, Any]:
-    """Upload, create NAME:vN, move NAME:latest, write the version's manifest. Returns the manifest."""
+    """Upload, create NAME:vN, move NAME:latest (or deploy it to a route), write the manifest. Returns it."""
     import ollama
+
+    from trainer import deploy
 
     info = load_export(cfg.output_dir)
     export_dir = cfg.output_dir / "export"
@@ -98,13 +104,15 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
     if cfg.export.serve not in info["files"]:
         raise StageOrderError(f"export.serve is {cfg.export.serve} but the export has "
                               f"{', '.join(info['files'])}: run `export` again")
+    if cfg.deploy:
+        deploy.preflight(cfg.deploy)
     o = cfg.ollama
     retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)  # noqa: E731
     client = ollama.Client(host=o.host, timeout=o.timeout_s)
     try:
         tags = retry(lambda: [m.model for m in client.list().models], "list models")
         version = next_version(cfg.output_dir, tags, o.model)
-        tag, latest = f"{o.model}:v{version}", f"{o.model}:latest"
+        tag, latest = f"{o.model}:v{version}", None if cfg.deploy else f"{o.model}:latest"
         served = info["files"][cfg.export.serve]
         digest = f"sha256:{served['sha256']}"
         uploaded = retry(lambda: ensure_blob(client, export_dir / served["file"], digest), f"upload {served['file']}")
@@ -121,17 +129,30 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
                                         adapters={adapter["file"]: adapter_digest}, template=info["template"],
                                         system=info["system"], parameters=info["parameters"], stream=False),
                   f"create {adapter_tag}")
-        retry(lambda: client.copy(tag, latest), f"tag {latest}")
+        if latest:
+            retry(lambda: client.copy(tag, latest), f"tag {latest}")
     finally:
         client.close()
     manifest = build_manifest(cfg, report, info, version=version, tag=tag, latest=latest, uploaded=uploaded,
                               adapter_tag=adapter_tag, forced=forced)
+    failure = None
+    if cfg.deploy:
+        try:
+            manifest["deploy"] = deploy.deploy_version(cfg.deploy, tag)
+        except DeployError as exc:
+            failure = exc
+            manifest["deploy"] = {"route": cfg.deploy.route, "gateway_url": cfg.deploy.gateway_url, "model": tag,
+                                  "error": str(exc)}
     path = write_manifest(cfg.output_dir, version, manifest)
     for extra in ("report.json", "summary.md"):
         src = cfg.output_dir / "eval" / extra
         if src.exists():
             (path.parent / extra).write_bytes(src.read_bytes())
-    log.info("pushed %s (and %s) to %s; manifest %s", tag, latest, o.host, path)
+    if failure:
+        raise DeployError(f"{failure}; {tag} stays pushed in Ollama: fix this and run "
+                          f"`python -m trainer deploy --config ... --version {version}`") from None
+    log.info("pushed %s (%s) to %s; manifest %s", tag,
+             f"canary on route {cfg.deploy.route}" if cfg.deploy else f"and {latest}", o.host, path)
     return manifest
 
 
@@ -140,7 +161,7 @@ def _mtime_iso(path: Path) -> str | None:
 
 
 def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any], *, version: int, tag: str,
-                   latest: str, uploaded: bool, adapter_tag: str | None, forced: bool) -> dict[str, Any]:
+                   latest: str | None, uploaded: bool, adapter_tag: str | None, forced: bool) -> dict[str, Any]:
     out = cfg.output_dir
     prepared = json.loads((out / "data" / "prepare_report.json").read_text())
     trained = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else {}

@@ -6,7 +6,7 @@ Each stage reads what the previous one left in the output folder, so any stage c
     OUTPUT/checkpoints/step-N/, adapter/, train_log.jsonl  train
     OUTPUT/eval/report.json, summary.md                    evaluate
     OUTPUT/export/*.gguf, Modelfile, export.json           export
-    OUTPUT/versions/vN/manifest.json                       push
+    OUTPUT/versions/vN/manifest.json                       push (and deploy, which retries a route change)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from trainer.config import RunConfig
-from trainer.errors import GateRefused
+from trainer.errors import ConfigError, GateRefused, StageOrderError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,26 @@ def push_stage(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
                               "use --force to push anyway")
         log.warning("pushing a model that failed the gate because --force was given: %s", reasons)
     return push(cfg, report, forced=force and not report["gate"]["passed"])
+
+
+def deploy_stage(cfg: RunConfig, *, version: int | None = None) -> dict[str, Any]:
+    """Put an already pushed version (default: the newest) on the configured route; records it in its manifest."""
+    from trainer.deploy import deploy_version
+    from trainer.manifest import list_versions, write_manifest
+
+    if cfg.deploy is None:
+        raise ConfigError("deploy needs a `deploy` section in the config (route, canary_percent, steps, ...)")
+    manifests = {m["version"]: m for m in list_versions(cfg.output_dir)}
+    if not manifests:
+        raise StageOrderError(f"no version pushed yet under {cfg.output_dir}: run `push` first")
+    chosen = max(manifests) if version is None else version
+    if chosen not in manifests:
+        raise StageOrderError(f"version v{chosen} was never pushed; pushed: "
+                              f"{', '.join(f'v{v}' for v in sorted(manifests))}")
+    manifest = manifests[chosen]
+    manifest["deploy"] = deploy_version(cfg.deploy, manifest["ollama"]["tag"])
+    write_manifest(cfg.output_dir, chosen, manifest)
+    return manifest["deploy"]
 
 
 def run_all(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:

@@ -68,8 +68,31 @@ def test_no_panel_groups_by_an_unbounded_label() -> None:
 
 
 def test_cost_panel_compares_hosted_cost_with_the_gpu_break_even() -> None:
-    for name, board in load_dashboards().items():
+    boards = load_dashboards()
+    for name in ("overview.json", "per-model.json"):
+        board = boards[name]
         cost = [p for p in board["panels"] if "break-even" in p.get("title", "").lower()]
         assert cost, f"{name} has no break-even cost panel"
         exprs = " ".join(t["expr"] for p in cost for t in p["targets"])
         assert "gateway_hosted_api_cost_usd_total" in exprs and "gateway_gpu_monthly_cost_usd" in exprs
+
+
+def test_rollouts_dashboard_puts_variants_of_one_route_side_by_side() -> None:
+    board = load_dashboards()["rollouts.json"]
+    assert board["title"] == "SLM stack: rollouts"
+    assert variables(board) == {"route": "label_values(gateway_route_weight, route)"}
+    (route,) = board["templating"]["list"]
+    assert route["multi"] is False and route["includeAll"] is False  # one route at a time
+    queries = panel_queries({"rollouts.json": board})
+    needed = {"gateway_llm_requests_total", "gateway_time_to_first_token_seconds_bucket",
+              "gateway_generation_tokens_total", "gateway_format_compliance_total", "gateway_feedback_total",
+              "gateway_route_weight", "gateway_rollbacks_total"}
+    assert needed <= {m for q in queries for m in re.findall(r"gateway_\w+", q.expr)}
+    for query in queries:
+        assert '"$route"' in query.expr, str(query)  # every panel follows the chosen route
+        per_variant = "variant" in query.expr or "reason" in query.expr
+        assert per_variant, f"{query}: not split by variant"
+    (annotation,) = board["annotations"]["list"]
+    assert "gateway_rollbacks_total" in annotation["expr"] and '"$route"' in annotation["expr"]
+    assert annotation["datasource"]["uid"] == provisioned_datasource_uid()
+    assert "{{reason}}" in annotation["textFormat"]

@@ -35,6 +35,12 @@ PENDING_ISSUE_3 = {
     "gateway_cache_requests_total", "gateway_rate_limited_total", "gateway_redis_errors_total",
     "gateway_hosted_api_cost_usd_total", "gateway_gpu_monthly_cost_usd",
 }
+# A route over the double's two models, for the Rollouts dashboard: set up as one split, changed to
+# another, then rolled back by hand (gateway_rollbacks_total{reason="manual"}) as the dashboard test
+# starts. No guard, so the weights stay put while the queries run.
+ROUTE = "rollout-demo"
+ROUTE_BEFORE = {"variants": [{"model": MODELS[0], "weight": 50}, {"model": MODELS[1], "weight": 50}]}
+ROUTE_AFTER = {"variants": [{"model": MODELS[0], "weight": 70}, {"model": MODELS[1], "weight": 30}]}
 METRIC_NAME = re.compile(r"\b((?:gateway|http)_[a-z0-9_]+?)(?:_bucket|_count|_sum)?\b")
 
 
@@ -61,6 +67,23 @@ def start_gateway(double_url: str) -> Service:
     return python_service("gateway", ["-m", "gateway"], port, env).start().wait_http("/healthz")
 
 
+def admin(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+
+
+def roll_out(url: str) -> None:
+    """Two changes to the route on one replica (each replica keeps its own routes without Redis)."""
+    for spec in (ROUTE_BEFORE, ROUTE_AFTER):
+        put = admin(url).put(f"/admin/routes/{ROUTE}", json=spec)
+        assert put.status_code == 200, put.text
+
+
+def roll_back(url: str) -> None:
+    back = admin(url).post(f"/admin/routes/{ROUTE}/rollback")
+    assert back.status_code == 200, back.text
+    assert [v["weight"] for v in back.json()["variants"]] == [50, 50]
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_ollama_double(models=MODELS, tokens=6) as double:
@@ -72,6 +95,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             config = render_config(gateway_targets=[f"127.0.0.1:{g.port}" for g in gateways], self_port=port)
             path = write_config(tmp_path_factory.mktemp("prometheus"), config)
             prometheus = prometheus_service(path, port).start().wait_http("/-/ready")
+            for gateway in gateways:
+                roll_out(gateway.url)
             yield Stack(gateways, PrometheusAPI(prometheus.url), OllamaDoubleControl(double.url))
         finally:
             for service in [*gateways, *([prometheus] if prometheus else [])]:
@@ -122,6 +147,7 @@ class Traffic:
             vote = httpx.post(url + "/v1/feedback", json={"request_id": rid, "rating": "up" if self.rounds % 3 else "down"},
                               headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
             assert vote.status_code == 201, vote.text
+        self._routed_round(client, url)
         # one failover (first replica fails, the second answers) and one request no replica can serve
         self.stack.double.set(fail_next=1)
         client.chat.completions.create(model=MODELS[0], messages=messages, max_tokens=4)
@@ -131,6 +157,28 @@ class Traffic:
         except Exception:
             pass  # the 5xx is the point
         self.stack.double.set(fail_next=0)
+
+    def _routed_round(self, client: OpenAI, url: str) -> None:
+        """Requests to the route from several users (sticky: each user keeps a variant), with votes."""
+        messages = [{"role": "user", "content": "hello"}]
+        for n in range(4):
+            user, rid = f"user-{self.rounds % 8}-{n}", f"it-route-{uuid.uuid4().hex[:12]}"
+            stream = client.chat.completions.create(model=ROUTE, messages=messages, max_tokens=6, stream=True,
+                                                    user=user, stream_options={"include_usage": True})
+            assert [chunk for chunk in stream]
+            answer = client.chat.completions.with_raw_response.create(
+                model=ROUTE, messages=messages, max_tokens=6, user=user, response_format={"type": "json_object"},
+                extra_headers={"X-Request-ID": rid})
+            assert answer.headers["X-Model-Variant"] in MODELS
+            vote = httpx.post(url + "/v1/feedback", json={"request_id": rid,
+                                                          "rating": "up" if n % 2 else "down"},
+                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+            assert vote.status_code == 201, vote.text
+
+
+def annotation_queries(boards: dict[str, dict]) -> list[PanelQuery]:
+    return [PanelQuery(name, f"annotation {a['name']}", a["expr"])
+            for name, board in boards.items() for a in board["annotations"]["list"] if "expr" in a]
 
 
 def has_number(body: dict) -> bool:
@@ -173,7 +221,10 @@ def test_every_dashboard_query_parses_and_returns_data(stack: Stack) -> None:
     queries: list[PanelQuery] = []
     for name, board in boards.items():
         queries += [PanelQuery(q.dashboard, q.panel, q.expr) for q in panel_queries({name: board})]
+    queries += annotation_queries(boards)  # the rollback annotation must find this rollback
     assert len(queries) > 20
+    for gateway in stack.gateways:
+        roll_back(gateway.url)
     with Traffic(stack) as traffic:
         wait_until(lambda: traffic.rounds >= 1 or bool(traffic.errors), timeout=60, what="first round of traffic")
         assert not traffic.errors, traffic.errors
@@ -216,4 +267,4 @@ def test_recording_rules_produce_series_for_live_traffic(stack: Stack) -> None:
                    timeout=45, what="recorded error ratio")
     assert not traffic.errors, traffic.errors
     models = {s["metric"]["model"] for s in stack.prometheus.query("model:gateway_llm_error_ratio:rate5m")["data"]["result"]}
-    assert models == set(MODELS)
+    assert models == {*MODELS, ROUTE}  # a routed request counts under the route's name

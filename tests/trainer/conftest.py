@@ -56,6 +56,24 @@ def tiny_model_dir(tmp_path_factory, chatml_tokenizer) -> Path:
     return target
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "trainer" / "examples" / "order_json" / "config.yaml"
+
+
+@pytest.fixture(scope="session")
+def order_json_run(tmp_path_factory):
+    """The shipped example task through prepare, train, evaluate and export on the real SmolLM2, once per
+    session (minutes on a CPU): the slow end-to-end modules share it. Returns (config, stage results)."""
+    from trainer import converter
+    from trainer.config import load_config
+    from trainer.stages import evaluate_stage, export_stage, prepare_stage, train_stage
+
+    converter.ensure()  # install step (pip fetches the pinned sdist once); export itself never downloads
+    cfg = load_config(EXAMPLE, {"output_dir": str(tmp_path_factory.mktemp("order-json"))})
+    results = {"prepare": prepare_stage(cfg), "train": train_stage(cfg), "evaluate": evaluate_stage(cfg),
+               "export": export_stage(cfg)}
+    return cfg, results
+
+
 def order_rows(n: int) -> list[dict[str, str]]:
     colors = ["red", "blue", "green", "black"]
     return [{"prompt": f"send {i % 7 + 1} {colors[i % 4]} mugs #{i}",

@@ -2,7 +2,7 @@
 prepare -> train -> evaluate -> export, llama.cpp serves the GGUF with the merged model's greedy answers,
 push registers it with the Ollama double, and the gateway serves it to the `openai` SDK.
 
-The pipeline runs once per module (it takes minutes on two shared cores); each test checks one stage.
+The pipeline runs once per session (it takes minutes on two shared cores); each test checks one stage.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -20,24 +19,18 @@ from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.llama import start_llama_server
 from tests.support.ollama import OllamaDoubleControl, running_ollama_double
 from tests.support.processes import wait_until
-from trainer import converter
-from trainer.config import RunConfig, load_config
+from trainer.config import RunConfig
 from trainer.data import read_prepared
 from trainer.encoding import render
-from trainer.stages import evaluate_stage, export_stage, prepare_stage, push_stage, train_stage
+from trainer.stages import push_stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
-EXAMPLE = Path(__file__).resolve().parents[2] / "trainer" / "examples" / "order_json" / "config.yaml"
 COMPARED_PROMPTS = 4
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Iterator[tuple[RunConfig, dict[str, Any]]]:
-    converter.ensure()  # install step (pip fetches the pinned sdist once); export itself never downloads
-    cfg = load_config(EXAMPLE, {"output_dir": str(tmp_path_factory.mktemp("order-json"))})
-    results = {"prepare": prepare_stage(cfg), "train": train_stage(cfg), "evaluate": evaluate_stage(cfg),
-               "export": export_stage(cfg)}
-    yield cfg, results
+def pipeline(order_json_run) -> Iterator[tuple[RunConfig, dict[str, Any]]]:
+    yield order_json_run  # tests/trainer/conftest.py: one training run shared with test_deploy_e2e
 
 
 def test_tuned_model_beats_the_base_on_held_out_data(pipeline):
