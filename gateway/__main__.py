@@ -42,6 +42,10 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["adapters"]:
+        from gateway.adapters.cli import main as adapters_main  # the adapter registry
+
+        sys.exit(adapters_main(sys.argv[2:]))
     if sys.argv[1:2] and sys.argv[1] in ("keys", "token", "-h", "--help", "--json"):
         from gateway.cli import main  # operator commands: keys create|list|..., token
 
