@@ -5,8 +5,8 @@ an adapter with `POST /v1/load_lora_adapter {"lora_name", "lora_path"}`, drops i
 `POST /v1/unload_lora_adapter {"lora_name"}`, lists loaded adapters in `/v1/models` (cards with a
 `parent`), and a request selects one by naming it as `model`.
 
-- Each version gets its own name, `NAME-<digest8>`: vLLM keys its prefix cache by adapter name, so a
-  new version under an old name would reuse the old version's cached prefixes.
+- Each version gets its own name, `NAME-<digest8>` (NAME without its `:tag`): vLLM keys its prefix
+  cache by adapter name, so a new version under an old name would reuse the old version's prefixes.
 - Loading is idempotent ("has already been loaded" is success) and done on first use, one load per
   name at a time. A restarted server has forgotten its run-time adapters and answers 404: the driver
   loads the adapter again and retries once.
@@ -47,7 +47,8 @@ class AdapterCapacityFull(UpstreamError):
 
 
 def versioned_name(adapter: Adapter) -> str:
-    return f"{adapter.name}-{adapter.short_digest}"
+    """`orders` and `orders:v2` holding the same weights share one loaded copy: NAME-<digest8>."""
+    return f"{adapter.name.split(':', 1)[0]}-{adapter.short_digest}"
 
 
 class VllmBackend(AdapterBackend):
