@@ -66,7 +66,6 @@ class LlamaCppBackend(AdapterBackend):
                 ids[adapter.name] = found
         self.bases, self._ids, self._all_ids = bases, ids, [i for i, _ in loaded]
         self._base_of = {name: self._known[name].base for name in ids}
-        self.shared[self.name] = set(ids)
         return sorted(bases | set(ids))
 
     async def _target(self, model: str) -> str:

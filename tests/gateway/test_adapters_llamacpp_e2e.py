@@ -106,9 +106,11 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
                                                     cfgs[job[0]].evaluation.max_new_tokens), jobs))
     adapter_scores = {task: _score([a for (t, _), a in zip(jobs, answers) if t == task], rows[task]) for task in TASKS}
 
-    merged_scores, merged_rss = {}, 0
+    merged_scores, merged_rss, load_s = {}, 0, []
     for task, cfg in cfgs.items():
+        began = time.perf_counter()  # what switching costs where each variant is its own model (Ollama)
         merged = start_llama_cpp(cfg.output_dir / "export" / "model-q8_0.gguf", alias=task)
+        load_s.append(time.perf_counter() - began)
         try:
             direct = openai.OpenAI(base_url=merged.url + "/v1", api_key="unused", max_retries=0, timeout=120)
             merged_scores[task] = _score([_answer(direct, task, r, cfg.evaluation.max_new_tokens) for r in rows[task]],
@@ -120,7 +122,8 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
     print(f"\nexact match on {HELD_OUT} held-out rows each: adapters through the gateway {adapter_scores}, "
           f"merged q8_0 models alone {merged_scores}")
     print(f"RSS: one llama-server, Q4_1 base + 2 f16 adapters: {adapter_rss / 2**20:.0f} MiB; "
-          f"two llama-servers with merged q8_0 models: {merged_rss / 2**20:.0f} MiB")
+          f"two llama-servers with merged q8_0 models: {merged_rss / 2**20:.0f} MiB; "
+          f"starting a merged-model server took {', '.join(f'{s:.1f}' for s in load_s)} s")
     for task in TASKS:
         assert abs(adapter_scores[task] - merged_scores[task]) <= 0.05, task
         assert adapter_scores[task] >= 0.5, f"{task} does not answer its task"
