@@ -15,7 +15,6 @@ name this replica does not know is refused (a 404 that fails over) rather than a
 
 from __future__ import annotations
 
-import logging
 from pathlib import PurePath
 from typing import Any
 
@@ -24,8 +23,6 @@ import orjson
 from gateway.adapters.registry import Adapter
 from gateway.backends.adapter_backend import AdapterBackend
 from gateway.errors import BackendClientError, ReplicaLacksModel
-
-log = logging.getLogger("gateway.adapters")
 
 
 def matches(adapter: Adapter, loaded_path: str) -> bool:
