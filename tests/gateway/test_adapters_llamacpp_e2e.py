@@ -64,9 +64,9 @@ def stack(tmp_path_factory) -> Iterator[dict]:
     runs = Path(os.environ["SLM_ADAPTER_RUNS"]) if os.environ.get("SLM_ADAPTER_RUNS") else tmp_path_factory.mktemp("runs")
     adapters_dir = tmp_path_factory.mktemp("adapters")
     llama_port = free_port()
-    os.environ["GATEWAY_ADMIN_KEY"] = ADMIN_KEY  # what push reads to register the adapters
-    with running_gateway([{"kind": "llamacpp", "url": f"http://127.0.0.1:{llama_port}", "name": "llamacpp"}],
+    with pytest.MonkeyPatch.context() as env, running_gateway([{"kind": "llamacpp", "url": f"http://127.0.0.1:{llama_port}", "name": "llamacpp"}],
                          env={"GATEWAY_TOTAL_TIMEOUT_S": "120", "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "60"}) as gateway:
+        env.setenv("GATEWAY_ADMIN_KEY", ADMIN_KEY)  # what push reads to register the adapters
         cfgs = {task: _config(task, runs, adapters_dir, gateway.url) for task in TASKS}
         for cfg in cfgs.values():
             _trained(cfg)
