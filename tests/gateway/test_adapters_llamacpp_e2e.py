@@ -109,7 +109,7 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
     merged_scores, merged_rss, load_s = {}, 0, []
     for task, cfg in cfgs.items():
         began = time.perf_counter()  # what switching costs where each variant is its own model (Ollama)
-        merged = start_llama_cpp(cfg.output_dir / "export" / "model-q8_0.gguf", alias=task)
+        merged = start_llama_cpp(cfg.output_dir / "export" / "model-q8_0.gguf", alias=task, parallel=4)
         load_s.append(time.perf_counter() - began)
         try:
             direct = openai.OpenAI(base_url=merged.url + "/v1", api_key="unused", max_retries=0, timeout=120)

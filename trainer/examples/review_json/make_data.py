@@ -1,9 +1,10 @@
-"""Writes reviews.jsonl, the second example task: a product review -> its sentiment and rating as JSON.
+"""Writes reviews.jsonl, the second example task: a product review -> its sentiment as JSON.
 
 A different behaviour from the order task on the same base model, so two adapters of one base can be
-told apart by their answers: `{"sentiment": "positive"|"negative"|"mixed", "stars": 1-5, "topic": ...}`.
-The stars follow the wording (a strong word gives 5 or 1); the topic is the aspect the review names.
-Run `python make_data.py` to regenerate; the seed makes it reproducible.
+told apart by their answers: `{"product": ..., "sentiment": "positive"|"negative"|"mixed", "aspect": ...}`
+with the product and the aspect as the review names them. Small enough for SmolLM2-135M to learn in
+the same 16 CPU steps as the order task. Run `python make_data.py` to regenerate; the seed makes it
+reproducible.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 
 PRODUCTS = ["headphones", "blender", "backpack", "kettle", "keyboard", "lamp", "jacket", "phone case",
             "coffee grinder", "desk chair", "water bottle", "umbrella"]
-TOPICS = {"quality": ["build", "quality", "materials"], "delivery": ["delivery", "shipping", "packaging"],
-          "price": ["price", "value for money", "cost"]}
-POSITIVE = {5: ["absolutely love", "am thrilled with"], 4: ["really like", "am happy with"]}
-NEGATIVE = {1: ["absolutely hate", "am furious about"], 2: ["dislike", "am disappointed with"]}
+ASPECTS = ["build", "quality", "materials", "delivery", "shipping", "packaging", "price", "value for money",
+           "cost"]
+POSITIVE = ["absolutely love", "am thrilled with", "really like", "am happy with"]
+NEGATIVE = ["absolutely hate", "am furious about", "dislike", "am disappointed with"]
 TEMPLATES = [
     "I {feeling} this {product}; the {aspect} says it all.",
     "Review of the {product}: I {feeling} it, mostly because of the {aspect}.",
@@ -33,16 +34,14 @@ MIXED = [
 
 def one_example(rng: random.Random) -> dict:
     product = rng.choice(PRODUCTS)
-    topic = rng.choice(sorted(TOPICS))
-    aspect = rng.choice(TOPICS[topic])
+    aspect = rng.choice(ASPECTS)
     kind = rng.choice(["positive", "negative", "mixed"])
     if kind == "mixed":
-        stars, prompt = 3, rng.choice(MIXED).format(product=product, aspect=aspect)
+        prompt = rng.choice(MIXED).format(product=product, aspect=aspect)
     else:
-        table = POSITIVE if kind == "positive" else NEGATIVE
-        stars = rng.choice(sorted(table))
-        prompt = rng.choice(TEMPLATES).format(feeling=rng.choice(table[stars]), product=product, aspect=aspect)
-    answer = {"sentiment": kind, "stars": stars, "topic": topic}
+        feeling = rng.choice(POSITIVE if kind == "positive" else NEGATIVE)
+        prompt = rng.choice(TEMPLATES).format(feeling=feeling, product=product, aspect=aspect)
+    answer = {"product": product, "sentiment": kind, "aspect": aspect}
     return {"prompt": prompt, "completion": json.dumps(answer)}
 
 
