@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SYSTEM_BINS := redis-server nginx promtool prometheus
 
-.PHONY: test test-fast system-deps venv up down bench bench-soak lint clean
+.PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak lint clean
 
 ## test: install what is missing (apt as root, pip into .venv), then run the whole suite
 test: system-deps venv
@@ -40,19 +40,44 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m tests.support.llama_server  # llama.cpp's llama-server from the same sdist, built once and cached
 	touch $@
 
-## up: write .env with generated secrets when there is none, then start the stack
+## up: write .env with generated secrets when there is none, build what changed, start the
+## stack and wait until every service is healthy. GPU=1 / GPU=0 switches the GPU override on or
+## off for good (COMPOSE_FILE in .env), so later plain `docker compose` commands keep it.
 up:
 	@test -f .env || $(PY) scripts/make_env.py --output .env
-	docker compose up -d
+	@if [ "$(GPU)" = 1 ]; then $(PY) scripts/make_env.py --gpu on .env; elif [ "$(GPU)" = 0 ]; then $(PY) scripts/make_env.py --gpu off .env; fi
+	docker compose up -d --build --wait
 
+## down: stop and remove the containers; keys, usage, models and runs stay in their volumes
 down:
-	docker compose down -v
+	docker compose --profile '*' down
+	@echo "down: data kept in the volumes (keys, usage, models, runs); 'make destroy' deletes them"
 
-## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run
+## destroy: remove the containers AND every volume of the stack (keys, usage, models, runs)
+destroy:
+	@echo "destroy: deleting every volume of the stack (keys, usage, models, training runs)"
+	docker compose --profile '*' down -v --remove-orphans
+
+## backup: one timestamped archive in backups/ (Redis snapshot, trainer manifests; MODELS=1 adds Ollama's models)
+backup:
+	$(PY) scripts/backup.py backup --output-dir backups $(if $(filter 1,$(MODELS)),--models)
+
+## restore: bring BACKUP=backups/slm-stack-....tar.gz back into the running (or a fresh) stack
+restore:
+	@test -n "$(BACKUP)" || { echo "restore: set BACKUP=path/to/archive.tar.gz"; exit 2; }
+	$(PY) scripts/backup.py restore "$(BACKUP)"
+
+## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run;
+## WORKERS=N runs the gateway with GATEWAY_WORKERS=N (see bench/README.md)
+WORKERS ?= 1
 bench: venv
 	$(BIN)/python -m bench.litellm_env
-	$(BIN)/python -m bench $(BENCH_ARGS)
-	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench --workers $(WORKERS) $(BENCH_ARGS)
+	$(BIN)/python -m bench.overhead --workers $(WORKERS)
+
+## bench-workers: plain requests/s at 50 clients, GATEWAY_WORKERS=1 against 2, in one run
+bench-workers: venv
+	$(BIN)/python -m bench.workers
 
 ## bench-soak: 100 000 mixed requests through the gateway, RSS growth and errors
 bench-soak: venv

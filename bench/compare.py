@@ -1,13 +1,15 @@
 """The gateway against the floor and against LiteLLM's proxy, in one run (issue 7).
 
-Starts on loopback: the mock backend, the gateway (production settings, API key, Redis) and
-LiteLLM's proxy (one worker, master key, Redis cache), then sends the same load to each and to
+Starts on loopback: the mock backend, the gateway (production settings, API key, Redis;
+`--workers` uvicorn workers, one by default) and LiteLLM's proxy (one worker, master key, Redis
+cache), then sends the same load to each and to
 the mock directly, point by point (scenario x clients x target, interleaved so drift in the
 machine's load hits every target alike). Writes results.md, results.json and plot.png under
 bench/results/<UTC time>/.
 
     python -m bench                      # the full run (make bench)
     python -m bench --requests 500 --targets gateway --clients 1,10
+    python -m bench --workers 2          # the gateway with GATEWAY_WORKERS=2
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from bench import machine, report
 from bench.point import SCENARIOS, kind_for, measure
 from bench.stack import (BenchSetupError, MockOptions, Target, direct_target, exit_cleanly_on_sigterm, smoke_check,
-                         start_gateway, start_litellm, start_mock)
+                         routed_target, start_gateway, start_litellm, start_mock)
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -41,8 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plain-delay-ms", type=float, default=0.0, help="how long a non-streamed answer takes")
     p.add_argument("--gateway-backend", choices=("openai", "ollama"), default="openai",
                    help="API the gateway uses to reach the mock (LiteLLM always uses openai)")
-    p.add_argument("--targets", default="direct,gateway,litellm",
-                   help="which of direct,gateway,litellm to measure (direct is always measured: it is the floor)")
+    p.add_argument("--targets", default="direct,gateway,routed,litellm",
+                   help="which of direct,gateway,routed,litellm to measure (direct is always measured: it is the "
+                        "floor; routed is the gateway called through a model route, so it needs gateway)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="the gateway's uvicorn worker processes (passed as GATEWAY_WORKERS)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<time>)")
     args = p.parse_args(argv)
     try:
@@ -54,10 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
     args.targets = {t for t in args.targets.split(",") if t} | {"direct"}
-    if args.targets - {"direct", "gateway", "litellm"}:
-        p.error("--targets takes direct, gateway and/or litellm")
-    if args.requests < 1 or args.warmup < 0 or min(args.clients) < 1:
-        p.error("--requests and every --clients level must be >= 1, --warmup >= 0")
+    if args.targets - {"direct", "gateway", "routed", "litellm"}:
+        p.error("--targets takes direct, gateway, routed and/or litellm")
+    if "routed" in args.targets and "gateway" not in args.targets:
+        p.error("--targets routed needs gateway too (it is the same gateway, called through a route)")
+    if args.requests < 1 or args.warmup < 0 or min(args.clients) < 1 or args.workers < 1:
+        p.error("--requests, --workers and every --clients level must be >= 1, --warmup >= 0")
     return args
 
 
@@ -78,7 +85,7 @@ def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argpar
                     print(dead[target.name], flush=True)
                     continue
                 extra = {} if target.name == "direct" else {"mock": mock_pid}
-                p = measure(target=target, kinds=[kind_for(scenario, target, model)], scenario=scenario_name,
+                p = measure(target=target, kinds=[kind_for(scenario, target, target.model or model)], scenario=scenario_name,
                             concurrency=clients, requests=args.requests, warmup=args.warmup, workdir=workdir,
                             mock_url=mock_url, extra_pids=extra)
                 points.append(p)
@@ -104,11 +111,13 @@ def main(argv: list[str] | None = None) -> None:
             targets = [direct_target(mock)]
             if "gateway" in args.targets:
                 targets.append(start_gateway(stack, mock, backend_kind=args.gateway_backend,
-                                             source_dir=args.gateway_dir))
+                                             workers=args.workers, source_dir=args.gateway_dir))
+                if "routed" in args.targets:
+                    targets.append(routed_target(targets[-1], opts.model))
             if "litellm" in args.targets:
                 targets.append(start_litellm(stack, mock, model=opts.model, workdir=Path(tmp)))
             for t in targets:
-                smoke_check(t, opts.model)
+                smoke_check(t, t.model or opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"benchmark setup failed: {exc}") from None
         print(f"targets up: {', '.join(t.name for t in targets)}; writing to {out}", flush=True)
@@ -119,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
                 "mock": f"{opts.tokens} tokens, {opts.token_delay_ms} ms between streamed tokens, "
                         f"plain answer after {opts.plain_delay_ms} ms",
-                "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai"}
+                "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai",
+                "gateway workers (GATEWAY_WORKERS)": args.workers}
     notes = ["Every process (load generator, mock, gateway, LiteLLM, two redis-servers) shares this "
              "machine's cores; at high concurrency the numbers include that contention.",
              "LiteLLM authenticates with its master key: virtual keys need its Postgres database, "

@@ -1,7 +1,7 @@
 """Closed-loop load generator: N clients on keep-alive connections, a fixed request count.
 
 Runs as its own process (so its CPU is not the server's) and speaks raw HTTP/1.1 over asyncio
-streams: a request costs it a few tens of microseconds, far below what it measures. Input is a
+streams: a request costs it far less than what it measures (its CPU is in every report). Input is a
 JSON spec, output a JSON file of per-request columns (kind, status, latency, time to first
 token, content chunks, mean gap between chunks) plus its own wall and CPU time.
 

@@ -1,7 +1,7 @@
 """A backend fast enough not to be the bottleneck: OpenAI /v1 and Ollama /api on one port.
 
-Raw asyncio protocol (no framework) so a request costs tens of microseconds of CPU here and
-the numbers measured through it are the gateway's, not the mock's. Every answer has a fixed
+Raw asyncio protocol (no framework) so a request costs it a small fraction of what the gateway
+spends (its own CPU is in every report) and the numbers measured through it are the gateway's. Every answer has a fixed
 number of tokens; `--token-delay-ms` spaces streamed tokens, `--first-token-ms` delays the
 first one, and a non-streamed answer waits `--plain-delay-ms` (default: as long as the stream
 would take; 0 lets a benchmark measure pure overhead on plain calls while streams keep gaps).

@@ -56,8 +56,8 @@ def top_functions(collapsed: Path, limit: int = 25) -> tuple[list[tuple[str, int
     return own.most_common(limit), inclusive.most_common(limit), total
 
 
-PACKAGES = ("httpx/", "httpcore/", "anyio/", "ollama/", "redis/", "pydantic/", "prometheus_fastapi_instrumentator/",
-            "prometheus_client/", "starlette/", "fastapi/", "uvicorn/", "gateway/")
+PACKAGES = ("aiohttp/", "httpx/", "httpcore/", "anyio/", "ollama/", "redis/", "pydantic/",
+            "prometheus_fastapi_instrumentator/", "prometheus_client/", "starlette/", "fastapi/", "uvicorn/", "gateway/")
 
 
 def package_shares(collapsed: Path) -> list[tuple[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,77 @@ def target_checks(points: list[PointSummary], rss: dict[str, dict[str, int]]) ->
     return out
 
 
+def _cpu_ms(p: PointSummary | None) -> float:
+    """CPU ms per request of the point's own process (the mock for the direct rows)."""
+    if p is None:
+        return math.nan
+    return p.cpu_s_per_1k.get("mock" if p.target == DIRECT else p.target, math.nan)
+
+
+def headline(points: list[PointSummary], litellm_label: str = "LiteLLM") -> list[str]:
+    """The summary table README.md and bench/README.md quote: added latency and CPU per request at
+    the run's lowest and highest concurrency, gateway against LiteLLM, with the floor's own numbers,
+    and the plain requests/s of the gateway's process(es)."""
+    idx = index(points)
+    levels = sorted({p.concurrency for p in points})
+    if not levels:
+        return []
+    lo, hi = levels[0], levels[-1]
+    at = f"{lo} / {hi} clients"
+
+    def cell(target: str, scenario: str, attr: str, fn: Callable[[PointSummary], float] | None = None,
+             digits: int = 2) -> str:
+        get = fn or (lambda p: getattr(p, attr))
+        vals = [get(idx[(scenario, target, c)]) if (scenario, target, c) in idx else math.nan for c in (lo, hi)]
+        return " / ".join(_f(v, digits) for v in vals)
+
+    def added_cell(target: str, scenario: str, attr: str) -> str:
+        return " / ".join(_f(added(idx, scenario, target, c, attr)) for c in (lo, hi))
+
+    def ratio_cell(scenario: str, attr: str, cpu: bool = False) -> str:
+        out = []
+        for c in (lo, hi):
+            if cpu:
+                lite, gw = _cpu_ms(idx.get((scenario, LITELLM, c))), _cpu_ms(idx.get((scenario, GATEWAY, c)))
+            else:
+                lite, gw = added(idx, scenario, LITELLM, c, attr), added(idx, scenario, GATEWAY, c, attr)
+            out.append(f"{_f(_ratio(lite, gw), 1)}x")
+        return " / ".join(out)
+
+    rows = [f"| {at} | direct (floor, its own figure) | gateway | {litellm_label} | {litellm_label} / gateway |",
+            "|---|---|---|---|---|"]
+    for scenario, attr, label in (("plain", "p50_ms", "added latency p50, plain (ms)"),
+                                  ("plain", "p99_ms", "added latency p99, plain (ms)"),
+                                  ("stream", "ttft_p50_ms", "added time to first token p50, stream (ms)"),
+                                  ("stream", "ttft_p99_ms", "added time to first token p99, stream (ms)")):
+        if any(p.scenario == scenario for p in points):
+            rows.append(f"| {label} | {cell(DIRECT, scenario, attr)} | {added_cell(GATEWAY, scenario, attr)} | "
+                        f"{added_cell(LITELLM, scenario, attr)} | {ratio_cell(scenario, attr)} |")
+    for scenario in ("plain", "stream"):
+        if any(p.scenario == scenario for p in points):
+            rows.append(f"| CPU per {scenario} request, main process (ms) | {cell(DIRECT, scenario, '', _cpu_ms)} | "
+                        f"{cell(GATEWAY, scenario, '', _cpu_ms)} | {cell(LITELLM, scenario, '', _cpu_ms)} | "
+                        f"{ratio_cell(scenario, '', cpu=True)} |")
+    if any(p.scenario == "plain" for p in points):
+        rows.append(f"| plain requests/s (measured, closed loop) | {cell(DIRECT, 'plain', 'rps', digits=0)} | "
+                    f"{cell(GATEWAY, 'plain', 'rps', digits=0)} | {cell(LITELLM, 'plain', 'rps', digits=0)} | |")
+        gw = [p for p in points if p.scenario == "plain" and p.target == GATEWAY]
+        if gw:
+            busiest = max(gw, key=lambda p: p.rps)
+            rows.append(f"| plain requests/s the gateway serves per core (1000 / CPU ms at {busiest.concurrency} "
+                        f"clients) | | {_f(1000 / _cpu_ms(busiest) if _cpu_ms(busiest) else math.nan, 0)} | | |")
+    return rows
+
+
 def markdown(*, title: str, machine: dict[str, Any], settings: dict[str, Any], points: list[PointSummary],
              rss: dict[str, dict[str, int]], scenarios: dict[str, str], checks: list[tuple[str, str, bool | None]],
              notes: list[str]) -> str:
     lines = [f"# {title}", "", "## Conditions", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**machine, **settings}.items()]
     lines += [""] + [f"- {n}" for n in notes] + [""]
+    summary = headline(points)
+    if summary and {GATEWAY, LITELLM} <= {p.target for p in points}:
+        lines += ["## Summary", ""] + summary + [""]
     lines += ["Latencies in ms as the load generator saw them; *added* = the target's percentile minus "
               "the direct call's at the same point. CPU = user+system seconds of each process per "
               "1000 measured requests (warm-up excluded).", ""]

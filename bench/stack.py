@@ -37,6 +37,8 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     processes: dict[str, Service] = field(default_factory=dict)
     chat_path: str = CHAT_PATH
+    model: str | None = None  # what requests name as `model` (None: the mock's model)
+    admin_key: str | None = None  # a gateway's bootstrap admin key (to create routes)
 
     def pids(self) -> dict[str, int]:
         return {name: svc.proc.pid for name, svc in self.processes.items() if svc.proc}
@@ -93,10 +95,14 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
 
 
 def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
-                  extra_env: dict[str, str] | None = None, source_dir: Path | None = None) -> Target:
-    """The gateway as production runs it: production env, API key auth, Redis for keys/limits/cache.
+                  workers: int = 1, source_dir: Path | None = None, name: str = "gateway") -> Target:
+    """The gateway as production runs it: `python -m gateway` configured only by its documented
+    environment settings (production env, API key auth, Redis for keys/limits/cache), so the
+    harness measures any version of the gateway without knowing its insides.
 
-    `source_dir` runs the `gateway` package of another checkout (before/after comparisons)."""
+    `workers` is passed as GATEWAY_WORKERS (uvicorn worker processes; a gateway that does not know
+    the setting ignores it and serves with one). `source_dir` runs the `gateway` package of another
+    checkout (before/after comparisons)."""
     processes: dict[str, Service] = {}
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
@@ -104,20 +110,34 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENV": "production",
         "GATEWAY_BACKENDS": json.dumps([{"kind": backend_kind, "url": mock.url, "name": "mock"}]),
         "GATEWAY_ADMIN_KEY": admin_key, "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
-        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning", **(extra_env or {}),
+        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_WORKERS": str(workers),
     }
     if with_redis:
         redis = _started(stack, redis_service(), http_path=None, timeout=15)
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
         processes["redis"] = redis
-    svc = python_service("gateway", ["-m", "gateway"], port, env)
+    svc = python_service(name, ["-m", "gateway"], port, env)
     if source_dir is not None:
         if not (source_dir / "gateway" / "__main__.py").exists():
             raise BenchSetupError(f"{source_dir} has no gateway package (gateway/__main__.py)")
         svc.cwd = source_dir  # `python -m` puts the working directory first on sys.path
     gw = _started(stack, svc, http_path="/healthz", timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
-    return Target(name="gateway", port=port, headers=headers, processes={"gateway": gw, **processes})
+    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes},
+                  admin_key=admin_key)
+
+
+def routed_target(gateway: Target, model: str, *, route: str = "bench-route") -> Target:
+    """The same gateway, called through a route (one variant at 100 % on `model`): what a routed request
+    costs beyond a plain one. Gateways without routes fail here with BenchSetupError."""
+    admin = {"Authorization": f"Bearer {gateway.admin_key}"}
+    url = f"http://127.0.0.1:{gateway.port}/admin/routes/{route}"
+    r = httpx.put(url, headers=admin, json={"variants": [{"model": model, "weight": 100}]}, timeout=10)
+    if r.status_code != 200:
+        raise BenchSetupError(f"could not create route {route}: {r.status_code} {r.text[:200]}")
+    return Target(name="routed", port=gateway.port, headers=gateway.headers, processes=gateway.processes,
+                  model=route)
 
 
 def _client_key(base_url: str, admin_key: str) -> str:

@@ -42,6 +42,10 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["routes"]:
+        from gateway.routes.cli import main as routes_main  # the admin API's routes, from a shell
+
+        sys.exit(routes_main(sys.argv[2:]))
     if sys.argv[1:2] == ["adapters"]:
         from gateway.adapters.cli import main as adapters_main  # the adapter registry
 

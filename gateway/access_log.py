@@ -32,7 +32,9 @@ class AccessRecord:
     """What the request path learned about a request, for its log line."""
 
     key_id: str | None = None
-    model: str | None = None
+    model: str | None = None  # the model that answered (a route's variant)
+    route: str | None = None
+    route_version: int | None = None
     backend: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -48,20 +50,21 @@ def current_record() -> AccessRecord:
 
 
 class RecentRequests:
-    """Request id -> model of the last `capacity` LLM requests this replica served (bounded, for feedback)."""
+    """Request id -> the record of the last `capacity` LLM requests this replica served (bounded, for
+    feedback: the model that answered, and its route)."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._models: OrderedDict[str, str] = OrderedDict()
+        self._records: OrderedDict[str, AccessRecord] = OrderedDict()
 
-    def remember(self, request_id: str, model: str) -> None:
-        self._models[request_id] = model
-        self._models.move_to_end(request_id)
-        if len(self._models) > self.capacity:
-            self._models.popitem(last=False)
+    def remember(self, request_id: str, record: AccessRecord) -> None:
+        self._records[request_id] = record
+        self._records.move_to_end(request_id)
+        if len(self._records) > self.capacity:
+            self._records.popitem(last=False)
 
-    def model_of(self, request_id: str) -> str | None:
-        return self._models.get(request_id)
+    def record_of(self, request_id: str) -> AccessRecord | None:
+        return self._records.get(request_id)
 
 
 def bind_record(record: AccessRecord) -> Token[AccessRecord | None]:
@@ -83,7 +86,7 @@ class AccessLog:
     def write(self, scope: Scope, record: AccessRecord, *, request_id: str | None, trace_id: str | None,
               status: int, latency_s: float, x_cache: str | None) -> None:
         if self.recent is not None and request_id and record.model:
-            self.recent.remember(request_id, record.model)
+            self.recent.remember(request_id, record)
         if scope["path"] in QUIET_PATHS and status < 400:
             return
         if not self.logger.isEnabledFor(logging.INFO):

@@ -23,7 +23,11 @@ from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.policy import Policy
-from gateway.routers import adapters, admin, auth_token, feedback, health, inference, models, usage
+from gateway.routers import adapters, admin, auth_token, feedback, health, inference, models, routes, usage
+from gateway.routes.guard import Guardian
+from gateway.routes.shadow import ShadowMirror
+from gateway.routes.table import RouteTable
+from gateway.routes.targeting import Targeting
 from gateway.serving import InferenceService
 from gateway.settings import Settings
 from gateway.tracing import exporter_from_env, setup_tracing
@@ -77,12 +81,24 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, accounting=policy.accounting, settings=settings,
                                              tracer=tracing.tracer)
+        table = app.state.route_table = RouteTable(policy.routes, on_reload=metrics.show_route_weights)
+        app.state.targeting = Targeting(table=table, pool=pool)
+        guardian = Guardian(table=table, store=policy.routes, stats=policy.accounting.route_stats,
+                            on_rollback=lambda route, reason: metrics.rollbacks.labels(route, reason).inc())
+        shadow = app.state.shadow = ShadowMirror(pool=pool, metrics=metrics, timeout_s=settings.total_timeout_s,
+                                                 capacity=settings.shadow_queue)
         await pool.start()
+        await table.start()
+        guardian.start()
+        shadow.start()
         for model in pool.models():  # cache and cost series exist before the first request
             policy.metrics.register_model(model)
         try:
             yield
         finally:
+            await shadow.aclose()
+            await guardian.aclose()
+            await table.aclose()
             await pool.aclose()
             await policy.aclose()
             tracing.shutdown()
@@ -97,7 +113,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     # LoRA adapters (gateway/adapters/); `await app.state.adapters.check_base(NAME, BASE)` checks a route variant.
     app.state.adapters = AdapterRegistry.for_redis(policy.redis)
     for router in (inference.router, models.router, health.router, feedback.router, usage.router,
-                   auth_token.router, admin.router, adapters.router):
+                   auth_token.router, admin.router, routes.router, adapters.router):
         app.include_router(router)
     install_error_handlers(app)
     # Middleware, innermost first (each add_middleware wraps what was added before).

@@ -13,6 +13,7 @@ from gateway.auth import Principal, authenticate
 from gateway.backends.pool import BackendPool
 from gateway.errors import InvalidRequest
 from gateway.policy import Policy
+from gateway.routes.targeting import Targeting
 from gateway.serving import InferenceService
 from gateway.tracing import stage_span
 
@@ -40,6 +41,10 @@ def policy(request: Request) -> Policy:
 
 def pool(request: Request) -> BackendPool:
     return request.app.state.pool
+
+
+def targeting(request: Request) -> Targeting:
+    return request.app.state.targeting
 
 
 def _field_path(loc: tuple[object, ...]) -> str:

@@ -1,8 +1,9 @@
 """Prometheus metrics of the gateway, one registry per app.
 
 Names follow vLLM's (`time_to_first_token_seconds`, `e2e_request_latency_seconds`,
-`prompt_tokens_total`, ...) under a `gateway_` prefix. Labels stay bounded: `model` and
-`backend` come from configuration / discovery, never from key ids or prompts.
+`prompt_tokens_total`, ...) under a `gateway_` prefix. Labels stay bounded: `model`, `variant` and
+`backend` come from configuration / discovery, never from key ids or prompts. `model` is what the
+client asked for (a route's name, or the model itself) and `variant` the model that answered.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         mb = ("model", "backend")
+        mbv = ("model", "backend", "variant")
         self.requests = Counter("gateway_llm_requests", "LLM requests by outcome.",
-                                (*mb, "outcome"), registry=registry)
+                                (*mbv, "outcome"), registry=registry)
         self.e2e_latency = Histogram("gateway_e2e_request_latency_seconds", "End-to-end LLM request latency.",
-                                     mb, buckets=LATENCY_BUCKETS, registry=registry)
+                                     mbv, buckets=LATENCY_BUCKETS, registry=registry)
         self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token (streamed).",
-                              mb, buckets=TTFT_BUCKETS, registry=registry)
+                              mbv, buckets=TTFT_BUCKETS, registry=registry)
         self.tpot = Histogram("gateway_time_per_output_token_seconds", "Time per output token after the first.",
-                              mb, buckets=TPOT_BUCKETS, registry=registry)
-        self.prompt_tokens = Counter("gateway_prompt_tokens", "Input tokens processed.", mb, registry=registry)
+                              mbv, buckets=TPOT_BUCKETS, registry=registry)
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "Input tokens processed.", mbv, registry=registry)
         self.generation_tokens = Counter("gateway_generation_tokens", "Output tokens generated.",
-                                         mb, registry=registry)
+                                         mbv, registry=registry)
         self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway outside the backend call.",
                                   ("model",), buckets=OVERHEAD_BUCKETS, registry=registry)
         # multiprocess_mode: how the workers' values combine when GATEWAY_WORKERS > 1 (gateway/__main__.py).
@@ -48,12 +50,31 @@ class GatewayMetrics:
                                    ("backend",), registry=registry, multiprocess_mode="livemax")
         # Quality signals (issue 4): users' thumbs up/down, and JSON answers that parse as asked.
         self.feedback = Counter("gateway_feedback", "User feedback on answers, by rating (up|down).",
-                                ("model", "rating"), registry=registry)
+                                ("model", "variant", "rating"), registry=registry)
         self.format_compliance = Counter("gateway_format_compliance",
                                          "Answers to JSON-format requests, by result (valid|invalid).",
-                                         ("model", "result"), registry=registry)
+                                         ("model", "variant", "result"), registry=registry)
+        # Routes (gateway/routes/): bounded by configuration, like the model label.
+        self.route_fallbacks = Counter("gateway_route_fallbacks", "Routed requests a fallback answered.",
+                                       ("route", "model"), registry=registry)
+        self.shadow_requests = Counter("gateway_shadow_requests", "Requests mirrored to a shadow variant, by "
+                                       "result (ok|error|dropped).", ("route", "model", "result"), registry=registry)
+        self.shadow_latency = Histogram("gateway_shadow_latency_seconds", "Shadow variants' answer time.",
+                                        ("route", "model"), buckets=LATENCY_BUCKETS, registry=registry)
+        self.rollbacks = Counter("gateway_rollbacks", "Canaries rolled back, by the signal that breached "
+                                 "(error_rate|ttft_p95|format|thumbs_down) or manual.", ("route", "reason"),
+                                 registry=registry)
+        self.route_weight = Gauge("gateway_route_weight", "Current weight (%) of each variant of each route.",
+                                  ("route", "variant"), registry=registry, multiprocess_mode="livemax")
         self.backend_up = Gauge("gateway_backend_up", "1 if the replica answered its last model-list call.",
                                 ("backend",), registry=registry, multiprocess_mode="livemin")
+
+    def show_route_weights(self, routes: dict) -> None:  # noqa: ANN001 - {name: StoredRoute}
+        """Every route's current weights (called whenever the routes are reloaded)."""
+        self.route_weight.clear()
+        for route in routes.values():
+            for variant in route.spec.variants:
+                self.route_weight.labels(route.name, variant.served).set(variant.weight)
 
     def register_backend(self, backend: str) -> None:
         """Create the per-replica series at start-up so dashboards show them before any traffic."""
@@ -62,14 +83,14 @@ class GatewayMetrics:
 
     def register_model(self, model: str, backend: str) -> None:
         for outcome in OUTCOMES:
-            self.requests.labels(model, backend, outcome)
-        self.prompt_tokens.labels(model, backend)
-        self.generation_tokens.labels(model, backend)
+            self.requests.labels(model, backend, model, outcome)
+        self.prompt_tokens.labels(model, backend, model)
+        self.generation_tokens.labels(model, backend, model)
         self.in_flight.labels(model, backend)
         for rating in ("up", "down"):
-            self.feedback.labels(model, rating)
+            self.feedback.labels(model, model, rating)
         for result in ("valid", "invalid"):
-            self.format_compliance.labels(model, result)
+            self.format_compliance.labels(model, model, result)
 
 
 class PolicyMetrics:

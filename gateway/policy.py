@@ -30,6 +30,9 @@ from gateway.keys import CachedKeyLookup, KeyStore, MemoryKeyStore, RedisKeyStor
 from gateway.limits import AnonymousLimiter, KeyLimits, KeyRateLimiter, Reservation, estimate_tokens
 from gateway.metrics import GatewayMetrics, PolicyMetrics
 from gateway.redis_state import RedisState
+from gateway.routes.stats import RouteStats
+from gateway.routes.store import RouteStore
+from gateway.routes.targeting import Target
 from gateway.serving import AnswerStream, outcome_of
 from gateway.usage import UsageStore
 
@@ -51,11 +54,6 @@ def prompt_chars(body: dict[str, Any]) -> int:
     return len(source) if isinstance(source, str) else sum(len(str(x)) for x in source)
 
 
-def tokens_of(usage: dict[str, Any] | None) -> tuple[int, int]:
-    usage = usage or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
 @dataclass
 class Policy:
     redis: RedisState
@@ -70,6 +68,7 @@ class Policy:
     prices: PriceTable
     metrics: PolicyMetrics
     accounting: Accounting
+    routes: RouteStore
     cache_enabled: bool = True
     default_max_tokens: int = 256
     jwks: JwksCache | None = None
@@ -98,11 +97,11 @@ class Policy:
         prices = PriceTable(default=settings.price_default, models=dict(settings.prices),
                             gpu_monthly_usd=settings.gpu_monthly_usd)
         accounting = Accounting(redis=redis, metrics=gateway_metrics, policy_metrics=metrics, limiter=limiter,
-                                usage=usage, cache=cache, prices=prices)
+                                usage=usage, cache=cache, prices=prices, route_stats=RouteStats(redis))
         return cls(
             redis=redis, keys=keys, lookup=lookup, authenticator=authenticator, jwt_config=jwt_config,
             limiter=limiter, anonymous=AnonymousLimiter(settings.anonymous_rpm, redis), cache=cache, usage=usage,
-            prices=prices, metrics=metrics, accounting=accounting, cache_enabled=settings.cache_enabled,
+            prices=prices, metrics=metrics, accounting=accounting, routes=RouteStore(redis), cache_enabled=settings.cache_enabled,
             default_max_tokens=settings.default_max_tokens_estimate, jwks=jwks,
         )
 
@@ -114,18 +113,21 @@ class Policy:
 
     # -- the request path -----------------------------------------------------------------------
 
-    async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, model: str,
+    async def serve(self, request: Request, principal: Principal, *, endpoint: str, req: Any, target: Target,
                     call: Callable[[Ticket], Awaitable[Response]]) -> Response:
         """Limits -> cache -> `call(ticket)`; the response's background task settles the ticket."""
+        model = target.model
         body = req.model_dump(exclude_none=True)
         decision = self._decide(request, body, endpoint)
-        key = cache_key(endpoint, model, body) if not decision.bypass else ""
+        key = cache_key(endpoint, model, body) if not decision.bypass else ""  # the variant's model, never the route
         reservation, hit = await self._reserve_and_read(principal, req, body, key if decision.read else None)
         extra_headers = reservation.headers() if reservation else {}
         stream = bool(body.get("stream"))
-        ticket = Ticket(principal=principal, model=model, reservation=reservation)
+        ticket = Ticket(principal=principal, model=model, public=target.public, reservation=reservation,
+                        route=target.route, variant=target.variant)
         if hit is not None:
             self.metrics.cache.labels(model, "hit").inc()
+            extra_headers["X-Model-Variant"] = model
             settle = BackgroundTask(self.accounting.settle, ticket, Answer(model=model, outcome="cache_hit"))
             return self._from_cache(hit, stream, getattr(req, "include_usage", False), extra_headers, settle)
         self.metrics.cache.labels(model, "bypass" if decision.bypass else "miss").inc()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 from opentelemetry.trace import Span, Tracer
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -71,6 +71,14 @@ class AnswerStream(StreamingResponse):
                 await body.aclose()
             if self.settle is not None:
                 await self.settle()
+
+
+def run_after(response: Response, task: BackgroundTask) -> None:
+    """Add `task` to what runs once `response` went out (its background task, or an AnswerStream's settle)."""
+    if isinstance(response, AnswerStream):
+        response.settle = BackgroundTasks([response.settle, task]) if response.settle else task
+    else:
+        response.background = BackgroundTasks([response.background, task]) if response.background else task
 
 
 GenRequest = ChatCompletionRequest | CompletionRequest
@@ -124,26 +132,26 @@ class InferenceService:
         self.settings = settings
         self.tracer = tracer
 
-    async def generate(self, op: Operation, req: GenRequest, model: str, ticket: Ticket) -> Response:
-        """`model` is already resolved (and authorised) by the caller."""
+    async def generate(self, op: Operation, req: GenRequest, models: tuple[str, ...], ticket: Ticket) -> Response:
+        """`models`: resolved (and authorised) by the caller; the first, then each fallback, until one answers."""
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
         if req.stream:
-            return await self._open_stream(op, req, model, t0, deadline, ticket)
-        return await self._unary(op, req, model, t0, deadline, ticket)
+            return await self._open_stream(op, req, models, t0, deadline, ticket)
+        return await self._unary(op, req, models, t0, deadline, ticket)
 
-    async def embed(self, req: EmbeddingRequest, model: str, ticket: Ticket) -> Response:
+    async def embed(self, req: EmbeddingRequest, models: tuple[str, ...], ticket: Ticket) -> Response:
         t0 = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
-        return await self._unary(None, req, model, t0, deadline, ticket)
+        return await self._unary(None, req, models, t0, deadline, ticket)
 
     # -- unary -----------------------------------------------------------------------------
 
-    async def _unary(self, op: Operation | None, req: Any, model: str, t0: float, deadline: float,
+    async def _unary(self, op: Operation | None, req: Any, models: tuple[str, ...], t0: float, deadline: float,
                      ticket: Ticket) -> Response:
         backend_s = 0.0
 
-        async def start(backend: Backend) -> dict[str, Any]:
+        async def start(backend: Backend, model: str) -> dict[str, Any]:
             nonlocal backend_s
             t = time.perf_counter()
             with backend_span(self.tracer, operation=op.name if op else "embeddings", model=model,
@@ -155,7 +163,7 @@ class InferenceService:
                 record_result(span, result)
                 return result
 
-        lease, result = await self._open(model, start, deadline)
+        model, lease, result = await self._open(models, start, deadline)
         lease.done()
         body = orjson.dumps(result)
         response_format = response_format_of(req)
@@ -164,16 +172,16 @@ class InferenceService:
                         backend_s=backend_s, usage=result.get("usage") or {}, complete=whole, result=result,
                         body=body, response_format=response_format,
                         text=unary_answer(result) if response_format is not None else None)
-        return Response(body, media_type="application/json",
+        return Response(body, media_type="application/json", headers={"X-Model-Variant": model},
                         background=BackgroundTask(self.accounting.settle, ticket, answer))
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def _open_stream(self, op: Operation, req: GenRequest, model: str, t0: float,
+    async def _open_stream(self, op: Operation, req: GenRequest, models: tuple[str, ...], t0: float,
                            deadline: float, ticket: Ticket) -> Response:
         first_token_s = self.settings.first_token_timeout_s
 
-        async def start(backend: Backend) -> tuple[AsyncIterator[ChunkBatch], ChunkBatch, Span]:
+        async def start(backend: Backend, model: str) -> tuple[AsyncIterator[ChunkBatch], ChunkBatch, Span]:
             span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
                                       backend=backend.name)
             try:
@@ -199,13 +207,14 @@ class InferenceService:
                 raise
             return chunks, first, span
 
-        lease, (chunks, first, span) = await self._open(model, start, deadline)
+        model, lease, (chunks, first, span) = await self._open(models, start, deadline)
         response_format = response_format_of(req)
         answer = Answer(model=model, backend=lease.replica.name, ttft_s=time.perf_counter() - t0,
                         response_format=response_format)
         text = StreamedAnswer() if response_format is not None else None
         body = self._relay(lease, chunks, first, req, t0, span, answer, text, ticket)
-        return AnswerStream(body, settle=BackgroundTask(self.accounting.settle, ticket, answer))
+        return AnswerStream(body, settle=BackgroundTask(self.accounting.settle, ticket, answer),
+                            headers={"X-Model-Variant": model})
 
     async def _relay(self, lease: Lease, chunks: AsyncIterator[ChunkBatch], first: ChunkBatch, req: GenRequest,
                      t0: float, span: Span, answer: Answer, text: StreamedAnswer | None,
@@ -288,10 +297,20 @@ class InferenceService:
         except GatewayError as exc:
             log.warning("stream from %s did not end cleanly after its last chunk: %s", backend, exc)
 
-    async def _open(self, model: str, start: Callable[[Backend], Awaitable[T]], deadline: float) -> tuple[Lease, T]:
-        """The pool's failover loop under the request's deadline."""
+    async def _open(self, models: tuple[str, ...], start: Callable[[Backend, str], Awaitable[T]],
+                    deadline: float) -> tuple[str, Lease, T]:
+        """The pool's failover loop under the request's deadline, for each model in turn: a fallback is
+        tried only when every replica of the models before it failed (before any byte was sent)."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.pool.open(model, start)
+                for i, model in enumerate(models):
+                    try:
+                        lease, result = await self.pool.open(model, lambda backend, m=model: start(backend, m))
+                        return model, lease, result
+                    except (NoHealthyBackend, UpstreamError):
+                        if i == len(models) - 1:
+                            raise
+                        log.warning("model %s could not answer; falling back to %s", model, models[i + 1])
         except TimeoutError:
             raise BackendTimeout(f"no answer within {self.settings.total_timeout_s:g}s") from None
+        raise AssertionError("unreachable: models is never empty")

@@ -85,6 +85,8 @@ class Settings(PolicySettings):
     breaker_reset_s: float = Field(10.0, gt=0, description="Seconds a circuit stays open before one probe.")
     discovery_interval_s: float = Field(15.0, gt=0, description="How often replicas' model lists are refreshed.")
     discovery_timeout_s: float = Field(3.0, gt=0, description="Timeout of one model-list call.")
+    shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow requests waiting at most; more are "
+                              "dropped (and counted in gateway_shadow_requests_total{result=\"dropped\"}).")
     max_connections_per_backend: int = Field(256, ge=1, description="HTTP connection pool size per replica.")
 
     @field_validator("backends", mode="after")

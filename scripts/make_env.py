@@ -3,6 +3,7 @@
 
     python3 scripts/make_env.py --output .env   (what `make up` runs when there is no .env)
     python3 scripts/make_env.py > .env          (the same, printed)
+    python3 scripts/make_env.py --gpu on .env   (`make up GPU=1`: the GPU override sticks)
 
 Standard library only, so it runs before any virtualenv exists. Values that are not secrets
 are copied from .env.example unchanged; the note on stderr says where the operator finds the
@@ -62,11 +63,35 @@ def write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
+GPU_FILES = "docker-compose.yml:docker-compose.gpu.yml"
+
+
+def set_gpu(env_text: str, on: bool) -> str:
+    """`env_text` with COMPOSE_FILE naming the GPU override (on) or no COMPOSE_FILE (off).
+
+    Compose reads COMPOSE_FILE from .env, so every later plain `up`, `--scale` or `run` keeps
+    the override; a `-f` on one command line would be lost on the next.
+    """
+    lines = [line for line in env_text.splitlines() if not line.startswith("COMPOSE_FILE=")]
+    if on:
+        lines.append(f"COMPOSE_FILE={GPU_FILES}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=Path, default=EXAMPLE, help="template (default: .env.example)")
     parser.add_argument("--output", type=Path, help="write this file (mode 0600) instead of printing")
+    parser.add_argument("--gpu", nargs=2, metavar=("on|off", "ENV_FILE"),
+                        help="set or clear the GPU override (COMPOSE_FILE) in an existing .env, then exit")
     args = parser.parse_args(argv)
+    if args.gpu:
+        state, env_path = args.gpu[0], Path(args.gpu[1])
+        if state not in ("on", "off"):
+            parser.error("--gpu takes on or off")
+        env_path.write_text(set_gpu(env_path.read_text(), state == "on"))
+        print(f"make_env: GPU override {state} in {env_path} (COMPOSE_FILE)", file=sys.stderr)
+        return 0
     try:
         text = render_env(args.example.read_text())
         if args.output:

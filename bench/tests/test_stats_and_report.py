@@ -87,3 +87,22 @@ def test_overhead_checks_the_1_client_target_against_both_backends_and_each_on_i
     assert checks["added latency p50 at 1 client, backend answering in 20 ms <= 1 ms"] is False
     assert checks["added TTFT p50 at 1 client, backend answering in 20 ms <= 1 ms"] is False
     assert len(checks) == 8  # 2 x (instant 1 client, 20 ms 1 client, 50 clients p50 and p99)
+
+
+def test_headline_table_reads_the_run_at_its_lowest_and_highest_concurrency() -> None:
+    rows = report.headline(_run(gateway_added=0.5, gateway_cpu=0.4))
+    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows[2:]]
+    by_label = {row[0]: row[1:] for row in cells}
+    assert rows[0].startswith("| 1 / 50 clients |")
+    # direct shows its own p50 (the floor); gateway and LiteLLM what they add to it, and the ratio
+    assert by_label["added latency p50, plain (ms)"] == ["1.00 / 1.00", "0.50 / 0.50", "20.00 / 20.00", "40.0x / 40.0x"]
+    assert by_label["added latency p99, plain (ms)"][1:] == ["1.00 / 1.00", "40.00 / 40.00", "40.0x / 40.0x"]
+    assert by_label["CPU per plain request, main process (ms)"] == ["0.05 / 0.05", "0.40 / 0.40", "15.00 / 15.00",
+                                                                   "37.5x / 37.5x"]
+    assert by_label["plain requests/s the gateway serves per core (1000 / CPU ms at 1 clients)"][1] == "2500"
+
+
+def test_headline_table_says_n_a_where_litellm_was_not_measured() -> None:
+    points = [p for p in _run(gateway_added=0.5, gateway_cpu=0.4) if p.target != "litellm"]
+    row = next(r for r in report.headline(points) if r.startswith("| added latency p50, plain"))
+    assert "n/a / n/a" in row and "0.50 / 0.50" in row

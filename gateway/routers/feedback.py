@@ -44,13 +44,20 @@ async def feedback(request: Request, principal: PrincipalDep) -> Response:
     principal.require_scope("inference")
     body = await parse_body(request, FeedbackRequest)
     recent: RecentRequests = request.app.state.recent_requests
-    model = recent.model_of(body.request_id)
-    if model is None:
+    record = recent.record_of(body.request_id)
+    if record is None or record.model is None:
         if body.model is None:
             raise UnknownRequest(f"no recent request with id {body.request_id!r} on this gateway; "
                                  "send the model that answered as 'model'")
         model = await pool(request).resolve(body.model)  # 404 for a model the gateway does not serve
-    request.app.state.metrics.feedback.labels(model, body.rating).inc()
+        public = model
+    else:
+        model, public = record.model, record.route or record.model
+        if record.route is not None and record.route_version is not None:
+            request.app.state.policy.accounting.route_stats.record_feedback(
+                record.route, record.route_version, model, body.rating)
+            await request.app.state.policy.accounting.flush()
+    request.app.state.metrics.feedback.labels(public, model, body.rating).inc()
     log.info({"event": "feedback", "request_id": body.request_id, "model": model, "rating": body.rating,
               "key_id": principal.key_id, "comment": body.comment})
     return json_response({"object": "feedback", "request_id": body.request_id, "model": model,

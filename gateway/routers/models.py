@@ -1,4 +1,4 @@
-"""GET /v1/models: the union of what every replica serves, plus configured aliases."""
+"""GET /v1/models: the union of what every replica serves, plus configured aliases and model routes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ async def list_models(request: Request, principal: PrincipalDep) -> Response:
     for alias, target in sorted(pool(request).aliases().items()):
         if target in served or f"{target}:latest" in served:
             entries.append({"id": alias, "object": "model", "created": 0, "owned_by": f"alias:{target}"})
+    for name in sorted(request.app.state.route_table.routes):
+        entries.append({"id": name, "object": "model", "created": 0, "owned_by": "route"})
     if principal.models is not None:
         entries = [e for e in entries if e["id"] in principal.models]
     return json_response({"object": "list", "data": entries})

@@ -121,6 +121,8 @@ def plan_answer(state: DoubleState, model: ModelRecord, prompt: str, *, limit: i
     natural = state.knobs.tokens
     count = natural if limit is None else min(natural, limit)
     key = seed_of(model.name, prompt, "" if seed is None else str(seed))
+    if state.knobs.ignore_format:
+        fmt = None
     if fmt == "json":
         tokens = json_mode_tokens(key, count)
     elif isinstance(fmt, dict):

@@ -44,6 +44,7 @@ class Knobs:
     queue_full_next: int = 0  # next n inference requests answer 503 like Ollama's full queue
     hang_next: int = 0  # next n inference requests are accepted and never answered until reset
     error_line_next: int = 0  # next n streams end with an {"error": ...} line under status 200
+    ignore_format: int = 0  # 1: answer plain words whatever `format` asks (a fine-tune that drifted off JSON)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a control request, checking names and types so a typo fails loudly."""

@@ -74,7 +74,7 @@ def test_killing_a_replica_mid_run_loses_no_plain_request(two_doubles: tuple[Ser
 
 def test_breaker_opens_fails_fast_then_half_opens_and_closes() -> None:
     with running_ollama_double(tokens=4) as d, running_gateway(
-            [("ollama", d.url)], env={"GATEWAY_BREAKER_FAILURES": "2", "GATEWAY_BREAKER_RESET_S": "1"}) as gw:
+            [("ollama", d.url)], env={"GATEWAY_BREAKER_FAILURES": "2", "GATEWAY_BREAKER_RESET_S": "3"}) as gw:
         control = OllamaDoubleControl(d.url)
         body = {"model": MODEL, "messages": HI}
         control.set(fail_next=3, fail_status=500)

@@ -18,7 +18,8 @@ NOW = 1_800_000_010.0  # ten seconds into a minute: every test stays inside one 
 @pytest.fixture
 async def replicas(redis_server):
     """Two limiters with their own connections: what two gateway processes look like to Redis."""
-    states = [RedisState.from_url(f"redis://127.0.0.1:{redis_server.port}/0") for _ in range(2)]
+    # A generous timeout: these tests are about shared counting, not about a slow Redis (test_redis_down.py).
+    states = [RedisState.from_url(f"redis://127.0.0.1:{redis_server.port}/0", timeout_s=2.0) for _ in range(2)]
     await states[0].client.flushdb()
     yield [KeyRateLimiter(s) for s in states]
     for s in states:

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, Tracer
 
-from gateway.access_log import JsonFormatter, RecentRequests
+from gateway.access_log import AccessRecord, JsonFormatter, RecentRequests
 from gateway.format_check import StreamedAnswer, check_answer, unary_answer
 from gateway.backends.http import BackendHTTP
 from gateway.errors import BackendUnavailable
@@ -77,9 +77,9 @@ def test_json_formatter_merges_dicts_and_wraps_text() -> None:
 def test_recent_requests_is_bounded() -> None:
     recent = RecentRequests(capacity=2)
     for i in range(3):
-        recent.remember(f"r{i}", f"m{i}")
-    assert recent.model_of("r0") is None
-    assert (recent.model_of("r1"), recent.model_of("r2")) == ("m1", "m2")
+        recent.remember(f"r{i}", AccessRecord(model=f"m{i}"))
+    assert recent.record_of("r0") is None
+    assert (recent.record_of("r1").model, recent.record_of("r2").model) == ("m1", "m2")
 
 
 def test_disabled_tracing_records_nothing() -> None:

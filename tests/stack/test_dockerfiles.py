@@ -80,7 +80,9 @@ def test_compose_users_match_the_images_users() -> None:
 def test_gateway_image_installs_only_the_base_dependencies() -> None:
     text = (REPO_ROOT / "gateway" / "Dockerfile").read_text()
     installs = re.findall(r"pip install ([^\n\\&]+)", text)
-    assert installs == ["--no-compile . "], installs  # the project itself, no [extras]
+    # the project itself, no [extras]: its dependencies first (a stub package), then the code alone
+    assert installs == ["--no-compile . ", "--no-compile --no-deps --force-reinstall . "], installs
+    assert text.index("COPY gateway ./gateway") > text.index("pip install --no-compile . ")
     assert "COPY trainer" not in text and "tests" not in text
     assert from_images(text)[0].startswith("python:3.11") and "slim" in from_images(text)[0]
 
@@ -88,8 +90,9 @@ def test_gateway_image_installs_only_the_base_dependencies() -> None:
 def test_trainer_image_bakes_in_unsloth_and_llama_cpp() -> None:
     text = (REPO_ROOT / "trainer" / "Dockerfile").read_text()
     assert from_images(text)[-1].startswith("nvidia/cuda:")
+    pins = text + (REPO_ROOT / "trainer" / "requirements-image.txt").read_text()
     for pin in ("unsloth==", "llama-cpp-python==", "torch==2.13.0"):
-        assert pin in text, pin
+        assert pin in pins, pin
     # llama.cpp's converters are extracted at build time by the trainer's own (SHA-256 checked) installer,
     # into the folder the trainer reads at run time
     assert "python -m trainer.converter --sdist" in text and "--target /opt/llama.cpp" in text

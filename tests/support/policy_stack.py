@@ -29,6 +29,9 @@ def gateway_env(*, redis_port: int | None, backend_url: str, **extra: str) -> di
         "GATEWAY_BACKENDS": json.dumps([{"kind": "ollama", "url": backend_url, "name": "double"}]),
         "GATEWAY_ADMIN_KEY": ADMIN_KEY, "GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_KEY_PEPPER": PEPPER,
         "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_REDIS_RETRY_S": "1",
+        # Generous: on a loaded 2-core host a 0.25 s deadline falls back to per-process counting, which the
+        # outage tests (test_redis_down.py, with their own short timeout) are about, and no other test is.
+        "GATEWAY_REDIS_TIMEOUT_S": "2",
     }
     if redis_port is not None:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
