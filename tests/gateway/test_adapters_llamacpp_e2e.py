@@ -155,7 +155,7 @@ def _ttft(client: openai.OpenAI, model: str, messages: list[dict]) -> float:
 def test_switching_adapter_per_request_costs_little_time_to_first_token(stack):
     client, cfgs = stack["client"], stack["cfgs"]
     rows = {task: _rows(cfg) for task, cfg in cfgs.items()}
-    n = 12
+    n = 8
     fixed = [_ttft(client, "orders", rows["orders"][i % HELD_OUT]) for i in range(n)]
     alternating = [_ttft(client, task, rows[task][i % HELD_OUT]) for i in range(n // 2) for task in TASKS]
     fixed_ms, alternating_ms = statistics.median(fixed) * 1000, statistics.median(alternating) * 1000
