@@ -38,7 +38,7 @@ from trainer.stages import evaluate_stage, export_stage, prepare_stage, push_sta
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 EXAMPLES = Path(__file__).resolve().parents[2] / "trainer" / "examples"
 TASKS = {"orders": "order_json", "reviews": "review_json"}
-HELD_OUT = 16
+HELD_OUT = 32  # every held-out row (eval_fraction 0.1 of 320): one differing answer is 3 points
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -84,7 +84,9 @@ def stack(tmp_path_factory) -> Iterator[dict]:
 
 
 def _rows(cfg: RunConfig) -> list[list[dict]]:
-    return read_prepared(cfg.output_dir / "data" / "eval.jsonl")[:HELD_OUT]
+    rows = read_prepared(cfg.output_dir / "data" / "eval.jsonl")[:HELD_OUT]
+    assert len(rows) == HELD_OUT
+    return rows
 
 
 def _answer(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int) -> str:
@@ -106,21 +108,23 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
                                                     cfgs[job[0]].evaluation.max_new_tokens), jobs))
     adapter_scores = {task: _score([a for (t, _), a in zip(jobs, answers) if t == task], rows[task]) for task in TASKS}
 
-    merged_scores, merged_rss, load_s = {}, 0, []
+    merged_scores, merged_rss, load_s, same = {}, 0, [], {}
     for task, cfg in cfgs.items():
         began = time.perf_counter()  # what switching costs where each variant is its own model (Ollama)
         merged = start_llama_cpp(cfg.output_dir / "export" / "model-q8_0.gguf", alias=task, parallel=4)
         load_s.append(time.perf_counter() - began)
         try:
             direct = openai.OpenAI(base_url=merged.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-            merged_scores[task] = _score([_answer(direct, task, r, cfg.evaluation.max_new_tokens) for r in rows[task]],
-                                         rows[task])
+            merged_answers = [_answer(direct, task, r, cfg.evaluation.max_new_tokens) for r in rows[task]]
+            merged_scores[task] = _score(merged_answers, rows[task])
+            mine = [a for (t, _), a in zip(jobs, answers) if t == task]
+            same[task] = sum(a == b for a, b in zip(mine, merged_answers))
             merged_rss += rss_bytes(merged)
         finally:
             merged.stop()
     adapter_rss = rss_bytes(stack["server"])
     print(f"\nexact match on {HELD_OUT} held-out rows each: adapters through the gateway {adapter_scores}, "
-          f"merged q8_0 models alone {merged_scores}")
+          f"merged q8_0 models alone {merged_scores}; identical answers {same}")
     print(f"RSS: one llama-server, Q4_1 base + 2 f16 adapters: {adapter_rss / 2**20:.0f} MiB; "
           f"two llama-servers with merged q8_0 models: {merged_rss / 2**20:.0f} MiB; "
           f"starting a merged-model server took {', '.join(f'{s:.1f}' for s in load_s)} s")
