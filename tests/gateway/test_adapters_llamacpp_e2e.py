@@ -40,6 +40,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "trainer" / "examples"
 TASKS = {"orders": "order_json", "reviews": "review_json"}
 HELD_OUT = 32  # every held-out row (eval_fraction 0.1 of 320): one differing answer is 3 points
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+WORKERS = 4  # concurrent requests; llama-server batches same-adapter requests, which can flip a near-tie
 
 
 def _config(task: str, runs: Path, adapters_dir: Path, gateway_url: str) -> RunConfig:
@@ -103,7 +104,7 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
     client, cfgs = stack["client"], stack["cfgs"]
     rows = {task: _rows(cfg) for task, cfg in cfgs.items()}
     jobs = [(task, i) for i in range(HELD_OUT) for task in TASKS]  # orders, reviews, orders, ...
-    with ThreadPoolExecutor(max_workers=4) as pool:  # concurrent: requests for both adapters at once
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:  # concurrent: requests for both adapters at once
         answers = list(pool.map(lambda job: _answer(client, job[0], rows[job[0]][job[1]],
                                                     cfgs[job[0]].evaluation.max_new_tokens), jobs))
     adapter_scores = {task: _score([a for (t, _), a in zip(jobs, answers) if t == task], rows[task]) for task in TASKS}
@@ -115,7 +116,9 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
         load_s.append(time.perf_counter() - began)
         try:
             direct = openai.OpenAI(base_url=merged.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-            merged_answers = [_answer(direct, task, r, cfg.evaluation.max_new_tokens) for r in rows[task]]
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:  # served as concurrently as the adapters were
+                merged_answers = list(pool.map(lambda r: _answer(direct, task, r, cfg.evaluation.max_new_tokens),
+                                               rows[task]))
             merged_scores[task] = _score(merged_answers, rows[task])
             mine = [a for (t, _), a in zip(jobs, answers) if t == task]
             same[task] = sum(a == b for a, b in zip(mine, merged_answers))
