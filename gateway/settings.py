@@ -23,13 +23,16 @@ class BackendSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["ollama", "openai"] = Field(
+    kind: Literal["ollama", "openai", "llamacpp", "vllm"] = Field(
         description="`ollama` for Ollama's native API, `openai` for any OpenAI-compatible server "
-        "(vLLM, llama.cpp server, TGI, Ollama's /v1)."
+        "(vLLM, llama.cpp server, TGI, Ollama's /v1); `llamacpp` (llama-server) and `vllm` also serve the "
+        "registered LoRA adapters of their base model (gateway/adapters/)."
     )
     url: str = Field(description="Base URL, e.g. http://ollama:11434 or http://vllm:8000 (no /v1 suffix).")
     name: str | None = Field(None, description="Label used in metrics and logs; defaults to host:port.")
     api_key: SecretStr | None = Field(None, description="Bearer token sent to an OpenAI-compatible server.")
+    max_adapters: int | None = Field(None, ge=1, description="`vllm` only: most adapters the gateway loads on this "
+                                                             "replica (its --max-cpu-loras); unset: no cap.")
 
     @field_validator("url")
     @classmethod

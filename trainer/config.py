@@ -199,6 +199,37 @@ class DeployConfig(_Section):
             raise ValueError(f"steps {self.steps} must each be above canary_percent ({self.canary_percent}) and at most 100")
         if self.steps != sorted(set(self.steps)):
             raise ValueError(f"steps {self.steps} must rise strictly")
+PushTarget = Literal["ollama", "llamacpp", "vllm"]
+
+
+class AdapterPushConfig(_Section):
+    gateway_url: str = Field(default_factory=lambda: os.environ.get("GATEWAY_URL", "http://gateway:8000"),
+                             description="The gateway whose adapter registry learns about the adapter "
+                             "(default: $GATEWAY_URL, else http://gateway:8000).")
+    admin_key_env: str = Field(default="GATEWAY_ADMIN_KEY",
+                               description="Environment variable that holds an admin-scope API key for the gateway.")
+    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$",
+                             description="The adapter's public model name (default: ollama.model); NAME and "
+                             "NAME:vN are registered.")
+    base: str = Field(description="The base model's name as the serving replicas list it (llama-server's --alias, "
+                      "vLLM's --served-model-name): the adapter is served where that base is.")
+    dir: Path = Field(default=Path("/adapters"), description="The shared adapters folder as the trainer sees it.")
+    serving_dir: str | None = Field(default=None, description="The same folder as the servers see it "
+                                    "(default: the same path as `dir`).")
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of each call to the gateway.")
+
+
+class PushConfig(_Section):
+    targets: list[PushTarget] = Field(default=["ollama"], min_length=1,
+                                      description="Where `push` publishes: `ollama` (create NAME:vN), `llamacpp` "
+                                      "(adapter GGUF into adapters.dir), `vllm` (PEFT folder into adapters.dir); "
+                                      "the last two also register the adapter with the gateway.")
+    adapters: AdapterPushConfig | None = Field(default=None, description="Needed for the llamacpp and vllm targets.")
+
+    @model_validator(mode="after")
+    def _adapters_given(self) -> "PushConfig":
+        if {"llamacpp", "vllm"} & set(self.targets) and self.adapters is None:
+            raise ValueError("the llamacpp and vllm targets need push.adapters (base, dir, gateway_url)")
         return self
 
 
@@ -214,6 +245,7 @@ class RunConfig(_Section):
     deploy: DeployConfig | None = Field(
         default=None, description="Put each pushed version on a gateway route as a canary; without it push "
         "moves NAME:latest.")
+    push: PushConfig = PushConfig()
     output_dir: Path = Field(description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions.")
 
     def digest(self) -> str:
@@ -245,6 +277,9 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> None:
         data["paths"] = [fix(p) for p in data["paths"]]
     if "output_dir" in raw:
         raw["output_dir"] = fix(raw["output_dir"])
+    adapters = (raw.get("push") or {}).get("adapters") if isinstance(raw.get("push"), dict) else None
+    if isinstance(adapters, dict) and "dir" in adapters:
+        adapters["dir"] = fix(adapters["dir"])
     base = raw.get("base_model")
     if isinstance(base, dict) and isinstance(base.get("source"), str):
         src = base["source"]

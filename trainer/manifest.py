@@ -70,7 +70,8 @@ def format_versions(manifests: list[dict[str, Any]]) -> str:
         base, tuned = m["metrics"]["base"], m["metrics"]["tuned"]
         primary = m["metrics"]["primary_check"]
         gate = "passed" if m["metrics"]["gate"]["passed"] else ("FORCED" if m.get("forced") else "failed")
-        rows.append((f"v{m['version']}", m["ollama"]["tag"], m["timestamps"]["pushed_at"],
+        tag = m["ollama"]["tag"] or ", ".join((m.get("adapters") or {}).get("names", [])[:1]) or "-"
+        rows.append((f"v{m['version']}", tag, m["timestamps"]["pushed_at"],
                      f"{base['eval_loss']:.3f} -> {tuned['eval_loss']:.3f}",
                      f"{primary} {base['scores'][primary]:.2f} -> {tuned['scores'][primary]:.2f}", gate,
                      _route_cell(m.get("deploy"))))

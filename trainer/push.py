@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from trainer.adapter_push import ADAPTER_TARGETS, publish_adapter
 from trainer.config import RunConfig
 from trainer.errors import DeployError, PushError, StageOrderError
 from trainer.export import load_export
@@ -91,12 +92,54 @@ def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
 
 
 def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dict[str, Any]:
-    """Upload, create NAME:vN, move NAME:latest (or deploy it to a route), write the manifest. Returns it."""
-    import ollama
+    """Publish to each of `push.targets`, then write the version's manifest. Returns the manifest.
 
+    `ollama`: upload, create NAME:vN, move NAME:latest. `llamacpp` / `vllm`: the adapter into the shared
+    adapters folder and the gateway's adapter registry (trainer/adapter_push.py)."""
     from trainer import deploy
 
-    info = load_export(cfg.output_dir)
+    targets = cfg.push.targets
+    if cfg.deploy:
+        deploy.preflight(cfg.deploy)  # a wrong key or gateway fails before anything is pushed
+    if "ollama" in targets:
+        info = load_export(cfg.output_dir)
+        ollama_part = push_to_ollama(cfg, info)
+        version = ollama_part["version"]
+    else:
+        info = load_export(cfg.output_dir) if "llamacpp" in targets else None
+        version = next_version(cfg.output_dir, [], cfg.ollama.model)
+        ollama_part = {"version": version, "tag": None, "latest": None, "uploaded": False, "adapter_tag": None}
+    adapters = publish_adapter(cfg, info, version) if set(ADAPTER_TARGETS) & set(targets) else None
+    manifest = build_manifest(cfg, report, info or {}, version=version, tag=ollama_part["tag"],
+                              latest=ollama_part["latest"], uploaded=ollama_part["uploaded"],
+                              adapter_tag=ollama_part["adapter_tag"], forced=forced)
+    manifest["adapters"] = adapters
+    tag = ollama_part["tag"]
+    failure = None
+    if cfg.deploy and tag:
+        try:
+            manifest["deploy"] = deploy.deploy_version(cfg.deploy, tag)
+        except DeployError as exc:
+            failure = exc
+            manifest["deploy"] = {"route": cfg.deploy.route, "gateway_url": cfg.deploy.gateway_url, "model": tag,
+                                  "error": str(exc)}
+    path = write_manifest(cfg.output_dir, version, manifest)
+    for extra in ("report.json", "summary.md"):
+        src = cfg.output_dir / "eval" / extra
+        if src.exists():
+            (path.parent / extra).write_bytes(src.read_bytes())
+    if failure:
+        raise DeployError(f"{failure}; {tag} stays pushed in Ollama: fix this and run "
+                          f"`python -m trainer deploy --config ... --version {version}`") from None
+    log.info("pushed version %d to %s%s; manifest %s", version, ", ".join(targets),
+             f" (canary on route {cfg.deploy.route})" if cfg.deploy else "", path)
+    return manifest
+
+
+def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """Upload, create NAME:vN (and NAME-adapter:vN), move NAME:latest."""
+    import ollama
+
     export_dir = cfg.output_dir / "export"
     for entry in info["files"].values():
         if not (export_dir / entry["file"]).is_file():
@@ -104,8 +147,6 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
     if cfg.export.serve not in info["files"]:
         raise StageOrderError(f"export.serve is {cfg.export.serve} but the export has "
                               f"{', '.join(info['files'])}: run `export` again")
-    if cfg.deploy:
-        deploy.preflight(cfg.deploy)
     o = cfg.ollama
     retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)  # noqa: E731
     client = ollama.Client(host=o.host, timeout=o.timeout_s)
@@ -129,38 +170,19 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
                                         adapters={adapter["file"]: adapter_digest}, template=info["template"],
                                         system=info["system"], parameters=info["parameters"], stream=False),
                   f"create {adapter_tag}")
-        if latest:
+        if latest:  # with deploy, the route moves instead (trainer/deploy.py)
             retry(lambda: client.copy(tag, latest), f"tag {latest}")
     finally:
         client.close()
-    manifest = build_manifest(cfg, report, info, version=version, tag=tag, latest=latest, uploaded=uploaded,
-                              adapter_tag=adapter_tag, forced=forced)
-    failure = None
-    if cfg.deploy:
-        try:
-            manifest["deploy"] = deploy.deploy_version(cfg.deploy, tag)
-        except DeployError as exc:
-            failure = exc
-            manifest["deploy"] = {"route": cfg.deploy.route, "gateway_url": cfg.deploy.gateway_url, "model": tag,
-                                  "error": str(exc)}
-    path = write_manifest(cfg.output_dir, version, manifest)
-    for extra in ("report.json", "summary.md"):
-        src = cfg.output_dir / "eval" / extra
-        if src.exists():
-            (path.parent / extra).write_bytes(src.read_bytes())
-    if failure:
-        raise DeployError(f"{failure}; {tag} stays pushed in Ollama: fix this and run "
-                          f"`python -m trainer deploy --config ... --version {version}`") from None
-    log.info("pushed %s (%s) to %s; manifest %s", tag,
-             f"canary on route {cfg.deploy.route}" if cfg.deploy else f"and {latest}", o.host, path)
-    return manifest
+    log.info("pushed %s (and %s) to %s", tag, latest, o.host)
+    return {"version": version, "tag": tag, "latest": latest, "uploaded": uploaded, "adapter_tag": adapter_tag}
 
 
 def _mtime_iso(path: Path) -> str | None:
     return utc_iso(path.stat().st_mtime) if path.exists() else None
 
 
-def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any], *, version: int, tag: str,
+def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any], *, version: int, tag: str | None,
                    latest: str | None, uploaded: bool, adapter_tag: str | None, forced: bool) -> dict[str, Any]:
     out = cfg.output_dir
     prepared = json.loads((out / "data" / "prepare_report.json").read_text())
@@ -173,9 +195,10 @@ def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any],
                  "bad_rows": len(prepared["bad_rows"]), "duplicates": prepared["duplicates"]},
         "training": trained,
         "metrics": {k: report[k] for k in ("base", "tuned", "gate", "primary_check")},
-        "artifacts": info["files"], "export_timings_s": info["timings_s"], "converter": info["converter"],
+        "artifacts": info.get("files", {}), "export_timings_s": info.get("timings_s"),
+        "converter": info.get("converter"),
         "ollama": {"host": cfg.ollama.host, "tag": tag, "latest": latest, "adapter_tag": adapter_tag,
-                   "served_file": info["served"], "blob_uploaded": uploaded},
+                   "served_file": info.get("served"), "blob_uploaded": uploaded},
         "timestamps": {"prepared_at": _mtime_iso(out / "data" / "prepare_report.json"),
                        "trained_at": _mtime_iso(out / "train_summary.json"),
                        "evaluated_at": _mtime_iso(out / "eval" / "report.json"),

@@ -168,6 +168,11 @@ class BackendHTTP:
 
     async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
         """One request, the whole JSON answer."""
+        return json_object(await self.read(method, path, body), self.name, "JSON answer")
+
+    async def read(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """One request, the whole answer's body as it came (a JSON list, or plain text: some admin
+        endpoints answer that way, such as llama.cpp's /lora-adapters and vLLM's load_lora_adapter)."""
         try:
             with self._span(method, path) as (span, trace_headers):
                 resp = await self._open(method, path, body, trace_headers, span)
@@ -177,7 +182,7 @@ class BackendHTTP:
                     resp.release()
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from None  # outside the span: it records the raw error
-        return json_object(raw, self.name, "JSON answer")
+        return raw
 
     def _until(self, deadline: float | None) -> aiohttp.ClientTimeout | None:
         """A deadline (loop time) as aiohttp's total timeout, which also bounds every read of the body."""

@@ -34,15 +34,18 @@ class OpenAICompatBackend(Backend):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    @staticmethod
-    def _body(req: Any, model: str, stream: bool | None) -> bytes:
+    def _body(self, req: Any, model: str, stream: bool | None) -> bytes:
+        return orjson.dumps(self._payload(req, model, stream))
+
+    def _payload(self, req: Any, model: str, stream: bool | None) -> dict[str, Any]:
+        """The request as this server takes it (the adapter drivers add their fields here)."""
         body = req.model_dump(exclude_none=True, exclude=_OWN_FIELDS)
         body["model"] = model
         if stream is not None:
             body["stream"] = stream
         if stream:  # always ask for usage; the serving layer drops it if the client did not
             body["stream_options"] = {"include_usage": True}
-        return orjson.dumps(body)
+        return body
 
     async def _sse(self, path: str, content: bytes, deadline: float | None) -> AsyncIterator[ChunkBatch]:
         """SSE data events as chunk batches; ends at [DONE]; an error event raises (after the chunks before it)."""

@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 
 from gateway.backends.affinity import pick_bounded
 from gateway.backends.base import Backend
+from gateway.backends.llamacpp import LlamaCppBackend
 from gateway.backends.ollama import OllamaBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
+from gateway.backends.vllm import VllmBackend
 from gateway.breaker import CircuitBreaker
 from gateway.errors import BackendClientError, ModelNotFound, NoHealthyBackend, UpstreamError
 from gateway.metrics import GatewayMetrics
@@ -27,7 +29,8 @@ from gateway.settings import RoutingPolicy, Settings
 
 log = logging.getLogger("gateway.pool")
 T = TypeVar("T")
-BACKEND_KINDS: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAICompatBackend}
+BACKEND_KINDS: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAICompatBackend,
+                                           "llamacpp": LlamaCppBackend, "vllm": VllmBackend}
 
 
 @dataclass(eq=False)

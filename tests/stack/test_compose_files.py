@@ -20,7 +20,7 @@ from tests.support.processes import REPO_ROOT
 
 needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
 PUBLISHING = {"nginx", "grafana", "jaeger"}  # the edge: API, dashboards, traces UI
-OPTIONAL_PROFILES = {"trainer": ["train"], "jaeger": ["tracing"]}
+OPTIONAL_PROFILES = {"trainer": ["train"], "jaeger": ["tracing"], "llamacpp": ["adapters"]}
 MOVING_TAGS = {"latest", "stable", "mainline", "alpine", "edge", "main", "master"}
 
 
@@ -203,7 +203,9 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
             continue
         repo, _, tag = image.rpartition(":")
         assert repo and "/" not in tag, f"{name}: {image!r} has no tag"
-        assert tag not in MOVING_TAGS and re.search(r"\d+\.\d+", tag), f"{name}: {image!r} is not a version"
+        # A version number, or llama.cpp's release build number (server-b8840, server-cuda-b8840).
+        version = re.search(r"\d+\.\d+", tag) or re.fullmatch(r"[a-z-]*b\d{4,}", tag)
+        assert tag not in MOVING_TAGS and version, f"{name}: {image!r} is not a version"
 
 
 def test_state_lives_in_named_volumes(model: dict[str, Any]) -> None:
@@ -237,14 +239,14 @@ def test_bind_mounts_point_into_the_repository(model: dict[str, Any]) -> None:
         assert absolute.exists(), f"bind mount source missing: {path}"
 
 
-def test_gpu_goes_to_ollama_and_the_trainer_only(model: dict[str, Any]) -> None:
+def test_gpu_goes_to_the_model_servers_and_the_trainer_only(model: dict[str, Any]) -> None:
     with_gpu = set()
     for name, service in model["services"].items():
         devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices")
         if devices:
             assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
             with_gpu.add(name)
-    assert with_gpu == {"ollama", "trainer"}
+    assert with_gpu == {"ollama", "trainer", "llamacpp"}
     assert not any("devices" in str(s.get("deploy")) for s in yaml_model([BASE])["services"].values())
 
 
