@@ -199,6 +199,9 @@ class DeployConfig(_Section):
             raise ValueError(f"steps {self.steps} must each be above canary_percent ({self.canary_percent}) and at most 100")
         if self.steps != sorted(set(self.steps)):
             raise ValueError(f"steps {self.steps} must rise strictly")
+        return self
+
+
 PushTarget = Literal["ollama", "llamacpp", "vllm"]
 
 

@@ -48,6 +48,12 @@ class Backend(abc.ABC):
     async def list_models(self) -> list[str]:
         """Names of the models this replica serves now."""
 
+    def offers(self, model: str) -> bool:
+        """Whether a request for `model`, which the last discovery listed here, should come here now.
+        True unless what a driver offers changes between discoveries (vLLM adapters: once one replica
+        loaded an adapter, the others stop offering it)."""
+        return True
+
     @abc.abstractmethod
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]: ...
 

@@ -166,7 +166,7 @@ class BackendPool:
         return self._settings.routing_policies.get(model, self._settings.routing_policy)
 
     def _pick(self, model: str, tried: set[Replica], key: bytes | None, policy: RoutingPolicy) -> Replica:
-        serving = [r for r in self.replicas if model in r.models]
+        serving = [r for r in self.replicas if model in r.models and r.backend.offers(model)]
         candidates = [r for r in serving if r not in tried and r.breaker.available()]
         if not candidates:
             waits = [r.breaker.retry_after() for r in serving] or [self._settings.breaker_reset_s]

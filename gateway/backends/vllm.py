@@ -77,6 +77,11 @@ class VllmBackend(AdapterBackend):
                 await self._unload(stale)
         return sorted(self.bases | {name for name, version in self._current.items() if self._advertised(version)})
 
+    def offers(self, model: str) -> bool:
+        """An adapter goes to the replica holding it, as soon as one does (not only after the next discovery)."""
+        version = self._current.get(model)
+        return version is None or self._advertised(version)
+
     def _advertised(self, version: str) -> bool:
         """Held here, or held by no replica of this pool (then any replica may load it)."""
         return version in self.loaded or not any(version in held for held in self.shared.values())
