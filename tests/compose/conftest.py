@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.compose.engine import Engine, EngineUnavailable, get_engine
+from tests.stack.compose_cli import SECRET_NAMES
 from tests.compose.stack import NOT_RUN, PROJECT, STANDINS, Stack, copy_checkout, dockerfile_bases, free_ports, images_needed, provide_images
 
 
@@ -48,8 +49,7 @@ def stack(engine: Engine) -> Iterator[Stack]:
     s.compose("--profile", "*", "down", "-v", "--remove-orphans", "-t", "2", check=False)  # an earlier run's leftovers
     s.volumes_before = set(engine.run("volume", "ls", "-q").stdout.split())
     # Compose interpolates the whole file even to list images: throwaway secrets for that one call.
-    (workdir / ".env").write_text("".join(f"{k}=list-only-{k}\n" for k in (
-        "GATEWAY_ADMIN_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_KEY_PEPPER", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")))
+    (workdir / ".env").write_text("".join(f"{k}=list-only-{k}\n" for k in SECRET_NAMES))
     t0 = time.monotonic()
     pulled, _built = images_needed(s)
     # The trainer's CUDA base has no stand-in and the trainer is not run here (NOT_RUN).
