@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from gateway.store.cli import store_url
 from gateway.store.db import create_engine
@@ -86,15 +86,17 @@ def mean_ci(scores: Sequence[float]) -> tuple[float, float, float]:
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
-async def grade(client: httpx.AsyncClient, judge_model: str, rubric: str, row: dict[str, Any]) -> Verdict | None:
+async def grade(client: aiohttp.ClientSession, judge_model: str, rubric: str, row: dict[str, Any]) -> Verdict | None:
     body = {"model": judge_model, "temperature": 0, "max_tokens": 200,
             "messages": [{"role": "user", "content": judge_prompt(rubric, row)}],
             "response_format": {"type": "json_object"}}
-    response = await client.post("/v1/chat/completions", json=body)
-    if response.status_code != 200:
-        print(f"judge: {row['request_id']}: HTTP {response.status_code}: {response.text[:200]}", file=sys.stderr)
-        return None
-    parsed = parse_score(response.json()["choices"][0]["message"].get("content") or "")
+    async with client.post("v1/chat/completions", json=body) as response:
+        if response.status != 200:
+            text = await response.text()
+            print(f"judge: {row['request_id']}: HTTP {response.status}: {text[:200]}", file=sys.stderr)
+            return None
+        answer = await response.json()
+    parsed = parse_score(answer["choices"][0]["message"].get("content") or "")
     if parsed is None:
         print(f"judge: {row['request_id']}: no score in the judge's reply", file=sys.stderr)
         return None
@@ -108,9 +110,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         rows = await sample_answers(engine, route=args.route, since=args.since, n=args.sample)
         if not rows:
             raise SystemExit(f"error: no captured answers of {args.route!r} in the window")
-        limits = httpx.Limits(max_connections=args.concurrency)
-        async with httpx.AsyncClient(base_url=args.gateway_url, timeout=args.timeout, limits=limits,
-                                     headers={"Authorization": f"Bearer {args.api_key}"}) as client:
+        async with aiohttp.ClientSession(base_url=args.gateway_url.rstrip("/") + "/",
+                                         timeout=aiohttp.ClientTimeout(total=args.timeout),
+                                         connector=aiohttp.TCPConnector(limit=args.concurrency),
+                                         headers={"Authorization": f"Bearer {args.api_key}"}) as client:
             gate = asyncio.Semaphore(args.concurrency)
 
             async def one(row: dict[str, Any]) -> Verdict | None:
