@@ -95,14 +95,15 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
 
 
 def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
-                  workers: int = 1, source_dir: Path | None = None, name: str = "gateway") -> Target:
+                  workers: int = 1, source_dir: Path | None = None, name: str = "gateway",
+                  extra_env: dict[str, str] | None = None) -> Target:
     """The gateway as production runs it: `python -m gateway` configured only by its documented
     environment settings (production env, API key auth, Redis for keys/limits/cache), so the
     harness measures any version of the gateway without knowing its insides.
 
     `workers` is passed as GATEWAY_WORKERS (uvicorn worker processes; a gateway that does not know
     the setting ignores it and serves with one). `source_dir` runs the `gateway` package of another
-    checkout (before/after comparisons)."""
+    checkout (before/after comparisons); `extra_env` adds or overrides settings."""
     processes: dict[str, Service] = {}
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
@@ -111,7 +112,7 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         "GATEWAY_BACKENDS": json.dumps([{"kind": backend_kind, "url": mock.url, "name": "mock"}]),
         "GATEWAY_ADMIN_KEY": admin_key, "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
         "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning",
-        "GATEWAY_WORKERS": str(workers),
+        "GATEWAY_WORKERS": str(workers), **(extra_env or {}),
     }
     if with_redis:
         redis = _started(stack, redis_service(), http_path=None, timeout=15)
