@@ -85,7 +85,9 @@ class Stack:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 300,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(argv, cwd=self.workdir, env={**os.environ, **self.env}, capture_output=True,
+        # As a user's shell runs it, not as a sub-make of `make test` (whose flags print directory lines).
+        base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        done = subprocess.run(argv, cwd=self.workdir, env={**base, **self.env}, capture_output=True,
                               text=True, timeout=timeout, input=stdin)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} -> {done.returncode}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")

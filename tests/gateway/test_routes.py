@@ -257,7 +257,8 @@ def test_a_healthy_canary_steps_to_100_percent_by_its_plan(routes) -> None:
     whys = [(h["why"], h["to"]["variants"][0]["weight"] if h["to"] else None)
             for h in reversed(routes.get("steps", "/history")["history"])]
     assert [w for w, _ in whys] == ["manual", "step", "promote"]
-    assert metric_sum(routes, 'gateway_route_weight{route="steps",variant="support:v4"}') == 200  # both replicas
+    wait_until(lambda: metric_sum(routes, 'gateway_route_weight{route="steps",variant="support:v4"}') == 200,
+               timeout=3, what="both replicas show the canary at 100 %")  # each follows the change within 0.5 s
     assert metric_sum(routes, "gateway_rollbacks_total{") == metric_sum(routes, 'gateway_rollbacks_total{reason')
 
 
