@@ -3,7 +3,7 @@
 Tracing is on only when there is somewhere to send spans: `OTEL_EXPORTER_OTLP_ENDPOINT` set (the
 standard OTLP variables configure the exporter), or an exporter passed in (tests use the SDK's
 in-memory one). Otherwise nothing is instrumented and every stage span is one shared null context:
-no exporter, no SDK objects, about a microsecond per request (bench/observability_overhead.py).
+no exporter, no SDK objects.
 
 The provider is per app, never the process-global one, so several apps (tests) do not share spans.
 Attribute names follow OpenTelemetry's GenAI semantic conventions (gen_ai.*).

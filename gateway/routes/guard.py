@@ -9,13 +9,13 @@ version: when several replicas see the same breach, one change wins and the othe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.tasks import cancel_and_wait
 from gateway.redis_state import RedisUnavailable
 from gateway.routes.spec import TOTAL_WEIGHT, Guard, RouteSpec, StoredRoute, Variant
 from gateway.routes.stats import RouteStats, VariantStats
@@ -111,10 +111,7 @@ class Guardian:
         self._task = asyncio.create_task(self._watch())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     async def _watch(self) -> None:
         while True:

@@ -7,13 +7,13 @@ request id, never returned. The work is bounded: a queue of at most `capacity` r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.tasks import cancel_and_wait
 from gateway.backends.pool import BackendPool
 from gateway.format_check import check_answer, unary_answer
 from gateway.metrics import GatewayMetrics
@@ -42,11 +42,7 @@ class ShadowMirror:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     def wants(self, percent: float) -> bool:
         return random.random() * 100 < percent

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from gateway.tasks import cancel_and_wait
 from gateway.redis_state import RedisUnavailable
 from gateway.routes.spec import StoredRoute
 from gateway.routes.store import RouteStore
@@ -42,10 +43,7 @@ class RouteTable:
         self._task = asyncio.create_task(self._follow())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     async def _follow(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.tasks import cancel_and_wait
 from gateway.store.capture import Capture, CaptureMetrics, CaptureWriter
 from gateway.store.db import async_url, create_engine, migrate
 from gateway.store.queries import judge_levels, purge_before
@@ -110,10 +111,6 @@ class StoreRuntime:
                 self.judge.baseline.labels(level["route"], level["variant"]).set(level["baseline"])
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.writer.aclose()
         await self.engine.dispose()
