@@ -210,3 +210,13 @@ def test_quality_series_exist_before_any_vote(untraced: TestClient) -> None:
         assert metric_value(untraced, "gateway_feedback_total", model=MODEL, rating=rating) >= 0
     for result in ("valid", "invalid"):
         assert metric_value(untraced, "gateway_format_compliance_total", model=MODEL, result=result) >= 0
+
+
+def test_start_up_leaves_its_heap_to_the_permanent_generation(double: Service) -> None:
+    """Full collections must not walk the start-up heap while requests wait (bench/README.md, issue 16)."""
+    import gc
+
+    gc.unfreeze()
+    with TestClient(create_app(settings_for(double))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000  # modules, the app, the pools
