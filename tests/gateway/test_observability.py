@@ -220,3 +220,13 @@ def test_start_up_leaves_its_heap_to_the_permanent_generation(double: Service) -
     with TestClient(create_app(settings_for(double))) as client:
         assert client.get("/healthz").status_code == 200
         assert gc.get_freeze_count() > 10_000  # modules, the app, the pools
+
+
+def test_http_series_of_the_dashboards_are_exported(untraced: TestClient) -> None:
+    """`http_requests_total` and `http_request_duration_seconds` (README, Grafana's latency panels)."""
+    ok = untraced.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200
+    text = untraced.get("/metrics").text
+    assert 'http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 1.0' in text
+    assert 'http_request_duration_seconds_count{handler="/v1/chat/completions",method="POST"} 1.0' in text
