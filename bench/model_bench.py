@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mock: bench.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--label", default="", help="suffix of the report's file names")
+    p.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: a temporary folder)")
     return p.parse_args(argv)
 
 
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             "run": " ".join(sys.argv[1:]) or "(defaults)", "args": json.dumps(vars(args), default=str)}
     t0 = time.monotonic()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        blocks = asyncio.run(run_all(args, stack, Path(tmp)))
+        if args.log_dir is not None:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+        blocks = asyncio.run(run_all(args, stack, args.log_dir or Path(tmp)))
     info["duration_s"] = round(time.monotonic() - t0)
     info["load_average_at_end"] = load_average()
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{args.label}" if args.label else "")
