@@ -35,10 +35,10 @@ class Record:
     replica: str | None  # known for direct calls; the stack's split comes from the gateway's metrics
     error: str | None = None
     text: str = ""
-    # llama-server's `timings` on the last chunk: prompt tokens taken from its cache (a slot or --cache-ram)
-    # and prompt tokens it computed. Counts, not times: a cache hit or miss reads the same on a busy host.
+    # Prompt tokens the server took from its cache (a slot or --cache-ram), from OpenAI's
+    # `usage.prompt_tokens_details.cached_tokens`, which llama-server fills and the gateway relays. A count,
+    # not a time: a hit or a miss reads the same on a busy host.
     cached_tokens: int | None = None
-    computed_tokens: int | None = None
 
 
 @dataclass
@@ -46,6 +46,11 @@ class _Replica:
     name: str
     client: openai.AsyncOpenAI
     in_flight: int = 0
+
+
+def _cached(usage: Any) -> int | None:
+    details = getattr(usage, "prompt_tokens_details", None)
+    return getattr(details, "cached_tokens", None)
 
 
 class Target:
@@ -75,7 +80,7 @@ class Target:
         replica = self._pick(messages)
         replica.in_flight += 1
         t0 = time.perf_counter()
-        ttft, parts, usage, timings = float("nan"), [], None, None
+        ttft, parts, usage = float("nan"), [], None
         try:
             stream = await replica.client.chat.completions.create(
                 model=self.model, messages=messages, stream=True, max_tokens=self.max_tokens, temperature=0,
@@ -87,7 +92,6 @@ class Target:
                     parts.append(chunk.choices[0].delta.content)
                 if chunk.usage:
                     usage = chunk.usage
-                timings = (chunk.model_extra or {}).get("timings") or timings
         except openai.OpenAIError as exc:
             return Record(kind, ttft, time.perf_counter() - t0, 0, 0, replica.name if self.routes_itself else None,
                           error=f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -95,8 +99,7 @@ class Target:
             replica.in_flight -= 1
         return Record(kind, ttft, time.perf_counter() - t0, usage.prompt_tokens if usage else 0,
                       usage.completion_tokens if usage else 0, replica.name if self.routes_itself else None,
-                      text="".join(parts), cached_tokens=timings.get("cache_n") if timings else None,
-                      computed_tokens=timings.get("prompt_n") if timings else None)
+                      text="".join(parts), cached_tokens=_cached(usage))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(r.client.close() for r in self._replicas))

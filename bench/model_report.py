@@ -46,10 +46,10 @@ class Block:
         return sum(r.error is not None for r in self.records)
 
     def cached_share(self) -> float:
-        """Share of the measured requests' prompt tokens the server took from its cache (llama-server's
-        `timings`), NaN where the server did not say. Unlike TTFT it does not move with the host's load."""
-        known = [r for r in self.measured() if r.cached_tokens is not None and r.computed_tokens is not None]
-        total = sum(r.cached_tokens + r.computed_tokens for r in known)
+        """Share of the measured requests' prompt tokens the server took from its cache (`usage.
+        prompt_tokens_details.cached_tokens`), NaN where it did not say. Unlike TTFT it ignores the host's load."""
+        known = [r for r in self.measured() if r.cached_tokens is not None and r.prompt_tokens]
+        total = sum(r.prompt_tokens for r in known)
         return sum(r.cached_tokens for r in known) / total if total else float("nan")
 
 
@@ -88,6 +88,11 @@ def _spread(values: Sequence[float], digits: int = 0) -> str:
     return " / ".join(_f(v, digits) for v in values)
 
 
+def _cache_column(shares: Sequence[float]) -> str:
+    """`-` when the server did not report its cache use (the mock replicas)."""
+    return "-" if all(math.isnan(x) for x in shares) else _spread([x * 100 for x in shares]) + " %"
+
+
 def table(cfgs: dict[tuple[str, str, str], Config]) -> list[str]:
     head = ["workload", "target", "policy", "blocks", "TTFT p50 ms", "TTFT p95 ms", "TTFT p50 per block",
             "wall s per block", "tokens/s per block", "req/s", "max replica share", "prompt from cache", "errors"]
@@ -100,7 +105,7 @@ def table(cfgs: dict[tuple[str, str, str], Config]) -> list[str]:
             workload, target, SHORT[policy], str(len(c.blocks)), _f(c.ttft_ms(50)), _f(c.ttft_ms(95)),
             _spread(c.per_block("ttft_ms", 50)), _spread([b.wall_s for b in c.blocks], 1),
             _spread(c.per_block("tokens_per_s"), 1), _f(rps, 2),
-            _spread([s * 100 for s in share]) + " %", _spread([x * 100 for x in c.per_block("cached_share")]) + " %",
+            _spread([s * 100 for s in share]) + " %", _cache_column(c.per_block("cached_share")),
             str(sum(b.errors() for b in c.blocks))]) + " |")
     return rows
 
