@@ -63,11 +63,11 @@ def _orders() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return plain, sized
 
 
-def _config(tmp_path: Path, name: str, *, data: list[Path], out: Path, double: Service, gateway: Service,
+def _config(tmp_path: Path, name: str, *, paths: list[Path], out: Path, double: Service, gateway: Service,
             **changes: Any) -> Path:
     """The example's config with this run's data, output, Ollama, gateway and `changes` (section -> fields)."""
     raw = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
-    raw["data"].update(paths=[str(p) for p in data], format="auto")
+    raw["data"].update(paths=[str(p) for p in paths], format="auto")
     raw["export"] = {"quantizations": ["q4_k_m"], "serve": "q4_k_m", "adapter_gguf": False}
     raw["ollama"].update(host=double.url, retry_backoff_s=0)
     raw["deploy"] = {"route": ROUTE, "canary_percent": 10, "steps": [50, 100], "step_after_requests": STEP_AFTER,
@@ -182,7 +182,7 @@ def test_corrections_from_traffic_train_a_v2_that_beats_v1_and_is_promoted(tmp_p
                 env={"DATABASE_URL": database}) as gateway:
             monkeypatch.setenv("LOOP_GATEWAY_ADMIN_KEY", ADMIN_KEY)
             # 1. v1, weak on purpose; deployed on the route, whose answers are then captured.
-            v1 = load_config(_config(tmp_path, "v1", data=[v1_data], out=tmp_path / "v1", double=double,
+            v1 = load_config(_config(tmp_path, "v1", paths=[v1_data], out=tmp_path / "v1", double=double,
                                      gateway=gateway, training={"max_steps": V1_STEPS},
                                      evaluation={"max_examples": 8},
                                      gate={"min_loss_improvement": 0.0, "min_score_gain": 0.0, "min_score": 0.0}))
@@ -211,7 +211,7 @@ def test_corrections_from_traffic_train_a_v2_that_beats_v1_and_is_promoted(tmp_p
             report = json.loads(_trainer("dataset", "--database-url", database, "--route", ROUTE, "--since", "1d",
                                          "--heldout", "0.25", "--out", str(dataset)).stdout)
             assert report["reasons"]["correction"] == given["correction"] and report["heldout"] == TRAFFIC // 4
-            v2_config = _config(tmp_path, "v2", data=[v1_data, dataset], out=tmp_path / "v2", double=double,
+            v2_config = _config(tmp_path, "v2", paths=[v1_data, dataset], out=tmp_path / "v2", double=double,
                                 gateway=gateway, training={"max_steps": V2_STEPS},
                                 data={"eval_paths": [str(dataset.with_name("dataset.heldout.jsonl"))],
                                       "min_eval_examples": 4},
