@@ -79,8 +79,8 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = Fa
     With evaluation.baseline route:NAME it is compared with the route's deployed variant first (afresh: the
     route may have changed since push), unless `force`."""
     from trainer.deploy import deploy_version
-    from trainer.push import checked_against_deployed
     from trainer.manifest import list_versions, write_manifest
+    from trainer.push import checked_against_deployed
 
     if cfg.deploy is None:
         raise ConfigError("deploy needs a `deploy` section in the config (route, canary_percent, steps, ...)")
@@ -100,6 +100,8 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = Fa
         if refusal:
             write_manifest(cfg.output_dir, chosen, manifest)
             raise GateRefused(f"{refusal}; `--force` deploys v{chosen} anyway")
+    elif force and manifest.get("vs_deployed") and not manifest["vs_deployed"]["gate"]["passed"]:
+        manifest["vs_deployed"]["forced"] = True  # shipped although it lost at push
     manifest["deploy"] = deploy_version(cfg.deploy, tag)
     write_manifest(cfg.output_dir, chosen, manifest)
     return manifest["deploy"]

@@ -129,6 +129,7 @@ def test_a_version_that_beats_the_deployed_one_goes_out_and_one_that_loses_stays
     done = _cli("deploy", "--config", str(config), "--set", "evaluation.baseline=route:orders", "--force")
     assert done.returncode == 0, done.stderr
     assert _variants(gateway) == [("orders:v1", 90), ("orders:v3", 10)]
+    assert list_versions(tmp_path / "out")[-1]["vs_deployed"]["forced"] is True
 
 
 def test_a_margin_can_demand_more_or_tolerate_less(tmp_path, stack, monkeypatch):
