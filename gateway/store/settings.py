@@ -21,7 +21,7 @@ class StoreSettings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL", "GATEWAY_DATABASE_URL"),
         description="postgresql://user:password@host:5432/db. Unset: an embedded SQLite file "
-                    "(GATEWAY_SQLITE_PATH) for one process, the development default.")
+                    "(GATEWAY_SQLITE_PATH) on one host, the development default.")
     sqlite_path: str = Field(
         default_factory=default_sqlite_path,
         description="The embedded database file when DATABASE_URL is unset (default: "
@@ -30,12 +30,6 @@ class StoreSettings(BaseSettings):
                     "same file shares it: WAL mode, and a lock file serialises migrations.")
     migrate_on_start: bool = Field(True, description="Apply database migrations at start-up (one replica at a "
                                                      "time: a Postgres advisory lock).")
-    @field_validator("sqlite_path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        """Resolved once, so the start-up log names the file and a later chdir cannot move it."""
-        return v if v == ":memory:" else str(Path(v).expanduser().resolve())
-
     capture_percent: float = Field(0.0, ge=0, le=100, description="Share of every answer kept in the inference "
                                    "log (routes' `capture` and GATEWAY_CAPTURE_KEYS can raise it). 0: off.")
     capture_keys: dict[str, float] = Field(default_factory=dict, description='Per API key id, the share captured, '
@@ -48,3 +42,9 @@ class StoreSettings(BaseSettings):
                                           "than this are deleted.")
     capture_retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs (and the "
                                                 "judge gauges are refreshed).")
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        """Resolved once, so the start-up log names the file and a later chdir cannot move it."""
+        return v if v == ":memory:" else str(Path(v).expanduser().resolve())
