@@ -35,6 +35,7 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     monthly_token_budget: int | None = None
+    capture_percent: float | None = None  # the key's own capture share (gateway/store/capture.py)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -92,7 +93,8 @@ def presented_credential(request: Request) -> str | None:
 def principal_for_key(record: ApiKey) -> Principal:
     return Principal(subject=record.id, key_id=record.id, scopes=record.scopes,
                      models=frozenset(record.models) if record.models is not None else None,
-                     rpm=record.rpm, tpm=record.tpm, monthly_token_budget=record.monthly_token_budget)
+                     rpm=record.rpm, tpm=record.tpm, monthly_token_budget=record.monthly_token_budget,
+                     capture_percent=record.capture_percent)
 
 
 def _check_active(record: ApiKey | None) -> ApiKey:
@@ -164,7 +166,8 @@ class Authenticator:
             base = principal_for_key(record)
             allowed = base.models if models is None else (models if base.models is None else models & base.models)
             return Principal(subject=record.id, key_id=record.id, scopes=scopes & base.scopes, models=allowed,
-                             rpm=base.rpm, tpm=base.tpm, monthly_token_budget=base.monthly_token_budget)
+                             rpm=base.rpm, tpm=base.tpm, monthly_token_budget=base.monthly_token_budget,
+                             capture_percent=base.capture_percent)
         return Principal(subject=f"jwt:{claims['sub']}", scopes=scopes, models=models,
                          rpm=self.default_rpm, tpm=self.default_tpm)
 

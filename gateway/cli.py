@@ -38,6 +38,8 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--budget", type=int, dest="monthly_token_budget", help="tokens per calendar month")
     p.add_argument("--expires-days", type=float, help="key stops working after this many days")
+    p.add_argument("--capture", type=float, dest="capture_percent", metavar="PERCENT",
+                   help="share of this key's answers kept in the inference log (0-100)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +72,8 @@ def _row(record: ApiKey) -> str:
     state = "revoked" if record.revoked else "expired" if not record.is_active() else "active"
     models = ",".join(record.models) if record.models is not None else "*"
     limits = f"rpm={record.rpm or '-'} tpm={record.tpm or '-'} budget={record.monthly_token_budget or '-'}"
+    if record.capture_percent is not None:
+        limits += f" capture={record.capture_percent:g}%"
     return f"{record.id}  {record.name:<20} {state:<8} scopes={','.join(sorted(record.scopes))} models={models} {limits}"
 
 
@@ -86,7 +90,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict | list:
             spec = KeySpec(name=args.name, owner=args.owner, scopes=frozenset(_csv(args.scopes) or []),
                            models=tuple(_csv(args.models)) if args.models else None,
                            expires_at=_expiry(args.expires_days), rpm=args.rpm, tpm=args.tpm,
-                           monthly_token_budget=args.monthly_token_budget)
+                           monthly_token_budget=args.monthly_token_budget, capture_percent=args.capture_percent)
             record, secret = await store.create(spec)
             return {"key": secret, **record.public_view()}
         if args.action == "list":
@@ -98,13 +102,14 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict | list:
             return record.public_view()
         if args.action == "revoke":
             return (await update_key(store, args.key_id, revoked=True)).public_view()
-        changes = {k: getattr(args, k) for k in ("rpm", "tpm", "monthly_token_budget") if getattr(args, k) is not None}
+        changes = {k: getattr(args, k) for k in ("rpm", "tpm", "monthly_token_budget", "capture_percent")
+                   if getattr(args, k) is not None}
         if args.models:
             changes["models"] = _csv(args.models)
         if args.expires_days:
             changes["expires_at"] = _expiry(args.expires_days)
         if not changes:
-            raise CliError("nothing to update: give --rpm, --tpm, --budget, --models or --expires-days")
+            raise CliError("nothing to update: give --rpm, --tpm, --budget, --models, --expires-days or --capture")
         return (await update_key(store, args.key_id, **changes)).public_view()
     finally:
         await redis.close()

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,16 +64,32 @@ def judge_prompt(rubric: str, row: dict[str, Any]) -> str:
     return PROMPT.format(rubric=rubric.strip(), conversation=conversation, answer=row.get("answer") or "")
 
 
+def _clipped(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(1.0, max(0.0, number)) if math.isfinite(number) else None
+
+
 def parse_score(text: str) -> tuple[float, str] | None:
-    """The judge's score (clipped to 0..1) and reason, from its JSON reply (or a `score: x` fragment)."""
+    """The judge's score (clipped to 0..1) and reason, from its JSON reply, a `score: x` fragment, or a reply
+    that is only a number; None when the reply holds no score (a small judge model often answers otherwise)."""
     try:
         data = json.loads(text)
-        if isinstance(data, dict) and isinstance(data.get("score"), int | float):
-            return min(1.0, max(0.0, float(data["score"]))), str(data.get("reason") or "")
     except ValueError:
-        pass
+        data = None
+    if isinstance(data, dict):
+        found = {str(k).lower(): v for k, v in data.items()}
+        score = _clipped(found.get("score")) if not isinstance(found.get("score"), bool) else None
+        if score is not None:
+            return score, str(found.get("reason") or "")
+    elif isinstance(data, int | float) and not isinstance(data, bool):
+        score = _clipped(data)
+        return (score, "") if score is not None else None
     match = _NUMBER.search(text)
-    return (min(1.0, max(0.0, float(match.group(1)))), "") if match else None
+    score = _clipped(match.group(1)) if match else None
+    return (score, "") if score is not None else None
 
 
 def mean_ci(scores: Sequence[float]) -> tuple[float, float, float]:
@@ -86,24 +103,44 @@ def mean_ci(scores: Sequence[float]) -> tuple[float, float, float]:
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
-async def grade(client: aiohttp.ClientSession, judge_model: str, rubric: str, row: dict[str, Any]) -> Verdict | None:
-    body = {"model": judge_model, "temperature": 0, "max_tokens": 200,
+async def grade(client: aiohttp.ClientSession, judge_model: str, rubric: str, row: dict[str, Any],
+                max_tokens: int = 200) -> Verdict | str:
+    """The verdict on one answer, or why there is none: `http_error`, `failed` (no answer from the gateway)
+    or `unparseable` (the judge's reply holds no score). One stderr line per skipped answer, without text."""
+    body = {"model": judge_model, "temperature": 0, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": judge_prompt(rubric, row)}],
             "response_format": {"type": "json_object"}}
-    async with client.post("v1/chat/completions", json=body) as response:
-        if response.status != 200:
-            text = await response.text()
-            print(f"judge: {row['request_id']}: HTTP {response.status}: {text[:200]}", file=sys.stderr)
-            return None
-        answer = await response.json()
-    parsed = parse_score(answer["choices"][0]["message"].get("content") or "")
+    try:
+        async with client.post("v1/chat/completions", json=body) as response:
+            if response.status != 200:
+                text = await response.text()
+                print(f"judge: {row['request_id']}: HTTP {response.status}: {text[:200]}", file=sys.stderr)
+                return "http_error"
+            answer = await response.json(content_type=None)
+        content = answer["choices"][0]["message"].get("content") or ""
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        print(f"judge: {row['request_id']}: no answer from the gateway ({type(exc).__name__})", file=sys.stderr)
+        return "failed"
+    parsed = parse_score(content)
     if parsed is None:
-        print(f"judge: {row['request_id']}: no score in the judge's reply", file=sys.stderr)
-        return None
+        print(f"judge: {row['request_id']}: no score in the judge's reply ({len(content)} characters); skipped",
+              file=sys.stderr)
+        return "unparseable"
     return Verdict(row["request_id"], row["variant"], *parsed)
 
 
-async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class Outcome:
+    sampled: int
+    variants: dict[str, dict[str, float]]
+    skipped: dict[str, int]  # reason -> answers without a verdict (unparseable, http_error, failed)
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none"
+
+
+async def run(args: argparse.Namespace) -> Outcome:
     rubric = args.rubric.read_text()
     engine = create_engine(store_url())
     try:
@@ -116,11 +153,16 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                                          headers={"Authorization": f"Bearer {args.api_key}"}) as client:
             gate = asyncio.Semaphore(args.concurrency)
 
-            async def one(row: dict[str, Any]) -> Verdict | None:
+            async def one(row: dict[str, Any]) -> Verdict | str:
                 async with gate:
-                    return await grade(client, args.judge_model, rubric, row)
+                    return await grade(client, args.judge_model, rubric, row, args.max_tokens)
 
-            verdicts = [v for v in await asyncio.gather(*(one(r) for r in rows)) if v is not None]
+            results = await asyncio.gather(*(one(r) for r in rows))
+        verdicts = [v for v in results if isinstance(v, Verdict)]
+        skipped = dict(Counter(v for v in results if isinstance(v, str)))
+        if not verdicts:
+            raise SystemExit(f"error: the judge scored none of the {len(rows)} sampled answers "
+                             f"(skipped: {_skipped_text(skipped)}); see the lines above")
         for v in verdicts:
             await add_feedback(engine, request_id=v.request_id, kind="judge", value=v.score, text=v.reason or None,
                                source=args.judge_model)
@@ -132,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             await add_judge_run(engine, route=args.route, variant=variant, judge_model=args.judge_model,
                                 n=len(scores), mean=mean, ci_low=low, ci_high=high,
                                 baseline=True if args.baseline else None)
-        return summary
+        return Outcome(sampled=len(rows), variants=summary, skipped=skipped)
     finally:
         await engine.dispose()
 
@@ -148,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("GATEWAY_API_KEY", ""), help="default: $GATEWAY_API_KEY")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-tokens", type=int, default=200, help="longest judge reply")
     p.add_argument("--baseline", action="store_true", help="make this run the baseline later runs compare with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -155,14 +198,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    if args.sample < 1 or not args.rubric.is_file():
-        print("error: --sample must be at least 1 and --rubric an existing file", file=sys.stderr)
+    if args.sample < 1 or args.max_tokens < 1 or not args.rubric.is_file():
+        print("error: --sample and --max-tokens must be at least 1 and --rubric an existing file", file=sys.stderr)
         return 2
-    summary = asyncio.run(run(args))
+    outcome = asyncio.run(run(args))
     if args.json:
-        print(json.dumps({"route": args.route, "judge_model": args.judge_model, "variants": summary}, indent=2))
+        print(json.dumps({"route": args.route, "judge_model": args.judge_model, "sampled": outcome.sampled,
+                          "skipped": outcome.skipped, "variants": outcome.variants}, indent=2))
         return 0
     print(f"{'variant':<30} {'n':>4} {'mean':>6}  95% CI")
-    for variant, s in summary.items():
+    for variant, s in outcome.variants.items():
         print(f"{variant:<30} {s['n']:>4} {s['mean']:>6.3f}  [{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
+    print(f"{outcome.sampled} answers sampled; skipped without a score: {_skipped_text(outcome.skipped)}")
     return 0

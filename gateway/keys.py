@@ -57,6 +57,7 @@ class ApiKey:
     tpm: int | None = None
     monthly_token_budget: int | None = None
     revoked: bool = False
+    capture_percent: float | None = None  # share of this key's answers kept in the inference log; None: settings
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -98,6 +99,7 @@ class KeySpec:
     rpm: int | None = None
     tpm: int | None = None
     monthly_token_budget: int | None = None
+    capture_percent: float | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.scopes) - SCOPES
@@ -108,6 +110,12 @@ class KeySpec:
         for label, value in (("rpm", self.rpm), ("tpm", self.tpm), ("monthly_token_budget", self.monthly_token_budget)):
             if value is not None and value <= 0:
                 raise KeyInputError(f"{label} must be a positive integer (or unset for no limit)")
+        check_capture_percent(self.capture_percent)
+
+
+def check_capture_percent(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100):
+        raise KeyInputError("capture_percent must be a number from 0 to 100 (or unset: the gateway's settings decide)")
 
 
 def generate_secret() -> str:
@@ -123,11 +131,12 @@ def new_record(spec: KeySpec, secret_hash: str) -> ApiKey:
         id="key_" + secrets.token_hex(8), name=spec.name, owner=spec.owner, created_at=time.time(),
         secret_hash=secret_hash, scopes=frozenset(spec.scopes), models=spec.models,
         expires_at=spec.expires_at, rpm=spec.rpm, tpm=spec.tpm,
-        monthly_token_budget=spec.monthly_token_budget,
+        monthly_token_budget=spec.monthly_token_budget, capture_percent=spec.capture_percent,
     )
 
 
-LIMIT_FIELDS = ("rpm", "tpm", "monthly_token_budget", "models", "scopes", "expires_at", "name", "owner")
+LIMIT_FIELDS = ("rpm", "tpm", "monthly_token_budget", "models", "scopes", "expires_at", "name", "owner",
+                "capture_percent")
 
 
 class KeyStore(Protocol):
@@ -214,6 +223,7 @@ async def update_key(store: KeyStore, key_id: str, **changes: object) -> ApiKey:
         changes["scopes"] = frozenset(changes["scopes"])
     if changes.get("models") is not None:
         changes["models"] = tuple(changes["models"])
+    check_capture_percent(changes.get("capture_percent"))
     updated = replace(record, **changes)
     await store.save(updated)
     return updated

@@ -10,6 +10,16 @@ from tests.support.llama import start_llama_server
 from tests.support.processes import Service, redis_service
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gateways started without DATABASE_URL keep their SQLite file under $XDG_DATA_HOME/slm-stack/: a folder
+    of this test session (inherited by every process it starts), never the user's own."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[Service]:
     """One redis-server per test module; tests that need it empty flush it themselves."""

@@ -26,7 +26,8 @@ HELP = {
     "push": "register the GGUF with Ollama as NAME:vN and NAME:latest, or as a canary on the `deploy` route "
             "(only if the gate passed)",
     "run": "prepare, train, evaluate, export and push",
-    "deploy": "put a pushed version (default: the newest) on the `deploy` route as a canary",
+    "deploy": "put a pushed version (default: the newest) on the `deploy` route as a canary (with evaluation.baseline "
+              "route:NAME only if it beats the deployed version through the gateway)",
     "list": "show the pushed versions",
 }
 
@@ -61,9 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="any config field, e.g. --set lora.r=8 (value read as YAML)")
         if name in ("push", "run"):
-            p.add_argument("--force", action="store_true", help="push even if the eval gate failed")
+            p.add_argument("--force", action="store_true", help="push (and deploy) even if an eval gate failed")
         if name == "deploy":
             p.add_argument("--version", type=int, help="pushed version N to deploy (default: the newest)")
+            p.add_argument("--force", action="store_true",
+                           help="deploy without comparing with the route's deployed version (evaluation.baseline)")
     sub.add_parser("schema", help="print every config field with its description")
     return parser
 
@@ -98,7 +101,7 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> Any:
     if args.command == "run":
         return stages.run_all(cfg, force=args.force)
     if args.command == "deploy":
-        return stages.deploy_stage(cfg, version=args.version)
+        return stages.deploy_stage(cfg, version=args.version, force=args.force)
     return getattr(stages, f"{args.command}_stage")(cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,10 @@ class BaseModelConfig(_Section):
 
 class DataConfig(_Section):
     paths: list[Path] = Field(min_length=1, description="JSONL files of examples, one JSON object per line.")
+    eval_paths: list[Path] = Field(
+        default=[], description="JSONL files that are the held-out set, instead of a random split of `paths` "
+        "(e.g. the `.heldout.jsonl` written by `python -m trainer dataset`); training rows with the same prompt "
+        "as a held-out row are dropped, so the two never overlap.")
     format: Literal["auto", "messages", "prompt_completion", "alpaca"] = Field(
         default="auto", description="Row format: chat `messages`, `prompt`/`completion`, alpaca "
         "`instruction`/`input`/`output`, or `auto` to detect it per row.")
@@ -43,7 +48,8 @@ class DataConfig(_Section):
         default=None, description="System prompt added to every example that has none; also the served model's SYSTEM.")
     max_seq_length: int = Field(default=512, ge=16, le=131072,
                                 description="Rows longer than this many tokens are reported and dropped.")
-    eval_fraction: float = Field(default=0.1, gt=0.0, lt=0.9, description="Share of unique rows held out for evaluation.")
+    eval_fraction: float = Field(default=0.1, gt=0.0, lt=0.9, description="Share of unique rows held out for "
+                                 "evaluation (unused with eval_paths).")
     min_eval_examples: int = Field(default=4, ge=1, description="Refuse to run with fewer held-out rows than this.")
     dedupe: bool = Field(default=True, description="Drop rows whose conversation repeats an earlier row exactly.")
 
@@ -84,6 +90,24 @@ class EvaluationConfig(_Section):
     max_new_tokens: int = Field(default=128, ge=1, description="Generation cap per held-out prompt.")
     max_examples: int = Field(default=64, ge=1, description="Held-out prompts to generate for (loss uses all).")
     batch_size: int = Field(default=8, ge=1, description="Batch size for eval loss and generation.")
+    baseline: str = Field(
+        default="base", description="What the gate compares the new version with: `base` (the base model, in "
+        "PyTorch, before export), or `route:NAME`, the variant deployed on gateway route NAME as well: after "
+        "push, the new NAME:vN and the route's stable variant answer the same held-out rows through the "
+        "gateway (greedy, the served quantised files), and the version goes on the `deploy` route only if it "
+        "wins by gate.deployed_min_score_gain.")
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_form(cls, v: str) -> str:
+        if v != "base" and not re.fullmatch(r"route:[a-zA-Z0-9][a-zA-Z0-9._-]{0,99}", v):
+            raise ValueError(f"must be `base` or `route:NAME` (a route on the gateway), got {v!r}")
+        return v
+
+    @property
+    def baseline_route(self) -> str | None:
+        """NAME of `route:NAME`, or None for the base model."""
+        return self.baseline.removeprefix("route:") if self.baseline.startswith("route:") else None
 
     @model_validator(mode="after")
     def _schema_given(self) -> "EvaluationConfig":
@@ -100,6 +124,10 @@ class GateConfig(_Section):
     min_score_gain: float = Field(
         default=0.0, ge=0, le=1, description="Tuned primary check score must exceed the base score by more than this.")
     min_score: float = Field(default=0.0, ge=0, le=1, description="Tuned primary check score must be at least this.")
+    deployed_min_score_gain: float = Field(
+        default=0.0, ge=-1, le=1, description="With evaluation.baseline route:NAME: the new version's primary check "
+        "score through the gateway must exceed the deployed variant's by more than this (a negative value lets it "
+        "be at most that much worse).")
 
 
 class ExportConfig(_Section):
@@ -251,6 +279,19 @@ class RunConfig(_Section):
     push: PushConfig = PushConfig()
     output_dir: Path = Field(description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions.")
 
+    @model_validator(mode="after")
+    def _route_baseline_needs_gateway(self) -> "RunConfig":
+        route = self.evaluation.baseline_route
+        if route is None:
+            return self
+        if self.deploy is None:
+            raise ValueError(f"evaluation.baseline route:{route} needs a `deploy` section: the gateway's URL and "
+                             "admin key come from there, and the version goes on deploy.route only if it wins")
+        if "ollama" not in self.push.targets:
+            raise ValueError(f"evaluation.baseline route:{route} compares the pushed NAME:vN through the gateway: "
+                             "push.targets must include ollama")
+        return self
+
     def digest(self) -> str:
         """Hash of everything that changes the trained weights, to tell if a checkpoint belongs to this run."""
         relevant = {"base": self.base_model.model_dump(mode="json"), "data": self.data.model_dump(mode="json"),
@@ -276,8 +317,9 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> None:
         return str(root / p) if isinstance(p, str) and not Path(p).is_absolute() else p
 
     data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("paths"), list):
-        data["paths"] = [fix(p) for p in data["paths"]]
+    for key in ("paths", "eval_paths"):
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            data[key] = [fix(p) for p in data[key]]
     if "output_dir" in raw:
         raw["output_dir"] = fix(raw["output_dir"])
     adapters = (raw.get("push") or {}).get("adapters") if isinstance(raw.get("push"), dict) else None
@@ -300,7 +342,8 @@ def format_validation_error(err: ValidationError) -> str:
         elif e["type"] == "missing":
             lines.append(f"missing required key '{where}'")
         else:
-            lines.append(f"{where}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            lines.append(msg if where == "(top level)" else f"{where}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -43,6 +43,7 @@ class PrepareReport:
     rows_read: int = 0
     bad_rows: list[BadRow] = field(default_factory=list)
     duplicates: int = 0
+    heldout_overlap: int = 0  # training rows dropped because a held-out row (data.eval_paths) has their prompt
     train: int = 0
     eval: int = 0
     data_sha256: str = ""
@@ -178,20 +179,13 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], seed: int
-            ) -> tuple[list[Messages], list[Messages], PrepareReport]:
-    """Validate, dedupe, length-check and split; raise DataError when nothing usable is left.
+def _prompt_key(messages: Messages) -> str:
+    return json.dumps(messages[:-1], sort_keys=True)
 
-    The tokenizer is loaded (`load_tok`) only once there are valid rows, so bad data fails fast.
-    """
-    report = PrepareReport()
-    rows = read_rows(cfg.paths, cfg.format, cfg.system_prompt, report)
-    if report.rows_read == 0:
-        raise DataError(f"no examples found in {', '.join(map(str, cfg.paths))}: the data is empty")
-    if not rows:
-        raise _all_invalid(report)
-    tok = load_tok()
-    seen: set[str] = set()
+
+def _keep(rows: list[Row], cfg: DataConfig, tok: "PreTrainedTokenizerBase", report: PrepareReport,
+          seen: set[str]) -> tuple[list[Messages], list[int]]:
+    """Rows that are not duplicates (of each other or of `seen`) and fit max_seq_length, with their lengths."""
     kept: list[Messages] = []
     lengths: list[int] = []
     for row in tqdm(rows, desc="prepare", unit="row", leave=False):
@@ -207,9 +201,42 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
             continue
         kept.append(row.messages)
         lengths.append(n_tokens)
-    if not kept:
+    return kept, lengths
+
+
+def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], seed: int
+            ) -> tuple[list[Messages], list[Messages], PrepareReport]:
+    """Validate, dedupe, length-check and split; raise DataError when nothing usable is left.
+
+    The held-out rows are a seeded random share of `paths`, or the rows of `eval_paths` when given
+    (training rows asking a held-out prompt are then dropped). The tokenizer is loaded (`load_tok`)
+    only once there are valid rows, so bad data fails fast.
+    """
+    report = PrepareReport()
+    rows = read_rows(cfg.paths, cfg.format, cfg.system_prompt, report)
+    digest = report.data_sha256
+    held_rows = read_rows(cfg.eval_paths, cfg.format, cfg.system_prompt, report) if cfg.eval_paths else []
+    if cfg.eval_paths:  # both files decide what is trained and measured
+        report.data_sha256 = hashlib.sha256((digest + report.data_sha256).encode()).hexdigest()
+    if report.rows_read == 0:
+        raise DataError(f"no examples found in {', '.join(map(str, [*cfg.paths, *cfg.eval_paths]))}: "
+                        "the data is empty")
+    if not rows:
         raise _all_invalid(report)
-    train_idx, eval_idx = split_indices(len(kept), cfg.eval_fraction, seed)
+    tok = load_tok()
+    seen: set[str] = set()
+    held, held_lengths = _keep(held_rows, cfg, tok, report, seen)
+    kept, lengths = _keep(rows, cfg, tok, report, seen)
+    if cfg.eval_paths:
+        held_prompts = {_prompt_key(m) for m in held}
+        train_idx = [i for i, m in enumerate(kept) if _prompt_key(m) not in held_prompts]
+        report.heldout_overlap = len(kept) - len(train_idx)
+        kept, lengths = kept + held, lengths + held_lengths
+        eval_idx = list(range(len(kept) - len(held), len(kept)))
+    elif not kept:
+        raise _all_invalid(report)
+    else:
+        train_idx, eval_idx = split_indices(len(kept), cfg.eval_fraction, seed)
     if len(eval_idx) < cfg.min_eval_examples or not train_idx:
         raise DataError(f"only {len(kept)} valid rows: {len(eval_idx)} held out (min_eval_examples is "
                         f"{cfg.min_eval_examples}) and {len(train_idx)} to train on; add more data")

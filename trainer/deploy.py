@@ -93,6 +93,19 @@ class GatewayAdmin:
     def model_ids(self) -> set[str]:
         return {m["id"] for m in self._json("GET", "/v1/models", "data")["data"]}
 
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion through the gateway (trainer/vs_deployed.py)."""
+        return self._json("POST", "/v1/chat/completions", "choices", json=body)
+
+    def stable_variant(self, route: str) -> dict[str, Any]:
+        """The route's stable (first) variant, what its users get now; the route must exist."""
+        current = self.get_route(route)
+        if current is None:
+            raise DeployError(f"evaluation.baseline is route:{route} but the gateway at {self.deploy.gateway_url} "
+                              f"has no route {route!r}: nothing is deployed to compare with (for the first "
+                              "version, use evaluation.baseline: base)")
+        return current["variants"][0]
+
 
 def plan_guard(current: dict[str, Any] | None, deploy: DeployConfig) -> dict[str, Any]:
     """The route's guard with the config's overrides and step plan laid over it."""
@@ -116,10 +129,13 @@ def plan_route(current: dict[str, Any] | None, model: str, deploy: DeployConfig)
     return body
 
 
-def preflight(deploy: DeployConfig) -> None:
-    """Before anything is pushed: the key is set, the gateway answers, and it accepts the key."""
+def preflight(deploy: DeployConfig, baseline_route: str | None = None) -> None:
+    """Before anything is pushed: the key is set, the gateway answers, it accepts the key, and the route
+    the new version is to be compared with (evaluation.baseline route:NAME) exists."""
     with GatewayAdmin(deploy, admin_key(deploy)) as admin:
         admin.get_route(deploy.route)
+        if baseline_route is not None:
+            admin.stable_variant(baseline_route)
 
 
 def wait_for_model(admin: GatewayAdmin, model: str, wait_s: float) -> None:

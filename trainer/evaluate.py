@@ -94,7 +94,8 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
                 for m, b, t in zip(held, base_rows, tuned_rows)]
     report = {"base": asdict(base), "tuned": asdict(tuned), "gate": asdict(gate),
               "primary_check": cfg.evaluation.primary_check, "thresholds": cfg.gate.model_dump(),
-              "held_out_examples": len(held), "generated_examples": len(examples), "examples": examples}
+              "held_out_examples": len(held), "generated_examples": len(examples), "examples": examples,
+              "baseline": cfg.evaluation.baseline}
     out = cfg.output_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -115,6 +116,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
     gate = report["gate"]
     lines += ["", f"**Gate: {'passed' if gate['passed'] else 'failed'}**"]
     lines += [f"- {r}" for r in gate["reasons"]]
+    baseline = report.get("baseline", "base")
+    if baseline.startswith("route:"):
+        lines += ["", f"Against the version deployed on route `{baseline.removeprefix('route:')}`: at push, once "
+                      "the new version is served (eval/deployed.json)."]
     return "\n".join(lines) + "\n"
 
 

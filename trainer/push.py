@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from trainer.adapter_push import ADAPTER_TARGETS, publish_adapter
 from trainer.config import RunConfig
-from trainer.errors import DeployError, PushError, StageOrderError
+from trainer.errors import DeployError, GateRefused, PushError, StageOrderError
 from trainer.export import load_export
 from trainer.manifest import local_versions, utc_iso, write_manifest
 
@@ -91,16 +91,18 @@ def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
     return max([0, *local_versions(output_dir), *remote]) + 1
 
 
-def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dict[str, Any]:
+def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False, force: bool = False) -> dict[str, Any]:
     """Publish to each of `push.targets`, then write the version's manifest. Returns the manifest.
 
     `ollama`: upload, create NAME:vN, move NAME:latest. `llamacpp` / `vllm`: the adapter into the shared
-    adapters folder and the gateway's adapter registry (trainer/adapter_push.py)."""
+    adapters folder and the gateway's adapter registry (trainer/adapter_push.py). With evaluation.baseline
+    route:NAME, NAME:vN goes on the deploy route only if it beat the deployed variant through the gateway
+    (trainer/vs_deployed.py), or `force`."""
     from trainer import deploy
 
     targets = cfg.push.targets
-    if cfg.deploy:
-        deploy.preflight(cfg.deploy)  # a wrong key or gateway fails before anything is pushed
+    if cfg.deploy:  # a wrong key or gateway, or no route to compare with, fails before anything is pushed
+        deploy.preflight(cfg.deploy, cfg.evaluation.baseline_route)
     if "ollama" in targets:
         info = load_export(cfg.output_dir)
         ollama_part = push_to_ollama(cfg, info)
@@ -115,25 +117,48 @@ def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False) -> dic
                               adapter_tag=ollama_part["adapter_tag"], forced=forced)
     manifest["adapters"] = adapters
     tag = ollama_part["tag"]
-    failure = None
+    failure: DeployError | GateRefused | None = None
     if cfg.deploy and tag:
         try:
+            if cfg.evaluation.baseline_route:
+                manifest["vs_deployed"], refusal = checked_against_deployed(cfg, tag, force=force)
+                if refusal:
+                    raise refusal
             manifest["deploy"] = deploy.deploy_version(cfg.deploy, tag)
-        except DeployError as exc:
+        except (DeployError, GateRefused) as exc:
             failure = exc
             manifest["deploy"] = {"route": cfg.deploy.route, "gateway_url": cfg.deploy.gateway_url, "model": tag,
                                   "error": str(exc)}
     path = write_manifest(cfg.output_dir, version, manifest)
-    for extra in ("report.json", "summary.md"):
+    for extra in ("report.json", "summary.md", *(("deployed.json",) if "vs_deployed" in manifest else ())):
         src = cfg.output_dir / "eval" / extra
         if src.exists():
             (path.parent / extra).write_bytes(src.read_bytes())
+    if isinstance(failure, GateRefused):
+        raise GateRefused(f"{failure}; {tag} stays pushed in Ollama but is not on route {cfg.deploy.route}: "
+                          f"`python -m trainer deploy --config ... --version {version} --force` ships it anyway")
     if failure:
         raise DeployError(f"{failure}; {tag} stays pushed in Ollama: fix this and run "
                           f"`python -m trainer deploy --config ... --version {version}`") from None
     log.info("pushed version %d to %s%s; manifest %s", version, ", ".join(targets),
              f" (canary on route {cfg.deploy.route})" if cfg.deploy else "", path)
     return manifest
+
+
+def checked_against_deployed(cfg: RunConfig, tag: str, *, force: bool) -> tuple[dict[str, Any], GateRefused | None]:
+    """The comparison with the route's deployed variant (evaluation.baseline route:NAME) without its per-row
+    examples, and the refusal to deploy when `tag` lost (None when it won, or with `force`)."""
+    from trainer.vs_deployed import compare_with_deployed
+
+    result = {k: v for k, v in compare_with_deployed(cfg, tag).items() if k != "examples"}
+    if result["gate"]["passed"]:
+        return result, None
+    if force:
+        log.warning("deploying %s although it lost to the deployed version, because --force was given", tag)
+        result["forced"] = True
+        return result, None
+    return result, GateRefused(f"not deploying: {'; '.join(result['gate']['reasons'])} (see "
+                               f"{cfg.output_dir / 'eval' / 'deployed.json'})")
 
 
 def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:

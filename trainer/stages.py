@@ -71,13 +71,16 @@ def push_stage(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
             raise GateRefused(f"not pushing: the tuned model did not beat the base model ({reasons}); "
                               "use --force to push anyway")
         log.warning("pushing a model that failed the gate because --force was given: %s", reasons)
-    return push(cfg, report, forced=force and not report["gate"]["passed"])
+    return push(cfg, report, forced=force and not report["gate"]["passed"], force=force)
 
 
-def deploy_stage(cfg: RunConfig, *, version: int | None = None) -> dict[str, Any]:
-    """Put an already pushed version (default: the newest) on the configured route; records it in its manifest."""
+def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Put an already pushed version (default: the newest) on the configured route; records it in its manifest.
+    With evaluation.baseline route:NAME it is compared with the route's deployed variant first (afresh: the
+    route may have changed since push), unless `force`."""
     from trainer.deploy import deploy_version
     from trainer.manifest import list_versions, write_manifest
+    from trainer.push import checked_against_deployed
 
     if cfg.deploy is None:
         raise ConfigError("deploy needs a `deploy` section in the config (route, canary_percent, steps, ...)")
@@ -89,7 +92,17 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None) -> dict[str, Any
         raise StageOrderError(f"version v{chosen} was never pushed; pushed: "
                               f"{', '.join(f'v{v}' for v in sorted(manifests))}")
     manifest = manifests[chosen]
-    manifest["deploy"] = deploy_version(cfg.deploy, manifest["ollama"]["tag"])
+    tag = manifest["ollama"]["tag"]
+    if not tag:
+        raise StageOrderError(f"v{chosen} was not pushed to Ollama (push.targets): there is no NAME:vN to deploy")
+    if cfg.evaluation.baseline_route and not force:
+        manifest["vs_deployed"], refusal = checked_against_deployed(cfg, tag, force=False)
+        if refusal:
+            write_manifest(cfg.output_dir, chosen, manifest)
+            raise GateRefused(f"{refusal}; `--force` deploys v{chosen} anyway")
+    elif force and manifest.get("vs_deployed") and not manifest["vs_deployed"]["gate"]["passed"]:
+        manifest["vs_deployed"]["forced"] = True  # shipped although it lost at push
+    manifest["deploy"] = deploy_version(cfg.deploy, tag)
     write_manifest(cfg.output_dir, chosen, manifest)
     return manifest["deploy"]
 

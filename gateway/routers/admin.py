@@ -25,6 +25,8 @@ class KeyLimitsBody(BaseModel):
     tpm: int | None = Field(None, ge=1, description="Tokens per minute; null = unlimited.")
     monthly_token_budget: int | None = Field(None, ge=1, description="Tokens per calendar month (UTC).")
     expires_at: float | None = Field(None, description="Unix time after which the key stops working.")
+    capture_percent: float | None = Field(None, ge=0, le=100, description="Share of this key's answers kept in "
+                                          "the inference log, in percent; null = the gateway's settings decide.")
 
 
 class CreateKeyBody(KeyLimitsBody):
@@ -49,7 +51,8 @@ async def create_key(request: Request, body: CreateKeyBody, _: AdminDep) -> Resp
     expires = body.expires_at or (time.time() + body.expires_in_days * 86400 if body.expires_in_days else None)
     spec = KeySpec(name=body.name, owner=body.owner, scopes=frozenset(body.scopes),
                    models=tuple(body.models) if body.models is not None else None, expires_at=expires,
-                   rpm=body.rpm, tpm=body.tpm, monthly_token_budget=body.monthly_token_budget)
+                   rpm=body.rpm, tpm=body.tpm, monthly_token_budget=body.monthly_token_budget,
+                   capture_percent=body.capture_percent)
     record, secret = await policy(request).keys.create(spec)
     return json_response({"key": secret, **record.public_view()}, status_code=201)
 

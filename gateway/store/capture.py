@@ -130,12 +130,14 @@ class Capture:
         self.key_percent = dict(key_percent or {})
 
     def share(self, principal: Principal, target: Target) -> float:
-        """The highest share any switch gives this request (route, key, global), in percent."""
+        """The highest share any switch gives this request (route, the key's own record, the key in
+        GATEWAY_CAPTURE_KEYS, global), in percent."""
         route_share = 0.0
         capture = getattr(target.route.spec, "capture", None) if target.route is not None else None
         if capture is not None:
             route_share = capture.percent
-        return max(self.percent, route_share, self.key_percent.get(principal.key_id or "", 0.0))
+        return max(self.percent, route_share, self.key_percent.get(principal.key_id or "", 0.0),
+                   principal.capture_percent or 0.0)
 
     def context(self, request_id: str, endpoint: str, principal: Principal, target: Target,
                 req: BaseModel) -> CaptureContext | None:

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.settings import Settings
-from gateway.store.db import async_url, create_engine, migrate
+from gateway.store.db import async_url, create_engine, ensure_sqlite_folder, migrate
 from gateway.store.queries import export_rows
 from gateway.store.since import parse_since
 
 
 def store_url() -> str:
+    """The gateway's database, from the same settings (the SQLite default is one file per user)."""
     settings = Settings()
+    if not settings.database_url:
+        ensure_sqlite_folder(settings.sqlite_path)
     return async_url(settings.database_url.get_secret_value() if settings.database_url else None,
                      settings.sqlite_path)
 

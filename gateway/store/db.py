@@ -27,7 +27,7 @@ MIGRATION_LOCK_ID = 0x5_1_9_1_9
 
 
 def async_url(database_url: str | None, sqlite_path: str = "gateway.db") -> str:
-    """The SQLAlchemy async URL for a DATABASE_URL as operators write it (or the SQLite default)."""
+    """The SQLAlchemy async URL for a DATABASE_URL as operators write it (or the embedded SQLite file)."""
     if not database_url:
         return f"sqlite+aiosqlite:///{sqlite_path}"
     url = make_url(database_url)
@@ -36,6 +36,17 @@ def async_url(database_url: str | None, sqlite_path: str = "gateway.db") -> str:
     elif url.drivername == "sqlite":
         url = url.set(drivername="sqlite+aiosqlite")
     return url.render_as_string(hide_password=False)
+
+
+def ensure_sqlite_folder(sqlite_path: str) -> None:
+    """The default file's folder may not exist yet; an unwritable one is logged (the gateway then serves
+    without its store, as when a database is down) rather than stopping the process."""
+    if sqlite_path == ":memory:":
+        return
+    try:
+        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning({"event": "sqlite_folder_unavailable", "path": sqlite_path, "error": str(exc)})
 
 
 def create_engine(url: str, *, connect_timeout_s: float = 5.0, pool_size: int = 5) -> AsyncEngine:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.tasks import cancel_and_wait
 from gateway.store.capture import Capture, CaptureMetrics, CaptureWriter
-from gateway.store.db import async_url, create_engine, migrate
+from gateway.store.db import async_url, create_engine, ensure_sqlite_folder, migrate
 from gateway.store.queries import judge_levels, purge_before
 from gateway.store.settings import StoreSettings
 
@@ -42,6 +42,10 @@ class StoreRuntime:
         url = settings.database_url.get_secret_value() if settings.database_url else None
         self.url = async_url(url, settings.sqlite_path)
         self.sqlite_path = None if url else settings.sqlite_path
+        if self.sqlite_path is not None:
+            ensure_sqlite_folder(self.sqlite_path)
+            # Which file this process uses, so two processes that disagree are easy to spot.
+            log.info({"event": "store", "database": "sqlite", "path": self.sqlite_path})
         self.settings = settings
         self.engine: AsyncEngine = create_engine(self.url)
         self.metrics = CaptureMetrics(registry)

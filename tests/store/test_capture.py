@@ -5,6 +5,9 @@ feedback kinds joined on another replica, erasure by key, retention, and prompts
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +18,7 @@ from tests.store import support
 from tests.store.support import ADMIN, MODEL, chat, create_key, feedback_rows, inference_rows
 from tests.support.metrics import sample
 from tests.support.ollama import running_ollama_double
-from tests.support.processes import Service, redis_service, wait_until
+from tests.support.processes import REPO_ROOT, Service, redis_service, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,37 @@ def test_capture_is_off_by_default_and_on_per_route_and_per_key(double: Service,
         assert rows[-1]["request_id"] == watched.headers["x-request-id"] and len(rows) == 2
     finally:
         keyed.stop()
+
+
+def test_a_key_record_carries_its_own_capture_share(double: Service, database_url: str, gateway_on,
+                                                   redis: Service) -> None:
+    gateway = gateway_on(double, database_url)
+    try:
+        made = subprocess.run([sys.executable, "-m", "gateway", "--json", "keys", "create", "--name", "watched",
+                               "--capture", "100"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"})
+        assert made.returncode == 0, made.stderr
+        watched = json.loads(made.stdout)
+        assert watched["capture_percent"] == 100
+        plain_key, plain_id = create_key(gateway, "plain")
+        chat(gateway, plain_key, "a plain key is not captured")
+        captured = chat(gateway, watched["key"], "a watched key is")
+        rows = rows_when(database_url, 1)
+        assert [(r["request_id"], r["key_id"]) for r in rows] == [(captured.headers["x-request-id"], watched["id"])]
+        patched = httpx.patch(f"{gateway.url}/admin/keys/{plain_id}", json={"capture_percent": 100}, headers=ADMIN)
+        assert patched.status_code == 200 and patched.json()["capture_percent"] == 100
+        later = chat(gateway, plain_key, "now this key is watched too")
+        assert rows_when(database_url, 2)[-1]["request_id"] == later.headers["x-request-id"]
+        for bad in ({"name": "x", "capture_percent": 150}, {"name": "x", "capture_percent": "all"}):
+            refused = httpx.post(f"{gateway.url}/admin/keys", json=bad, headers=ADMIN)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "capture_percent", refused.text
+    finally:
+        gateway.stop()
+    wrong = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--name", "w", "--capture", "101"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"})
+    assert wrong.returncode != 0 and "capture_percent must be a number from 0 to 100" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
 def vote(gateway: Service, key: str, **body: Any) -> httpx.Response:

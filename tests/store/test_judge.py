@@ -33,7 +33,8 @@ def judge_server() -> Iterator[Service]:
 
 
 def seed(url: str) -> None:
-    """Variant A answers well (good, good, fair, good), B badly (bad, fair, bad, bad); one other route."""
+    """Variant A answers well (good, good, fair, good), B badly (bad, fair, bad, bad) plus one answer the judge
+    cannot score; one row of another route."""
     now = datetime.now(UTC)
     answers = {"a": ["good", "good", "fair", "good"], "b": ["bad", "fair", "bad", "bad"]}
     rows = [{"request_id": f"{v}{i}", "created_at": now - timedelta(hours=1), "route": "support", "model": "support",
@@ -41,6 +42,8 @@ def seed(url: str) -> None:
              "messages": [{"role": "user", "content": f"q{i}"}], "answer": f"a {word} answer"}
             for v, words in answers.items() for i, word in enumerate(words)]
     rows.append({**rows[0], "request_id": "elsewhere", "route": "other", "model": "other"})
+    rows.append({**rows[-1], "request_id": "garbled", "route": "support", "model": "support", "variant": "model-b",
+                 "answer": "a garbled answer"})  # the judge's reply to it holds no score
 
     async def work(engine: AsyncEngine) -> None:
         await migrate(engine)
@@ -64,7 +67,9 @@ def test_judge_scores_a_sample_through_the_gateway(database_url: str, judge_serv
     rubric.write_text("A good answer is correct and short.")
     with running_gateway([("openai", judge_server.url)], env={
             "DATABASE_URL": database_url, "GATEWAY_CAPTURE_RETENTION_INTERVAL_S": "0.5"}) as gateway:
-        result = judge(database_url, gateway, rubric)["variants"]
+        output = judge(database_url, gateway, rubric)
+        assert output["sampled"] == 9 and output["skipped"] == {"unparseable": 1}
+        result = output["variants"]
         assert result["model-a"]["n"] == 4 and result["model-a"]["mean"] == pytest.approx(0.875)
         assert result["model-b"]["mean"] == pytest.approx(0.125)
         assert result["model-a"]["ci_low"] < 0.875 < result["model-a"]["ci_high"]
@@ -81,6 +86,11 @@ def test_score_parsing_and_intervals() -> None:
     assert parse_score('{"score": 0.7, "reason": "ok"}') == (0.7, "ok")
     assert parse_score("Score: 1.4 because") == (1.0, "")
     assert parse_score("no number") is None
+    assert parse_score('{"Score": "0.25", "reason": "meh"}') == (0.25, "meh")
+    assert parse_score("0.6") == (0.6, "") and parse_score("-3") == (0.0, "")
+    assert parse_score('{"score": true}') is None and parse_score('{"score": null, "x": 1}') is None
+    assert parse_score('{"verdict": "fine"}') is None and parse_score("[1, 2]") is None
+    assert parse_score('{"score": "NaN"}') is None
     mean, low, high = mean_ci([1.0, 0.0, 1.0, 0.0])
     assert mean == 0.5 and 0 <= low < 0.5 < high <= 1
     assert mean_ci([0.3]) == (0.3, 0.0, 1.0)

@@ -2,7 +2,8 @@
 that grades by a rule instead of a model, so judge runs have known results.
 
 The rule: the answer between <answer> and </answer> in the prompt scores 1.0 when it contains the word
-"good", 0.5 when it contains "fair", else 0.0. Run: python -m tests.support.judge_server --port P
+"good", 0.5 when it contains "fair", else 0.0; an answer containing "garble" gets a reply with no score
+in it, as a small judge model sometimes gives. Run: python -m tests.support.judge_server --port P
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ async def chat(request: web.Request) -> web.Response:
     body = await request.json()
     prompt = body["messages"][-1]["content"]
     score = rule(prompt)
-    content = json.dumps({"score": score, "reason": f"rule gave {score}"})
+    match = _ANSWER.search(prompt)
+    garbled = match is not None and "garble" in match.group(1)
+    content = "I cannot grade this." if garbled else json.dumps({"score": score, "reason": f"rule gave {score}"})
     return web.json_response({
         "id": f"judge-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],

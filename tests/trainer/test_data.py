@@ -112,3 +112,26 @@ def test_cli_prepare_refuses_all_invalid_data_with_one_clear_message(tmp_path):
     assert done.returncode == 2
     assert "error: all 1 rows are invalid" in done.stderr and "bad.jsonl:1: field 'prompt' must be a string" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_eval_paths_are_the_held_out_set_and_training_rows_never_ask_their_prompts(tmp_path, chatml_tokenizer):
+    rows = order_rows(10)
+    held_rows = [rows[2], {"prompt": rows[5]["prompt"], "completion": '{"corrected": true}'},
+                 {"prompt": "send 3 mugs (new)", "completion": '{"quantity": 3}'}]
+    train_file = write_jsonl(tmp_path / "d.jsonl", rows)
+    held_file = write_jsonl(tmp_path / "d.heldout.jsonl", held_rows)
+    cfg = DataConfig(paths=[train_file], eval_paths=[held_file], min_eval_examples=3, system_prompt="JSON only.")
+    train, held, report = prepare(cfg, lambda: chatml_tokenizer, seed=1)
+    assert [m[1]["content"] for m in held] == [r["prompt"] for r in held_rows]  # in file order, none random
+    assert held[1][-1]["content"] == '{"corrected": true}' and held[0][0] == {"role": "system", "content": "JSON only."}
+    train_prompts = [m[1]["content"] for m in train]
+    assert train_prompts == [r["prompt"] for i, r in enumerate(rows) if i not in (2, 5)]
+    assert (report.train, report.eval, report.duplicates, report.heldout_overlap) == (8, 3, 1, 1)
+    alone = prepare(DataConfig(paths=[train_file], min_eval_examples=1), lambda: chatml_tokenizer, seed=1)[2]
+    assert report.data_sha256 != alone.data_sha256  # the held-out file is part of what the run was made of
+
+    with pytest.raises(DataError, match="data file not found"):
+        prepare(DataConfig(paths=[train_file], eval_paths=[tmp_path / "missing.jsonl"]), lambda: chatml_tokenizer, 1)
+    with pytest.raises(DataError, match="min_eval_examples is 4"):
+        prepare(DataConfig(paths=[train_file], eval_paths=[held_file], min_eval_examples=4),
+                lambda: chatml_tokenizer, 1)
