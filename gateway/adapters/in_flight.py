@@ -53,8 +53,8 @@ class SharedInFlight:
 
         try:
             await self.redis.run("adapter_inflight", add)
-        except RedisUnavailable as exc:
-            log.warning("adapter %s: in-flight lease not recorded (%s)", version, exc.message)
+        except RedisUnavailable as exc:  # counted in gateway_redis_errors_total; per request it would flood the log
+            log.debug("adapter %s: in-flight lease not recorded (%s)", version, exc.message)
             return None
         return lease
 
