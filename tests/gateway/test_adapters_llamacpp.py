@@ -173,5 +173,5 @@ def test_two_versions_of_one_adapter_split_a_route_on_one_server(gateway, server
 
     owners = {m["id"]: m["owned_by"] for m in httpx.get(gateway.url + "/v1/models", headers=ADMIN).json()["data"]}
     assert owners["support:v1"] == owners["support:v2"] == "llamacpp"  # one replica serves both versions
-    size = smollm2_gguf().stat().st_size
-    assert size <= base_mapped_bytes(server, smollm2_gguf()) < size + 2**20  # the base once, in one process
+    size = smollm2_gguf().stat().st_size  # the weights are mapped from the file (less its header), once
+    assert 0.9 * size < base_mapped_bytes(server, smollm2_gguf()) <= size + 4096
