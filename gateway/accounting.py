@@ -67,6 +67,7 @@ class Ticket:
     assembler: StreamAssembler | None = None  # a streamed answer rebuilt for the cache, when it may be stored
     route: StoredRoute | None = None
     variant: str | None = None  # the route's chosen variant (served model)
+    version: str = ""  # `model` as the cache key names it (BackendPool.version)
     capture: Any = None  # this request is sampled for the inference log (gateway/store/records.CaptureContext)
 
 
@@ -85,6 +86,9 @@ class Accounting:
         self._writing: asyncio.Future[bool] | None = None
         # Called with each settled answer of a sampled request (capture: gateway/store/capture.py); never awaits.
         self.on_settled: Callable[[Ticket, Answer], None] | None = None
+        # A model's cache version now (BackendPool.version, wired at start-up): an answer is stored only
+        # when the version its key names is still the one served.
+        self.versions: Callable[[str], str] | None = None
 
     async def settle(self, ticket: Ticket | None, answer: Answer) -> None:
         """Book the answer and write what Redis must know (the BackgroundTask of every inference response)."""
@@ -199,13 +203,14 @@ class Accounting:
         if stored is not None:
             self.cache.put_later(ticket.store_key, stored)
 
-    @staticmethod
-    def _storable(ticket: Ticket, answer: Answer) -> dict[str, Any] | bytes | None:
+    def _storable(self, ticket: Ticket, answer: Answer) -> dict[str, Any] | bytes | None:
         """What goes into the cache: only a complete, successful answer the request allows storing."""
         if not ticket.store_key or answer.outcome != "success" or not answer.complete:
             return None
         if answer.model != ticket.model:  # a fallback answered: not what the key (the variant's) stands for
             return None
+        if self.versions is not None and ticket.version and self.versions(ticket.model) != ticket.version:
+            return None  # a new adapter version was registered meanwhile: which one answered is not known
         if answer.result is not None:
             return answer.body if answer.body is not None else answer.result
         assembler = ticket.assembler

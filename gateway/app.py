@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.access_log import AccessLog, RecentRequests
+from gateway.adapters.in_flight import SharedInFlight
 from gateway.adapters.registry import AdapterRegistry
 from gateway.backends.adapter_backend import AdapterBackend
 from gateway.backends.pool import BackendPool
@@ -96,9 +97,11 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = BackendPool(settings, metrics)
         held: dict[str, set[str]] = {}  # what each adapter-serving replica holds, shared by their drivers
+        # Requests on each adapter version across every gateway process: a version is unloaded once drained.
+        in_flight = SharedInFlight(policy.redis, lease_s=settings.total_timeout_s + 60)
         for replica in pool.replicas:
             if isinstance(replica.backend, AdapterBackend):
-                replica.backend.attach_adapters(app.state.adapters, held)
+                replica.backend.attach_adapters(app.state.adapters, held, in_flight)
         tracing.instrument_pool(pool)
         app.state.pool = pool
         app.state.service = InferenceService(pool=pool, accounting=policy.accounting, settings=settings,
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         await pool.start()
         await store.start()
         policy.accounting.on_settled = store.capture.on_settled
+        policy.accounting.versions = pool.version
         await table.start()
         guardian.start()
         shadow.start()
@@ -137,7 +141,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.authenticator = policy.authenticator
     app.state.tracing = tracing
     app.state.recent_requests = RecentRequests()
-    # LoRA adapters (gateway/adapters/); `await app.state.adapters.check_base(NAME, BASE)` checks a route variant.
+    # LoRA adapters (gateway/adapters/); a route variant's adapter is checked against its base (routers/routes.py).
     app.state.adapters = AdapterRegistry.for_redis(policy.redis)
     for router in (inference.router, models.router, health.router, feedback.router, usage.router,
                    auth_token.router, admin.router, routes.router, inferences.router, adapters.router):

@@ -1,7 +1,8 @@
 """Exact-match response cache: key from the full normalised request, values in Redis.
 
 Key: blake2b over the request body as sorted-key JSON, with `model` replaced by the resolved
-model version, `stream`/`stream_options` removed (they change the framing, not the answer,
+model version (a LoRA adapter's name with its digest, `orders@sha256:...`: a new version registered
+under the same name is another key), `stream`/`stream_options` removed (they change the framing, not the answer,
 so a streamed request can be served from a stored answer), None values dropped and integral
 floats folded (`1.0` == `1`). Every other field counts: leaving one out serves wrong answers.
 

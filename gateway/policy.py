@@ -120,12 +120,14 @@ class Policy:
         model = target.model
         body = req.model_dump(exclude_none=True)
         decision = self._decide(request, body, endpoint)
-        key = cache_key(endpoint, model, body) if not decision.bypass else ""  # the variant's model, never the route
+        # The variant's model, never the route; an adapter with its digest (a new version is another key).
+        version = target.version or model
+        key = cache_key(endpoint, version, body) if not decision.bypass else ""
         reservation, hit = await self._reserve_and_read(principal, req, body, key if decision.read else None)
         extra_headers = reservation.headers() if reservation else {}
         stream = bool(body.get("stream"))
         ticket = Ticket(principal=principal, model=model, public=target.public, reservation=reservation,
-                        route=target.route, variant=target.variant, capture=capture)
+                        route=target.route, variant=target.variant, capture=capture, version=version)
         if hit is not None:
             self.metrics.cache.labels(model, "hit").inc()
             extra_headers["X-Model-Variant"] = model

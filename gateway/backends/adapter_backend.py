@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
+from gateway.adapters.in_flight import SharedInFlight
 from gateway.adapters.registry import Adapter, AdapterRegistry
 from gateway.backends.base import ChunkBatch
 from gateway.backends.http import BackendHTTP
 from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.errors import ReplicaLacksModel
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.redis_state import RedisUnavailable
+from gateway.redis_state import RedisState, RedisUnavailable
 from gateway.settings import BackendSpec, Settings
 
 log = logging.getLogger("gateway.adapters")
@@ -42,13 +43,18 @@ class AdapterBackend(OpenAICompatBackend):
                                   max_connections=4, headers=headers)
         self.registry: AdapterRegistry | None = None
         self.shared: dict[str, set[str]] = {}  # replica name -> what it holds, shared by one pool's drivers
+        # Requests in flight per adapter version across every gateway process (Redis; this one alone without).
+        self.in_flight = SharedInFlight(RedisState(None), lease_s=settings.total_timeout_s + 60)
         self._known: dict[str, Adapter] = {}  # last registry read, by name
         self.bases: frozenset[str] = frozenset()
 
-    def attach_adapters(self, registry: AdapterRegistry, shared: dict[str, set[str]]) -> None:
+    def attach_adapters(self, registry: AdapterRegistry, shared: dict[str, set[str]],
+                        in_flight: SharedInFlight | None = None) -> None:
         """Called once at start-up, before discovery (gateway/app.py)."""
         self.registry = registry
         self.shared = shared
+        if in_flight is not None:
+            self.in_flight = in_flight
 
     async def aclose(self) -> None:
         await self._admin.aclose()
@@ -72,6 +78,11 @@ class AdapterBackend(OpenAICompatBackend):
             found = self._known.get(model)
         return found
 
+    def version(self, model: str) -> str | None:
+        """The digest of the adapter this driver sends for `model` (the registry record it last read)."""
+        adapter = self._known.get(model)
+        return f"sha256:{adapter.digest}" if adapter is not None and model not in self.bases else None
+
     # -- per request -------------------------------------------------------------------------
 
     async def _target(self, model: str) -> str:
@@ -82,10 +93,11 @@ class AdapterBackend(OpenAICompatBackend):
         """The server said it lacks `target`: repair that and return True to try once more."""
         return False
 
-    def _began(self, target: str) -> None:
+    async def _began(self, target: str) -> str | None:
+        """A request on `target` starts; what it returns is handed to `_ended` (if this raises, it undid itself)."""
         return None
 
-    def _ended(self, target: str) -> None:
+    def _ended(self, target: str, lease: str | None) -> None:
         return None
 
     def _unknown(self, model: str) -> ReplicaLacksModel:
@@ -94,7 +106,7 @@ class AdapterBackend(OpenAICompatBackend):
     async def _unary(self, call: Unary, req: Any, model: str) -> dict[str, Any]:
         for attempt in (1, 2):
             target = await self._target(model)
-            self._began(target)
+            lease = await self._began(target)
             try:
                 result = await call(req, target)
             except ReplicaLacksModel:
@@ -102,7 +114,7 @@ class AdapterBackend(OpenAICompatBackend):
                     raise
                 continue
             finally:
-                self._ended(target)
+                self._ended(target, lease)
             result["model"] = model
             return result
         raise AssertionError("unreachable")
@@ -110,7 +122,7 @@ class AdapterBackend(OpenAICompatBackend):
     async def _stream(self, call: Stream, req: Any, model: str, deadline: float | None) -> AsyncIterator[ChunkBatch]:
         for attempt in (1, 2):
             target = await self._target(model)
-            self._began(target)
+            lease = await self._began(target)
             try:
                 async with aclosing(call(req, target, deadline)) as batches:
                     try:
@@ -126,7 +138,7 @@ class AdapterBackend(OpenAICompatBackend):
                         yield _relabel(batch, model)
                     return
             finally:
-                self._ended(target)
+                self._ended(target, lease)
 
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
         return await self._unary(super().chat, req, model)

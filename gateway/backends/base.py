@@ -54,6 +54,11 @@ class Backend(abc.ABC):
         loaded an adapter, the others stop offering it)."""
         return True
 
+    def version(self, model: str) -> str | None:
+        """What names the weights behind `model` here beyond its name (an adapter's digest), for the response
+        cache's key; None when the name says it all."""
+        return None
+
     @abc.abstractmethod
     async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]: ...
 

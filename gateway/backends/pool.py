@@ -161,6 +161,14 @@ class BackendPool:
             raise ModelNotFound(f"The model '{name}' does not exist or no backend serves it", param="model")
         return found
 
+    def version(self, model: str) -> str:
+        """`model` as the response cache keys it: with the digest of the adapter behind it when it is one, so
+        a new version registered under the same name never gets the answers cached for the old one."""
+        for replica in self.replicas:
+            if model in replica.models and (found := replica.backend.version(model)):
+                return f"{model}@{found}"
+        return model
+
     def policy_for(self, model: str) -> RoutingPolicy:
         """The routing policy of a model (the name the replicas serve): its own setting, else the global one."""
         return self._settings.routing_policies.get(model, self._settings.routing_policy)

@@ -15,8 +15,11 @@ an adapter with `POST /v1/load_lora_adapter {"lora_name", "lora_path"}`, drops i
 - `max_adapters` (the replica's `--max-loras`/`--max-cpu-loras`) caps what the gateway loads there; a
   replica at its cap refuses with a 503 that does not count against it, and the next is tried.
 - Versions no registered adapter uses any more (removed, or replaced by a new version) are unloaded
-  once their last request has ended. Only names of the `NAME-<8 hex>` form are ever unloaded, so
-  adapters the server was started with (`--lora-modules`) are left alone.
+  once their last request has ended on every gateway process: each request holds a lease in Redis
+  while it runs (gateway/adapters/in_flight.py), and the process that finds the version stale (at its
+  discovery, or when its own last request on it ends) unloads it only when no lease is left. Only names
+  of the `NAME-<8 hex>` form are ever unloaded, so adapters the server was started with
+  (`--lora-modules`) are left alone.
 """
 
 from __future__ import annotations
@@ -73,8 +76,7 @@ class VllmBackend(AdapterBackend):
         self._current = {a.name: versioned_name(a) for a in await self.registered(self.bases, "peft")}
         self.shared[self.name] = set(self.loaded)
         for stale in self._stale():
-            if not self._in_flight[stale]:
-                await self._unload(stale)
+            await self._unload_if_drained(stale)
         return sorted(self.bases | {name for name, version in self._current.items() if self._advertised(version)})
 
     def offers(self, model: str) -> bool:
@@ -110,17 +112,32 @@ class VllmBackend(AdapterBackend):
         self._forget(target)
         return True
 
-    def _began(self, target: str) -> None:
+    async def _began(self, target: str) -> str | None:
+        if target in self.bases:
+            return None
         self._in_flight[target] += 1
+        try:  # the lease is in Redis before the request is sent, so no other gateway unloads under it
+            return await self.in_flight.begin(self.spec.url, target)
+        except BaseException:
+            self._ended(target, None)
+            raise
 
-    def _ended(self, target: str) -> None:
+    def _ended(self, target: str, lease: str | None) -> None:
+        if target in self.bases:
+            return
         self._in_flight[target] -= 1
         if self._in_flight[target] <= 0:
             del self._in_flight[target]
-            if target in self._stale():  # its version was replaced while it served: drained now
-                task = asyncio.get_running_loop().create_task(self._unload(target))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if lease is None and (self._in_flight[target] or target not in self._stale()):
+            return
+        # Off the request path: give the lease back; a version replaced while it served may be drained now.
+        task = asyncio.get_running_loop().create_task(self._after(target, lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _after(self, target: str, lease: str | None) -> None:
+        await self.in_flight.end(self.spec.url, target, lease)
+        await self._unload_if_drained(target)
 
     # -- load / unload -----------------------------------------------------------------------
 
@@ -130,8 +147,7 @@ class VllmBackend(AdapterBackend):
                 return
             if self.max_adapters is not None and len(self.loaded) >= self.max_adapters:
                 for stale in self._stale():
-                    if not self._in_flight[stale]:
-                        await self._unload(stale)
+                    await self._unload_if_drained(stale)
                 if len(self.loaded) >= self.max_adapters:
                     raise AdapterCapacityFull(
                         f"backend {self.name} holds {len(self.loaded)} adapters, its limit (max_adapters); "
@@ -145,6 +161,15 @@ class VllmBackend(AdapterBackend):
             self.loaded.add(version)
             self.shared.setdefault(self.name, set()).add(version)
             log.info("backend %s loaded adapter %s from %s", self.name, version, adapter.files["peft"])
+
+    async def _unload_if_drained(self, version: str) -> None:
+        """Unload a stale version once no request runs on it here nor on any other gateway process."""
+        if version not in self._stale():
+            return
+        async with self._locks.setdefault(version, asyncio.Lock()):
+            if (version in self._stale() and not self._in_flight[version]
+                    and await self.in_flight.drained(self.spec.url, version)):
+                await self._unload(version)
 
     async def _unload(self, version: str) -> None:
         try:

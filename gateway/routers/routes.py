@@ -37,8 +37,12 @@ def _who(principal: Principal) -> str:
 
 
 async def _check_models(request: Request, name: str, spec: RouteSpec) -> None:
-    """Every model the route names must be served (fallbacks may name other routes): 404 otherwise."""
+    """Every model the route names must be served (fallbacks may name other routes): 404 otherwise. A
+    variant's adapter must be registered on that variant's base model: 400 otherwise."""
     pool, table = request.app.state.pool, request.app.state.route_table
+    for variant in spec.variants:
+        if variant.adapter is not None:
+            await request.app.state.adapters.check_base(variant.adapter, variant.model)
     wanted = [v.served for v in spec.variants] + [f for f in spec.fallbacks if table.get(f) is None]
     if spec.shadow is not None:
         wanted.append(spec.shadow.model)

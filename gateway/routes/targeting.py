@@ -22,6 +22,7 @@ class Target:
     models: tuple[str, ...]  # the model to call, then the fallbacks to try in order
     route: StoredRoute | None = None
     variant: str | None = None  # the chosen variant's served model
+    version: str = ""  # the model to call as the cache keys it (with its adapter's digest: BackendPool.version)
 
     @property
     def model(self) -> str:
@@ -56,7 +57,7 @@ class Targeting:
         if route is None:
             model = await self.pool.resolve(req.model)
             principal.require_model(model)
-            return Target(public=model, models=(model,)), req
+            return Target(public=model, models=(model,), version=self.pool.version(model)), req
         principal.require_model(route.name)
         unit = assignment_unit(request, principal, req)
         variant = self._forced(request, principal, route) or choose(route.spec, bucket(route.name, unit))
@@ -65,8 +66,8 @@ class Targeting:
         models = tuple(m for m in (chosen, *fallbacks) if m)
         if not models:
             raise ModelNotFound(f"no model of route '{route.name}' is served now", param="model")
-        return Target(public=route.name, models=models, route=route, variant=chosen or variant.served), \
-            with_params(req, variant)
+        return Target(public=route.name, models=models, route=route, variant=chosen or variant.served,
+                      version=self.pool.version(models[0])), with_params(req, variant)
 
     @staticmethod
     def _forced(request: Request, principal: Principal, route: StoredRoute) -> Variant | None:

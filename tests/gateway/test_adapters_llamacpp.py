@@ -1,10 +1,12 @@
 """The llama.cpp adapter driver against a real llama-server (built from the pinned sdist) holding the
 SmolLM2 base and two LoRA adapters: the gateway maps registered adapters to the server's adapter ids
-by file name or digest and sends each request with exactly the chosen adapter applied."""
+by file name or digest and sends each request with exactly the chosen adapter applied; a route splits
+its users between two versions of one adapter on that one server."""
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +14,15 @@ import httpx
 import openai
 import pytest
 
+from gateway.routes.assign import bucket, choose
+from gateway.routes.spec import RouteSpec
 from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.llama import SMOLLM2_ALIAS, smollm2_gguf
 from tests.support.llama_cpp_server import start_llama_cpp
 from tests.support.lora_gguf import write_random_lora
 from tests.support.processes import Service, wait_until
 
+pytestmark = pytest.mark.slow  # a real llama-server with SmolLM2
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 PROMPT = [{"role": "user", "content": "Name three colours."}]
 
@@ -115,3 +120,58 @@ def test_a_client_cannot_pick_adapters_itself(gateway, server):
     answer = client.chat.completions.create(model=SMOLLM2_ALIAS, messages=PROMPT, temperature=0, max_tokens=12,
                                             extra_body={"lora": [{"id": 0, "scale": 1.0}]})
     assert answer.choices[0].message.content == direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}])
+
+
+def lora_of_last_request(server: Service) -> list[dict]:
+    """The `lora` field of the last request the server ran, as its /slots monitor shows it."""
+    slots = [s for s in httpx.get(server.url + "/slots", timeout=10).json() if "id_task" in s]
+    latest = max(slots, key=lambda s: s["id_task"])
+    return sorted(latest["params"]["lora"], key=lambda e: e["id"])
+
+
+def base_mapped_bytes(server: Service, model: Path) -> int:
+    """How much of the base GGUF file the server process maps (llama.cpp mmaps the weights)."""
+    assert server.proc is not None
+    total = 0
+    for line in Path(f"/proc/{server.proc.pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]) == model.resolve():
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            total += end - start
+    return total
+
+
+def test_two_versions_of_one_adapter_split_a_route_on_one_server(gateway, server, files):
+    """v1 and v2 of `support` (the alpha and beta files) on one llama-server: each user stays on a variant,
+    each answer comes from that variant's adapter alone, and the one process maps the base model once."""
+    for version, path in ((1, files["alpha"]), (2, files["beta"])):
+        body = {"base": SMOLLM2_ALIAS, "version": version, "digest": sha256(path),
+                "files": {"gguf": f"/adapters/{path.name}"}}
+        put = httpx.put(f"{gateway.url}/admin/adapters/support:v{version}", json=body, headers=ADMIN)
+        assert put.status_code == 200, put.text
+    route = {"variants": [{"model": SMOLLM2_ALIAS, "adapter": "support:v1", "weight": 50},
+                          {"model": SMOLLM2_ALIAS, "adapter": "support:v2", "weight": 50}]}
+    assert httpx.put(f"{gateway.url}/admin/routes/support", json=route, headers=ADMIN, timeout=30).status_code == 200
+    ids = {Path(e["path"]).name: e["id"] for e in httpx.get(server.url + "/lora-adapters", timeout=10).json()}
+    chosen = {"support:v1": ids[files["alpha"].name], "support:v2": ids[files["beta"].name]}
+    lora = {variant: [{"id": i, "scale": 1.0 if i == own else 0.0} for i in sorted(ids.values())]
+            for variant, own in chosen.items()}
+    expected = {variant: direct(server, entries) for variant, entries in lora.items()}
+    assert expected["support:v1"] != expected["support:v2"]
+
+    spec, seen = RouteSpec.model_validate(route), Counter()
+    for user in (f"user-{i}" for i in range(12)):
+        body = {"model": "support", "user": user, "messages": PROMPT, "temperature": 0, "max_tokens": 12}
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=120)
+        assert answer.status_code == 200, answer.text
+        variant = answer.headers["X-Model-Variant"]
+        assert variant == choose(spec, bucket("support", user)).served
+        assert answer.json()["choices"][0]["message"]["content"] == expected[variant]
+        assert lora_of_last_request(server) == lora[variant]  # what the server was sent: this adapter alone
+        seen[variant] += 1
+    assert set(seen) == {"support:v1", "support:v2"}
+
+    owners = {m["id"]: m["owned_by"] for m in httpx.get(gateway.url + "/v1/models", headers=ADMIN).json()["data"]}
+    assert owners["support:v1"] == owners["support:v2"] == "llamacpp"  # one replica serves both versions
+    size = smollm2_gguf().stat().st_size  # the weights are mapped from the file (less its header), once
+    assert 0.9 * size < base_mapped_bytes(server, smollm2_gguf()) <= size + 4096

@@ -4,7 +4,6 @@ of a replaced version once its requests drained, and a clear 503 when no replica
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,24 +13,14 @@ import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.processes import Service, wait_until
-from tests.support.vllm import VLLM_BASE, running_vllm_double, vllm_restart, vllm_stats
+from tests.support.vllm import (VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_restart,
+                                vllm_stats)
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def peft_folder(root: Path, name: str) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
-    return folder
-
-
 def register(gateway: Service, name: str, folder: Path, digest: str | None = None) -> dict:
-    digest = digest or os.urandom(32).hex()
-    r = httpx.put(f"{gateway.url}/admin/adapters/{name}", headers=ADMIN, timeout=10,
-                  json={"base": VLLM_BASE, "version": 1, "digest": digest, "files": {"peft": str(folder)}})
-    assert r.status_code == 200, r.text
-    return r.json()
+    return register_adapter(gateway.url, ADMIN_KEY, name, folder, digest)
 
 
 def ask(gateway: Service, model: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,3 +39,21 @@ def vllm_stats(url: str) -> dict[str, Any]:
 def vllm_restart(url: str) -> None:
     """What a restarted vLLM looks like to its clients: every run-time adapter is gone."""
     httpx.post(url + "/_control/restart", timeout=10).raise_for_status()
+
+
+def peft_folder(root: Path, name: str) -> Path:
+    """What vLLM's load_lora_adapter checks for (the double only looks for adapter_config.json)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    return folder
+
+
+def register_adapter(gateway_url: str, admin_key: str, name: str, folder: Path, digest: str | None = None,
+                     base: str = VLLM_BASE) -> dict[str, Any]:
+    """PUT /admin/adapters/NAME with a PEFT folder (a fresh random digest unless one is given)."""
+    r = httpx.put(f"{gateway_url}/admin/adapters/{name}", headers={"authorization": f"Bearer {admin_key}"},
+                  timeout=10, json={"base": base, "version": 1, "digest": digest or os.urandom(32).hex(),
+                                    "files": {"peft": str(folder)}})
+    assert r.status_code == 200, r.text
+    return r.json()
