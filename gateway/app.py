@@ -68,16 +68,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # Young-generation threshold: one collection per 7,000 net allocations instead of CPython's 700. A request
-# allocates a few thousand container objects, nearly all freed by reference counting when it ends, so the
+# allocates thousands of container objects, nearly all freed by reference counting when it ends, so the
 # default collected young objects several times per request for almost nothing.
 YOUNG_GC_THRESHOLD = 7_000
 
 
 def tune_collector() -> None:
-    """After start-up: move what it built (modules, the app, pools: ~170k tracked objects) out of the cyclic
-    collector's reach with `gc.freeze()`, as Python's gc docs advise for servers, and collect the young
-    generation less often. Measured in one bench run (bench/README.md, "Issue 16, end"): full collections
-    had paused every request for up to 0.48 s, and the collector took ~0.4 ms per request on a busy host."""
+    """After start-up: move what it built (modules, the app, pools) out of the cyclic collector's reach with
+    `gc.freeze()`, as Python's gc docs advise for servers, so full collections stop walking it while every
+    request waits; and collect the young generation less often (measured: bench/README.md, "Issue 16, end")."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

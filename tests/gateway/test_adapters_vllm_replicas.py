@@ -91,8 +91,12 @@ def test_it_is_unloaded_only_after_the_last_gateway_with_traffic_finished(stack,
     next(long)
     register(a, "both", peft_folder(tmp_path, "both-v2"))
     assert len("".join(c.choices[0].delta.content or "" for c in short if c.choices).split()) == 21
-    time.sleep(1.5)  # a's own traffic has ended and a ran its discovery: only b's stream holds the version
-    assert old not in vllm_stats(vllm.url)["unloads"]
+    wait_until(lambda: vllm_stats(vllm.url)["in_flight"].get(old) == 1, timeout=10,
+               what="a's stream ended on the server: only b's holds the old version")
+    began = time.monotonic()
+    while time.monotonic() - began < 1.5:  # a runs its discovery (every second) meanwhile and finds it stale
+        assert old not in vllm_stats(vllm.url)["unloads"], "unloaded while gateway b still streamed on it"
+        time.sleep(0.1)
     rest = "".join(c.choices[0].delta.content or "" for c in long if c.choices)
     assert len(rest.split()) == WORDS  # the first word came before
     wait_until(lambda: old in vllm_stats(vllm.url)["unloads"], timeout=10, what="old version unloaded once drained")
