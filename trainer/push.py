@@ -91,14 +91,17 @@ def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
     return max([0, *local_versions(output_dir), *remote]) + 1
 
 
-def push(cfg: RunConfig, report: dict[str, Any], *, forced: bool = False, force: bool = False) -> dict[str, Any]:
+def push(cfg: RunConfig, report: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
     """Publish to each of `push.targets`, then write the version's manifest. Returns the manifest.
 
     `ollama`: upload, create NAME:vN, move NAME:latest. `llamacpp` / `vllm`: the adapter into the shared
     adapters folder and the gateway's adapter registry (trainer/adapter_push.py). With evaluation.baseline
     route:NAME, NAME:vN goes on the deploy route only if it beat the deployed variant through the gateway
-    (trainer/vs_deployed.py), or `force`."""
+    (trainer/vs_deployed.py), or `force`. The manifest records `forced` when `force` pushed a model that
+    lost to its base (`report`'s gate)."""
     from trainer import deploy
+
+    forced = force and not report["gate"]["passed"]
 
     targets = cfg.push.targets
     if cfg.deploy:  # a wrong key or gateway, or no route to compare with, fails before anything is pushed

@@ -71,7 +71,7 @@ def push_stage(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
             raise GateRefused(f"not pushing: the tuned model did not beat the base model ({reasons}); "
                               "use --force to push anyway")
         log.warning("pushing a model that failed the gate because --force was given: %s", reasons)
-    return push(cfg, report, forced=force and not report["gate"]["passed"], force=force)
+    return push(cfg, report, force=force)
 
 
 def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = False) -> dict[str, Any]:
