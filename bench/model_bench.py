@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--load-factor", type=float, default=1.25)
+    p.add_argument("--affinity-memory", type=int, default=16384,
+                   help="GATEWAY_AFFINITY_MEMORY: conversations remembered (0: the ring alone decides)")
     p.add_argument("--threads", type=int, default=1, help="threads per replica (2 replicas on 2 cores: 1 each)")
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--ctx-per-slot", type=int, default=2048)
@@ -101,7 +103,7 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
     opts = ServerOptions(threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
                          cache_ram_mib=args.cache_ram, slot_similarity=args.sps, cache_reuse=args.cache_reuse)
     replicas = start_replicas(stack, 2, opts, workdir) if args.replicas == "llama" else start_mock_replicas(stack, 2)
-    gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor) for p in POLICIES}
+    gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor, args.affinity_memory) for p in POLICIES}
     direct_clients = {name: _client(url, {}) for name, url in replica_names(replicas).items()}
     workloads = args.workloads.split(",")
     blocks: list[Block] = []
@@ -120,7 +122,8 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                 else:
                     clients = direct_clients
                 target = Target(name=target_kind, policy=policy, model=MODEL, clients=clients,
-                                max_tokens=args.max_tokens, load_factor=args.load_factor)
+                                max_tokens=args.max_tokens, load_factor=args.load_factor,
+                                affinity_memory=args.affinity_memory)
                 before = requests_per_replica(gateways[policy][0].port) if target_kind == "stack" else {}
                 records, wall = await run_block(args, workload, target, seed)
                 if target_kind == "stack":

@@ -12,11 +12,12 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
 from bench.model_workload import Conversation
-from gateway.backends.affinity import affinity_key, pick_bounded
+from gateway.backends.affinity import Placements, affinity_key, pick_bounded
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import RoutingPolicy
 
@@ -57,11 +58,13 @@ class Target:
     """Somewhere to send chats: `stack` (one client, the gateway routes) or `direct` (routed here)."""
 
     def __init__(self, *, name: str, policy: RoutingPolicy, model: str, clients: dict[str, openai.AsyncOpenAI],
-                 max_tokens: int, load_factor: float = 1.25, prefix_chars: int = 2048) -> None:
+                 max_tokens: int, load_factor: float = 1.25, prefix_chars: int = 2048,
+                 affinity_memory: int = 16384) -> None:
         self.name, self.policy, self.model, self.max_tokens = name, policy, model, max_tokens
         self._replicas = [_Replica(n, c) for n, c in clients.items()]
         self._factor, self._prefix_chars = load_factor, prefix_chars
         self._rotation = itertools.count()
+        self._placements = Placements(affinity_memory)
         self.routes_itself = len(self._replicas) > 1
 
     def _pick(self, messages: Messages) -> _Replica:
@@ -69,7 +72,7 @@ class Target:
             return self._replicas[0]
         if self.policy == "prefix_affinity":
             key = affinity_key(ChatCompletionRequest(model=self.model, messages=messages), self._prefix_chars)
-            chosen = pick_bounded(key, self._replicas, lambda r: True, self._factor) if key else None
+            chosen = pick_bounded(key, self._replicas, lambda r: True, self._factor, self._placements) if key else None
             if chosen is not None:
                 return chosen  # type: ignore[return-value]
         start = next(self._rotation) % len(self._replicas)  # the pool's least-in-flight, rotation for ties

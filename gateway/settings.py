@@ -101,6 +101,10 @@ class Settings(PolicySettings, StoreSettings):
     affinity_load_factor: float = Field(
         1.25, ge=1.0, le=10.0, description="prefix_affinity's load bound: no replica takes a request that would put "
         "it above this factor x the mean of requests in flight (it goes to the next replica on the ring).")
+    affinity_memory: int = Field(
+        16_384, ge=0, le=1 << 22, description="prefix_affinity remembers where this many recent conversations were "
+        "served last and keeps each there while the load bound allows, so one the bound moved stays where its prompt "
+        "is cached (about 150 bytes each; 0: the ring alone decides).")
     affinity_prefix_chars: int = Field(
         2048, ge=16, le=1 << 20, description="prefix_affinity hashes the system messages and the first user "
         "message, each cut to this many characters.")

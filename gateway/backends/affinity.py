@@ -10,14 +10,23 @@ KubeAI's PrefixHash): the prompt's key is a point on a ring of the replicas serv
 walking clockwise from it, the first replica that is usable and below
 `ceil(factor * mean in-flight)` (this request counted) takes it. Every gateway process builds the
 same ring from the replicas' names, so all of them send a conversation to the same replica with no
-shared state; a replica leaving moves only its own keys. Memory is bounded: no per-key state, and
-rings are cached per replica set in a small LRU.
+shared state; a replica leaving moves only its own keys.
+
+The bound alone would cost the conversations it moves: a chat whose first turn spilled to the next
+replica (its home was full) has its prompt cached there, and the ring would send its next turn home
+to compute the whole history again. So each gateway process also remembers, in a bounded LRU
+(`Placements`), where every recent key was last served, and sends the key there while that replica is
+usable and below the bound; the ring decides only for keys it has not seen (or forgot) and when the
+remembered replica is full, open or gone. The bound thus moves whole conversations, and over time
+balances them, instead of scattering their turns. The memory is per process: a gateway replica that
+never saw a chat sends it to its ring home, which is where an unspilled chat is anyway.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from hashlib import blake2b
@@ -90,18 +99,55 @@ def load_cap(loads: Sequence[int], factor: float) -> int:
     return math.ceil(factor * (sum(loads) + 1) / len(loads))
 
 
+class Placements:
+    """Where each recent key was last served: an LRU of at most `capacity` keys (about 150 bytes each)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._where: OrderedDict[bytes, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get(self, key: bytes) -> str | None:
+        return self._where.get(key)
+
+    def served(self, key: bytes, replica: str) -> None:
+        if self.capacity <= 0:
+            return
+        self._where[key] = replica
+        self._where.move_to_end(key)
+        if len(self._where) > self.capacity:
+            self._where.popitem(last=False)
+
+
 def pick_bounded(key: bytes, serving: Sequence[Loaded], usable: Callable[[Any], bool],
-                 factor: float) -> Loaded | None:
-    """The first usable replica below the load cap, walking the ring from `key`; None if there is none.
+                 factor: float, placements: Placements | None = None) -> Loaded | None:
+    """The replica for `key`: where it was served last if that one is usable and below the load cap,
+    else the first usable replica below the cap walking the ring from `key`; None if there is none.
 
     `serving`: every replica serving the model (the ring's members, whether usable now or not, so a
-    circuit opening moves only that replica's keys); `usable`: may this one be tried now.
+    circuit opening moves only that replica's keys); `usable`: may this one be tried now. The choice is
+    recorded in `placements`.
     """
     live = [r for r in serving if usable(r)]
     if not live:
         return None
     cap = load_cap([r.in_flight for r in live], factor)
     by_name = {r.name: r for r in serving}
+    chosen: Loaded | None = None
+    last = placements.get(key) if placements is not None else None
+    if last is not None and (replica := by_name.get(last)) is not None and usable(replica) \
+            and replica.in_flight < cap:
+        chosen = replica
+    else:
+        chosen = _walk_ring(key, by_name, usable, cap)
+    if chosen is not None and placements is not None:
+        placements.served(key, chosen.name)
+    return chosen
+
+
+def _walk_ring(key: bytes, by_name: dict[str, Loaded], usable: Callable[[Any], bool], cap: int) -> Loaded | None:
     points, owners = _ring(tuple(sorted(by_name)))
     start = bisect.bisect_left(points, int.from_bytes(key[:8].ljust(8, b"\x00"), "big"))
     seen: set[str] = set()

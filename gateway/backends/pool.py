@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.backends.affinity import pick_bounded
+from gateway.backends.affinity import Placements, pick_bounded
 from gateway.backends.base import Backend
 from gateway.backends.llamacpp import LlamaCppBackend
 from gateway.backends.ollama import OllamaBackend
@@ -89,6 +89,7 @@ class BackendPool:
             self.replicas.append(Replica(backend=backend, breaker=breaker))
         self._aliases = dict(settings.model_aliases)
         self._rotation = itertools.count()
+        self._placements = Placements(settings.affinity_memory)  # prefix_affinity: where each recent key went
         self._last_refresh = 0.0
         self._refresh_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +182,8 @@ class BackendPool:
             raise NoHealthyBackend(f"no healthy backend for model '{model}'", retry_after_s=min(waits))
         if policy == "prefix_affinity" and key is not None:
             usable = set(candidates)
-            chosen = pick_bounded(key, serving, usable.__contains__, self._settings.affinity_load_factor)
+            chosen = pick_bounded(key, serving, usable.__contains__, self._settings.affinity_load_factor,
+                                  self._placements)
             if chosen is not None:
                 return chosen  # type: ignore[return-value]  # one of `serving`
         # least in flight; ties broken by rotation so idle replicas share the load

@@ -160,10 +160,11 @@ async def test_the_policy_can_be_chosen_per_model(models_server) -> None:
     await pool.aclose()
 
 
+@pytest.mark.parametrize("memory", [0, 16_384])
 @pytest.mark.parametrize("factor", [1.0, 1.25, 2.0])
-async def test_no_replica_takes_more_than_factor_times_the_mean(models_server, factor: float) -> None:
+async def test_no_replica_takes_more_than_factor_times_the_mean(models_server, factor: float, memory: int) -> None:
     pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY,
-                           affinity_load_factor=factor)
+                           affinity_load_factor=factor, affinity_memory=memory)
     held: list[Lease] = []
     for _ in range(24):  # one hot conversation: every request wants the same replica
         lease, _ = await route(pool, key_of(7))
@@ -171,17 +172,64 @@ async def test_no_replica_takes_more_than_factor_times_the_mean(models_server, f
         load = Counter(x.replica.name for x in held)
         assert max(load.values()) <= math.ceil(factor * len(held) / 3), load
     load = Counter(x.replica.name for x in held)
-    home = load.most_common(1)[0][0]
-    assert load[home] == math.ceil(factor * 24 / 3)  # the home replica is filled up to its bound, not beyond
+    home = held[0].replica.name
+    if not memory:  # the ring fills the home replica up to its bound, not beyond, before moving on
+        assert load[home] == math.ceil(factor * 24 / 3)
+    last = held[-1].replica.name
     for lease in held:
         lease.done()
-    assert await route_once(pool, key_of(7)) == home  # the load gone, the conversation is home again
+    # the load gone: without memory the ring sends the key home; with it, to where it was served last
+    assert await route_once(pool, key_of(7)) == (last if memory else home)
     await pool.aclose()
 
 
-async def test_an_open_circuit_falls_through_and_the_key_comes_back(models_server) -> None:
+def home_of(i: int, names: list[str]) -> str:
+    """The ring's replica for conversation `i` among idle `names` (what every gateway computes)."""
+    from types import SimpleNamespace
+
+    from gateway.backends.affinity import pick_bounded
+    chosen = pick_bounded(key_of(i), [SimpleNamespace(name=n, in_flight=0) for n in names], lambda r: True, 1.25)
+    assert chosen is not None
+    return chosen.name
+
+
+async def test_a_conversation_the_bound_moved_stays_where_it_was_served(models_server) -> None:
+    # Two conversations with the same home arrive together: the bound (factor 1) sends the second to the
+    # other replica, which now holds its prompt. Its later turns go there, not home to compute it again.
+    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0)
+    ring_only = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0,
+                                affinity_memory=0)
+    first, second = [i for i in range(100) if home_of(i, ["a", "b"]) == "a"][:2]
+    for p in (pool, ring_only):
+        hold, name = await route(p, key_of(first))
+        assert name == "a"
+        assert await route_once(p, key_of(second)) == "b"  # a is at the bound: the chat spills
+        hold.done()
+    assert {await route_once(pool, key_of(second)) for _ in range(5)} == {"b"}
+    assert {await route_once(ring_only, key_of(second)) for _ in range(5)} == {"a"}  # the cache is on b
+    assert await route_once(pool, key_of(first)) == "a"  # the unmoved conversation stays home
+    await pool.aclose()
+    await ring_only.aclose()
+
+
+async def test_remembered_conversations_still_respect_the_bound(models_server) -> None:
+    # Conversations remembered on one replica do not pile onto it: above the bound they move on.
+    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0)
+    on_a = [i for i in range(200) if home_of(i, ["a", "b"]) == "a"][:6]
+    for i in on_a:
+        assert await route_once(pool, key_of(i)) == "a"  # one at a time: every one goes home and is remembered
+    held = [await route(pool, key_of(i)) for i in on_a]  # now all at once
+    load = Counter(name for _, name in held)
+    assert load == {"a": 3, "b": 3}, load
+    for lease, _ in held:
+        lease.done()
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("memory", [0, 16_384])
+async def test_an_open_circuit_falls_through(models_server, memory: int) -> None:
     pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY,
-                           breaker_failures=1, breaker_reset_s=0.3)
+                           breaker_failures=1, breaker_reset_s=0.3, affinity_memory=memory)
     home = await route_once(pool, key_of(3))
     broken = {home}
 
@@ -195,11 +243,21 @@ async def test_an_open_circuit_falls_through_and_the_key_comes_back(models_serve
     assert name != home
     assert {await route_once(pool, key_of(3)) for _ in range(5)} == {name}  # home's circuit is open: skipped
     broken.clear()
-    deadline = asyncio.get_running_loop().time() + 5
-    while await route_once(pool, key_of(3)) != home:  # half-open probe succeeds, the circuit closes
-        assert asyncio.get_running_loop().time() < deadline, "the conversation never went home"
-        await asyncio.sleep(0.05)
-    assert {await route_once(pool, key_of(3)) for _ in range(5)} == {home}
+    loop = asyncio.get_running_loop()
+    if memory:  # the conversation's prompt is cached where it failed over to: it stays there
+        await asyncio.sleep(0.4)  # past breaker_reset_s: home may be probed again
+        assert {await route_once(pool, key_of(3)) for _ in range(5)} == {name}
+        fresh = next(i for i in range(100, 300) if home_of(i, ["a", "b"]) == home)
+        deadline = loop.time() + 5
+        while await route_once(pool, key_of(fresh)) != home:  # new conversations go home again
+            assert loop.time() < deadline, "home never took a conversation again"
+            await asyncio.sleep(0.05)
+    else:  # the ring alone: the key comes back home once the circuit closes
+        deadline = loop.time() + 5
+        while await route_once(pool, key_of(3)) != home:  # half-open probe succeeds, the circuit closes
+            assert loop.time() < deadline, "the conversation never went home"
+            await asyncio.sleep(0.05)
+        assert {await route_once(pool, key_of(3)) for _ in range(5)} == {home}
     await pool.aclose()
 
 
@@ -216,15 +274,21 @@ async def test_models_missing_on_a_replica_or_everywhere(models_server) -> None:
     await pool.aclose()
 
 
-async def test_memory_stays_bounded_however_many_conversations(models_server) -> None:
-    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY)
+@pytest.mark.parametrize("memory", [0, 2_000])
+async def test_memory_stays_bounded_however_many_conversations(models_server, memory: int) -> None:
+    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY,
+                           affinity_memory=memory)
     for i in range(200):  # warm up: rings, metric series, interpreter caches
         await route_once(pool, key_of(i))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(20_000):
+    for i in range(10_000):
         await route_once(pool, i.to_bytes(8, "big"))
-    grown = tracemalloc.get_traced_memory()[0] - before
+    filled = tracemalloc.get_traced_memory()[0]
+    for i in range(10_000, 30_000):
+        await route_once(pool, i.to_bytes(8, "big"))
+    grown = tracemalloc.get_traced_memory()[0] - filled
     tracemalloc.stop()
-    assert grown < 64 * 1024, f"{grown} bytes kept after 20 000 distinct conversations"
+    assert filled - before < 64 * 1024 + memory * 300, f"{filled - before} bytes for {memory} remembered"
+    assert grown < 64 * 1024, f"{grown} more bytes kept after 20 000 more conversations"
     await pool.aclose()
