@@ -99,12 +99,17 @@ class Settings(PolicySettings, StoreSettings):
         default_factory=dict, description='Per-model policy overriding GATEWAY_ROUTING_POLICY, e.g. '
         '{"smollm2:135m": "prefix_affinity"} (the model name the replicas serve).')
     affinity_load_factor: float = Field(
-        1.25, ge=1.0, le=10.0, description="prefix_affinity's load bound: no replica takes a request that would put "
-        "it above this factor x the mean of requests in flight (it goes to the next replica on the ring).")
+        1.25, ge=1.0, le=10.0, description="prefix_affinity's bound for placing a conversation: no replica takes a new "
+        "one that would put it above this factor x the mean of requests in flight (it goes to the next replica on "
+        "the ring).")
+    affinity_move_factor: float = Field(
+        2.0, ge=1.0, le=10.0, description="prefix_affinity moves a conversation off the replica holding its prompt "
+        "cache only when that replica would go above this factor x the mean of requests in flight (moving costs "
+        "the whole prompt, so this is looser than the placing bound).")
     affinity_memory: int = Field(
         16_384, ge=0, le=1 << 22, description="prefix_affinity remembers where this many recent conversations were "
-        "served last and keeps each there while the load bound allows, so one the bound moved stays where its prompt "
-        "is cached (about 150 bytes each; 0: the ring alone decides).")
+        "served (about 150 bytes each), to keep each one a bound or a failure moved where its prompt is cached "
+        "(0: the ring and the placing bound alone decide).")
     affinity_prefix_chars: int = Field(
         2048, ge=16, le=1 << 20, description="prefix_affinity hashes the system messages and the first user "
         "message, each cut to this many characters.")

@@ -12,14 +12,20 @@ walking clockwise from it, the first replica that is usable and below
 same ring from the replicas' names, so all of them send a conversation to the same replica with no
 shared state; a replica leaving moves only its own keys.
 
-The bound alone would cost the conversations it moves: a chat whose first turn spilled to the next
-replica (its home was full) has its prompt cached there, and the ring would send its next turn home
-to compute the whole history again. So each gateway process also remembers, in a bounded LRU
-(`Placements`), where every recent key was last served, and sends the key there while that replica is
-usable and below the bound; the ring decides only for keys it has not seen (or forgot) and when the
-remembered replica is full, open or gone. The bound thus moves whole conversations, and over time
-balances them, instead of scattering their turns. The memory is per process: a gateway replica that
-never saw a chat sends it to its ring home, which is where an unspilled chat is anyway.
+Each gateway process also remembers, in a bounded LRU (`Placements`), where every recent key was
+served, because the bound alone costs the conversations it moves: a chat whose first turn went to
+the next replica (its home was full) has its prompt cached there, and the ring would send its next
+turn home to compute the whole history again. So a key seen before goes where it was served, while
+that replica is usable and below `ceil(move_factor * mean in-flight)`; moving a conversation costs its
+whole prompt, so the move factor (2 by default) is looser than the placing one. A first turn is a
+miss wherever it goes, so the tight bound lands where it is free: on placing new conversations, which
+is also what evens out an uneven hash split over time (the fuller replica has more in flight, so new
+chats go elsewhere).
+
+The memory is per process and only matters for conversations a bound or a failure moved: every
+gateway process still sends every other conversation to its ring home, so several gateway replicas
+agree without sharing anything; one that never saw a moved chat sends it home (one miss, then it is
+remembered there).
 """
 
 from __future__ import annotations
@@ -121,33 +127,35 @@ class Placements:
             self._where.popitem(last=False)
 
 
-def pick_bounded(key: bytes, serving: Sequence[Loaded], usable: Callable[[Any], bool],
-                 factor: float, placements: Placements | None = None) -> Loaded | None:
-    """The replica for `key`: where it was served last if that one is usable and below the load cap,
-    else the first usable replica below the cap walking the ring from `key`; None if there is none.
+def pick_bounded(key: bytes, serving: Sequence[Loaded], usable: Callable[[Any], bool], factor: float,
+                 placements: Placements | None = None, move_factor: float | None = None) -> Loaded | None:
+    """The replica for `key`, or None if no usable replica is below the bound.
 
-    `serving`: every replica serving the model (the ring's members, whether usable now or not, so a
-    circuit opening moves only that replica's keys); `usable`: may this one be tried now. The choice is
-    recorded in `placements`.
+    A key in `placements` stays where it was served while that replica is usable and below
+    `ceil(move_factor x mean in-flight)` (this request counted). Otherwise the ring decides: walking
+    from `key`, the first usable replica below `ceil(factor x mean in-flight)`. `serving`: every replica
+    serving the model (the ring's members, usable now or not, so a circuit opening moves only that
+    replica's keys); `usable`: may this one be tried now. The choice is recorded in `placements`.
     """
     live = [r for r in serving if usable(r)]
     if not live:
         return None
-    cap = load_cap([r.in_flight for r in live], factor)
+    loads = [r.in_flight for r in live]
     by_name = {r.name: r for r in serving}
     chosen: Loaded | None = None
     last = placements.get(key) if placements is not None else None
     if last is not None and (replica := by_name.get(last)) is not None and usable(replica) \
-            and replica.in_flight < cap:
+            and replica.in_flight < load_cap(loads, move_factor or factor):
         chosen = replica
     else:
-        chosen = _walk_ring(key, by_name, usable, cap)
+        cap = load_cap(loads, factor)
+        chosen = _walk_ring(key, by_name, lambda r: usable(r) and r.in_flight < cap)
     if chosen is not None and placements is not None:
         placements.served(key, chosen.name)
     return chosen
 
 
-def _walk_ring(key: bytes, by_name: dict[str, Loaded], usable: Callable[[Any], bool], cap: int) -> Loaded | None:
+def _walk_ring(key: bytes, by_name: dict[str, Loaded], fits: Callable[[Any], bool]) -> Loaded | None:
     points, owners = _ring(tuple(sorted(by_name)))
     start = bisect.bisect_left(points, int.from_bytes(key[:8].ljust(8, b"\x00"), "big"))
     seen: set[str] = set()
@@ -156,9 +164,8 @@ def _walk_ring(key: bytes, by_name: dict[str, Loaded], usable: Callable[[Any], b
         if name in seen:
             continue
         seen.add(name)
-        replica = by_name[name]
-        if usable(replica) and replica.in_flight < cap:
-            return replica
+        if fits(by_name[name]):
+            return by_name[name]
         if len(seen) == len(by_name):
             break
     return None

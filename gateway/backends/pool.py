@@ -183,7 +183,7 @@ class BackendPool:
         if policy == "prefix_affinity" and key is not None:
             usable = set(candidates)
             chosen = pick_bounded(key, serving, usable.__contains__, self._settings.affinity_load_factor,
-                                  self._placements)
+                                  self._placements, self._settings.affinity_move_factor)
             if chosen is not None:
                 return chosen  # type: ignore[return-value]  # one of `serving`
         # least in flight; ties broken by rotation so idle replicas share the load

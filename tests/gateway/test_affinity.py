@@ -164,7 +164,7 @@ async def test_the_policy_can_be_chosen_per_model(models_server) -> None:
 @pytest.mark.parametrize("factor", [1.0, 1.25, 2.0])
 async def test_no_replica_takes_more_than_factor_times_the_mean(models_server, factor: float, memory: int) -> None:
     pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY,
-                           affinity_load_factor=factor, affinity_memory=memory)
+                           affinity_load_factor=factor, affinity_move_factor=factor, affinity_memory=memory)
     held: list[Lease] = []
     for _ in range(24):  # one hot conversation: every request wants the same replica
         lease, _ = await route(pool, key_of(7))
@@ -212,18 +212,20 @@ async def test_a_conversation_the_bound_moved_stays_where_it_was_served(models_s
     await ring_only.aclose()
 
 
-async def test_remembered_conversations_still_respect_the_bound(models_server) -> None:
-    # Conversations remembered on one replica do not pile onto it: above the bound they move on.
-    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0)
-    on_a = [i for i in range(200) if home_of(i, ["a", "b"]) == "a"][:6]
-    for i in on_a:
-        assert await route_once(pool, key_of(i)) == "a"  # one at a time: every one goes home and is remembered
-    held = [await route(pool, key_of(i)) for i in on_a]  # now all at once
-    load = Counter(name for _, name in held)
-    assert load == {"a": 3, "b": 3}, load
-    for lease, _ in held:
-        lease.done()
-    await pool.aclose()
+def test_a_placed_conversation_moves_only_above_the_move_factor() -> None:
+    from types import SimpleNamespace
+
+    from gateway.backends.affinity import Placements, pick_bounded
+    replicas = {n: SimpleNamespace(name=n, in_flight=0) for n in ("a", "b", "c")}
+    placements = Placements(100)
+    placements.served(key_of(1), "a")
+    replicas["a"].in_flight = 2  # 2 of 2 in flight: above 1.25 x the mean, within 2 x
+    pick = lambda move: pick_bounded(key_of(1), list(replicas.values()), lambda r: True, 1.25,  # noqa: E731
+                                     placements, move).name
+    assert pick(3.0) == "a"  # stays with its prompt cache
+    placements.served(key_of(1), "a")
+    assert pick(1.25) != "a"  # moved: its replica is over the bound
+    assert placements.get(key_of(1)) != "a"  # and it is remembered where it went
 
 
 @pytest.mark.parametrize("memory", [0, 16_384])
