@@ -54,8 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the shared-system-prompt workload's system prompt; 0 skips that workload")
     p.add_argument("--single", type=int, default=16, help="single-turn requests per block")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--think-s", type=float, default=2.0,
+                   help="mean seconds a chat's user takes before the next turn (exponential, seeded; 0: at once)")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--load-factor", type=float, default=1.25)
+    p.add_argument("--move-factor", type=float, default=2.0, help="GATEWAY_AFFINITY_MOVE_FACTOR")
     p.add_argument("--affinity-memory", type=int, default=16384,
                    help="GATEWAY_AFFINITY_MEMORY: conversations remembered (0: the ring alone decides)")
     p.add_argument("--threads", type=int, default=1, help="threads per replica (2 replicas on 2 cores: 1 each)")
@@ -85,7 +88,7 @@ async def run_block(args: argparse.Namespace, workload: str, target: Target, see
         return await run_single(target, single_prompts(seed, args.single), args.concurrency)
     chats = conversations(seed, count=args.conversations, turns=args.turns, history_words=args.history_words,
                           system_words=args.shared_system_words if workload == "chats-shared-system" else 0)
-    return await run_chats(target, chats, args.concurrency)
+    return await run_chats(target, chats, args.concurrency, think_s=args.think_s, seed=seed)
 
 
 async def settled_split(gateway_port: int, before: dict[str, float], expected: int) -> dict[str, float]:
@@ -103,7 +106,8 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
     opts = ServerOptions(threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
                          cache_ram_mib=args.cache_ram, slot_similarity=args.sps, cache_reuse=args.cache_reuse)
     replicas = start_replicas(stack, 2, opts, workdir) if args.replicas == "llama" else start_mock_replicas(stack, 2)
-    gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor, args.affinity_memory) for p in POLICIES}
+    gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor, args.affinity_memory,
+                                args.move_factor) for p in POLICIES}
     direct_clients = {name: _client(url, {}) for name, url in replica_names(replicas).items()}
     workloads = args.workloads.split(",")
     blocks: list[Block] = []
@@ -123,7 +127,7 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                     clients = direct_clients
                 target = Target(name=target_kind, policy=policy, model=MODEL, clients=clients,
                                 max_tokens=args.max_tokens, load_factor=args.load_factor,
-                                affinity_memory=args.affinity_memory)
+                                affinity_memory=args.affinity_memory, move_factor=args.move_factor)
                 before = requests_per_replica(gateways[policy][0].port) if target_kind == "stack" else {}
                 records, wall = await run_block(args, workload, target, seed)
                 if target_kind == "stack":

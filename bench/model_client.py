@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Record:
     # `usage.prompt_tokens_details.cached_tokens`, which llama-server fills and the gateway relays. A count,
     # not a time: a hit or a miss reads the same on a busy host.
     cached_tokens: int | None = None
+    chat: int | None = None  # the conversation a chat turn belongs to
 
 
 @dataclass
@@ -59,12 +61,12 @@ class Target:
 
     def __init__(self, *, name: str, policy: RoutingPolicy, model: str, clients: dict[str, openai.AsyncOpenAI],
                  max_tokens: int, load_factor: float = 1.25, prefix_chars: int = 2048,
-                 affinity_memory: int = 16384) -> None:
+                 affinity_memory: int = 16384, move_factor: float = 2.0) -> None:
         self.name, self.policy, self.model, self.max_tokens = name, policy, model, max_tokens
         self._replicas = [_Replica(n, c) for n, c in clients.items()]
         self._factor, self._prefix_chars = load_factor, prefix_chars
         self._rotation = itertools.count()
-        self._placements = Placements(affinity_memory)
+        self._placements, self._move_factor = Placements(affinity_memory), move_factor
         self.routes_itself = len(self._replicas) > 1
 
     def _pick(self, messages: Messages) -> _Replica:
@@ -72,7 +74,8 @@ class Target:
             return self._replicas[0]
         if self.policy == "prefix_affinity":
             key = affinity_key(ChatCompletionRequest(model=self.model, messages=messages), self._prefix_chars)
-            chosen = pick_bounded(key, self._replicas, lambda r: True, self._factor, self._placements) if key else None
+            chosen = pick_bounded(key, self._replicas, lambda r: True, self._factor, self._placements,
+                                  self._move_factor) if key else None
             if chosen is not None:
                 return chosen  # type: ignore[return-value]
         start = next(self._rotation) % len(self._replicas)  # the pool's least-in-flight, rotation for ties
@@ -122,17 +125,31 @@ async def run_single(target: Target, prompts: list[Messages], concurrency: int) 
     return records, time.perf_counter() - t0
 
 
-async def run_chats(target: Target, chats: list[Conversation], concurrency: int) -> tuple[list[Record], float]:
+async def run_chats(target: Target, chats: list[Conversation], concurrency: int, *, think_s: float = 0.0,
+                    seed: int = 0) -> tuple[list[Record], float]:
     """Chats turn by turn, `concurrency` requests at a time. A chat whose turn is answered goes to the back
     of the queue (its user reads and types while other chats are served), so turns interleave as they do
-    with many users: a replica's slots see every chat between two turns of one."""
+    with many users: a replica's slots see every chat between two turns of one.
+
+    `think_s`: the mean of each user's time to read and type (exponential, seeded), after which the chat
+    rejoins the queue. With 0 every chat rejoins at once, in the order its answers ended: a closed loop
+    that replays the same sequence each round, so least-in-flight's rotation can send a chat's
+    turns to the same replica by accident. Random think times break that lockstep as real users do."""
     ready: deque[Conversation] = deque(chats)
     unfinished = len(chats)
     changed = asyncio.Condition()
     records: list[Record] = []
+    rng = random.Random(seed)
+    thinking: set[asyncio.Task[None]] = set()
 
     def can_go() -> bool:
         return bool(ready) or unfinished == 0
+
+    async def rejoin(chat: Conversation, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with changed:
+            ready.append(chat)
+            changed.notify_all()
 
     async def worker() -> None:
         nonlocal unfinished
@@ -144,11 +161,16 @@ async def run_chats(target: Target, chats: list[Conversation], concurrency: int)
                 chat = ready.popleft()
             messages = chat.next_messages()
             record = await target.chat(messages, "first" if chat.turn == 0 else "follow")
+            record.chat = chat.ident
             records.append(record)
             chat.answered(messages, record.text or "(no answer)")
             async with changed:
                 if chat.finished:
                     unfinished -= 1
+                elif think_s > 0:
+                    task = asyncio.create_task(rejoin(chat, rng.expovariate(1 / think_s)))
+                    thinking.add(task)
+                    task.add_done_callback(thinking.discard)
                 else:
                     ready.append(chat)
                 changed.notify_all()

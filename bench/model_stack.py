@@ -81,11 +81,12 @@ def replica_names(replicas: list[Service]) -> dict[str, str]:
 
 
 def start_stack(stack: ExitStack, replicas: list[Service], policy: str, workdir: Path,
-                load_factor: float, affinity_memory: int) -> tuple[Target, Service]:
+                load_factor: float, affinity_memory: int, move_factor: float) -> tuple[Target, Service]:
     """nginx -> one gateway using `policy` -> the replicas; returns the gateway target (pointed at nginx) and nginx."""
     backends = [{"kind": "openai", "url": url, "name": name} for name, url in replica_names(replicas).items()]
     env = {"GATEWAY_BACKENDS": json.dumps(backends), "GATEWAY_ROUTING_POLICY": policy,
            "GATEWAY_AFFINITY_LOAD_FACTOR": str(load_factor), "GATEWAY_AFFINITY_MEMORY": str(affinity_memory),
+           "GATEWAY_AFFINITY_MOVE_FACTOR": str(move_factor),
            "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "120", "GATEWAY_TOTAL_TIMEOUT_S": "600"}
     gateway = start_gateway(stack, replicas[0], extra_env=env)
     public, status = free_port(), free_port()

@@ -53,6 +53,21 @@ def test_chats_interleave_turn_by_turn() -> None:
     assert all(c.finished and len(c.messages) == 7 for c in chats)
 
 
+
+def test_think_times_reorder_the_turns_and_every_chat_finishes() -> None:
+    lockstep = _Recorder()
+    asyncio.run(run_chats(lockstep, conversations(3, count=6, turns=3, history_words=20), concurrency=2))  # type: ignore[arg-type]
+    orders = []
+    for seed in range(5):
+        chats = conversations(3, count=6, turns=3, history_words=20)
+        target = _Recorder()
+        records, _ = asyncio.run(run_chats(target, chats, concurrency=2, think_s=0.01, seed=seed))  # type: ignore[arg-type]
+        assert len(records) == 18 and all(c.finished and len(c.messages) == 7 for c in chats)
+        orders.append(target.order)
+    assert any(order != lockstep.order for order in orders)  # users come back in their own time
+    assert len({tuple(o) for o in orders}) > 1  # and the seed decides how
+
+
 def _block(workload: str, target: str, policy: str, ttft_s: float, wall: float, split: dict[str, float]) -> Block:
     kind = "single" if workload == "single" else "follow"
     records = [Record(kind, ttft_s, ttft_s + 1, 100, 32, None) for _ in range(20)]
