@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx2  # the pinned openai SDK's HTTP client
 import openai
 
 from bench.machine import REPO_ROOT, describe, load_average
@@ -80,7 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _client(base_url: str, headers: dict[str, str]) -> openai.AsyncOpenAI:
     key = headers.get("Authorization", "Bearer none").removeprefix("Bearer ")
-    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=600)
+    # Kept-alive connections expire after 1 s, well inside llama-server's own 5 s keep-alive: with the
+    # SDK's 5 s both ends closed at once and a request on the dying connection failed (the stack's
+    # nginx keeps connections 65 s, so only direct blocks lost requests to it).
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=1.0)
+    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=600,
+                              http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
 
 async def run_block(args: argparse.Namespace, workload: str, target: Target, seed: int) -> tuple[list, float]:

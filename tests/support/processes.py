@@ -127,7 +127,13 @@ class Service:
             self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
+        if not self.proc:
+            return
+        if self.proc.poll() is not None:
+            if self.proc.returncode < 0 and self.proc.returncode != -signal.SIGKILL:
+                # died of a signal nobody here sent (a crash): leave its log where pytest shows it
+                print(f"{self.name} died of signal {-self.proc.returncode}; its log ends:\n{self.logs()[-3000:]}",
+                      file=sys.stderr)
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:

@@ -108,7 +108,8 @@ class ServeWhenExported(threading.Thread):
 
     def stop(self) -> None:
         self.done.set()
-        self.join(timeout=180)
+        if self.ident is not None:  # a test that failed before v2's run never started the watcher
+            self.join(timeout=180)
         if self.server is not None:
             self.server.stop()
 
