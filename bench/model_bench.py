@@ -81,10 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _client(base_url: str, headers: dict[str, str]) -> openai.AsyncOpenAI:
     key = headers.get("Authorization", "Bearer none").removeprefix("Bearer ")
-    # Kept-alive connections expire after 1 s, well inside llama-server's own 5 s keep-alive: with the
-    # SDK's 5 s both ends closed at once and a request on the dying connection failed (the stack's
-    # nginx keeps connections 65 s, so only direct blocks lost requests to it).
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=1.0)
+    # A new connection per request, to either target: llama-server (cpp-httplib) may close a kept-alive
+    # connection just after a streamed answer, and a request sent on it then fails ("Server disconnected
+    # without sending a response", 1-3 per direct block); the gateway retries that case itself, the SDK
+    # does not without a backoff sleep. A local connect costs ~0.1 ms against TTFTs of hundreds.
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
     return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=600,
                               http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 

@@ -51,6 +51,12 @@ class _Replica:
     in_flight: int = 0
 
 
+def _cause(exc: BaseException) -> str:
+    """The transport error under the SDK's generic "Connection error." (what actually went wrong)."""
+    cause = exc.__cause__
+    return f" ({type(cause).__name__}: {str(cause)[:200]})" if cause is not None else ""
+
+
 def _cached(usage: Any) -> int | None:
     details = getattr(usage, "prompt_tokens_details", None)
     return getattr(details, "cached_tokens", None)
@@ -100,7 +106,7 @@ class Target:
                     usage = chunk.usage
         except openai.OpenAIError as exc:
             return Record(kind, ttft, time.perf_counter() - t0, 0, 0, replica.name if self.routes_itself else None,
-                          error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                          error=f"{type(exc).__name__}: {str(exc)[:200]}{_cause(exc)}")
         finally:
             replica.in_flight -= 1
         return Record(kind, ttft, time.perf_counter() - t0, usage.prompt_tokens if usage else 0,
