@@ -84,7 +84,7 @@ bench-soak: venv
 	$(BIN)/python -m bench.soak
 
 ## bench-model: nginx -> gateway -> 2 llama.cpp replicas on SmolLM2 vs direct, least_in_flight vs prefix_affinity
-## (builds llama-server once, several minutes; one run about 15 minutes on 2 cores; bench/README.md, "Real model")
+## (builds llama-server once, several minutes; one run about 12 minutes on a quiet 2-core host; bench/README.md, "Real model")
 bench-model: system-deps venv
 	$(BIN)/python -m tests.support.llama_server
 	$(BIN)/python -m bench.model_bench $(BENCH_ARGS)

@@ -45,15 +45,15 @@ from tests.support.llama import smollm2_gguf
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="rounds of single-turn blocks (order alternates)")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of single-turn blocks (order alternates)")
     p.add_argument("--chat-rounds", type=int, default=1, help="rounds of chat blocks (the first rounds)")
     p.add_argument("--conversations", type=int, default=16)
-    p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--history-words", type=int, default=160,
+    p.add_argument("--turns", type=int, default=4)
+    p.add_argument("--history-words", type=int, default=430,
                    help="each chat's own history (160 words: about 300 tokens; 430: about 800)")
     p.add_argument("--shared-system-words", type=int, default=160,
                    help="the shared-system-prompt workload's system prompt; 0 skips that workload")
-    p.add_argument("--single", type=int, default=16, help="single-turn requests per block")
+    p.add_argument("--single", type=int, default=32, help="single-turn requests per block")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--think-s", type=float, default=2.0,
                    help="mean seconds a chat's user takes before the next turn (exponential, seeded; 0: at once)")
