@@ -39,6 +39,7 @@ from bench.model_stack import (
     start_stack,
 )
 from bench.model_workload import conversations, single_prompts
+from bench.procs import cpu_seconds
 from bench.stack import exit_cleanly_on_sigterm
 from tests.support.llama import smollm2_gguf
 
@@ -136,7 +137,13 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                                 max_tokens=args.max_tokens, load_factor=args.load_factor,
                                 affinity_memory=args.affinity_memory, move_factor=args.move_factor)
                 before = requests_per_replica(gateways[policy][0].port) if target_kind == "stack" else {}
+                watched = {"model": [r.proc.pid for r in replicas if r.proc]}
+                if target_kind == "stack":
+                    gw, nginx = gateways[policy]
+                    watched["stack"] = [*gw.pids().values(), *([nginx.proc.pid] if nginx.proc else [])]
+                cpu_before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
                 records, wall = await run_block(args, workload, target, seed)
+                cpu = {k: sum(cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}
                 if target_kind == "stack":
                     split = await settled_split(gateways[policy][0].port, before, len(records))
                     await clients["stack"].close()
@@ -144,7 +151,7 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                     split = {}
                     for r in records:
                         split[r.replica or "?"] = split.get(r.replica or "?", 0) + 1
-                block = Block(workload, target_kind, policy, rnd, records, wall, split)
+                block = Block(workload, target_kind, policy, rnd, records, wall, split, cpu)
                 blocks.append(block)
                 print(f"round {rnd} {workload:20s} {target_kind:6s} {policy:16s} wall {wall:6.1f}s "
                       f"TTFT p50 {block.ttft_ms(50):7.0f} p95 {block.ttft_ms(95):7.0f} ms "

@@ -97,7 +97,7 @@ def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
     from bench.model_bench import main
 
     args = ["--replicas", "mock", "--rounds", "1", "--chat-targets", "direct,stack", "--conversations", "4", "--turns", "2", "--history-words", "40",
-            "--shared-system-words", "30", "--single", "4", "--concurrency", "2", "--out", str(tmp_path)]
+            "--shared-system-words", "30", "--single", "16", "--concurrency", "2", "--out", str(tmp_path)]
     assert main(args) == 0
     report = next(tmp_path.glob("model-*.md")).read_text()
     for row in ("| single | direct | LIF | 1 |", "| single | stack | affinity | 1 |",
@@ -107,3 +107,6 @@ def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
     assert len(rows) == 12 and all(row.endswith("| 0 |") for row in rows)  # no request failed
     assert all(" n/a " not in row for row in rows)  # every block measured TTFT and, through the stack, its split
     assert next(tmp_path.glob("model-*.png")).stat().st_size > 1000
+    # the stack's own CPU is counted per request (nginx, gateway and Redis really worked in the stack blocks)
+    cpu_rows = [line for line in report.splitlines() if "the stack's CPU" in line]
+    assert len(cpu_rows) == 2 and all(float(row.split("| ")[2].split(" ms")[0]) > 0 for row in cpu_rows)
