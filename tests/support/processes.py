@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,36 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: deque[int] = deque(maxlen=256)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives outgoing connections, so
+    between this call and the server's bind a client socket could take it (seen: nginx "Address
+    already in use"). Below that range only listeners bind; ports handed out recently are skipped.
+    """
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.append(port)
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def find_binary(name: str) -> str:
