@@ -39,6 +39,10 @@ def free_port() -> int:
     already in use"). Below that range only listeners bind; ports handed out recently are skipped.
     """
     low = min(_ephemeral_low(), 32768)
+    if low < 4096:  # an ephemeral range that starts this low leaves no room below it: let the kernel pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
     for _ in range(1000):
         port = random.randrange(max(1024, low - 12000), low)
         if port in _HANDED_OUT:
