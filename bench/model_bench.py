@@ -39,7 +39,7 @@ from bench.model_stack import (
     start_stack,
 )
 from bench.model_workload import conversations, single_prompts
-from bench.procs import cpu_seconds
+from bench.procs import CpuSnapshot
 from bench.stack import exit_cleanly_on_sigterm
 from tests.support.llama import smollm2_gguf
 
@@ -128,22 +128,25 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
             order = [(t, p) for t in (args.targets if single else args.chat_targets).split(",") for p in POLICIES]
             for target_kind, policy in (order if rnd % 2 == 0 else order[::-1]):
                 seed += 1
+                # CPU is booked per group: `model` (the replicas) and, in stack blocks, `stack` (its processes)
+                watched = {f"model:{i}": r.proc.pid for i, r in enumerate(replicas) if r.proc}
                 if target_kind == "stack":
                     gw, nginx = gateways[policy]
                     clients = {"stack": _client(nginx.url, gw.headers)}
+                    watched |= {f"stack:{name}": pid for name, pid in gw.pids().items()}
+                    watched |= {"stack:nginx": nginx.proc.pid} if nginx.proc else {}
                 else:
                     clients = direct_clients
                 target = Target(name=target_kind, policy=policy, model=MODEL, clients=clients,
                                 max_tokens=args.max_tokens, load_factor=args.load_factor,
                                 affinity_memory=args.affinity_memory, move_factor=args.move_factor)
                 before = requests_per_replica(gateways[policy][0].port) if target_kind == "stack" else {}
-                watched = {"model": [r.proc.pid for r in replicas if r.proc]}
-                if target_kind == "stack":
-                    gw, nginx = gateways[policy]
-                    watched["stack"] = [*gw.pids().values(), *([nginx.proc.pid] if nginx.proc else [])]
-                cpu_before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
+                cpu_before = CpuSnapshot.take(watched)
                 records, wall = await run_block(args, workload, target, seed)
-                cpu = {k: sum(cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}
+                cpu: dict[str, float] = {}
+                for name, seconds in CpuSnapshot.take(watched).since(cpu_before).items():
+                    group = name.split(":")[0]
+                    cpu[group] = cpu.get(group, 0.0) + seconds
                 if target_kind == "stack":
                     split = await settled_split(gateways[policy][0].port, before, len(records))
                     await clients["stack"].close()
