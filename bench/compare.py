@@ -1,4 +1,4 @@
-"""The gateway against the floor and against LiteLLM's proxy, in one run (issue 7).
+"""The gateway against the floor and against LiteLLM's proxy, in one run.
 
 Starts on loopback: the mock backend, the gateway (production settings, API key, Redis;
 `--workers` uvicorn workers, one by default) and LiteLLM's proxy (one worker, master key, Redis

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bad load spec {args[0]}: {type(exc).__name__}: {exc}")
     if spec.concurrency < 1 or spec.requests < 1 or not spec.kinds:
         sys.exit("load spec needs concurrency >= 1, requests >= 1 and at least one kind")
-    from bench.mock_backend import install_fast_loop
+    from testkit.mock_backend import install_fast_loop
     install_fast_loop()
     results, wall, cpu, servers = asyncio.run(run(spec))
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,4 +1,4 @@
-"""Real-model benchmark (issue 21): nginx -> gateway -> 2 llama.cpp replicas serving SmolLM2 on CPU, against
+"""Real-model benchmark: nginx -> gateway -> 2 llama.cpp replicas serving SmolLM2 on CPU, against
 the same replicas called directly, least_in_flight against prefix_affinity, openai SDK as the client.
 
     python -m bench.model_bench                # the default run (`make bench-model`)
@@ -41,7 +41,7 @@ from bench.model_stack import (
 from bench.model_workload import conversations, single_prompts
 from bench.procs import CpuSnapshot
 from bench.stack import exit_cleanly_on_sigterm
-from tests.support.llama import smollm2_gguf
+from testkit.llama import smollm2_gguf
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default="direct,stack", help="targets of single-turn blocks")
     p.add_argument("--chat-targets", default="stack", help="targets of chat blocks")
     p.add_argument("--replicas", choices=("llama", "mock"), default="llama",
-                   help="mock: bench.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
+                   help="mock: testkit.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--label", default="", help="suffix of the report's file names")
     p.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: a temporary folder)")

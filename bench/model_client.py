@@ -18,8 +18,8 @@ from typing import Any
 import openai
 
 from bench.model_workload import Conversation
-from gateway.backends.affinity import Placements, affinity_key, pick_bounded
-from gateway.protocol import ChatCompletionRequest
+from gateway.replicas.affinity import Placements, affinity_key, pick_bounded
+from gateway.protocol.requests import ChatCompletionRequest
 from gateway.settings import RoutingPolicy
 
 Messages = list[dict[str, str]]

@@ -1,4 +1,4 @@
-"""The real-model benchmark's summaries, the checks of issue 21, a Markdown report and a PNG plot."""
+"""The real-model benchmark's summaries, its checks, a Markdown report and a PNG plot."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def checks(cfgs: dict[tuple[str, str, str], Config]) -> list[tuple[str, str, bool | None]]:
-    """(what, measured, passed) for each figure issue 21 asks for; None where it was not measured."""
+    """(what, measured, passed) for each figure the benchmark checks; None where it was not measured."""
     out: list[tuple[str, str, bool | None]] = []
     for workload, gate in (("chats", True), ("chats-shared-system", False)):
         lif, aff = cfgs.get((workload, "stack", POLICIES[0])), cfgs.get((workload, "stack", POLICIES[1]))
@@ -190,7 +190,7 @@ def overhead_checks(cfgs: dict[tuple[str, str, str], Config]) -> list[tuple[str,
 
 def markdown(cfgs: dict[tuple[str, str, str], Config], *, title: str, info: dict[str, Any],
              plot_name: str | None) -> str:
-    lines = [f"# {title}", "", "## Checks (issue 21)", "", "| check | measured | passed |", "|---|---|---|"]
+    lines = [f"# {title}", "", "## Checks", "", "| check | measured | passed |", "|---|---|---|"]
     for what, measured, passed in checks(cfgs):
         lines.append(f"| {what} | {measured} | {'-' if passed is None else ('yes' if passed else 'NO')} |")
     lines += ["", "## Results", "", ("TTFT: first content token, client side (openai SDK, streaming). Chats: "

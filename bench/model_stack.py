@@ -21,11 +21,11 @@ from bench.stack import (
     start_gateway,
     start_mock,
 )
-from tests.stack.nginx_render import build_conf_dir
-from tests.stack.topology import loopback_nginx_values, start_nginx
-from tests.support.llama import smollm2_gguf
-from tests.support.llama_server import llama_server_binary
-from tests.support.processes import Service, free_port
+from testkit.nginx_render import build_conf_dir
+from testkit.topology import loopback_nginx_values, start_nginx
+from testkit.llama import smollm2_gguf
+from testkit.llama_server import llama_server_binary
+from testkit.processes import Service, free_port
 
 MODEL = "smollm2"
 
@@ -70,7 +70,7 @@ def start_replicas(stack: ExitStack, count: int, opts: ServerOptions, log_dir: P
 
 
 def start_mock_replicas(stack: ExitStack, count: int) -> list[Service]:
-    """Replicas without a model (bench.mock_backend), to check the benchmark's plumbing in seconds."""
+    """Replicas without a model (testkit.mock_backend), to check the benchmark's plumbing in seconds."""
     return [start_mock(stack, MockOptions(model=MODEL, tokens=8, token_delay_ms=1.0), name=f"mock{i}")
             for i in range(count)]
 

@@ -1,8 +1,8 @@
-"""Gateway overhead over the Ollama API called directly (issue 2), one gateway.
+"""Gateway overhead over the Ollama API called directly, one gateway.
 
 The backend is the bench mock speaking Ollama's native API (/api/chat, NDJSON). The direct rows call
 its /api/chat; the gateway rows call the gateway's /v1/chat/completions, which reaches the same mock
-through its Ollama backend. Issue 2's targets (`TARGETS` below) bound the added p50 at 1 client and
+through its Ollama backend. The targets (`TARGETS` below) bound the added p50 at 1 client and
 the added p50 and p99 at 50 clients against a double answering in `--backend-ms`, for non-streamed
 latency and for the time to first token of streamed requests.
 

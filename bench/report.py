@@ -64,7 +64,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def target_checks(points: list[PointSummary], rss: dict[str, dict[str, int]]) -> list[tuple[str, str, bool | None]]:
-    """(what, measured, passed) for each target of issue 7; None where it could not be measured."""
+    """(what, measured, passed) for each target the comparison checks; None where it could not be measured."""
     idx = index(points)
     out: list[tuple[str, str, bool | None]] = []
     levels = sorted({p.concurrency for p in points})

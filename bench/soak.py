@@ -1,4 +1,4 @@
-"""Soak: 100 000+ mixed requests through the gateway while its RSS is sampled (issue 7).
+"""Soak: 100 000+ mixed requests through the gateway while its RSS is sampled.
 
 Mix: plain (unique prompts: cache miss + store), streamed, cache hits, requests the mock
 answers 500 (errors the backend caused; the gateway must answer 5xx) and requests for a model

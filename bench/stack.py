@@ -19,7 +19,7 @@ import httpx
 
 from bench.litellm_env import LITELLM_VENV
 from bench.procs import peak_rss_bytes
-from tests.support.processes import Service, free_port, python_service, redis_service
+from testkit.processes import Service, free_port, python_service, redis_service
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -86,7 +86,7 @@ def _started(stack: ExitStack, svc: Service, *, http_path: str | None, timeout: 
 
 def start_mock(stack: ExitStack, opts: MockOptions, *, name: str = "mock") -> Service:
     port = free_port()
-    args = ["-m", "bench.mock_backend", "--port", str(port), *opts.args()]
+    args = ["-m", "testkit.mock_backend", "--port", str(port), *opts.args()]
     return _started(stack, python_service(name, args, port), http_path="/v1/models", timeout=15)
 
 

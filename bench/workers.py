@@ -1,4 +1,4 @@
-"""Plain requests/s through the gateway with 1 uvicorn worker against N, in one run (issue 16).
+"""Plain requests/s through the gateway with 1 uvicorn worker against N, in one run.
 
 Starts one mock and, side by side, one gateway per worker count (`python -m gateway` with
 GATEWAY_WORKERS set, each with its own Redis), then sends the same plain load (unique prompts:

@@ -1,4 +1,6 @@
-"""Wiring only: build the app, its long-lived objects (on `app.state`), middleware and error handlers."""
+"""Wiring only: every long-lived object built once, complete, from the settings (nothing connects here),
+put on `app.state`, started and stopped by the lifespan; then the routers, error handlers and middleware.
+"""
 
 from __future__ import annotations
 
@@ -6,67 +8,55 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
 
-from gateway.access_log import AccessLog, RecentRequests
-from gateway.adapters.in_flight import SharedInFlight
+from gateway.access.admission import Admission
+from gateway.access.authenticate import Authenticator
+from gateway.access.cache import ResponseCache
+from gateway.access.charges import Charges
+from gateway.access.cost import PriceTable
+from gateway.access.jwt import JwksCache, JwtVerifier, jwt_from_settings
+from gateway.access.key_lookup import CachedKeyLookup
+from gateway.access.keys import KeyStore, MemoryKeyStore, RedisKeyStore, pepper_of
+from gateway.access.limits import AnonymousLimiter, KeyRateLimiter
+from gateway.access.tokens import TokenIssuer
+from gateway.access.usage import UsageStore
+from gateway.adapters.leases import AdapterLeases
 from gateway.adapters.registry import AdapterRegistry
-from gateway.backends.adapter_backend import AdapterBackend
-from gateway.backends.pool import BackendPool
-from gateway.errors import ClientError, GatewayError, InvalidRequest, PayloadTooLarge, error_response
-from gateway.metrics import GatewayMetrics
-from gateway.middleware.access_log import AccessLogMiddleware
-from gateway.middleware.body_limit import BodyLimitMiddleware
-from gateway.middleware.request_id import RequestIdMiddleware
-from gateway.policy import Policy
-from gateway.routers import (adapters, admin, auth_token, feedback, health, inference, inferences, models, routes,
-                             usage)
-from gateway.routes.guard import Guardian
-from gateway.routes.shadow import ShadowMirror
-from gateway.routes.table import RouteTable
-from gateway.routes.targeting import Targeting
-from gateway.serving import InferenceService
+from gateway.api import ops, token
+from gateway.api.admin import adapters, inferences, keys, routes
+from gateway.api.errors import install_error_handlers
+from gateway.api.middleware.body_limit import BodyLimitMiddleware
+from gateway.api.middleware.request_id import RequestIdMiddleware
+from gateway.api.middleware.request_log import AccessLogMiddleware
+from gateway.api.v1 import feedback, inference, models, usage
+from gateway.model_routes.guard import Guardian
+from gateway.model_routes.stats import RouteStats
+from gateway.model_routes.store import RouteStore
+from gateway.model_routes.table import RouteTable
+from gateway.model_routes.targeting import Targeting
+from gateway.observability.access_log import AccessLog, RecentRequests
+from gateway.observability.failures import FailureLog
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import exporter_from_env, setup_tracing
+from gateway.pipeline.capture import Capture
+from gateway.pipeline.feedback import FeedbackDesk
+from gateway.pipeline.inference import InferencePipeline
+from gateway.pipeline.shadow import ShadowMirror
+from gateway.protocol.structured import Verdicts
+from gateway.replicas.build import build_pool
+from gateway.replicas.call import ReplicaCaller
 from gateway.settings import Settings
+from gateway.state.redis import RedisState
+from gateway.state.write_behind import WriteBehind
 from gateway.store.runtime import StoreRuntime
-from gateway.tracing import exporter_from_env, setup_tracing
 
 # Probes and scrapes would dominate the request rate and say nothing about the API.
 UNMEASURED_HANDLERS = ["/metrics", "/healthz", "/readyz"]
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in OpenAI's shape; nothing the client did produces a 500 or a traceback."""
-
-    @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(Exception)  # our bug: logged with its traceback, answered as a bare 500
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(InvalidRequest(f"{field or 'request'}: {first['msg']}", param=field))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 413:  # the body cap (gateway/middleware/body_limit.py)
-            return error_response(PayloadTooLarge(str(exc.detail)))
-        err = ClientError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        err.status = exc.status_code
-        return error_response(err)
-
-
 # Young-generation threshold: one collection per 7,000 net allocations instead of CPython's 700. A request
 # allocates thousands of container objects, nearly all freed by reference counting when it ends, so the
 # default collected young objects several times per request for almost nothing.
@@ -76,7 +66,7 @@ YOUNG_GC_THRESHOLD = 7_000
 def tune_collector() -> None:
     """After start-up: move what it built (modules, the app, pools) out of the cyclic collector's reach with
     `gc.freeze()`, as Python's gc docs advise for servers, so full collections stop walking it while every
-    request waits; and collect the young generation less often (measured: bench/README.md, "Issue 16, end")."""
+    request waits; and collect the young generation less often (measured: docs/benchmarks.md)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
@@ -87,63 +77,105 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     """`span_exporter` turns tracing on (tests pass an in-memory one); else OTEL_EXPORTER_OTLP_ENDPOINT does."""
     settings = settings or Settings()
     registry = CollectorRegistry()
-    metrics = GatewayMetrics(registry)
-    policy = Policy.build(settings, registry, metrics)
+    metrics = GatewayMetrics(registry, gpu_monthly_usd=settings.gpu_monthly_usd)
+    failures = FailureLog(metrics)
     tracing = setup_tracing(exporter=span_exporter or exporter_from_env())
-    store = StoreRuntime(settings, registry)  # the inference log and feedback (connects in the lifespan)
+    redis = RedisState.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                                retry_after_s=settings.redis_retry_s,
+                                on_error=lambda op: metrics.redis_errors.labels(op).inc())
+
+    # access: who is calling, what they may spend
+    pepper = pepper_of(settings)
+    key_store: KeyStore = RedisKeyStore(redis, pepper) if redis.configured else MemoryKeyStore(pepper)
+    key_lookup = CachedKeyLookup(key_store, pepper, fresh_s=settings.key_cache_s, stale_s=settings.key_stale_s)
+    jwt_config = jwt_from_settings(settings)
+    jwks = JwksCache(jwt_config.jwks_url) if jwt_config is not None and jwt_config.jwks_url else None
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    authenticator = Authenticator(keys=key_lookup, jwt=JwtVerifier(jwt_config, jwks) if jwt_config else None,
+                                  admin_key=admin_key or None, open_locally=settings.auth == "none",
+                                  default_rpm=settings.jwt_default_rpm, default_tpm=settings.jwt_default_tpm,
+                                  tracer=tracing.tracer)
+    limiter = KeyRateLimiter(redis, on_limited=lambda kind: metrics.rate_limited.labels(kind).inc(),
+                             on_drop=metrics.dropped_writes.labels("limits").inc)
+    cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
+    usage_store = UsageStore(redis, on_drop=metrics.dropped_writes.labels("usage").inc)
+    prices = PriceTable(default=settings.price_default, models=dict(settings.prices),
+                        gpu_monthly_usd=settings.gpu_monthly_usd)
+
+    # replicas, with their adapters
+    adapter_registry = AdapterRegistry.for_redis(redis)
+    # Requests on each adapter version across every gateway process: a version is unloaded once drained.
+    leases = AdapterLeases(redis, lease_s=settings.total_timeout_s + 60)
+    pool = build_pool(settings, metrics, failures=failures, registry=adapter_registry, leases=leases,
+                      tracer=tracing.tracer if tracing.enabled else None)
+    caller = ReplicaCaller(pool=pool, settings=settings, tracer=tracing.tracer)
+
+    # model routes
+    route_store = RouteStore(redis)
+    route_table = RouteTable(route_store, failures=failures, on_reload=metrics.show_route_weights)
+    route_stats = RouteStats(redis, metrics)
+    guardian = Guardian(table=route_table, store=route_store, stats=route_stats, failures=failures,
+                        on_rollback=lambda route, reason: metrics.rollbacks.labels(route, reason).inc())
+
+    # the inference log
+    store = StoreRuntime(settings, metrics, failures)
+    verdicts = Verdicts()
+    writes = WriteBehind(redis, [limiter, usage_store, cache, route_stats])
+    shadow = ShadowMirror(caller=caller, metrics=metrics, failures=failures, verdicts=verdicts,
+                          capacity=settings.shadow_queue)
+    recent = RecentRequests()
+
+    pipeline = InferencePipeline(
+        authenticator=authenticator, targeting=Targeting(table=route_table, pool=pool),
+        admission=Admission(limiter=limiter, cache=cache, metrics=metrics, cache_enabled=settings.cache_enabled,
+                            default_max_tokens=settings.default_max_tokens_estimate, tracer=tracing.tracer),
+        caller=caller,
+        charges=Charges(limiter=limiter, usage=usage_store, cache=cache, prices=prices, metrics=metrics,
+                        versions=pool.version),
+        route_stats=route_stats,
+        capture=Capture(store.writer, failures=failures, percent=settings.capture_percent,
+                        key_percent=settings.capture_keys),
+        writes=writes, shadow=shadow, verdicts=verdicts, metrics=metrics, failures=failures)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = BackendPool(settings, metrics)
-        held: dict[str, set[str]] = {}  # what each adapter-serving replica holds, shared by their drivers
-        # Requests on each adapter version across every gateway process: a version is unloaded once drained.
-        in_flight = SharedInFlight(policy.redis, lease_s=settings.total_timeout_s + 60)
-        for replica in pool.replicas:
-            if isinstance(replica.backend, AdapterBackend):
-                replica.backend.attach_adapters(app.state.adapters, held, in_flight)
-        tracing.instrument_pool(pool)
-        app.state.pool = pool
-        app.state.service = InferenceService(pool=pool, accounting=policy.accounting, settings=settings,
-                                             tracer=tracing.tracer)
-        table = app.state.route_table = RouteTable(policy.routes, on_reload=metrics.show_route_weights)
-        app.state.targeting = Targeting(table=table, pool=pool)
-        guardian = Guardian(table=table, store=policy.routes, stats=policy.accounting.route_stats,
-                            on_rollback=lambda route, reason: metrics.rollbacks.labels(route, reason).inc())
-        shadow = app.state.shadow = ShadowMirror(pool=pool, metrics=metrics, timeout_s=settings.total_timeout_s,
-                                                 capacity=settings.shadow_queue)
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.start()
         await store.start()
-        policy.accounting.on_settled = store.capture.on_settled
-        policy.accounting.versions = pool.version
-        await table.start()
+        await route_table.start()
         guardian.start()
         shadow.start()
         for model in pool.models():  # cache and cost series exist before the first request
-            policy.metrics.register_model(model)
+            metrics.register_model(model)
         tune_collector()
         try:
             yield
         finally:
             await shadow.aclose()
             await guardian.aclose()
-            await table.aclose()
+            await route_table.aclose()
             await pool.aclose()
-            await policy.aclose()
+            await writes.flush()
+            await redis.close()
+            if jwks is not None:
+                await jwks.aclose()
             await store.aclose()
             tracing.shutdown()
 
     app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.policy = policy
-    app.state.store = store
-    app.state.authenticator = policy.authenticator
-    app.state.tracing = tracing
-    app.state.recent_requests = RecentRequests()
-    # LoRA adapters (gateway/adapters/); a route variant's adapter is checked against its base (routers/routes.py).
-    app.state.adapters = AdapterRegistry.for_redis(policy.redis)
-    for router in (inference.router, models.router, health.router, feedback.router, usage.router,
-                   auth_token.router, admin.router, routes.router, inferences.router, adapters.router):
+    state = app.state
+    state.settings, state.metrics, state.tracing, state.redis = settings, metrics, tracing, redis
+    state.authenticator, state.keys, state.key_lookup = authenticator, key_store, key_lookup
+    state.usage, state.prices = usage_store, prices
+    state.tokens = TokenIssuer(config=jwt_config, authenticator=authenticator,
+                               limiter=AnonymousLimiter(settings.anonymous_rpm, redis))
+    state.pool, state.adapters = pool, adapter_registry
+    state.route_store, state.route_table, state.route_stats = route_store, route_table, route_stats
+    state.store, state.pipeline = store, pipeline
+    state.feedback = FeedbackDesk(recent=recent, engine=store.engine, pool=pool, route_stats=route_stats,
+                                  writes=writes, metrics=metrics, failures=failures)
+
+    for router in (inference.router, models.router, feedback.router, usage.router, token.router, ops.router,
+                   keys.router, routes.router, adapters.router, inferences.router):
         app.include_router(router)
     install_error_handlers(app)
     # Middleware, innermost first (each add_middleware wraps what was added before).
@@ -154,7 +186,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         .add(http_metrics.requests(registry=registry)) \
         .add(http_metrics.latency(registry=registry, should_include_status=False, buckets=Histogram.DEFAULT_BUCKETS)) \
         .instrument(app).expose(app, endpoint="/metrics", include_in_schema=False)
-    app.add_middleware(AccessLogMiddleware, access_log=AccessLog(recent=app.state.recent_requests))
+    app.add_middleware(AccessLogMiddleware, access_log=AccessLog(recent=recent))
     app.add_middleware(RequestIdMiddleware)
     tracing.instrument_app(app)
     return app

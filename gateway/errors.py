@@ -16,17 +16,14 @@
         ├── BackendTimeout            (504)
         └── ReplicaLacksModel         (404 from one replica: stale discovery, try another, not a breaker failure)
 
-`error_body` renders any of them in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+`error_payload` renders any of them in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import orjson
-from opentelemetry import trace
-from starlette.responses import Response
 
 
 class GatewayError(Exception):
@@ -140,13 +137,3 @@ def error_payload(exc: GatewayError) -> dict[str, object]:
 
 def error_body(exc: GatewayError) -> bytes:
     return orjson.dumps(error_payload(exc))
-
-
-def error_response(exc: BaseException) -> Response:
-    """The response for any exception that reached the edge: a GatewayError in its own shape; anything
-    else is our bug, logged with its traceback and answered as a bare 500 (no detail leaks out)."""
-    if not isinstance(exc, GatewayError):
-        logging.getLogger("gateway").error("unhandled error", exc_info=exc)
-        trace.get_current_span().record_exception(exc)  # a no-op unless tracing is on
-        exc = GatewayError("internal error; see the gateway log for the request id")
-    return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=exc.headers)

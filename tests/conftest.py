@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.llama import start_llama_server
-from tests.support.processes import Service, redis_service
+from testkit.llama import start_llama_server
+from testkit.processes import Service, redis_service
 
 
 @pytest.fixture(scope="session", autouse=True)

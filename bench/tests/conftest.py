@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.processes import Service, free_port, python_service
+from testkit.processes import Service, free_port, python_service
 
 TOKENS = 12
 TOKEN_DELAY_MS = 4.0
@@ -15,7 +15,7 @@ TOKEN_DELAY_MS = 4.0
 @pytest.fixture(scope="module")
 def mock() -> Iterator[Service]:
     port = free_port()
-    svc = python_service("bench-mock", ["-m", "bench.mock_backend", "--port", str(port), "--tokens", str(TOKENS),
+    svc = python_service("bench-mock", ["-m", "testkit.mock_backend", "--port", str(port), "--tokens", str(TOKENS),
                                         "--token-delay-ms", str(TOKEN_DELAY_MS), "--plain-delay-ms", "0"], port)
     svc.start()
     try:

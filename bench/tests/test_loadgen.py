@@ -10,7 +10,7 @@ from bench.loadgen import RequestKind
 from bench.point import chat_body, measure_alternating, merge_results, run_loadgen
 from bench.stack import Target
 from bench.tests.conftest import TOKEN_DELAY_MS, TOKENS
-from tests.support.processes import Service
+from testkit.processes import Service
 
 
 def _spec(mock: Service, kinds: list[RequestKind], **extra) -> dict:

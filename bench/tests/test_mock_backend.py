@@ -7,7 +7,7 @@ import ollama
 import openai
 
 from bench.tests.conftest import TOKENS
-from tests.support.processes import Service
+from testkit.processes import Service
 
 
 def test_openai_client_plain_and_stream(mock: Service) -> None:

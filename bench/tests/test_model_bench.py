@@ -9,8 +9,8 @@ from pathlib import Path
 from bench.model_client import Record, run_chats
 from bench.model_report import Block, checks, configs, markdown, plot
 from bench.model_workload import conversations
-from gateway.backends.affinity import affinity_key
-from gateway.protocol import ChatCompletionRequest
+from gateway.replicas.affinity import affinity_key
+from gateway.protocol.requests import ChatCompletionRequest
 
 
 def key(messages: list[dict[str, str]]) -> bytes | None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from bench.procs import CpuSnapshot, cpu_seconds, descendants, peak_rss_bytes, rss_bytes
-from tests.support.processes import wait_until
+from testkit.processes import wait_until
 
 BUSY_CHILD = "import subprocess,sys; c=subprocess.Popen([sys.executable,'-c','while True: pass']); c.wait()"
 

@@ -1,9 +1,9 @@
 """The adapter registry: which LoRA adapters exist, on which base model, and where their files are.
 
 An adapter is served under its own public model name (its registered `name`, e.g. `orders` or
-`orders:v2`): the adapter-aware backend drivers (gateway/backends/llamacpp.py, vllm.py) report it
-among the models of every replica that can serve it, so `pool.resolve(name)` finds those replicas,
-and the driver turns the request into "base model + this adapter" in the server's own terms.
+`orders:v2`): each replica that can serve it reports it among its models (gateway/adapters/serving.py),
+so `pool.resolve(name)` finds those replicas, and the replica's plan (llamacpp.py, vllm.py here) turns
+the request into "base model + this adapter" in its server's own terms.
 
 Stored in Redis (hash `gw:adapters`, one JSON record per name) when `REDIS_URL` is set, so every
 gateway replica and the trainer's `push` see the same set; in-process otherwise (development).
@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ClientError, InvalidRequest, ModelNotFound
-from gateway.redis_state import RedisState
+from gateway.state.redis import RedisState
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._:/-]{0,127}$"
 REDIS_KEY = "gw:adapters"
@@ -128,7 +128,7 @@ class RedisAdapterStore:
         return bool(await self.redis.run("adapter_delete", lambda r: r.hdel(REDIS_KEY, name)))
 
 
-def _parse(raw: bytes) -> Adapter | None:
+def _parse(raw: bytes | str) -> Adapter | None:
     try:
         return Adapter.model_validate(orjson.loads(raw))
     except (orjson.JSONDecodeError, ValidationError):
@@ -136,13 +136,13 @@ def _parse(raw: bytes) -> Adapter | None:
 
 
 class AdapterRegistry:
-    """The registry every part of the gateway uses (on `app.state.adapters`)."""
+    """The registry every part of the gateway uses (built once, on `app.state.adapters`)."""
 
     def __init__(self, store: AdapterStore) -> None:
         self.store = store
 
     @classmethod
-    def for_redis(cls, redis: RedisState) -> "AdapterRegistry":
+    def for_redis(cls, redis: RedisState) -> AdapterRegistry:
         return cls(RedisAdapterStore(redis) if redis.configured else MemoryAdapterStore())
 
     async def list(self) -> list[Adapter]:

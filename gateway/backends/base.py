@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -29,11 +29,14 @@ from gateway.errors import (
     GatewayError,
     ReplicaLacksModel,
 )
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import BackendSpec, Settings
 
 Chunk = dict[str, Any]
 ChunkBatch = list[Chunk]  # never empty
+ChunkStream = AsyncGenerator[ChunkBatch, None]
+# Fields the gateway adds to a request's body for this server (a llama.cpp `lora` list), after the client's.
+Extra = Mapping[str, Any] | None
 
 
 class Backend(abc.ABC):
@@ -50,8 +53,8 @@ class Backend(abc.ABC):
 
     def offers(self, model: str) -> bool:
         """Whether a request for `model`, which the last discovery listed here, should come here now.
-        True unless what a driver offers changes between discoveries (vLLM adapters: once one replica
-        loaded an adapter, the others stop offering it)."""
+        True unless what is offered changes between discoveries (vLLM adapters: once one replica loaded
+        an adapter, the others stop offering it: gateway/adapters/)."""
         return True
 
     def version(self, model: str) -> str | None:
@@ -60,20 +63,20 @@ class Backend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]: ...
+    async def chat(self, req: ChatCompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]: ...
 
     # Streams: `deadline` (event-loop time) is when the whole stream must have ended; past it the
     # stream raises BackendTimeout. Enforced once per stream by the transport, not per batch.
     @abc.abstractmethod
-    def chat_stream(self, req: ChatCompletionRequest, model: str,
-                    deadline: float | None = None) -> AsyncIterator[ChunkBatch]: ...
+    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
+                    extra: Extra = None) -> ChunkStream: ...
 
     @abc.abstractmethod
-    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]: ...
+    async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def complete_stream(self, req: CompletionRequest, model: str,
-                        deadline: float | None = None) -> AsyncIterator[ChunkBatch]: ...
+    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
+                        extra: Extra = None) -> ChunkStream: ...
 
     @abc.abstractmethod
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]: ...

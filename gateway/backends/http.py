@@ -3,7 +3,7 @@
 Why aiohttp: it is already a dependency (the JWKS fetch uses it too), it hands a response body over
 piece by piece as it arrives (an NDJSON or SSE stream is relayed without buffering), keeps a
 keep-alive pool with a connection limit per host, speaks https with the platform's or a given CA
-bundle, and goes through HTTP(S)_PROXY / NO_PROXY (gateway/backends/session.py sets it up).
+bundle, and goes through HTTP(S)_PROXY / NO_PROXY (gateway/outbound.py sets it up).
 
 What this module adds:
 - The session is made lazily inside the running loop (never at import) and closed by `aclose`.
@@ -19,7 +19,7 @@ What this module adds:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AbstractContextManager
 from types import SimpleNamespace
 from typing import Any
@@ -31,9 +31,9 @@ from aiohttp.client import IDEMPOTENT_METHODS
 from opentelemetry.trace import Span, Tracer
 
 from gateway.backends.base import error_for_status
-from gateway.backends.session import new_session
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
-from gateway.tracing import NO_CLIENT_SPAN, client_span
+from gateway.observability.tracing import NO_CLIENT_SPAN, client_span
+from gateway.outbound import new_session
 
 
 def error_message(body: bytes) -> str:
@@ -48,7 +48,7 @@ def error_message(body: bytes) -> str:
     return str(err)
 
 
-def json_object(raw: bytes, backend: str, what: str) -> dict:
+def json_object(raw: bytes, backend: str, what: str) -> dict[str, Any]:
     """`raw` as a JSON object, or BackendUnavailable naming the backend and `what` it sent."""
     try:
         data = orjson.loads(raw)
@@ -59,7 +59,7 @@ def json_object(raw: bytes, backend: str, what: str) -> dict:
     return data
 
 
-def stream_event(raw: bytes, backend: str, kind: str) -> dict:
+def stream_event(raw: bytes, backend: str, kind: str) -> dict[str, Any]:
     """One streamed JSON object (an NDJSON line, an SSE data field); a malformed one, or the error
     object a server sends mid-stream under status 200, raises BackendUnavailable."""
     event = json_object(raw, backend, kind)
@@ -166,7 +166,7 @@ class BackendHTTP:
             raise error_for_status(resp.status, message, self.name)
         return resp
 
-    async def json(self, method: str, path: str, body: bytes | None = None) -> dict:
+    async def json(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
         """One request, the whole JSON answer."""
         return json_object(await self.read(method, path, body), self.name, "JSON answer")
 
@@ -193,7 +193,7 @@ class BackendHTTP:
             raise BackendTimeout(f"backend {self.name}: no time left for the call")
         return aiohttp.ClientTimeout(total=left, sock_connect=self.connect_timeout_s)
 
-    async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncIterator[list[bytes]]:
+    async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncGenerator[list[bytes], None]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:
         the complete lines of what arrived together, except that the body's first line comes alone,
         so the first token is relayed before the rest of its read is parsed. A body cut short raises

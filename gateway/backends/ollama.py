@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -10,10 +10,10 @@ import orjson
 from opentelemetry.trace import Tracer
 
 from gateway.backends import ollama_translate as tr
-from gateway.backends.base import Backend, Chunk, ChunkBatch, completion_id, now, usage_dict
+from gateway.backends.base import Backend, Chunk, ChunkBatch, ChunkStream, Extra, completion_id, now, usage_dict
 from gateway.backends.http import BackendHTTP, stream_event
 from gateway.errors import BackendUnavailable, InvalidRequest
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import BackendSpec, Settings
 
 
@@ -49,7 +49,7 @@ class OllamaBackend(Backend):
         tags = await self._http.json("GET", "/api/tags")
         return [m.get("model") or m["name"] for m in tags.get("models", []) if m.get("model") or m.get("name")]
 
-    def _chat_body(self, req: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+    def _chat_body(self, req: ChatCompletionRequest, model: str, stream: bool, extra: Extra) -> dict[str, Any]:
         if req.n != 1:
             raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
         body: dict[str, Any] = {"model": model, "messages": tr.messages(req), "stream": stream,
@@ -59,10 +59,12 @@ class OllamaBackend(Backend):
             body["format"] = fmt
         if req.tools:
             body["tools"] = req.tools
+        if extra:
+            body.update(extra)
         return body
 
-    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
-        r = await self._http.json("POST", "/api/chat", orjson.dumps(self._chat_body(req, model, stream=False)))
+    async def chat(self, req: ChatCompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
+        r = await self._http.json("POST", "/api/chat", orjson.dumps(self._chat_body(req, model, False, extra)))
         msg = r.get("message") or {}
         calls = tr.tool_calls_out(msg.get("tool_calls"))
         message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
@@ -74,7 +76,7 @@ class OllamaBackend(Backend):
                 "usage": _usage(r)}
 
     async def _chunk_batches(self, path: str, body: dict[str, Any], convert: Callable[[dict[str, Any]], ChunkBatch],
-                             head: dict[str, Any], deadline: float | None) -> AsyncIterator[ChunkBatch]:
+                             head: dict[str, Any], deadline: float | None) -> ChunkStream:
         """Ollama's NDJSON parts as OpenAI chunk batches (`convert` maps one part); the part with
         `done` ends the stream, followed by the usage-only chunk (`head` + usage) the contract wants.
         An {"error": ...} line (Ollama's mid-stream failure, status 200) raises, after the chunks
@@ -105,8 +107,8 @@ class OllamaBackend(Backend):
                     yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str,
-                    deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
+    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
+                    extra: Extra = None) -> ChunkStream:
         cid, created = completion_id("chatcmpl"), now()
         state = {"first": True, "tool_calls": False}
 
@@ -129,16 +131,16 @@ class OllamaBackend(Backend):
             return out
 
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-        return self._chunk_batches("/api/chat", self._chat_body(req, model, stream=True), convert, head, deadline)
+        return self._chunk_batches("/api/chat", self._chat_body(req, model, True, extra), convert, head, deadline)
 
-    def _generate_body(self, req: CompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+    def _generate_body(self, req: CompletionRequest, model: str, stream: bool, extra: Extra) -> dict[str, Any]:
         if req.n != 1:
             raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
         return {"model": model, "stream": stream, "options": tr.options(req, req.output_cap),
-                **tr.generate_kwargs(req)}
+                **tr.generate_kwargs(req), **(extra or {})}
 
-    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
-        body = self._generate_body(req, model, stream=False)
+    async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
+        body = self._generate_body(req, model, False, extra)
         r = await self._http.json("POST", "/api/generate", orjson.dumps(body))
         text = (body["prompt"] + r.get("response", "")) if req.echo else r.get("response", "")
         return {"id": completion_id("cmpl"), "object": "text_completion", "created": now(), "model": model,
@@ -146,9 +148,9 @@ class OllamaBackend(Backend):
                              "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
                 "usage": _usage(r)}
 
-    def complete_stream(self, req: CompletionRequest, model: str,
-                        deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
-        body = self._generate_body(req, model, stream=True)
+    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
+                        extra: Extra = None) -> ChunkStream:
+        body = self._generate_body(req, model, True, extra)
         cid, created = completion_id("cmpl"), now()
 
         def convert(part: dict[str, Any]) -> ChunkBatch:

@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, _SamplingFields
+from gateway.protocol.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
 
 # Ollama's own fields a client may send alongside OpenAI's, passed through as they are.
 PASSTHROUGH = ("keep_alive", "think")
 
 
-def options(req: _SamplingFields, output_cap: int | None) -> dict[str, Any]:
+def options(req: SamplingFields, output_cap: int | None) -> dict[str, Any]:
     """Ollama `options`: the client's own `options` object, then the OpenAI fields on top."""
     extra = req.model_extra or {}
     given = extra.get("options") or {}
@@ -33,7 +33,7 @@ def options(req: _SamplingFields, output_cap: int | None) -> dict[str, Any]:
     return opts
 
 
-def passthrough(req: _SamplingFields) -> dict[str, Any]:
+def passthrough(req: SamplingFields) -> dict[str, Any]:
     extra = req.model_extra or {}
     return {k: extra[k] for k in PASSTHROUGH if k in extra}
 

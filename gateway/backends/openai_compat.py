@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import orjson
 from opentelemetry.trace import Tracer
 
-from gateway.backends.base import Backend, Chunk, ChunkBatch, usage_dict
+from gateway.backends.base import Backend, Chunk, ChunkBatch, ChunkStream, Extra, usage_dict
 from gateway.backends.http import BackendHTTP, stream_event
 from gateway.errors import BackendUnavailable
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import BackendSpec, Settings
-
-# Not forwarded: the gateway owns these (the client's stream_options is applied by the serving layer).
-_OWN_FIELDS = {"stream_options"}
 
 
 class OpenAICompatBackend(Backend):
     kind = "openai"
+    # Not forwarded from the client: the gateway owns these (the client's stream_options is applied when
+    # the stream is relayed).
+    own_fields: frozenset[str] = frozenset({"stream_options"})
 
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
-        headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
+        self._auth_headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
         self._http = BackendHTTP(spec.url + "/v1", name=self.name, connect_timeout_s=settings.connect_timeout_s,
-                                 max_connections=settings.max_connections_per_backend, headers=headers)
+                                 max_connections=settings.max_connections_per_backend, headers=self._auth_headers)
 
     def trace_with(self, tracer: Tracer) -> None:
         self._http.tracer = tracer
@@ -34,20 +33,19 @@ class OpenAICompatBackend(Backend):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _body(self, req: Any, model: str, stream: bool | None) -> bytes:
-        return orjson.dumps(self._payload(req, model, stream))
-
-    def _payload(self, req: Any, model: str, stream: bool | None) -> dict[str, Any]:
-        """The request as this server takes it (the adapter drivers add their fields here)."""
-        body = req.model_dump(exclude_none=True, exclude=_OWN_FIELDS)
+    def _body(self, req: Any, model: str, stream: bool | None, extra: Extra = None) -> bytes:
+        """The request as this server takes it, with the gateway's `extra` fields last."""
+        body = req.model_dump(exclude_none=True, exclude=self.own_fields)
         body["model"] = model
         if stream is not None:
             body["stream"] = stream
         if stream:  # always ask for usage; the serving layer drops it if the client did not
             body["stream_options"] = {"include_usage": True}
-        return body
+        if extra:
+            body.update(extra)
+        return orjson.dumps(body)
 
-    async def _sse(self, path: str, content: bytes, deadline: float | None) -> AsyncIterator[ChunkBatch]:
+    async def _sse(self, path: str, content: bytes, deadline: float | None) -> ChunkStream:
         """SSE data events as chunk batches; ends at [DONE]; an error event raises (after the chunks before it)."""
         async with aclosing(self._http.line_batches(path, content, deadline)) as line_batches:
             async for lines in line_batches:
@@ -71,7 +69,7 @@ class OpenAICompatBackend(Backend):
         raise BackendUnavailable(f"backend {self.name}: stream ended without [DONE]")
 
     @staticmethod
-    async def _usage_last(batches: AsyncIterator[ChunkBatch]) -> AsyncIterator[ChunkBatch]:
+    async def _usage_last(batches: ChunkStream) -> ChunkStream:
         """Guarantee the contract's final usage-only chunk, whatever the server's habit."""
         usage: dict[str, Any] | None = None
         content_chunks = 0
@@ -97,19 +95,19 @@ class OpenAICompatBackend(Backend):
         listing = await self._http.json("GET", "/models")
         return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
 
-    async def chat(self, req: ChatCompletionRequest, model: str) -> dict[str, Any]:
-        return await self._http.json("POST", "/chat/completions", self._body(req, model, stream=False))
+    async def chat(self, req: ChatCompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
+        return await self._http.json("POST", "/chat/completions", self._body(req, model, False, extra))
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str,
-                    deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
-        return self._usage_last(self._sse("/chat/completions", self._body(req, model, stream=True), deadline))
+    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
+                    extra: Extra = None) -> ChunkStream:
+        return self._usage_last(self._sse("/chat/completions", self._body(req, model, True, extra), deadline))
 
-    async def complete(self, req: CompletionRequest, model: str) -> dict[str, Any]:
-        return await self._http.json("POST", "/completions", self._body(req, model, stream=False))
+    async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
+        return await self._http.json("POST", "/completions", self._body(req, model, False, extra))
 
-    def complete_stream(self, req: CompletionRequest, model: str,
-                        deadline: float | None = None) -> AsyncIterator[ChunkBatch]:
-        return self._usage_last(self._sse("/completions", self._body(req, model, stream=True), deadline))
+    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
+                        extra: Extra = None) -> ChunkStream:
+        return self._usage_last(self._sse("/completions", self._body(req, model, True, extra), deadline))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
-        return await self._http.json("POST", "/embeddings", self._body(req, model, stream=None))
+        return await self._http.json("POST", "/embeddings", self._body(req, model, None))

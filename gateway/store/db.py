@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -18,6 +19,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.settings.store import StoreSettings
 
 log = logging.getLogger("gateway.store")
 
@@ -38,6 +41,14 @@ def async_url(database_url: str | None, sqlite_path: str = "gateway.db") -> str:
     return url.render_as_string(hide_password=False)
 
 
+def url_from_settings(settings: StoreSettings) -> str:
+    """The async URL of the database these settings name (the SQLite default's folder made if missing)."""
+    if not settings.database_url:
+        ensure_sqlite_folder(settings.sqlite_path)
+    return async_url(settings.database_url.get_secret_value() if settings.database_url else None,
+                     settings.sqlite_path)
+
+
 def ensure_sqlite_folder(sqlite_path: str) -> None:
     """The default file's folder may not exist yet; an unwritable one is logged (the gateway then serves
     without its store, as when a database is down) rather than stopping the process."""
@@ -55,7 +66,7 @@ def create_engine(url: str, *, connect_timeout_s: float = 5.0, pool_size: int = 
         engine = create_async_engine(url, connect_args={"timeout": connect_timeout_s})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")  # readers (feedback, judge) do not block the writer
             cur.close()

@@ -9,36 +9,27 @@ queue fills and drops, counted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.tasks import cancel_and_wait
-from gateway.store.capture import Capture, CaptureMetrics, CaptureWriter
+from gateway.background import cancel_and_wait, every
+from gateway.observability.failures import FailureLog
+from gateway.observability.metrics import GatewayMetrics
+from gateway.settings.store import StoreSettings
 from gateway.store.db import async_url, create_engine, ensure_sqlite_folder, migrate
 from gateway.store.queries import judge_levels, purge_before
-from gateway.store.settings import StoreSettings
+from gateway.store.writer import CaptureWriter
 
 log = logging.getLogger("gateway.store")
 MIGRATE_TIMEOUT_S = 30.0
 
 
-class JudgeGauges:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        # multiprocess_mode: every worker reads the same rows; the gauge is the same in each.
-        self.score = Gauge("gateway_judge_score", "Mean judge score (0..1) of the latest judge run.",
-                           ("route", "variant"), registry=registry, multiprocess_mode="max")
-        self.baseline = Gauge("gateway_judge_baseline_score", "Mean judge score of the route and variant's "
-                              "baseline run.", ("route", "variant"), registry=registry, multiprocess_mode="max")
-
-
 class StoreRuntime:
-    def __init__(self, settings: StoreSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: StoreSettings, metrics: GatewayMetrics, failures: FailureLog) -> None:
         url = settings.database_url.get_secret_value() if settings.database_url else None
         self.url = async_url(url, settings.sqlite_path)
         self.sqlite_path = None if url else settings.sqlite_path
@@ -47,12 +38,11 @@ class StoreRuntime:
             # Which file this process uses, so two processes that disagree are easy to spot.
             log.info({"event": "store", "database": "sqlite", "path": self.sqlite_path})
         self.settings = settings
+        self.metrics = metrics
+        self.failures = failures
         self.engine: AsyncEngine = create_engine(self.url)
-        self.metrics = CaptureMetrics(registry)
-        self.judge = JudgeGauges(registry)
-        self.writer = CaptureWriter(self.engine, self.metrics, capacity=settings.capture_queue,
+        self.writer = CaptureWriter(self.engine, metrics, failures, capacity=settings.capture_queue,
                                     batch_size=settings.capture_batch, retry_s=settings.capture_retry_s)
-        self.capture = Capture(self.writer, percent=settings.capture_percent, key_percent=settings.capture_keys)
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -62,12 +52,11 @@ class StoreRuntime:
             try:
                 async with asyncio.timeout(MIGRATE_TIMEOUT_S):
                     await self.migrate()
-            except Exception as exc:  # noqa: BLE001 - the gateway serves without its store
-                log.warning({"event": "store_unavailable", "error": f"{type(exc).__name__}: {exc}"[:300]})
+            except Exception as exc:  # noqa: BLE001 - the gateway serves without its store meanwhile
+                self.failures.record("store_migrate", exc, retry_s=self.settings.capture_retry_s)
         else:
             self.ready.set()
         self._tasks.append(asyncio.create_task(self._until_ready(), name="store-start"))
-        self._tasks.append(asyncio.create_task(self._periodic(), name="store-retention"))
 
     async def migrate(self) -> None:
         """Postgres serialises replicas with an advisory lock (db.migrate); SQLite processes on one host
@@ -87,18 +76,22 @@ class StoreRuntime:
     async def _until_ready(self) -> None:
         while not self.ready.is_set():
             await asyncio.sleep(self.settings.capture_retry_s)
-            with contextlib.suppress(Exception):
+            try:
                 await self.migrate()
+            except Exception as exc:  # noqa: BLE001 - retried until the database is there
+                self.failures.record("store_migrate", exc, retry_s=self.settings.capture_retry_s)
         self.writer.start()
+        await self.upkeep()
+        self._tasks.append(every(self.settings.capture_retention_interval_s, self.upkeep, name="store_upkeep",
+                                 failures=self.failures))
 
-    async def _periodic(self) -> None:
-        await self.ready.wait()
-        while True:
-            with contextlib.suppress(Exception):
-                await self.run_retention()
-            with contextlib.suppress(Exception):
-                await self.refresh_judge_gauges()
-            await asyncio.sleep(self.settings.capture_retention_interval_s)
+    async def upkeep(self) -> None:
+        """Retention, then the judge gauges; a failure of one does not skip the other."""
+        for name, job in (("store_retention", self.run_retention), ("judge_gauges", self.refresh_judge_gauges)):
+            try:
+                await job()
+            except Exception as exc:  # noqa: BLE001 - recorded; the next round retries
+                self.failures.record(name, exc)
 
     async def run_retention(self) -> dict[str, int]:
         cutoff = datetime.now(UTC) - timedelta(days=self.settings.capture_retention_days)
@@ -110,9 +103,9 @@ class StoreRuntime:
     async def refresh_judge_gauges(self) -> None:
         for level in await judge_levels(self.engine):
             if "score" in level:
-                self.judge.score.labels(level["route"], level["variant"]).set(level["score"])
+                self.metrics.judge_score.labels(level["route"], level["variant"]).set(level["score"])
             if "baseline" in level:
-                self.judge.baseline.labels(level["route"], level["variant"]).set(level["baseline"])
+                self.metrics.judge_baseline.labels(level["route"], level["variant"]).set(level["baseline"])
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._tasks)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.compose.engine import Engine
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 STANDINS = Path(os.environ.get("SLM_STANDINS_DIR", REPO_ROOT.parent / "shared" / "standins"))
 PROJECT = "slm-stack-ctest"

@@ -10,8 +10,8 @@ from pathlib import Path
 import ollama
 import pytest
 
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import Service
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import Service
 
 TOKENS = 16
 MODEL = "smollm2:135m"

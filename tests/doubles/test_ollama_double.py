@@ -16,9 +16,9 @@ import ollama
 import pytest
 
 from tests.doubles.conftest import MODEL, QUESTION, TOKENS, smollm2_gguf, write_tiny_gguf
-from tests.doubles.ollama_text import WORDS, count_prompt_tokens
-from tests.support.ollama import OllamaDoubleControl
-from tests.support.processes import Service
+from testkit.ollama.text import WORDS, count_prompt_tokens
+from testkit.ollama import OllamaDoubleControl
+from testkit.processes import Service
 
 @pytest.fixture
 def aclient(double: Service, control: OllamaDoubleControl) -> ollama.AsyncClient:

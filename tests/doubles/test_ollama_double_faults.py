@@ -15,9 +15,9 @@ import openai
 import pytest
 
 from tests.doubles.conftest import MODEL, QUESTION
-from tests.doubles.ollama_serving import QUEUE_FULL_MESSAGE
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double, start_ollama_double
-from tests.support.processes import REPO_ROOT, Service, wait_until
+from testkit.ollama.serving import QUEUE_FULL_MESSAGE
+from testkit.ollama import OllamaDoubleControl, running_ollama_double, start_ollama_double
+from testkit.processes import REPO_ROOT, Service, wait_until
 
 @pytest.fixture
 def oai(double: Service, control: OllamaDoubleControl) -> openai.OpenAI:
@@ -224,7 +224,7 @@ def test_start_helper_refuses_unknown_knobs() -> None:
                                            (["--fail-next", "-2"], "fail_next"),
                                            (["--tokens", "many"], "invalid int")])
 def test_cli_rejects_bad_arguments_without_a_traceback(args: list[str], fragment: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "tests.doubles.ollama_double", *args], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "testkit.ollama.double", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert fragment in done.stderr and "Traceback" not in done.stderr

@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from tests.doubles.conftest import TOKENS
-from tests.doubles.ollama_text import WORDS, count_prompt_tokens
-from tests.support.ollama import OllamaDoubleControl
-from tests.support.processes import Service
+from testkit.ollama.text import WORDS, count_prompt_tokens
+from testkit.ollama import OllamaDoubleControl
+from testkit.processes import Service
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]

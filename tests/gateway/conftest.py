@@ -11,10 +11,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.access_log import ACCESS_LOGGER, JsonFormatter
+from gateway.observability.access_log import ACCESS_LOGGER
+from gateway.observability.logs import JsonFormatter
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import Service
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import Service
 
 MODEL = "smollm2:135m"
 

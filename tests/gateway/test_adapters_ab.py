@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.routes.assign import bucket, choose
-from gateway.routes.spec import RouteSpec
+from gateway.model_routes.assign import bucket, choose
+from gateway.model_routes.spec import RouteSpec
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.processes import Service
-from tests.support.vllm import VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_stats
+from testkit.processes import Service
+from testkit.vllm import VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_stats
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 USERS = [f"user-{i}" for i in range(40)]

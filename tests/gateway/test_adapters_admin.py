@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from gateway.adapters.registry import AdapterBaseMismatch, AdapterNotFound, AdapterRegistry, AdapterSpec
-from gateway.redis_state import RedisState
+from gateway.state.redis import RedisState
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.processes import REPO_ROOT, Service, redis_service
-from tests.support.vllm import VLLM_BASE, running_vllm_double
+from testkit.processes import REPO_ROOT, Service, redis_service
+from testkit.vllm import VLLM_BASE, running_vllm_double
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 DIGEST = "ab" * 32

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.processes import Service, wait_until
-from tests.support.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
+from testkit.processes import Service, wait_until
+from testkit.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 

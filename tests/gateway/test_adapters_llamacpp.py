@@ -14,13 +14,13 @@ import httpx
 import openai
 import pytest
 
-from gateway.routes.assign import bucket, choose
-from gateway.routes.spec import RouteSpec
+from gateway.model_routes.assign import bucket, choose
+from gateway.model_routes.spec import RouteSpec
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import SMOLLM2_ALIAS, smollm2_gguf
+from testkit.llama import SMOLLM2_ALIAS, smollm2_gguf
 from tests.support.llama_cpp_server import start_llama_cpp
 from tests.support.lora_gguf import write_random_lora
-from tests.support.processes import Service, wait_until
+from testkit.processes import Service, wait_until
 
 pytestmark = pytest.mark.slow  # a real llama-server with SmolLM2
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

@@ -36,9 +36,9 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import SMOLLM2_ALIAS, smollm2_gguf
+from testkit.llama import SMOLLM2_ALIAS, smollm2_gguf
 from tests.support.llama_cpp_server import rss_bytes, start_llama_cpp
-from tests.support.processes import free_port, wait_until
+from testkit.processes import free_port, wait_until
 from trainer import converter
 from trainer.checks import exact_match
 from trainer.config import RunConfig, load_config

@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.processes import Service, wait_until
-from tests.support.vllm import (VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_restart,
+from testkit.processes import Service, wait_until
+from testkit.vllm import (VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_restart,
                                 vllm_stats)
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

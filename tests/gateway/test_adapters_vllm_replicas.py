@@ -13,11 +13,11 @@ import httpx
 import openai
 import pytest
 
-from gateway.adapters.in_flight import SharedInFlight
-from gateway.redis_state import RedisState
+from gateway.adapters.leases import AdapterLeases
+from gateway.state.redis import RedisState
 from tests.support.gateway import ADMIN_KEY, start_gateway
-from tests.support.processes import Service, wait_until
-from tests.support.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
+from testkit.processes import Service, wait_until
+from testkit.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 WORDS = 80  # a stream of 80 words, 0.05 s apart: 4 s on one version
@@ -106,7 +106,7 @@ async def test_a_lease_left_by_a_gateway_that_died_expires(redis_server):
     """A gateway killed mid-request never gives its lease back: it stops counting after lease_s."""
     redis = RedisState.from_url(f"redis://127.0.0.1:{redis_server.port}/0", timeout_s=2.0)
     try:
-        in_flight = SharedInFlight(redis, lease_s=0.5)
+        in_flight = AdapterLeases(redis, lease_s=0.5)
         assert await in_flight.drained("http://vllm:8000", "gone-0123abcd")
         lease = await in_flight.begin("http://vllm:8000", "gone-0123abcd")
         assert lease is not None

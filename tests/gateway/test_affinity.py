@@ -21,14 +21,15 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.backends.affinity import affinity_key
+from gateway.replicas.affinity import affinity_key
 from gateway.backends.base import Backend
-from gateway.backends.pool import BackendPool, Lease
+from gateway.replicas.build import build_pool
+from gateway.replicas.pool import BackendPool, Lease
 from gateway.errors import BackendUnavailable, ModelNotFound, NoHealthyBackend
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.observability.metrics import GatewayMetrics
+from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.settings import Settings
-from tests.support.processes import REPO_ROOT, free_port
+from testkit.processes import REPO_ROOT, free_port
 
 MODEL = "m"
 
@@ -66,7 +67,7 @@ async def make_pool(server: tuple[str, dict[str, list[str]]], replicas: dict[str
     served.update(replicas)
     cfg = Settings(_env_file=None, backends=[{"kind": "openai", "url": f"{base}/{name}", "name": name}
                                              for name in replicas], **settings)
-    pool = BackendPool(cfg, GatewayMetrics(CollectorRegistry()))
+    pool = build_pool(cfg, GatewayMetrics(CollectorRegistry()))
     await pool.refresh()
     return pool
 
@@ -103,7 +104,7 @@ async def test_a_conversation_sticks_to_one_replica_and_conversations_spread(mod
 PICKS_SCRIPT = """
 import sys
 from types import SimpleNamespace
-from gateway.backends.affinity import pick_bounded
+from gateway.replicas.affinity import pick_bounded
 from tests.gateway.test_affinity import key_of
 replicas = [SimpleNamespace(name=n, in_flight=0) for n in sys.argv[1:]]
 print(" ".join(pick_bounded(key_of(i), replicas, lambda r: True, 1.25).name for i in range(100)))
@@ -187,7 +188,7 @@ def home_of(i: int, names: list[str]) -> str:
     """The ring's replica for conversation `i` among idle `names` (what every gateway computes)."""
     from types import SimpleNamespace
 
-    from gateway.backends.affinity import pick_bounded
+    from gateway.replicas.affinity import pick_bounded
     chosen = pick_bounded(key_of(i), [SimpleNamespace(name=n, in_flight=0) for n in names], lambda r: True, 1.25)
     assert chosen is not None
     return chosen.name
@@ -215,7 +216,7 @@ async def test_a_conversation_the_bound_moved_stays_where_it_was_served(models_s
 def test_a_placed_conversation_moves_only_above_the_move_factor() -> None:
     from types import SimpleNamespace
 
-    from gateway.backends.affinity import Placements, pick_bounded
+    from gateway.replicas.affinity import Placements, pick_bounded
     replicas = {n: SimpleNamespace(name=n, in_flight=0) for n in ("a", "b", "c")}
     placements = Placements(100)
     placements.served(key_of(1), "a")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.policy_stack import JWT_SECRET, PEPPER, PolicyStack, chat_body
-from tests.support.processes import REPO_ROOT, free_port
+from testkit.processes import REPO_ROOT, free_port
 
 
 @pytest.fixture(scope="module")

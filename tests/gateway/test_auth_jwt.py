@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwk, jwt
 
-from gateway.jwt_tokens import JwksCache, JwtConfig, JwtVerifier, TokenInvalid, mint_token
+from gateway.access.jwt import JwksCache, JwtConfig, JwtVerifier, TokenInvalid, mint_token
 
 SECRET = "unit-test-hs256-secret-0123456789abcdef"
 
@@ -170,6 +170,6 @@ def test_settings_refuse_unusable_jwt_configuration_without_echoing_secrets():
         Settings(jwt_algorithms=["RS256"], jwt_secret="a-secret-that-must-not-be-echoed")
     assert "GATEWAY_JWT_PUBLIC_KEY" in str(refused.value)
     assert "a-secret-that-must-not-be-echoed" not in str(refused.value)
-    with pytest.raises(ValidationError, match="unsupported JWT algorithms"):
+    with pytest.raises(ValidationError, match="GATEWAY_JWT_ALGORITHMS: unsupported"):
         Settings(jwt_algorithms=["none"], jwt_secret=SECRET)
     assert Settings(jwt_secret=None).jwt_algorithms == ["HS256"]  # development: API keys only

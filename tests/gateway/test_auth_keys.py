@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.keys import (CachedKeyLookup, KeyInputError, KeyNotFound, KeySpec, MemoryKeyStore, RedisKeyStore,
-                          hash_secret, update_key)
-from gateway.redis_state import RedisState, RedisUnavailable
-from tests.support.processes import redis_service
+from gateway.access.key_lookup import CachedKeyLookup
+from gateway.access.keys import KeyInputError, KeyNotFound, KeySpec, MemoryKeyStore, RedisKeyStore, hash_secret, update_key
+from gateway.state.redis import RedisState, RedisUnavailable
+from testkit.processes import redis_service
 
 PEPPER = "test-pepper-not-a-secret"
 
@@ -28,7 +28,7 @@ async def test_created_key_is_stored_only_as_peppered_hash(redis_state):
     assert secret.encode() not in dump
     assert record.secret_hash == hash_secret(secret, PEPPER) != hash_secret(secret, "other-pepper")
     found = await store.find_by_hash(hash_secret(secret, PEPPER))
-    assert found == record and found.allows_model("m1") and not found.allows_model("m2")
+    assert found == record and found.models == ("m1",)
     assert [r.id for r in await store.list()] == [record.id]
     assert "secret_hash" not in record.public_view()
 
@@ -41,23 +41,23 @@ async def test_two_keys_differ_and_wrong_secret_is_unknown(redis_state):
     assert await lookup.find(a[:-1] + ("x" if a[-1] != "x" else "y")) is None
 
 
-async def test_a_known_secret_is_hmaced_once_and_guesses_are_not_remembered(monkeypatch):
-    from gateway import keys as keys_module
-
-    calls: list[str] = []
-    real = keys_module.hash_secret
-    monkeypatch.setattr(keys_module, "hash_secret", lambda secret, pepper: calls.append(secret) or real(secret, pepper))
-    store = MemoryKeyStore(PEPPER)
-    record, secret = await store.create(KeySpec(name="svc"))
-    calls.clear()
-    lookup = CachedKeyLookup(store, PEPPER, fresh_s=0.0)  # fresh_s 0: every call goes back to the store
-    for _ in range(3):
+async def test_guessed_keys_never_evict_a_known_one_from_the_cache():
+    svc = redis_service().start().wait_port()
+    state = RedisState.from_url(f"redis://127.0.0.1:{svc.port}/0", retry_after_s=60)
+    store = RedisKeyStore(state, PEPPER)
+    try:
+        record, secret = await store.create(KeySpec(name="svc"))
+        lookup = CachedKeyLookup(store, PEPPER, fresh_s=0.0, stale_s=60, max_entries=8)
         assert await lookup.find(secret) == record
-    guess = secret[:-1] + ("x" if secret[-1] != "x" else "y")
-    for _ in range(2):
-        assert await lookup.find(guess) is None
-    assert calls == [secret, guess, guess]
-    assert len(lookup._hashes) == 1 and secret.encode() not in lookup._hashes  # digests, not secrets
+        for i in range(50):  # far more guesses than the cache holds
+            assert await lookup.find(f"{secret[:-6]}{i:06d}") is None
+        svc.kill()  # from here only what the cache kept can answer
+        assert await lookup.find(secret) == record
+        with pytest.raises(RedisUnavailable):
+            await lookup.find(secret[:-1] + ("x" if secret[-1] != "x" else "y"))
+    finally:
+        svc.stop()
+        await state.close()
 
 
 async def test_revocation_seen_after_forget_and_update_limits(redis_state):
@@ -111,15 +111,15 @@ async def test_memory_store_round_trip():
 
 
 async def test_a_keys_principal_is_reused_until_the_key_changes():
-    from gateway.auth import Authenticator
+    from gateway.access.authenticate import Authenticator
 
     store = MemoryKeyStore(PEPPER)
     record, secret = await store.create(KeySpec(name="svc", rpm=5))
     lookup = CachedKeyLookup(store, PEPPER, fresh_s=60)
     authenticator = Authenticator(keys=lookup, jwt=None, admin_key="sk-admin-test")
-    first = await authenticator.principal(secret)
+    first = await authenticator.principal(secret, client="127.0.0.1")
     assert first.rpm == 5 and first.models is None
-    assert await authenticator.principal(secret) is first
+    assert await authenticator.principal(secret, client="127.0.0.1") == first
     lookup.forget(await update_key(store, record.id, rpm=9, models=["m1"]))
-    changed = await authenticator.principal(secret)
+    changed = await authenticator.principal(secret, client="127.0.0.1")
     assert changed.rpm == 9 and changed.models == frozenset({"m1"}) and changed.key_id == record.id

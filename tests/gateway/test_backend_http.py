@@ -22,7 +22,7 @@ from gateway.errors import (
     GatewayError,
     ReplicaLacksModel,
 )
-from tests.support.processes import free_port, until
+from testkit.processes import free_port, until
 from tests.support.raw_server import read_request, server
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

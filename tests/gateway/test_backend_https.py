@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.errors import BackendUnavailable
 from tests.gateway.test_backend_http import client, keep_alive_echo, lines
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.processes import free_port, python_service
+from testkit.processes import free_port, python_service
 from tests.support.raw_server import read_request, server
 from tests.support.tls import LocalCA, make_test_ca
 
@@ -160,8 +160,8 @@ async def test_no_proxy_exempts_a_backend(monkeypatch: pytest.MonkeyPatch) -> No
 
 TLS_DOUBLE = """
 import sys, uvicorn
-from tests.doubles.ollama_double import build_app
-from tests.doubles.ollama_state import Knobs
+from testkit.ollama.double import build_app
+from testkit.ollama.state import Knobs
 port, cert, key = sys.argv[1:4]
 uvicorn.run(build_app(models=["smollm2:135m"], knobs=Knobs()), host="127.0.0.1", port=int(port),
             ssl_certfile=cert, ssl_keyfile=key, log_level="warning")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.breaker import CircuitBreaker, CircuitState
+from gateway.replicas.breaker import CircuitBreaker, CircuitState
 
 
 class Clock:

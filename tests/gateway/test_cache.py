@@ -5,8 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.cache import ResponseCache, StreamAssembler, cache_key, decide, replay_sse
-from gateway.redis_state import RedisState
+from gateway.access.cache import ResponseCache, cache_key, decide
+from gateway.protocol.assembly import StreamAssembler, replay_sse
+from gateway.state.redis import RedisState
+from gateway.state.write_behind import WriteBehind
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 8}
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
@@ -50,14 +52,17 @@ async def test_redis_store_round_trip_ttl_and_size_cap(redis_server):
     state = RedisState.from_url(f"redis://127.0.0.1:{redis_server.port}/0")
     cache = ResponseCache(state, ttl_s=120, max_entry_bytes=2048)
     key = cache_key("chat", "tiny", BODY)
+    writes = WriteBehind(state, [cache])
     try:
-        assert await cache.get(key) is None
-        assert await cache.put(key, ANSWER)
-        assert await cache.get(key) == ANSWER
+        assert await cache.read(key) is None
+        assert cache.store(key, ANSWER)
+        await writes.flush()
+        assert orjson.loads(await cache.read(key)) == ANSWER
         assert 0 < await state.client.ttl(key) <= 120
         big = {**ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 4096}}]}
-        assert not await cache.put(cache_key("chat", "tiny", {**BODY, "seed": 9}), big)
-        assert await cache.get(cache_key("chat", "tiny", {**BODY, "seed": 9})) is None
+        assert not cache.store(cache_key("chat", "tiny", {**BODY, "seed": 9}), big)
+        await writes.flush()
+        assert await cache.read(cache_key("chat", "tiny", {**BODY, "seed": 9})) is None
     finally:
         await state.close()
 
@@ -66,14 +71,14 @@ async def test_memory_store_is_bounded_in_entries_and_bytes():
     cache = ResponseCache(RedisState(None), memory_entries=3)
     keys = [cache_key("chat", "tiny", {**BODY, "seed": i}) for i in range(5)]
     for k in keys:
-        await cache.put(k, ANSWER)
-    assert [await cache.get(k) is not None for k in keys] == [False, False, True, True, True]
+        cache.store(k, ANSWER)
+    assert [await cache.read(k) is not None for k in keys] == [False, False, True, True, True]
     size = len(orjson.dumps(ANSWER))
     by_bytes = ResponseCache(RedisState(None), memory_entries=100, memory_bytes=2 * size)
     for k in keys:
-        await by_bytes.put(k, ANSWER)
-        await by_bytes.put(k, ANSWER)  # overwriting must not count twice
-    assert [await by_bytes.get(k) is not None for k in keys] == [False, False, False, True, True]
+        by_bytes.store(k, ANSWER)
+        by_bytes.store(k, ANSWER)  # overwriting must not count twice
+    assert [await by_bytes.read(k) is not None for k in keys] == [False, False, False, True, True]
 
 
 def parse_sse(frames: list[bytes]) -> list:

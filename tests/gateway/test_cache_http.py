@@ -10,9 +10,9 @@ import openai
 import orjson
 import pytest
 
-from tests.support.ollama import OllamaDoubleControl
+from testkit.ollama import OllamaDoubleControl
 from tests.support.policy_stack import MODEL, PolicyStack, chat_body
-from tests.support.processes import wait_until
+from testkit.processes import wait_until
 
 
 @pytest.fixture(scope="module")

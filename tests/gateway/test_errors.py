@@ -8,8 +8,8 @@ import pytest
 
 from tests.gateway.conftest import MODEL
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import OllamaDoubleControl
-from tests.support.processes import Service, free_port
+from testkit.ollama import OllamaDoubleControl
+from testkit.processes import Service, free_port
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 HI = [{"role": "user", "content": "hi"}]

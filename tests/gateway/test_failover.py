@@ -11,8 +11,8 @@ import pytest
 
 from tests.gateway.conftest import MODEL
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import Service, wait_until
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import Service, wait_until
 
 HI = [{"role": "user", "content": "hi"}]
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -6,13 +6,20 @@ import asyncio
 
 import pytest
 
-from gateway.limits import (AnonymousLimiter, KeyLimits, KeyRateLimiter, RateLimited, estimate_tokens,
+from gateway.access.limits import (AnonymousLimiter, KeyLimits, KeyRateLimiter, RateLimited, estimate_tokens,
                             seconds_to_next_month)
-from gateway.redis_state import RedisState
-from gateway.utc_dates import utc_date
-from tests.support.processes import redis_service
+from gateway.access.calendar import utc_date
+from gateway.state.redis import RedisState
+from gateway.state.write_behind import WriteBehind
+from testkit.processes import redis_service
 
 NOW = 1_800_000_010.0  # ten seconds into a minute: every test stays inside one window
+
+
+async def reserved(limiter: KeyRateLimiter, *args, **kwargs):
+    """The reservation alone (no cache read rides along in these tests)."""
+    reservation, _ = await limiter.reserve(*args, **kwargs)
+    return reservation
 
 
 @pytest.fixture
@@ -28,7 +35,7 @@ async def replicas(redis_server):
 
 async def test_rpm_is_one_limit_across_replicas(replicas):
     limits = KeyLimits(rpm=10)
-    results = await asyncio.gather(*[replicas[i % 2].reserve("key_a", limits, 1, now=NOW) for i in range(25)],
+    results = await asyncio.gather(*[reserved(replicas[i % 2], "key_a", limits, 1, now=NOW) for i in range(25)],
                                    return_exceptions=True)
     granted = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, RateLimited)]
@@ -36,37 +43,37 @@ async def test_rpm_is_one_limit_across_replicas(replicas):
     assert refused[0].kind == "rpm" and refused[0].headers["Retry-After"] == "50"
     assert refused[0].headers["X-RateLimit-Remaining"] == "0"
     # Another key has its own window.
-    assert await replicas[0].reserve("key_b", limits, 1, now=NOW) is not None
+    assert await reserved(replicas[0], "key_b", limits, 1, now=NOW) is not None
     # The next minute starts fresh.
-    assert await replicas[1].reserve("key_a", limits, 1, now=NOW + 60) is not None
+    assert await reserved(replicas[1], "key_a", limits, 1, now=NOW + 60) is not None
 
 
 async def test_tpm_reserve_and_reconcile(replicas):
     limits = KeyLimits(tpm=1000)
-    first = await replicas[0].reserve("key_t", limits, 600, now=NOW)
+    first = await reserved(replicas[0], "key_t", limits, 600, now=NOW)
     assert first.headers(now=NOW)["X-RateLimit-Remaining-Tokens"] == "400"
     with pytest.raises(RateLimited) as refused:
-        await replicas[1].reserve("key_t", limits, 600, now=NOW)
+        await reserved(replicas[1], "key_t", limits, 600, now=NOW)
     assert refused.value.kind == "tpm" and refused.value.headers["X-RateLimit-Limit-Tokens"] == "1000"
     replicas[0].reconcile(first, 100)  # the call used far less than estimated: give back 500
-    await replicas[0].flush()
-    second = await replicas[1].reserve("key_t", limits, 600, now=NOW)
+    await WriteBehind(replicas[0].redis, [replicas[0]]).flush()
+    second = await reserved(replicas[1], "key_t", limits, 600, now=NOW)
     assert second.tpm_used == 700
 
 
 async def test_monthly_budget_exhaustion(replicas):
     limits = KeyLimits(monthly_token_budget=1000)
-    reservation = await replicas[0].reserve("key_m", limits, 400, now=NOW)
+    reservation = await reserved(replicas[0], "key_m", limits, 400, now=NOW)
     replicas[0].reconcile(reservation, 900)
-    await replicas[0].flush()
+    await WriteBehind(replicas[0].redis, [replicas[0]]).flush()
     with pytest.raises(RateLimited) as refused:
-        await replicas[1].reserve("key_m", limits, 200, now=NOW + 3600)  # another minute, same month
+        await reserved(replicas[1], "key_m", limits, 200, now=NOW + 3600)  # another minute, same month
     assert refused.value.kind == "budget"
     assert int(refused.value.headers["Retry-After"]) == seconds_to_next_month(NOW + 3600)
 
 
 async def test_no_limits_means_no_redis_work(replicas):
-    assert await replicas[0].reserve("key_free", KeyLimits(), 10**9, now=NOW) is None
+    assert await reserved(replicas[0], "key_free", KeyLimits(), 10**9, now=NOW) is None
 
 
 async def test_local_fallback_when_redis_is_down():
@@ -74,12 +81,12 @@ async def test_local_fallback_when_redis_is_down():
     state = RedisState.from_url(f"redis://127.0.0.1:{svc.port}/0", retry_after_s=30)
     limiter = KeyRateLimiter(state)
     try:
-        await limiter.reserve("key_l", KeyLimits(rpm=3), 1, now=NOW)
+        await reserved(limiter, "key_l", KeyLimits(rpm=3), 1, now=NOW)
         svc.kill()
-        got = [await limiter.reserve("key_l", KeyLimits(rpm=3), 1, now=NOW) for _ in range(3)]
+        got = [await reserved(limiter, "key_l", KeyLimits(rpm=3), 1, now=NOW) for _ in range(3)]
         assert all(r.local for r in got)
         with pytest.raises(RateLimited):
-            await limiter.reserve("key_l", KeyLimits(rpm=3), 1, now=NOW)
+            await reserved(limiter, "key_l", KeyLimits(rpm=3), 1, now=NOW)
     finally:
         svc.stop()
         await state.close()
@@ -103,21 +110,21 @@ def test_estimate_counts_prompt_and_output_cap():
 async def test_cache_read_rides_on_the_reservation(replicas):
     client = replicas[0].redis.client
     await client.set("gw:cache:chat:abc", b'{"cached": true}')
-    reservation, got = await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
+    reservation, got = await replicas[0].reserve("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
     assert reservation.rpm_used == 1 and got == b'{"cached": true}'
-    _, missing = await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:nope", now=NOW)
+    _, missing = await replicas[0].reserve("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:nope", now=NOW)
     assert missing is None
     with pytest.raises(RateLimited):
-        await replicas[0].reserve_and_get("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
+        await replicas[0].reserve("key_c", KeyLimits(rpm=2), 1, "gw:cache:chat:abc", now=NOW)
 
 
 async def test_reconcile_on_an_expired_window_leaves_no_immortal_key(replicas):
-    reservation = await replicas[0].reserve("key_e", KeyLimits(tpm=100), 50, now=NOW)
+    reservation = await reserved(replicas[0], "key_e", KeyLimits(tpm=100), 50, now=NOW)
     client = replicas[0].redis.client
     tpm_key = f"gw:rl:t:key_e:{int(NOW // 60)}"
     await client.delete(tpm_key)  # the window expired before the answer finished
     replicas[0].reconcile(reservation, 10)
-    await replicas[0].flush()
+    await WriteBehind(replicas[0].redis, [replicas[0]]).flush()
     assert 0 < await client.ttl(tpm_key) <= 120
 
 
@@ -135,7 +142,7 @@ async def test_anonymous_limit_is_shared_through_redis(replicas):
 def test_utc_date_strings_follow_the_calendar_across_cached_days() -> None:
     from datetime import UTC, datetime
 
-    from gateway.utc_dates import utc_date
+    from gateway.access.calendar import utc_date
 
     # last second of January, first of February, and back: the per-day cache must not stick
     for moment in ("2026-01-31T23:59:59", "2026-02-01T00:00:00", "2026-01-31T12:00:00", "2026-12-31T23:59:59",
@@ -150,7 +157,7 @@ async def test_concurrent_bursts_on_two_replicas_never_pass_the_limit(replicas):
     key = f"gw:rl:r:key_lc:{int(NOW // 60)}"
     results = []
     for _ in range(6):  # bursts of concurrent requests on both replicas, 300 in all
-        results += await asyncio.gather(*[replicas[i % 2].reserve("key_lc", limits, 1, now=NOW) for i in range(50)],
+        results += await asyncio.gather(*[reserved(replicas[i % 2], "key_lc", limits, 1, now=NOW) for i in range(50)],
                                         return_exceptions=True)
     granted = [r for r in results if not isinstance(r, Exception)]
     assert all(isinstance(r, RateLimited) for r in results if isinstance(r, Exception))

@@ -8,8 +8,8 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import SMOLLM2_ALIAS
-from tests.support.processes import Service
+from testkit.llama import SMOLLM2_ALIAS
+from testkit.processes import Service
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

@@ -16,8 +16,8 @@ from opentelemetry.trace import SpanKind
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support.metrics import metric_value, sample_in
-from tests.support.ollama import running_ollama_double
-from tests.support.processes import Service, wait_until
+from testkit.ollama import running_ollama_double
+from testkit.processes import Service, wait_until
 
 MODEL = "smollm2:135m"
 ADMIN_KEY = "sk-test-observability-0123456789"
@@ -166,7 +166,7 @@ def test_feedback_is_counted_per_model_of_the_rated_request(untraced: TestClient
 
 
 def test_feedback_for_a_request_no_gateway_kept(untraced: TestClient) -> None:
-    """Kept and counted, but not joined to an answer (issue 19: no more "this replica does not remember it")."""
+    """Kept and counted, but not joined to an answer."""
     before = sample_in(untraced.get("/metrics").text, "gateway_feedback_total", model="unknown", rating="up") or 0
     unknown = untraced.post("/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up"}, headers=AUTH)
     assert unknown.status_code == 202
@@ -213,7 +213,7 @@ def test_quality_series_exist_before_any_vote(untraced: TestClient) -> None:
 
 
 def test_start_up_leaves_its_heap_to_the_permanent_generation(double: Service) -> None:
-    """Full collections must not walk the start-up heap while requests wait (bench/README.md, issue 16)."""
+    """Full collections must not walk the start-up heap while requests wait."""
     import gc
 
     gc.unfreeze()

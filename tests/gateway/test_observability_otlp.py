@@ -15,8 +15,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                     ExportTraceServiceResponse)
 
-from tests.support.ollama import running_ollama_double
-from tests.support.processes import Service, free_port, python_service, wait_until
+from testkit.ollama import running_ollama_double
+from testkit.processes import Service, free_port, python_service, wait_until
 
 MODEL = "smollm2:135m"
 ADMIN_KEY = "sk-otlp-test-0123456789abcdef"

@@ -12,13 +12,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, Tracer
 
-from gateway.access_log import AccessRecord, JsonFormatter, RecentRequests
-from gateway.format_check import StreamedAnswer, check_answer, unary_answer
+from gateway.observability.access_log import AccessRecord, RecentRequests
+from gateway.observability.logs import JsonFormatter
+from gateway.protocol.structured import StreamedAnswer, check_answer, unary_answer
 from gateway.backends.http import BackendHTTP
 from gateway.errors import BackendUnavailable
-from gateway.tracing import (DISABLED, backend_span, current_trace_id, exporter_from_env,
+from gateway.observability.tracing import (DISABLED, backend_span, current_trace_id, exporter_from_env,
                              record_usage)
-from tests.support.processes import free_port
+from testkit.processes import free_port
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
     "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},

@@ -11,9 +11,9 @@ import pytest
 
 from tests.gateway.conftest import MODEL
 from tests.support.gateway import ADMIN_KEY
-from tests.support.ollama import OllamaDoubleControl
+from testkit.ollama import OllamaDoubleControl
 from tests.support.metrics import sample
-from tests.support.processes import wait_until
+from testkit.processes import wait_until
 
 HI = [{"role": "user", "content": "Say hi"}]
 

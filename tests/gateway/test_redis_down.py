@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.policy_stack import ADMIN_KEY, PolicyStack, chat_body
-from tests.support.processes import redis_service, wait_until
+from testkit.processes import redis_service, wait_until
 
 
 def durable(tmp_path) -> tuple[str, ...]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.ollama import start_ollama_double
+from testkit.ollama import start_ollama_double
 from tests.support.policy_stack import ADMIN_KEY, chat_body, gateway_env, start_gateway
-from tests.support.processes import Service, find_binary, free_port, wait_until
+from testkit.processes import Service, find_binary, free_port, wait_until
 from tests.support.tls import make_test_ca
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.routes.assign import bucket, choose
-from gateway.routes.spec import RouteSpec
-from tests.support.ollama import OllamaDoubleControl, start_ollama_double
+from gateway.model_routes.assign import bucket, choose
+from gateway.model_routes.spec import RouteSpec
+from testkit.ollama import OllamaDoubleControl, start_ollama_double
 from tests.support.policy_stack import ADMIN_KEY, gateway_env, start_gateway
-from tests.support.processes import Service, redis_service, wait_until
+from testkit.processes import Service, redis_service, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STABLE, CANARY, OTHER = "support:v3", "support:v4", "support:v5"
@@ -354,9 +354,9 @@ def test_the_cli_mirrors_the_admin_api(routes, tmp_path) -> None:
 
 
 def test_the_guard_judges_ttft_and_thumbs_relative_to_the_stable_variant() -> None:
-    from gateway.routes.guard import judge
-    from gateway.routes.spec import Guard
-    from gateway.routes.stats import TTFT_BOUNDS_S, VariantStats
+    from gateway.model_routes.guard import judge
+    from gateway.model_routes.spec import Guard
+    from gateway.model_routes.stats import TTFT_BOUNDS_S, VariantStats
 
     guard = Guard(min_requests=10, max_ttft_p95_ratio=1.5, max_thumbs_down_delta=0.1)
     spec = split(90).model_copy(update={"guard": guard})

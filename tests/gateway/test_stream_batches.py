@@ -11,7 +11,7 @@ import pytest
 from gateway.backends.ollama import OllamaBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.requests import ChatCompletionRequest
 from gateway.settings import BackendSpec, Settings
 from tests.support.raw_server import read_request, server
 

@@ -8,10 +8,11 @@ from datetime import date
 import pytest
 from redis.exceptions import RedisError
 
-from gateway.cost import ModelPrice, PriceTable
-from gateway.redis_state import RedisState
-from gateway.usage import UsageRow, UsageStore
-from tests.support.processes import redis_service
+from gateway.access.cost import ModelPrice, PriceTable
+from gateway.access.usage import UsageRow, UsageStore
+from gateway.state.redis import RedisState
+from gateway.state.write_behind import WriteBehind
+from testkit.processes import redis_service
 
 D1, D2 = date(2026, 11, 21), date(2026, 11, 22)
 
@@ -41,16 +42,16 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
         store.record("key_a", "tiny", 7, 3, day=D1.isoformat())
         store.record("key_a", "other", 1, 1, day=D2.isoformat())
         store.record("key_b", "tiny", 100, 100, day=D2.isoformat())
-        await store.flush()
+        await WriteBehind(state, [store]).flush()
         assert await store.query("key_a", D1, D2) == [UsageRow("2026-11-21", "tiny", 2, 17, 8),
                                                       UsageRow("2026-11-22", "other", 1, 1, 1)]
         port = svc.port
         svc.kill()
         store.record("key_a", "tiny", 4, 4, day=D1.isoformat())
-        await store.flush()  # fails: buffered, not lost
+        await WriteBehind(state, [store]).flush()  # fails: buffered, not lost
         svc = durable_redis(tmp_path, port)
         await loaded(state)  # a restarted Redis answers LOADING until its AOF is read back
-        await store.flush()
+        await WriteBehind(state, [store]).flush()
         assert (await store.query("key_a", D1, D1))[0] == UsageRow("2026-11-21", "tiny", 3, 21, 12)
         assert 0 < await state.client.ttl(f"gw:usage:key_a:{D1.isoformat()}")
     finally:

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.support.policy_stack import ADMIN_KEY, MODEL, PolicyStack, chat_body
-from tests.support.processes import wait_until
+from testkit.processes import wait_until
 
 PRICE = '{"input_per_million": 2.0, "output_per_million": 8.0}'
 

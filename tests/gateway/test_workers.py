@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.support.policy_stack import PolicyStack, chat_body
-from tests.support.processes import wait_until
+from testkit.processes import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 BASE = REPO_ROOT / "docker-compose.yml"
 GPU = REPO_ROOT / "docker-compose.gpu.yml"

@@ -15,8 +15,8 @@ import yaml
 
 from tests.stack.compose_cli import (BASE, GPU, SCHEMA, SECRET_NAMES, compose_binary, compose_config,
                                  env_example, generated_env, referenced_variables, run_compose, yaml_model)
-from tests.stack.nginx_render import NGINX_DIR, render_template
-from tests.support.processes import REPO_ROOT
+from testkit.nginx_render import NGINX_DIR, render_template
+from testkit.processes import REPO_ROOT
 
 needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
 PUBLISHING = {"nginx", "grafana", "jaeger"}  # the edge: API, dashboards, traces UI

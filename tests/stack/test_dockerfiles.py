@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.stack.compose_cli import BASE, compose_binary, compose_config, generated_env, yaml_model
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 DOCKERFILES = sorted(p for p in REPO_ROOT.rglob("Dockerfile")
                      if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.stack.compose_cli import ENV_EXAMPLE, SECRET_NAMES, env_example, generated_env, make_env_module
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "make_env.py"
 

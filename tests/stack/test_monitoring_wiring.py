@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.stack.compose_cli import compose_binary, compose_config, generated_env, yaml_model
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 PROMETHEUS_YML = REPO_ROOT / "prometheus" / "prometheus.yml"
 GRAFANA = REPO_ROOT / "grafana" / "provisioning"

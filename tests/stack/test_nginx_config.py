@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack.nginx_render import NGINX_DIR, UnrenderedPlaceholder, build_conf_dir, render_template
-from tests.stack.topology import loopback_nginx_values, start_nginx
-from tests.support.processes import find_binary, free_port
+from testkit.nginx_render import NGINX_DIR, UnrenderedPlaceholder, build_conf_dir, render_template
+from testkit.topology import loopback_nginx_values, start_nginx
+from testkit.processes import find_binary, free_port
 
 TLS_TEMPLATE = NGINX_DIR / "tls" / "api-tls.conf.template.example"
 

@@ -2,9 +2,7 @@
 processes in front of the Ollama double while traffic flows; then every PromQL expression of every
 dashboard panel and every rule must parse, and every panel query must return data.
 
-A dashboard that names a metric the gateway does not export fails here. Metrics that belong to
-issue 3 (cache, rate limits, cost, Redis) are listed in PENDING_ISSUE_3: their panels must parse,
-and must have data as soon as the gateway exports the metric.
+A dashboard that names a metric the gateway does not export fails here.
 """
 
 from __future__ import annotations
@@ -24,17 +22,13 @@ import yaml
 from openai import OpenAI
 
 from tests.support.grafana import PanelQuery, load_dashboards, panel_queries, substitute, variables
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import Service, free_port, python_service, wait_until
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import Service, free_port, python_service, wait_until
 from tests.support.prometheus import (PROMETHEUS_DIR, PrometheusAPI, prometheus_service, render_config,
                                       write_config)
 
 ADMIN_KEY = "sk-prometheus-integration-0123456789"
 MODELS = ("smollm2:135m", "llama3.2:1b")
-PENDING_ISSUE_3 = {
-    "gateway_cache_requests_total", "gateway_rate_limited_total", "gateway_redis_errors_total",
-    "gateway_hosted_api_cost_usd_total", "gateway_gpu_monthly_cost_usd",
-}
 # A route over the double's two models, for the Rollouts dashboard: set up as one split, changed to
 # another, then rolled back by hand (gateway_rollbacks_total{reason="manual"}) as the dashboard test
 # starts. No guard, so the weights stay put while the queries run.
@@ -229,10 +223,8 @@ def test_every_dashboard_query_parses_and_returns_data(stack: Stack) -> None:
         wait_until(lambda: traffic.rounds >= 1 or bool(traffic.errors), timeout=60, what="first round of traffic")
         assert not traffic.errors, traffic.errors
         values = {name: variable_values(stack, board) for name, board in boards.items()}
-        pending = {m for m in PENDING_ISSUE_3 if not exports(exported, m)}
-        strict = [q for q in queries if not metrics_in(q.expr) & pending]
         deadline = time.monotonic() + 45
-        missing = list(strict)
+        missing = list(queries)
         while missing and time.monotonic() < deadline:
             missing = [q for q in missing if not has_number(stack.prometheus.query(substitute(q.expr, values[q.dashboard])))]
             assert not traffic.errors, traffic.errors
@@ -240,10 +232,8 @@ def test_every_dashboard_query_parses_and_returns_data(stack: Stack) -> None:
             body = stack.prometheus.query(substitute(query.expr, values[query.dashboard]))
             assert body["status"] == "success", f"{query}: {body.get('error')}"
     assert not missing, "panels without data:\n" + "\n".join(map(str, missing))
-    unexported = {m for q in queries for m in metrics_in(q.expr)} - pending
-    for metric in unexported:
+    for metric in {m for q in queries for m in metrics_in(q.expr)}:
         assert exports(exported, metric), f"dashboards use {metric}, which the gateway does not export"
-    print(f"issue-3 metrics not exported yet (their panels only parse-checked): {sorted(pending)}")
 
 
 def test_every_rule_expression_parses_and_evaluates(stack: Stack) -> None:

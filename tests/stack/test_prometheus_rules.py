@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.processes import free_port
+from testkit.processes import free_port
 from tests.support.prometheus import CONFIG_PATH, PROMETHEUS_DIR, promtool, render_config, write_config
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
@@ -55,7 +55,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert names - quiet == set(), f"alerts never shown to stay quiet: {sorted(names - quiet)}"
 
 
-def test_the_issue_required_alerts_exist() -> None:
+def test_the_alerts_operators_rely_on_exist() -> None:
     required = {"GatewayHighErrorRate", "GatewayHighLatencyP95", "GatewayTTFTRegression", "GatewayCircuitOpen",
                 "GatewayBackendDown", "RedisDown", "GatewayFormatComplianceLow", "GatewayFeedbackSatisfactionDropping"}
     assert required <= alert_names()

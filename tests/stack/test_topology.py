@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack.topology import MODEL, Topology, compose_nginx_environment, running_topology
-from tests.support.ollama import OllamaDoubleControl
-from tests.support.processes import wait_until
+from testkit.topology import MODEL, Topology, compose_nginx_environment, running_topology
+from testkit.ollama import OllamaDoubleControl
+from testkit.processes import wait_until
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
 EDGE = compose_nginx_environment()

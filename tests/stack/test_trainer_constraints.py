@@ -1,4 +1,4 @@
-"""The trainer image's pins resolve together on its platform, and none would move (issue 17, defect 12).
+"""The trainer image's pins resolve together on its platform, and none would move.
 
 pip resolves trainer/requirements-image.txt under trainer/constraints.txt against PyPI's metadata
 for linux x86_64 / CPython 3.12 (the CUDA base's Ubuntu 24.04) without installing anything
@@ -19,7 +19,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 TRAINER = REPO_ROOT / "trainer"
 INDEX = "https://pypi.org/simple"

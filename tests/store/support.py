@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.store.db import async_url, create_engine
 from gateway.store.schema import feedback, inferences
 from tests.support.gateway import ADMIN_KEY, start_gateway
-from tests.support.processes import Service
+from testkit.processes import Service
 
 MODEL = "smollm2:135m"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -17,8 +17,8 @@ import pytest
 from tests.store import support
 from tests.store.support import ADMIN, MODEL, chat, create_key, feedback_rows, inference_rows
 from tests.support.metrics import sample
-from tests.support.ollama import running_ollama_double
-from tests.support.processes import REPO_ROOT, Service, redis_service, wait_until
+from testkit.ollama import running_ollama_double
+from testkit.processes import REPO_ROOT, Service, redis_service, wait_until
 
 
 @pytest.fixture(scope="module")

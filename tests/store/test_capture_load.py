@@ -16,9 +16,9 @@ import pytest
 from tests.store.support import ADMIN, MODEL, inference_rows
 from tests.support.gateway import running_gateway
 from tests.support.metrics import sample
-from tests.support.ollama import running_ollama_double
+from testkit.ollama import running_ollama_double
 from tests.support.postgres import Postgres, running_postgres
-from tests.support.processes import Service, wait_until
+from testkit.processes import Service, wait_until
 
 CLIENTS = 50
 PHASE_S = 4.0

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.store.db import migrate
 from gateway.store.queries import add_feedback, insert_inferences
 from tests.store.support import on_db
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 NOW = datetime.now(UTC)
 

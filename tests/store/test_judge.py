@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.judge import mean_ci, parse_score
+from gateway.jobs.judge import mean_ci, parse_score
 from gateway.store.db import migrate
 from gateway.store.queries import insert_inferences
 from tests.store.support import ADMIN_KEY, feedback_rows, on_db
 from tests.support.gateway import running_gateway
 from tests.support.metrics import sample
-from tests.support.processes import REPO_ROOT, Service, free_port, python_service, wait_until
+from testkit.processes import REPO_ROOT, Service, free_port, python_service, wait_until
 
 
 @pytest.fixture(scope="module")

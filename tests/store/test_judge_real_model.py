@@ -17,8 +17,8 @@ import pytest
 from tests.store.support import ADMIN, feedback_rows
 from tests.store.test_judge import seed
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import SMOLLM2_ALIAS
-from tests.support.processes import REPO_ROOT, Service
+from testkit.llama import SMOLLM2_ALIAS
+from testkit.processes import REPO_ROOT, Service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SAMPLED = 9  # what seed() writes for the route `support`

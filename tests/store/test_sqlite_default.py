@@ -14,7 +14,7 @@ import pytest
 from gateway.settings import Settings
 from tests.store.support import MODEL, chat
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import running_ollama_double
+from testkit.ollama import running_ollama_double
 
 
 def test_the_default_file_is_under_xdg_data_home_else_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tests.support.processes import Service, free_port, python_service
+from testkit.processes import Service, free_port, python_service
 
 ADMIN_KEY = "sk-test-admin-0123456789abcdef"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.processes import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 GRAFANA_DIR = REPO_ROOT / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"

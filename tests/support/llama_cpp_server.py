@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.llama_server import llama_server_binary
-from tests.support.processes import Service, free_port
+from testkit.llama_server import llama_server_binary
+from testkit.processes import Service, free_port
 
 
 def llama_cpp_service(model: Path, *, alias: str, loras: Sequence[Path] = (), port: int | None = None,

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.ollama import start_ollama_double
-from tests.support.processes import Service, free_port, python_service, redis_service
+from testkit.ollama import start_ollama_double
+from testkit.processes import Service, free_port, python_service, redis_service
 
 ADMIN_KEY = "sk-test-bootstrap-admin-key-0123456789abcdef"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"

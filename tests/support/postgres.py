@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import free_port, port_open, wait_until
+from testkit.processes import free_port, port_open, wait_until
 
 
 def pg_bin(name: str) -> str:

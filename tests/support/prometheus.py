@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.processes import REPO_ROOT, Service, find_binary, free_port
+from testkit.processes import REPO_ROOT, Service, find_binary, free_port
 
 PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 CONFIG_PATH = PROMETHEUS_DIR / "prometheus.yml"

@@ -25,8 +25,8 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import start_llama_server
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.llama import start_llama_server
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from trainer.config import DeployConfig
 from trainer.manifest import list_versions
 from trainer.stages import push_stage

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from tests.trainer.test_deploy_push import _config
 from trainer.config import load_config
 from trainer.manifest import list_versions

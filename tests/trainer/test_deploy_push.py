@@ -1,8 +1,8 @@
 """push with a `deploy` section: the version lands in the Ollama double, and the route change goes to a
 gateway admin API over HTTP. Gateway errors are one clear line (exit code 2) and leave the version pushed.
 
-The admin API here is a small real HTTP server that keeps routes the way the issue-18 contract
-describes and records every request it receives (the gateway's own route API is tested in tests/gateway).
+The admin API here is a small real HTTP server that keeps routes the way the gateway's
+route API does and records every request it receives (the gateway's own route API is tested in tests/gateway).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
 from trainer.config import load_config

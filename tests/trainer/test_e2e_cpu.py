@@ -16,9 +16,9 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import start_llama_server
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import wait_until
+from testkit.llama import start_llama_server
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import wait_until
 from trainer.config import RunConfig
 from trainer.data import read_prepared
 from trainer.encoding import render

@@ -1,4 +1,4 @@
-"""The whole loop on the real model (issue 19): production traffic -> corrections -> dataset -> v2 -> v2 beats
+"""The whole loop on the real model: production traffic -> corrections -> dataset -> v2 -> v2 beats
 v1 through the serving stack -> canary -> promoted.
 
 1. v1 of the example task (SmolLM2-135M-Instruct, LoRA on CPU) is made weak on purpose: it is trained
@@ -37,10 +37,10 @@ import pytest
 import yaml
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.llama import start_llama_server
+from testkit.llama import start_llama_server
 from tests.support.metrics import sample
-from tests.support.ollama import running_ollama_double
-from tests.support.processes import REPO_ROOT, Service, free_port, wait_until
+from testkit.ollama import running_ollama_double
+from testkit.processes import REPO_ROOT, Service, free_port, wait_until
 from trainer.checks import exact_match
 from trainer.config import load_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from tests.trainer.conftest import write_config
 from trainer.config import load_config
 from trainer.errors import PushError
@@ -140,7 +140,7 @@ def test_forced_push_of_a_failed_gate_is_recorded(tmp_path, double):
 
 
 def test_unreachable_ollama_is_a_clear_error(tmp_path):
-    from tests.support.processes import free_port
+    from testkit.processes import free_port
 
     cfg = _cfg(tmp_path, f"http://127.0.0.1:{free_port()}")
     (cfg.output_dir / "export").mkdir(parents=True)

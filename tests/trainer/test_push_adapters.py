@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.vllm import VLLM_BASE, running_vllm_double
+from testkit.vllm import VLLM_BASE, running_vllm_double
 from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
 from trainer.config import load_config

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from tests.support.ollama import OllamaDoubleControl, running_ollama_double
-from tests.support.processes import Service, free_port, python_service
+from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.processes import Service, free_port, python_service
 from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
 from trainer.config import load_config

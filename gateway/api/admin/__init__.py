@@ -1,0 +1,1 @@
+"""The operator API under /admin (admin scope): keys, model routes, adapters, the inference log."""

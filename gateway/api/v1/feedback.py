@@ -1,0 +1,21 @@
+"""POST /v1/feedback: rate, score, comment on or correct an answer, by its request id
+(gateway/pipeline/feedback.py). 201 when the answer is known, 202 when it is kept unjoined."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.deps import PrincipalDep, feedback_desk, parse_body
+from gateway.api.responses import json_response
+from gateway.protocol.feedback import FeedbackRequest
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
+
+
+@router.post("/feedback", summary="Rate, score, comment on or correct an answer, by its request id")
+async def feedback(request: Request, principal: PrincipalDep) -> Response:
+    principal.require_scope("inference")
+    body = await parse_body(request, FeedbackRequest)
+    answer, joined = await feedback_desk(request).give(principal, body)
+    return json_response(answer, status_code=201 if joined else 202)

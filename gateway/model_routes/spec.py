@@ -1,0 +1,126 @@
+"""What a route is: the admin API's request and response models (pydantic only, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TOTAL_WEIGHT = 100
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=200, description="The served model (any backend kind).")
+    weight: int = Field(ge=0, le=TOTAL_WEIGHT, description="Share of the route's users, in percent.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Sampling defaults for this variant "
+                                   "(a request's own value wins), e.g. {\"temperature\": 0.2}.")
+    adapter: str | None = Field(None, description="A LoRA adapter on `model` (the base): the variant serves "
+                                "the adapter's own model name.")
+
+    @field_validator("params")
+    @classmethod
+    def _no_routing_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"model", "messages", "prompt", "input", "stream"} & v.keys()
+        if reserved:
+            raise ValueError(f"params may not set {sorted(reserved)}")
+        return v
+
+    @property
+    def served(self) -> str:
+        """The model name requests for this variant go to."""
+        return self.adapter or self.model
+
+
+class Shadow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=200, description="Candidate that gets a copy of requests.")
+    percent: float = Field(gt=0, le=100, description="Share of the route's requests mirrored to it.")
+
+
+class CaptureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    percent: float = Field(ge=0, le=100, description="Share of the route's answers kept in the inference log.")
+
+
+class Guard(BaseModel):
+    """Canary vs stable, each rule relative to the stable variant, judged once both have `min_requests`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_requests: int = Field(100, ge=1, description="Minimum sample per variant before any verdict.")
+    max_error_rate_delta: float = Field(0.02, ge=0, le=1, description="Canary error rate may exceed the "
+                                        "stable's by at most this (absolute share).")
+    max_ttft_p95_ratio: float = Field(1.5, gt=0, description="Canary time-to-first-token p95 at most this "
+                                      "times the stable's.")
+    max_format_failure_delta: float = Field(0.05, ge=0, le=1, description="Canary share of answers that "
+                                            "break the requested JSON format, over the stable's.")
+    max_thumbs_down_delta: float = Field(0.1, ge=0, le=1, description="Canary thumbs-down share over the "
+                                         "stable's (judged once each has min_requests/10 votes).")
+    steps: list[int] = Field(default_factory=list, description="Canary weight plan, e.g. [10, 50, 100]; "
+                             "empty: no automatic steps.")
+    step_after_requests: int = Field(200, ge=1, description="Step once the canary served this many requests "
+                                     "since the last change without a breach.")
+    step_after_s: float = Field(0, ge=0, description="... or once this many seconds passed (0: unused).")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, v: list[int]) -> list[int]:
+        if any(not 0 < s <= TOTAL_WEIGHT for s in v) or v != sorted(set(v)):
+            raise ValueError("steps must rise strictly, each between 1 and 100")
+        return v
+
+
+class RouteSpec(BaseModel):
+    """PUT /admin/routes/{name}. The first variant is the stable one; any other with weight > 0 is a canary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variants: list[Variant] = Field(min_length=1, max_length=10)
+    fallbacks: list[str] = Field(default_factory=list, max_length=5,
+                                 description="Routes or models tried in order when the variant cannot answer.")
+    shadow: Shadow | None = None
+    guard: Guard | None = None
+    capture: CaptureSpec | None = None  # a share of the route's answers kept in the inference log
+
+    @model_validator(mode="after")
+    def _weights(self) -> RouteSpec:
+        total = sum(v.weight for v in self.variants)
+        if total != TOTAL_WEIGHT:
+            raise ValueError(f"variant weights must sum to {TOTAL_WEIGHT}, got {total}")
+        served = [v.served for v in self.variants]
+        if len(set(served)) != len(served):
+            raise ValueError("each variant must serve a different model")
+        return self
+
+    @property
+    def stable(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def canaries(self) -> list[Variant]:
+        return [v for v in self.variants[1:] if v.weight > 0]
+
+    def with_weights(self, weights: dict[str, int], *, first: str | None = None) -> RouteSpec:
+        """This route with the given variants' weights (by served model), optionally reordered so `first` leads."""
+        variants = [v.model_copy(update={"weight": weights.get(v.served, v.weight)}) for v in self.variants]
+        if first is not None:
+            variants.sort(key=lambda v: v.served != first)
+        return self.model_copy(update={"variants": variants})
+
+
+class StoredRoute(BaseModel):
+    """A route as stored: its spec plus a version that rises with every change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    spec: RouteSpec
+    version: int
+    updated_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, **self.spec.model_dump(), "version": self.version, "updated_at": self.updated_at}

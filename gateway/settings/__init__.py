@@ -1,0 +1,63 @@
+"""Gateway configuration: environment variables (or `.env`), validated once at start-up.
+
+`Settings` is the sections below in one object; each field maps to `GATEWAY_<NAME>` unless an alias
+says otherwise (REDIS_URL, DATABASE_URL). The fields' descriptions and defaults are the only
+description of the settings: `python -m gateway.settings.reference` renders them into `.env.example`
+and docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from gateway.settings.access import AccessSettings, ModelPrice
+from gateway.settings.replicas import BackendSpec, ReplicaSettings, RoutingPolicy
+from gateway.settings.server import ServerSettings
+from gateway.settings.store import StoreSettings
+
+__all__ = ["BackendSpec", "ModelPrice", "RoutingPolicy", "SECTIONS", "Settings"]
+
+# Values that must never reach production: they are in docs and examples, so attackers know them too.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
+# The sections in the order the reference lists them.
+SECTIONS = (("Server", ServerSettings), ("Replicas and routing", ReplicaSettings),
+            ("Access: keys, tokens, limits, cache, cost", AccessSettings),
+            ("Inference log and capture", StoreSettings))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(ServerSettings, ReplicaSettings, AccessSettings, StoreSettings):
+    # Validation errors must not echo the input: it holds the secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True,
+        env_ignore_empty=True,  # compose forwards unset tunables as "": they mean "use the default"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        problem = self.jwt_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        if self.auth == "none" and not is_loopback(self.host):
+            raise ValueError("GATEWAY_AUTH=none opens every endpoint to every caller: it is accepted only with "
+                             f"GATEWAY_HOST on a loopback address (127.0.0.1, ::1), not {self.host!r}")
+        if self.env == "production":
+            if self.auth == "none":
+                raise ValueError("GATEWAY_AUTH=none is refused in production")
+            for field in ("admin_key", "jwt_secret", "key_pepper"):
+                value: SecretStr | None = getattr(self, field)
+                plain = value.get_secret_value() if value else ""
+                if plain.lower() in PLACEHOLDER_SECRETS or len(plain) < 16:
+                    raise ValueError(f"GATEWAY_{field.upper()} must be set to a real secret (16+ chars) in production")
+        return self
