@@ -23,8 +23,18 @@ from pathlib import Path
 
 from bench import machine, report
 from bench.point import SCENARIOS, kind_for, measure
-from bench.stack import (BenchSetupError, MockOptions, Target, direct_target, exit_cleanly_on_sigterm, smoke_check,
-                         routed_target, start_gateway, start_litellm, start_mock)
+from bench.stack import (
+    BenchSetupError,
+    MockOptions,
+    Target,
+    direct_target,
+    exit_cleanly_on_sigterm,
+    routed_target,
+    smoke_check,
+    start_gateway,
+    start_litellm,
+    start_mock,
+)
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -32,8 +42,9 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Gateway vs direct vs LiteLLM proxy.")
-    p.add_argument("--gateway-dir", type=Path, default=None,
-                   help="run the gateway package of another checkout (default: this one)")
+    p.add_argument(
+        "--gateway-dir", type=Path, default=None, help="run the gateway package of another checkout (default: this one)"
+    )
     p.add_argument("--requests", type=int, default=2000, help="measured requests per point")
     p.add_argument("--warmup", type=int, default=100, help="unmeasured requests before each point")
     p.add_argument("--clients", default="1,10,50", help="comma-separated concurrency levels")
@@ -41,13 +52,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=16, help="tokens (stream chunks) per answer")
     p.add_argument("--token-delay-ms", type=float, default=1.0, help="gap between streamed tokens")
     p.add_argument("--plain-delay-ms", type=float, default=0.0, help="how long a non-streamed answer takes")
-    p.add_argument("--gateway-backend", choices=("openai", "ollama"), default="openai",
-                   help="API the gateway uses to reach the mock (LiteLLM always uses openai)")
-    p.add_argument("--targets", default="direct,gateway,routed,litellm",
-                   help="which of direct,gateway,routed,litellm to measure (direct is always measured: it is the "
-                        "floor; routed is the gateway called through a model route, so it needs gateway)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="the gateway's uvicorn worker processes (passed as GATEWAY_WORKERS)")
+    p.add_argument(
+        "--gateway-backend",
+        choices=("openai", "ollama"),
+        default="openai",
+        help="API the gateway uses to reach the mock (LiteLLM always uses openai)",
+    )
+    p.add_argument(
+        "--targets",
+        default="direct,gateway,routed,litellm",
+        help="which of direct,gateway,routed,litellm to measure (direct is always measured: it is the "
+        "floor; routed is the gateway called through a model route, so it needs gateway)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="the gateway's uvicorn worker processes (passed as GATEWAY_WORKERS)"
+    )
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<time>)")
     args = p.parse_args(argv)
     try:
@@ -68,8 +87,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argparse.Namespace, model: str,
-               workdir: Path, dead: dict[str, str]) -> list[PointSummary]:
+def run_points(
+    targets: list[Target],
+    mock_pid: int,
+    mock_url: str,
+    args: argparse.Namespace,
+    model: str,
+    workdir: Path,
+    dead: dict[str, str],
+) -> list[PointSummary]:
     """Every point, target by target; a target whose process died is skipped from then on
     and recorded in `dead` (so the report says so instead of counting refused connections)."""
     points: list[PointSummary] = []
@@ -85,15 +111,26 @@ def run_points(targets: list[Target], mock_pid: int, mock_url: str, args: argpar
                     print(dead[target.name], flush=True)
                     continue
                 extra = {} if target.name == "direct" else {"mock": mock_pid}
-                p = measure(target=target, kinds=[kind_for(scenario, target, target.model or model)], scenario=scenario_name,
-                            concurrency=clients, requests=args.requests, warmup=args.warmup, workdir=workdir,
-                            mock_url=mock_url, extra_pids=extra)
+                p = measure(
+                    target=target,
+                    kinds=[kind_for(scenario, target, target.model or model)],
+                    scenario=scenario_name,
+                    concurrency=clients,
+                    requests=args.requests,
+                    warmup=args.warmup,
+                    workdir=workdir,
+                    mock_url=mock_url,
+                    extra_pids=extra,
+                )
                 points.append(p)
                 cpu = p.cpu_s_per_1k.get(target.name if target.name != "direct" else "mock", float("nan"))
-                print(f"[{len(points)}/{total}] {scenario_name:9s} {target.name:8s} c={clients:<3d} "
-                      f"p50 {p.p50_ms:8.2f} p99 {p.p99_ms:8.2f} ttft50 {p.ttft_p50_ms:8.2f} ms  "
-                      f"{p.rps:7.0f} req/s  cpu {cpu:.2f} s/1k  backend calls/req {p.backend_calls_per_request:.2f}  "
-                      f"non-2xx {p.requests - p.ok}", flush=True)
+                print(
+                    f"[{len(points)}/{total}] {scenario_name:9s} {target.name:8s} c={clients:<3d} "
+                    f"p50 {p.p50_ms:8.2f} p99 {p.p99_ms:8.2f} ttft50 {p.ttft_p50_ms:8.2f} ms  "
+                    f"{p.rps:7.0f} req/s  cpu {cpu:.2f} s/1k  backend calls/req {p.backend_calls_per_request:.2f}  "
+                    f"non-2xx {p.requests - p.ok}",
+                    flush=True,
+                )
     return points
 
 
@@ -110,8 +147,15 @@ def main(argv: list[str] | None = None) -> None:
             mock = start_mock(stack, opts)
             targets = [direct_target(mock)]
             if "gateway" in args.targets:
-                targets.append(start_gateway(stack, mock, backend_kind=args.gateway_backend,
-                                             workers=args.workers, source_dir=args.gateway_dir))
+                targets.append(
+                    start_gateway(
+                        stack,
+                        mock,
+                        backend_kind=args.gateway_backend,
+                        workers=args.workers,
+                        source_dir=args.gateway_dir,
+                    )
+                )
                 if "routed" in args.targets:
                     targets.append(routed_target(targets[-1], opts.model))
             if "litellm" in args.targets:
@@ -125,24 +169,48 @@ def main(argv: list[str] | None = None) -> None:
         points = run_points(targets, mock.proc.pid, mock.url, args, opts.model, Path(tmp), dead)
         rss = {t.name: t.peak_rss() for t in targets}
     info["load_average_at_end"] = machine.load_average()
-    settings = {"requests per point": args.requests, "warm-up per point": f"max({args.warmup}, 10 per client)",
-                "mock": f"{opts.tokens} tokens, {opts.token_delay_ms} ms between streamed tokens, "
-                        f"plain answer after {opts.plain_delay_ms} ms",
-                "gateway backend API": args.gateway_backend, "LiteLLM backend API": "openai",
-                "gateway workers (GATEWAY_WORKERS)": args.workers}
-    notes = ["Every process (load generator, mock, gateway, LiteLLM, two redis-servers) shares this "
-             "machine's cores; at high concurrency the numbers include that contention.",
-             "LiteLLM authenticates with its master key: virtual keys need its Postgres database, "
-             "which this harness does not run."]
+    settings = {
+        "requests per point": args.requests,
+        "warm-up per point": f"max({args.warmup}, 10 per client)",
+        "mock": f"{opts.tokens} tokens, {opts.token_delay_ms} ms between streamed tokens, "
+        f"plain answer after {opts.plain_delay_ms} ms",
+        "gateway backend API": args.gateway_backend,
+        "LiteLLM backend API": "openai",
+        "gateway workers (GATEWAY_WORKERS)": args.workers,
+    }
+    notes = [
+        "Every process (load generator, mock, gateway, LiteLLM, two redis-servers) shares this "
+        "machine's cores; at high concurrency the numbers include that contention.",
+        "LiteLLM authenticates with its master key: virtual keys need its Postgres database, "
+        "which this harness does not run.",
+    ]
     notes += [f"NOT MEASURED FURTHER: {why}" for why in dead.values()]
     checks = report.target_checks(points, rss)
     title = f"Gateway benchmark {stamp}"
-    (out / "results.md").write_text(report.markdown(
-        title=title, machine=info, settings=settings, points=points, rss=rss,
-        scenarios={n: s.description for n, s in SCENARIOS.items()}, checks=checks, notes=notes))
-    (out / "results.json").write_text(json.dumps(
-        {"machine": info, "settings": settings, "points": [p.as_dict() for p in points], "peak_rss": rss,
-         "checks": checks}, indent=1))
+    (out / "results.md").write_text(
+        report.markdown(
+            title=title,
+            machine=info,
+            settings=settings,
+            points=points,
+            rss=rss,
+            scenarios={n: s.description for n, s in SCENARIOS.items()},
+            checks=checks,
+            notes=notes,
+        )
+    )
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "settings": settings,
+                "points": [p.as_dict() for p in points],
+                "peak_rss": rss,
+                "checks": checks,
+            },
+            indent=1,
+        )
+    )
     report.plot(points, out / "plot.png", title)
     print((out / "results.md").read_text())
     print(f"written: {out / 'results.md'}, {out / 'plot.png'}, {out / 'results.json'}")

@@ -23,8 +23,11 @@ def installed_version() -> str | None:
     python = LITELLM_VENV / "bin" / "python"
     if not python.exists():
         return None
-    out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 

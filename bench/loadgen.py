@@ -58,7 +58,7 @@ class LoadSpec:
     watch_pids: dict[str, int] = field(default_factory=dict)  # servers whose CPU to report
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LoadSpec":
+    def from_json(cls, data: dict[str, Any]) -> LoadSpec:
         kinds = [RequestKind(**k) for k in data.pop("kinds")]
         return cls(kinds=kinds, **data)
 
@@ -128,8 +128,10 @@ def _templates(spec: LoadSpec) -> list[tuple[RequestKind, bytes, str]]:
     out = []
     for kind in spec.kinds:
         extra = "".join(f"{k}: {v}\r\n" for k, v in kind.headers.items())
-        head = (f"POST {kind.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
-                f"Content-Type: application/json\r\nAccept: */*\r\n{extra}").encode()
+        head = (
+            f"POST {kind.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
+            f"Content-Type: application/json\r\nAccept: */*\r\n{extra}"
+        ).encode()
         out.append((kind, head, kind.body))
     return out
 
@@ -167,8 +169,7 @@ async def run(spec: LoadSpec) -> tuple[Results, float, float, dict[str, float]]:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     outcome = await conn.request(raw, kind.stream)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                    ValueError) as exc:
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
                 conn.close()
                 outcome = (0, float("nan"), float("nan"), 0, 0.0)
                 if record:
@@ -191,8 +192,7 @@ async def run(spec: LoadSpec) -> tuple[Results, float, float, dict[str, float]]:
     return results, wall, cpu, servers
 
 
-def _record(results: Results, kind: str, outcome: tuple[int, float, float, int, float],
-            progress_every: int) -> None:
+def _record(results: Results, kind: str, outcome: tuple[int, float, float, int, float], progress_every: int) -> None:
     status, lat, ttft, chunks, gap = outcome
     results.kind.append(kind)
     results.status.append(status)
@@ -220,11 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     if spec.concurrency < 1 or spec.requests < 1 or not spec.kinds:
         sys.exit("load spec needs concurrency >= 1, requests >= 1 and at least one kind")
     from testkit.mock_backend import install_fast_loop
+
     install_fast_loop()
     results, wall, cpu, servers = asyncio.run(run(spec))
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    Path(args[1]).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "server_cpu_s": servers,
-                                         "maxrss_kb": maxrss_kb, **results.__dict__}))
+    Path(args[1]).write_text(
+        json.dumps({"wall_s": wall, "cpu_s": cpu, "server_cpu_s": servers, "maxrss_kb": maxrss_kb, **results.__dict__})
+    )
 
 
 if __name__ == "__main__":

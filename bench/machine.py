@@ -34,6 +34,7 @@ def _run(argv: list[str], cwd: Path = REPO_ROOT) -> str:
 
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(package)
     except PackageNotFoundError:
@@ -48,8 +49,11 @@ def describe(gateway_dir: Path | None = None) -> dict[str, Any]:
     """Machine, OS, interpreter, the gateway's commit and the versions of what is measured."""
     src = gateway_dir or REPO_ROOT
     litellm_python = LITELLM_VENV / "bin" / "python"
-    litellm = _run([str(litellm_python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"]) \
-        if litellm_python.exists() else "not installed"
+    litellm = (
+        _run([str(litellm_python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"])
+        if litellm_python.exists()
+        else "not installed"
+    )
     mem_kb = _first("/proc/meminfo", "MemTotal").split()[0]
     return {
         "cpu": _first("/proc/cpuinfo", "model name"),
@@ -65,6 +69,7 @@ def describe(gateway_dir: Path | None = None) -> dict[str, Any]:
         "uvicorn": _version("uvicorn"),
         "uvloop": _version("uvloop"),
         "redis_server": _run(["redis-server", "--version"]).split(" v=")[-1].split()[0]
-        if _run(["redis-server", "--version"]) != "unknown" else "unknown",
+        if _run(["redis-server", "--version"]) != "unknown"
+        else "unknown",
         "load_average_at_start": load_average(),
     }

@@ -50,19 +50,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chat-rounds", type=int, default=1, help="rounds of chat blocks (the first rounds)")
     p.add_argument("--conversations", type=int, default=16)
     p.add_argument("--turns", type=int, default=4)
-    p.add_argument("--history-words", type=int, default=430,
-                   help="each chat's own history (160 words: about 300 tokens; 430: about 800)")
-    p.add_argument("--shared-system-words", type=int, default=160,
-                   help="the shared-system-prompt workload's system prompt; 0 skips that workload")
+    p.add_argument(
+        "--history-words",
+        type=int,
+        default=430,
+        help="each chat's own history (160 words: about 300 tokens; 430: about 800)",
+    )
+    p.add_argument(
+        "--shared-system-words",
+        type=int,
+        default=160,
+        help="the shared-system-prompt workload's system prompt; 0 skips that workload",
+    )
     p.add_argument("--single", type=int, default=32, help="single-turn requests per block")
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--think-s", type=float, default=2.0,
-                   help="mean seconds a chat's user takes before the next turn (exponential, seeded; 0: at once)")
+    p.add_argument(
+        "--think-s",
+        type=float,
+        default=2.0,
+        help="mean seconds a chat's user takes before the next turn (exponential, seeded; 0: at once)",
+    )
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--load-factor", type=float, default=1.25)
     p.add_argument("--move-factor", type=float, default=2.0, help="GATEWAY_AFFINITY_MOVE_FACTOR")
-    p.add_argument("--affinity-memory", type=int, default=16384,
-                   help="GATEWAY_AFFINITY_MEMORY: conversations remembered (0: the ring alone decides)")
+    p.add_argument(
+        "--affinity-memory",
+        type=int,
+        default=16384,
+        help="GATEWAY_AFFINITY_MEMORY: conversations remembered (0: the ring alone decides)",
+    )
     p.add_argument("--threads", type=int, default=1, help="threads per replica (2 replicas on 2 cores: 1 each)")
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--ctx-per-slot", type=int, default=2048)
@@ -72,11 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", default="single,chats,chats-shared-system")
     p.add_argument("--targets", default="direct,stack", help="targets of single-turn blocks")
     p.add_argument("--chat-targets", default="stack", help="targets of chat blocks")
-    p.add_argument("--replicas", choices=("llama", "mock"), default="llama",
-                   help="mock: testkit.mock_backend instead of llama-server (checks the plumbing, measures nothing)")
+    p.add_argument(
+        "--replicas",
+        choices=("llama", "mock"),
+        default="llama",
+        help="mock: testkit.mock_backend instead of llama-server (checks the plumbing, measures nothing)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--label", default="", help="suffix of the report's file names")
-    p.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: a temporary folder)")
+    p.add_argument(
+        "--log-dir", type=Path, default=None, help="keep the servers' logs here (default: a temporary folder)"
+    )
     return p.parse_args(argv)
 
 
@@ -87,15 +109,25 @@ def _client(base_url: str, headers: dict[str, str]) -> openai.AsyncOpenAI:
     # without sending a response", 1-3 per direct block); the gateway retries that case itself, the SDK
     # does not without a backoff sleep. A local connect costs ~0.1 ms against TTFTs of hundreds.
     limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
-    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=600,
-                              http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+    return openai.AsyncOpenAI(
+        base_url=base_url + "/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=600,
+        http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+    )
 
 
 async def run_block(args: argparse.Namespace, workload: str, target: Target, seed: int) -> tuple[list, float]:
     if workload == "single":
         return await run_single(target, single_prompts(seed, args.single), args.concurrency)
-    chats = conversations(seed, count=args.conversations, turns=args.turns, history_words=args.history_words,
-                          system_words=args.shared_system_words if workload == "chats-shared-system" else 0)
+    chats = conversations(
+        seed,
+        count=args.conversations,
+        turns=args.turns,
+        history_words=args.history_words,
+        system_words=args.shared_system_words if workload == "chats-shared-system" else 0,
+    )
     return await run_chats(target, chats, args.concurrency, think_s=args.think_s, seed=seed)
 
 
@@ -111,11 +143,19 @@ async def settled_split(gateway_port: int, before: dict[str, float], expected: i
 
 
 async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> list[Block]:
-    opts = ServerOptions(threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
-                         cache_ram_mib=args.cache_ram, slot_similarity=args.sps, cache_reuse=args.cache_reuse)
+    opts = ServerOptions(
+        threads=args.threads,
+        slots=args.slots,
+        ctx_per_slot=args.ctx_per_slot,
+        cache_ram_mib=args.cache_ram,
+        slot_similarity=args.sps,
+        cache_reuse=args.cache_reuse,
+    )
     replicas = start_replicas(stack, 2, opts, workdir) if args.replicas == "llama" else start_mock_replicas(stack, 2)
-    gateways = {p: start_stack(stack, replicas, p, workdir, args.load_factor, args.affinity_memory,
-                                args.move_factor) for p in POLICIES}
+    gateways = {
+        p: start_stack(stack, replicas, p, workdir, args.load_factor, args.affinity_memory, args.move_factor)
+        for p in POLICIES
+    }
     direct_clients = {name: _client(url, {}) for name, url in replica_names(replicas).items()}
     workloads = args.workloads.split(",")
     blocks: list[Block] = []
@@ -126,7 +166,7 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
             if rnd >= (args.rounds if single else args.chat_rounds):
                 continue
             order = [(t, p) for t in (args.targets if single else args.chat_targets).split(",") for p in POLICIES]
-            for target_kind, policy in (order if rnd % 2 == 0 else order[::-1]):
+            for target_kind, policy in order if rnd % 2 == 0 else order[::-1]:
                 seed += 1
                 # CPU is booked per group: `model` (the replicas) and, in stack blocks, `stack` (its processes)
                 watched = {f"model:{i}": r.proc.pid for i, r in enumerate(replicas) if r.proc}
@@ -137,9 +177,16 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                     watched |= {"stack:nginx": nginx.proc.pid} if nginx.proc else {}
                 else:
                     clients = direct_clients
-                target = Target(name=target_kind, policy=policy, model=MODEL, clients=clients,
-                                max_tokens=args.max_tokens, load_factor=args.load_factor,
-                                affinity_memory=args.affinity_memory, move_factor=args.move_factor)
+                target = Target(
+                    name=target_kind,
+                    policy=policy,
+                    model=MODEL,
+                    clients=clients,
+                    max_tokens=args.max_tokens,
+                    load_factor=args.load_factor,
+                    affinity_memory=args.affinity_memory,
+                    move_factor=args.move_factor,
+                )
                 before = requests_per_replica(gateways[policy][0].port) if target_kind == "stack" else {}
                 cpu_before = CpuSnapshot.take(watched)
                 records, wall = await run_block(args, workload, target, seed)
@@ -156,9 +203,12 @@ async def run_all(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> 
                         split[r.replica or "?"] = split.get(r.replica or "?", 0) + 1
                 block = Block(workload, target_kind, policy, rnd, records, wall, split, cpu)
                 blocks.append(block)
-                print(f"round {rnd} {workload:20s} {target_kind:6s} {policy:16s} wall {wall:6.1f}s "
-                      f"TTFT p50 {block.ttft_ms(50):7.0f} p95 {block.ttft_ms(95):7.0f} ms "
-                      f"split {split} errors {block.errors()} load {load_average()}", flush=True)
+                print(
+                    f"round {rnd} {workload:20s} {target_kind:6s} {policy:16s} wall {wall:6.1f}s "
+                    f"TTFT p50 {block.ttft_ms(50):7.0f} p95 {block.ttft_ms(95):7.0f} ms "
+                    f"split {split} errors {block.errors()} load {load_average()}",
+                    flush=True,
+                )
     await asyncio.gather(*(c.close() for c in direct_clients.values()))
     return blocks
 
@@ -167,11 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_cleanly_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {**describe(), "llama_server": server_version() if args.replicas == "llama" else "mock replicas", "model_file": smollm2_gguf().name,
-            "openai_sdk": openai.__version__, "server_args": " ".join(ServerOptions(
-                threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot, cache_ram_mib=args.cache_ram,
-                slot_similarity=args.sps, cache_reuse=args.cache_reuse).args()),
-            "run": " ".join(sys.argv[1:]) or "(defaults)", "args": json.dumps(vars(args), default=str)}
+    info = {
+        **describe(),
+        "llama_server": server_version() if args.replicas == "llama" else "mock replicas",
+        "model_file": smollm2_gguf().name,
+        "openai_sdk": openai.__version__,
+        "server_args": " ".join(
+            ServerOptions(
+                threads=args.threads,
+                slots=args.slots,
+                ctx_per_slot=args.ctx_per_slot,
+                cache_ram_mib=args.cache_ram,
+                slot_similarity=args.sps,
+                cache_reuse=args.cache_reuse,
+            ).args()
+        ),
+        "run": " ".join(sys.argv[1:]) or "(defaults)",
+        "args": json.dumps(vars(args), default=str),
+    }
     t0 = time.monotonic()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         if args.log_dir is not None:
@@ -185,9 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     plot(cfgs, png)
     report = markdown(cfgs, title=f"Real-model benchmark {stamp}", info=info, plot_name=png.name)
     (args.out / f"model-{stamp}.md").write_text(report)
-    (args.out / f"model-{stamp}.json").write_text(json.dumps(
-        [{**asdict(b), "records": [{k: v for k, v in asdict(r).items() if k != "text"} for r in b.records]}
-         for b in blocks], default=str))
+    (args.out / f"model-{stamp}.json").write_text(
+        json.dumps(
+            [
+                {**asdict(b), "records": [{k: v for k, v in asdict(r).items() if k != "text"} for r in b.records]}
+                for b in blocks
+            ],
+            default=str,
+        )
+    )
     print(report)
     print(f"written: {args.out / f'model-{stamp}.md'}", file=sys.stderr)
     return 0

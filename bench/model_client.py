@@ -18,8 +18,8 @@ from typing import Any
 import openai
 
 from bench.model_workload import Conversation
-from gateway.replicas.affinity import Placements, affinity_key, pick_bounded
 from gateway.protocol.requests import ChatCompletionRequest
+from gateway.replicas.affinity import Placements, affinity_key, pick_bounded
 from gateway.settings import RoutingPolicy
 
 Messages = list[dict[str, str]]
@@ -65,9 +65,19 @@ def _cached(usage: Any) -> int | None:
 class Target:
     """Somewhere to send chats: `stack` (one client, the gateway routes) or `direct` (routed here)."""
 
-    def __init__(self, *, name: str, policy: RoutingPolicy, model: str, clients: dict[str, openai.AsyncOpenAI],
-                 max_tokens: int, load_factor: float = 1.25, prefix_chars: int = 2048,
-                 affinity_memory: int = 16384, move_factor: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        policy: RoutingPolicy,
+        model: str,
+        clients: dict[str, openai.AsyncOpenAI],
+        max_tokens: int,
+        load_factor: float = 1.25,
+        prefix_chars: int = 2048,
+        affinity_memory: int = 16384,
+        move_factor: float = 2.0,
+    ) -> None:
         self.name, self.policy, self.model, self.max_tokens = name, policy, model, max_tokens
         self._replicas = [_Replica(n, c) for n, c in clients.items()]
         self._factor, self._prefix_chars = load_factor, prefix_chars
@@ -80,8 +90,11 @@ class Target:
             return self._replicas[0]
         if self.policy == "prefix_affinity":
             key = affinity_key(ChatCompletionRequest(model=self.model, messages=messages), self._prefix_chars)
-            chosen = pick_bounded(key, self._replicas, lambda r: True, self._factor, self._placements,
-                                  self._move_factor) if key else None
+            chosen = (
+                pick_bounded(key, self._replicas, lambda r: True, self._factor, self._placements, self._move_factor)
+                if key
+                else None
+            )
             if chosen is not None:
                 return chosen  # type: ignore[return-value]
         start = next(self._rotation) % len(self._replicas)  # the pool's least-in-flight, rotation for ties
@@ -95,8 +108,14 @@ class Target:
         ttft, parts, usage = float("nan"), [], None
         try:
             stream = await replica.client.chat.completions.create(
-                model=self.model, messages=messages, stream=True, max_tokens=self.max_tokens, temperature=0,
-                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})  # fixed-length answers
+                model=self.model,
+                messages=messages,
+                stream=True,
+                max_tokens=self.max_tokens,
+                temperature=0,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )  # fixed-length answers
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     if not parts:
@@ -105,13 +124,27 @@ class Target:
                 if chunk.usage:
                     usage = chunk.usage
         except openai.OpenAIError as exc:
-            return Record(kind, ttft, time.perf_counter() - t0, 0, 0, replica.name if self.routes_itself else None,
-                          error=f"{type(exc).__name__}: {str(exc)[:200]}{_cause(exc)}")
+            return Record(
+                kind,
+                ttft,
+                time.perf_counter() - t0,
+                0,
+                0,
+                replica.name if self.routes_itself else None,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}{_cause(exc)}",
+            )
         finally:
             replica.in_flight -= 1
-        return Record(kind, ttft, time.perf_counter() - t0, usage.prompt_tokens if usage else 0,
-                      usage.completion_tokens if usage else 0, replica.name if self.routes_itself else None,
-                      text="".join(parts), cached_tokens=_cached(usage))
+        return Record(
+            kind,
+            ttft,
+            time.perf_counter() - t0,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            replica.name if self.routes_itself else None,
+            text="".join(parts),
+            cached_tokens=_cached(usage),
+        )
 
     async def aclose(self) -> None:
         await asyncio.gather(*(r.client.close() for r in self._replicas))
@@ -131,8 +164,9 @@ async def run_single(target: Target, prompts: list[Messages], concurrency: int) 
     return records, time.perf_counter() - t0
 
 
-async def run_chats(target: Target, chats: list[Conversation], concurrency: int, *, think_s: float = 0.0,
-                    seed: int = 0) -> tuple[list[Record], float]:
+async def run_chats(
+    target: Target, chats: list[Conversation], concurrency: int, *, think_s: float = 0.0, seed: int = 0
+) -> tuple[list[Record], float]:
     """Chats turn by turn, `concurrency` requests at a time. A chat whose turn is answered goes to the back
     of the queue (its user reads and types while other chats are served), so turns interleave as they do
     with many users: a replica's slots see every chat between two turns of one.

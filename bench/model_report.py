@@ -104,19 +104,47 @@ def _cache_column(shares: Sequence[float]) -> str:
 
 
 def table(cfgs: dict[tuple[str, str, str], Config]) -> list[str]:
-    head = ["workload", "target", "policy", "blocks", "TTFT p50 ms", "TTFT p95 ms", "TTFT p50 per block",
-            "wall s per block", "tokens/s per block", "req/s", "max replica share", "prompt from cache", "errors"]
+    head = [
+        "workload",
+        "target",
+        "policy",
+        "blocks",
+        "TTFT p50 ms",
+        "TTFT p95 ms",
+        "TTFT p50 per block",
+        "wall s per block",
+        "tokens/s per block",
+        "req/s",
+        "max replica share",
+        "prompt from cache",
+        "errors",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (workload, target, policy), c in sorted(cfgs.items()):
         n = sum(len(b.records) for b in c.blocks)
         rps = n / sum(b.wall_s for b in c.blocks)
         share = c.per_block("max_share")
-        rows.append("| " + " | ".join([
-            workload, target, SHORT[policy], str(len(c.blocks)), _f(c.ttft_ms(50)), _f(c.ttft_ms(95)),
-            _spread(c.per_block("ttft_ms", 50)), _spread([b.wall_s for b in c.blocks], 1),
-            _spread(c.per_block("tokens_per_s"), 1), _f(rps, 2),
-            _spread([s * 100 for s in share]) + " %", _cache_column(c.per_block("cached_share")),
-            str(sum(b.errors() for b in c.blocks))]) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    workload,
+                    target,
+                    SHORT[policy],
+                    str(len(c.blocks)),
+                    _f(c.ttft_ms(50)),
+                    _f(c.ttft_ms(95)),
+                    _spread(c.per_block("ttft_ms", 50)),
+                    _spread([b.wall_s for b in c.blocks], 1),
+                    _spread(c.per_block("tokens_per_s"), 1),
+                    _f(rps, 2),
+                    _spread([s * 100 for s in share]) + " %",
+                    _cache_column(c.per_block("cached_share")),
+                    str(sum(b.errors() for b in c.blocks)),
+                ]
+            )
+            + " |"
+        )
     return rows
 
 
@@ -138,22 +166,38 @@ def checks(cfgs: dict[tuple[str, str, str], Config]) -> list[tuple[str, str, boo
             continue
         for q, need in ((95, 3.0), (50, 1.5)):
             r = _ratio(lif.ttft_ms(q), aff.ttft_ms(q))
-            out.append((f"{workload}, follow-up TTFT p{q}: LIF / affinity >= {need:g} (through the stack)",
-                        f"{_f(lif.ttft_ms(q))} / {_f(aff.ttft_ms(q))} ms = {_f(r, 2)}x",
-                        (r >= need) if gate and not math.isnan(r) else None))
+            out.append(
+                (
+                    f"{workload}, follow-up TTFT p{q}: LIF / affinity >= {need:g} (through the stack)",
+                    f"{_f(lif.ttft_ms(q))} / {_f(aff.ttft_ms(q))} ms = {_f(r, 2)}x",
+                    (r >= need) if gate and not math.isnan(r) else None,
+                )
+            )
         share = max(aff.per_block("max_share"))
-        out.append((f"{workload}, affinity: no replica above 60 % of requests",
-                    f"largest share per block: {_spread([s * 100 for s in aff.per_block('max_share')])} %",
-                    (share <= 0.6) if gate and not math.isnan(share) else None))
-        out.append((f"{workload}: total time per block, LIF vs affinity",
-                    f"{_spread([b.wall_s for b in lif.blocks], 1)} s vs {_spread([b.wall_s for b in aff.blocks], 1)} s",
-                    None))
+        out.append(
+            (
+                f"{workload}, affinity: no replica above 60 % of requests",
+                f"largest share per block: {_spread([s * 100 for s in aff.per_block('max_share')])} %",
+                (share <= 0.6) if gate and not math.isnan(share) else None,
+            )
+        )
+        out.append(
+            (
+                f"{workload}: total time per block, LIF vs affinity",
+                f"{_spread([b.wall_s for b in lif.blocks], 1)} s vs {_spread([b.wall_s for b in aff.blocks], 1)} s",
+                None,
+            )
+        )
     lif, aff = cfgs.get(("single", "stack", POLICIES[0])), cfgs.get(("single", "stack", POLICIES[1]))
     if lif and aff:
         r = _ratio(aff.mean("tokens_per_s"), lif.mean("tokens_per_s"))
-        out.append(("single-turn tokens/s: affinity within 5 % of LIF (through the stack)",
-                    f"{_f(aff.mean('tokens_per_s'), 1)} / {_f(lif.mean('tokens_per_s'), 1)} = {_f(r, 3)}",
-                    None if math.isnan(r) else abs(r - 1) <= 0.05))
+        out.append(
+            (
+                "single-turn tokens/s: affinity within 5 % of LIF (through the stack)",
+                f"{_f(aff.mean('tokens_per_s'), 1)} / {_f(lif.mean('tokens_per_s'), 1)} = {_f(r, 3)}",
+                None if math.isnan(r) else abs(r - 1) <= 0.05,
+            )
+        )
     out += overhead_checks(cfgs)
     return out
 
@@ -166,37 +210,71 @@ def overhead_checks(cfgs: dict[tuple[str, str, str], Config]) -> list[tuple[str,
         if not stack or not direct:
             continue
         added = _ratio(stack.ttft_ms(50) - direct.ttft_ms(50), direct.ttft_ms(50))
-        pairs = [_ratio(s - d, d) * 100 for s, d in zip(stack.per_block("ttft_ms", 50), direct.per_block("ttft_ms", 50))]
-        out.append((f"single-turn, {SHORT[policy]}: stack adds < 2 % to TTFT p50",
-                    (f"{_f(stack.ttft_ms(50))} vs {_f(direct.ttft_ms(50))} ms direct = {_f(added * 100, 1)} % "
-                     f"(per round: {_spread(pairs, 1)} %; their median {_f(_median(pairs), 1)} %)"),
-                    None if math.isnan(added) else added < 0.02))
+        pairs = [
+            _ratio(s - d, d) * 100
+            for s, d in zip(stack.per_block("ttft_ms", 50), direct.per_block("ttft_ms", 50), strict=False)
+        ]
+        out.append(
+            (
+                f"single-turn, {SHORT[policy]}: stack adds < 2 % to TTFT p50",
+                (
+                    f"{_f(stack.ttft_ms(50))} vs {_f(direct.ttft_ms(50))} ms direct = {_f(added * 100, 1)} % "
+                    f"(per round: {_spread(pairs, 1)} %; their median {_f(_median(pairs), 1)} %)"
+                ),
+                None if math.isnan(added) else added < 0.02,
+            )
+        )
         lost = _ratio(direct.mean("tokens_per_s") - stack.mean("tokens_per_s"), direct.mean("tokens_per_s"))
-        pairs = [_ratio(d - s, d) * 100 for s, d in zip(stack.per_block("tokens_per_s"),
-                                                      direct.per_block("tokens_per_s"))]
-        out.append((f"single-turn, {SHORT[policy]}: stack costs < 2 % of tokens/s",
-                    (f"{_f(stack.mean('tokens_per_s'), 1)} vs {_f(direct.mean('tokens_per_s'), 1)} direct = "
-                     f"{_f(lost * 100, 1)} % (per round: {_spread(pairs, 1)} %; their median {_f(_median(pairs), 1)} %)"),
-                    None if math.isnan(lost) else lost < 0.02))
+        pairs = [
+            _ratio(d - s, d) * 100
+            for s, d in zip(stack.per_block("tokens_per_s"), direct.per_block("tokens_per_s"), strict=False)
+        ]
+        out.append(
+            (
+                f"single-turn, {SHORT[policy]}: stack costs < 2 % of tokens/s",
+                (
+                    f"{_f(stack.mean('tokens_per_s'), 1)} vs {_f(direct.mean('tokens_per_s'), 1)} direct = "
+                    f"{_f(lost * 100, 1)} % (per round: {_spread(pairs, 1)} %; their median {_f(_median(pairs), 1)} %)"
+                ),
+                None if math.isnan(lost) else lost < 0.02,
+            )
+        )
         shares = [x * 100 for x in stack.per_block("stack_cpu_share")]
         known = [x for x in shares if not math.isnan(x)]
         if any("stack" in b.cpu_s for b in stack.blocks):
-            cpu_ms = 1000 * sum(b.cpu_s.get("stack", 0.0) for b in stack.blocks) / sum(len(b.records) for b in stack.blocks)
-            out.append((f"single-turn, {SHORT[policy]}: the stack's CPU (nginx + gateway + Redis) against the replicas'",
-                        f"{_f(cpu_ms, 1)} ms per request = {_f(_median(known), 2)} % of the replicas' CPU "
-                        f"(median of blocks; per block: {_spread(shares, 2)} %)", None))
+            cpu_ms = (
+                1000 * sum(b.cpu_s.get("stack", 0.0) for b in stack.blocks) / sum(len(b.records) for b in stack.blocks)
+            )
+            out.append(
+                (
+                    f"single-turn, {SHORT[policy]}: the stack's CPU (nginx + gateway + Redis) against the replicas'",
+                    f"{_f(cpu_ms, 1)} ms per request = {_f(_median(known), 2)} % of the replicas' CPU "
+                    f"(median of blocks; per block: {_spread(shares, 2)} %)",
+                    None,
+                )
+            )
     return out
 
 
-def markdown(cfgs: dict[tuple[str, str, str], Config], *, title: str, info: dict[str, Any],
-             plot_name: str | None) -> str:
+def markdown(
+    cfgs: dict[tuple[str, str, str], Config], *, title: str, info: dict[str, Any], plot_name: str | None
+) -> str:
     lines = [f"# {title}", "", "## Checks", "", "| check | measured | passed |", "|---|---|---|"]
     for what, measured, passed in checks(cfgs):
         lines.append(f"| {what} | {measured} | {'-' if passed is None else ('yes' if passed else 'NO')} |")
-    lines += ["", "## Results", "", ("TTFT: first content token, client side (openai SDK, streaming). Chats: "
-                                     "follow-up turns only; single: every request. Pooled percentiles over all "
-                                     "blocks; per-block values in block order (rounds alternate the order of "
-                                     "targets and policies)."), "", *table(cfgs)]
+    lines += [
+        "",
+        "## Results",
+        "",
+        (
+            "TTFT: first content token, client side (openai SDK, streaming). Chats: "
+            "follow-up turns only; single: every request. Pooled percentiles over all "
+            "blocks; per-block values in block order (rounds alternate the order of "
+            "targets and policies)."
+        ),
+        "",
+        *table(cfgs),
+    ]
     if plot_name:
         lines += ["", f"![TTFT and tokens/s]({plot_name})"]
     lines += ["", "## Machine and versions", "", "```"]
@@ -206,13 +284,14 @@ def markdown(cfgs: dict[tuple[str, str, str], Config], *, title: str, info: dict
 
 def plot(cfgs: dict[tuple[str, str, str], Config], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     workloads = sorted({w for w, _, _ in cfgs})
     fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(5 * (len(workloads) + 1), 4.5))
     colors = {"least_in_flight": "tab:gray", "prefix_affinity": "tab:green"}
-    for ax, workload in zip(axes, workloads):
+    for ax, workload in zip(axes, workloads, strict=False):
         keys = [k for k in sorted(cfgs) if k[0] == workload]
         for i, key in enumerate(keys):
             c = cfgs[key]

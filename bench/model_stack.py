@@ -21,11 +21,11 @@ from bench.stack import (
     start_gateway,
     start_mock,
 )
-from testkit.nginx_render import build_conf_dir
-from testkit.topology import loopback_nginx_values, start_nginx
 from testkit.llama import smollm2_gguf
 from testkit.llama_server import llama_server_binary
+from testkit.nginx_render import build_conf_dir
 from testkit.processes import Service, free_port
+from testkit.topology import loopback_nginx_values, start_nginx
 
 MODEL = "smollm2"
 
@@ -43,15 +43,30 @@ class ServerOptions:
     extra: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
-        return ["-t", str(self.threads), "-tb", str(self.threads), "-np", str(self.slots),
-                "-c", str(self.slots * self.ctx_per_slot), "--cache-ram", str(self.cache_ram_mib),
-                "-sps", str(self.slot_similarity), "--cache-reuse", str(self.cache_reuse), *self.extra]
+        return [
+            "-t",
+            str(self.threads),
+            "-tb",
+            str(self.threads),
+            "-np",
+            str(self.slots),
+            "-c",
+            str(self.slots * self.ctx_per_slot),
+            "--cache-ram",
+            str(self.cache_ram_mib),
+            "-sps",
+            str(self.slot_similarity),
+            "--cache-reuse",
+            str(self.cache_reuse),
+            *self.extra,
+        ]
 
 
 def server_version() -> str:
     try:
-        out = subprocess.run([str(llama_server_binary()), "--version"], capture_output=True, text=True, timeout=30,
-                             check=False)
+        out = subprocess.run(
+            [str(llama_server_binary()), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return " ".join((out.stdout + out.stderr).split())[:200]
@@ -62,8 +77,19 @@ def start_replicas(stack: ExitStack, count: int, opts: ServerOptions, log_dir: P
     replicas = []
     for i in range(count):
         port = free_port()
-        argv = [binary, "-m", gguf, "--alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
-                "--no-webui", *opts.args()]
+        argv = [
+            binary,
+            "-m",
+            gguf,
+            "--alias",
+            MODEL,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-webui",
+            *opts.args(),
+        ]
         svc = Service(name=f"llama{i}", argv=argv, port=port, log_dir=log_dir)
         replicas.append(_started(stack, svc, http_path="/health", timeout=120))
     return replicas
@@ -71,8 +97,9 @@ def start_replicas(stack: ExitStack, count: int, opts: ServerOptions, log_dir: P
 
 def start_mock_replicas(stack: ExitStack, count: int) -> list[Service]:
     """Replicas without a model (testkit.mock_backend), to check the benchmark's plumbing in seconds."""
-    return [start_mock(stack, MockOptions(model=MODEL, tokens=8, token_delay_ms=1.0), name=f"mock{i}")
-            for i in range(count)]
+    return [
+        start_mock(stack, MockOptions(model=MODEL, tokens=8, token_delay_ms=1.0), name=f"mock{i}") for i in range(count)
+    ]
 
 
 def replica_names(replicas: list[Service]) -> dict[str, str]:
@@ -80,14 +107,26 @@ def replica_names(replicas: list[Service]) -> dict[str, str]:
     return {f"llama{i}": r.url for i, r in enumerate(replicas)}
 
 
-def start_stack(stack: ExitStack, replicas: list[Service], policy: str, workdir: Path,
-                load_factor: float, affinity_memory: int, move_factor: float) -> tuple[Target, Service]:
+def start_stack(
+    stack: ExitStack,
+    replicas: list[Service],
+    policy: str,
+    workdir: Path,
+    load_factor: float,
+    affinity_memory: int,
+    move_factor: float,
+) -> tuple[Target, Service]:
     """nginx -> one gateway using `policy` -> the replicas; returns the gateway target (pointed at nginx) and nginx."""
     backends = [{"kind": "openai", "url": url, "name": name} for name, url in replica_names(replicas).items()]
-    env = {"GATEWAY_BACKENDS": json.dumps(backends), "GATEWAY_ROUTING_POLICY": policy,
-           "GATEWAY_AFFINITY_LOAD_FACTOR": str(load_factor), "GATEWAY_AFFINITY_MEMORY": str(affinity_memory),
-           "GATEWAY_AFFINITY_MOVE_FACTOR": str(move_factor),
-           "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "120", "GATEWAY_TOTAL_TIMEOUT_S": "600"}
+    env = {
+        "GATEWAY_BACKENDS": json.dumps(backends),
+        "GATEWAY_ROUTING_POLICY": policy,
+        "GATEWAY_AFFINITY_LOAD_FACTOR": str(load_factor),
+        "GATEWAY_AFFINITY_MEMORY": str(affinity_memory),
+        "GATEWAY_AFFINITY_MOVE_FACTOR": str(move_factor),
+        "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "120",
+        "GATEWAY_TOTAL_TIMEOUT_S": "600",
+    }
     gateway = start_gateway(stack, replicas[0], extra_env=env)
     public, status = free_port(), free_port()
     values = loopback_nginx_values(public, status, free_port())

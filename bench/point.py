@@ -27,12 +27,24 @@ class Scenario:
 
 
 SCENARIOS = {
-    "plain": Scenario(name="plain", stream=False, unique=True,
-                      description="non-streamed completion, unique prompt (cache miss + store)"),
-    "stream": Scenario(name="stream", stream=True, unique=True,
-                       description="streamed completion, unique prompt; TTFT, chunk gaps, chunk count"),
-    "cache_hit": Scenario(name="cache_hit", stream=False, unique=False,
-                          description="non-streamed completion, the same prompt every time (cache hit)"),
+    "plain": Scenario(
+        name="plain",
+        stream=False,
+        unique=True,
+        description="non-streamed completion, unique prompt (cache miss + store)",
+    ),
+    "stream": Scenario(
+        name="stream",
+        stream=True,
+        unique=True,
+        description="streamed completion, unique prompt; TTFT, chunk gaps, chunk count",
+    ),
+    "cache_hit": Scenario(
+        name="cache_hit",
+        stream=False,
+        unique=False,
+        description="non-streamed completion, the same prompt every time (cache hit)",
+    ),
 }
 
 
@@ -41,22 +53,35 @@ def chat_body(model: str, *, stream: bool, prompt: str) -> str:
 
     temperature 0 makes every request cacheable, so the gateway takes its full path (cache
     lookup, then store on a miss) as LiteLLM with its cache on does for every request."""
-    return json.dumps({"model": model, "stream": stream, "max_tokens": 16, "temperature": 0,
-                       "messages": [{"role": "user", "content": prompt}]})
+    return json.dumps(
+        {
+            "model": model,
+            "stream": stream,
+            "max_tokens": 16,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+    )
 
 
 def kind_for(scenario: Scenario, target: Target, model: str) -> RequestKind:
     prompt = "Say something short. {n}" if scenario.unique else "Say something short."
-    return RequestKind(name=scenario.name, path=target.chat_path, stream=scenario.stream,
-                       headers=target.headers, body=chat_body(model, stream=scenario.stream, prompt=prompt))
+    return RequestKind(
+        name=scenario.name,
+        path=target.chat_path,
+        stream=scenario.stream,
+        headers=target.headers,
+        body=chat_body(model, stream=scenario.stream, prompt=prompt),
+    )
 
 
 def run_loadgen(spec: dict[str, Any], workdir: Path, tag: str) -> dict[str, Any]:
     """Run the load generator as a separate process and return its result file's content."""
     spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
     spec_path.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed for {tag}: {proc.stderr[-2000:]}")
     result = json.loads(out_path.read_text())
@@ -72,16 +97,39 @@ def backend_calls(mock_url: str) -> int:
 WARMUP_PER_CLIENT = 10
 
 
-def load_spec(target: Target, kinds: list[RequestKind], *, concurrency: int, requests: int, warmup: int,
-              extra_pids: dict[str, int] | None = None) -> dict[str, Any]:
+def load_spec(
+    target: Target,
+    kinds: list[RequestKind],
+    *,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    extra_pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """The load generator's input for one run against `target` (whose processes' CPU it reads)."""
-    return {"host": "127.0.0.1", "port": target.port, "concurrency": concurrency, "requests": requests,
-            "warmup": warmup, "kinds": [asdict(k) for k in kinds],
-            "watch_pids": {**target.pids(), **(extra_pids or {})}}
+    return {
+        "host": "127.0.0.1",
+        "port": target.port,
+        "concurrency": concurrency,
+        "requests": requests,
+        "warmup": warmup,
+        "kinds": [asdict(k) for k in kinds],
+        "watch_pids": {**target.pids(), **(extra_pids or {})},
+    }
 
 
-def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurrency: int, requests: int,
-            warmup: int, workdir: Path, mock_url: str, extra_pids: dict[str, int] | None = None) -> PointSummary:
+def measure(
+    *,
+    target: Target,
+    kinds: list[RequestKind],
+    scenario: str,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    workdir: Path,
+    mock_url: str,
+    extra_pids: dict[str, int] | None = None,
+) -> PointSummary:
     """Send the load; the CPU of the target's processes (and extra ones, e.g. the mock) is
     read by the load generator at the edges of its measured phase (warm-up excluded).
 
@@ -92,8 +140,9 @@ def measure(*, target: Target, kinds: list[RequestKind], scenario: str, concurre
     spec = load_spec(target, kinds, concurrency=concurrency, requests=requests, warmup=warmup, extra_pids=extra_pids)
     calls_before = backend_calls(mock_url)
     result = run_loadgen(spec, workdir, f"{scenario}-{target.name}-c{concurrency}")
-    summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
-                        cpu=result["server_cpu_s"])
+    summary = summarize(
+        scenario=scenario, target=target.name, concurrency=concurrency, result=result, cpu=result["server_cpu_s"]
+    )
     summary.backend_calls_per_request = (backend_calls(mock_url) - calls_before) / (requests + warmup)
     return summary
 
@@ -115,9 +164,18 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def measure_alternating(*, targets: list[Target], kinds: dict[str, list[RequestKind]], scenario: str,
-                        concurrency: int, requests: int, blocks: int, warmup: int, workdir: Path,
-                        mock_url: str) -> list[PointSummary]:
+def measure_alternating(
+    *,
+    targets: list[Target],
+    kinds: dict[str, list[RequestKind]],
+    scenario: str,
+    concurrency: int,
+    requests: int,
+    blocks: int,
+    warmup: int,
+    workdir: Path,
+    mock_url: str,
+) -> list[PointSummary]:
     """`requests` per target sent in `blocks` blocks, the targets taking turns block by block, so a
     host that speeds up or slows down during the measurement weighs on every target alike (measured
     one after the other, two runs of the same code differed by more than the 1-client effects being
@@ -135,12 +193,14 @@ def measure_alternating(*, targets: list[Target], kinds: dict[str, list[RequestK
     summaries = []
     for target in targets:
         result = merge_results(parts[target.name])
-        summary = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=result,
-                            cpu=result["server_cpu_s"])
+        summary = summarize(
+            scenario=scenario, target=target.name, concurrency=concurrency, result=result, cpu=result["server_cpu_s"]
+        )
         summary.backend_calls_per_request = calls[target.name] / (requests + warmup * blocks)
         for part in parts[target.name]:
-            block = summarize(scenario=scenario, target=target.name, concurrency=concurrency, result=part,
-                              cpu=part["server_cpu_s"])
+            block = summarize(
+                scenario=scenario, target=target.name, concurrency=concurrency, result=part, cpu=part["server_cpu_s"]
+            )
             summary.block_p50_ms.append(block.p50_ms)
             summary.block_ttft_p50_ms.append(block.ttft_p50_ms)
         summaries.append(summary)

@@ -16,7 +16,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     # The command name sits in parentheses and may hold spaces; fields resume after ')'.
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def descendants(pid: int) -> list[int]:
@@ -72,8 +72,8 @@ class CpuSnapshot:
     seconds: dict[str, float]
 
     @classmethod
-    def take(cls, pids: dict[str, int]) -> "CpuSnapshot":
+    def take(cls, pids: dict[str, int]) -> CpuSnapshot:
         return cls({name: cpu_seconds(pid) for name, pid in pids.items()})
 
-    def since(self, earlier: "CpuSnapshot") -> dict[str, float]:
+    def since(self, earlier: CpuSnapshot) -> dict[str, float]:
         return {name: self.seconds[name] - earlier.seconds.get(name, 0.0) for name in self.seconds}

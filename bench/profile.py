@@ -56,8 +56,21 @@ def top_functions(collapsed: Path, limit: int = 25) -> tuple[list[tuple[str, int
     return own.most_common(limit), inclusive.most_common(limit), total
 
 
-PACKAGES = ("aiohttp/", "httpx/", "httpcore/", "anyio/", "ollama/", "redis/", "pydantic/",
-            "prometheus_fastapi_instrumentator/", "prometheus_client/", "starlette/", "fastapi/", "uvicorn/", "gateway/")
+PACKAGES = (
+    "aiohttp/",
+    "httpx/",
+    "httpcore/",
+    "anyio/",
+    "ollama/",
+    "redis/",
+    "pydantic/",
+    "prometheus_fastapi_instrumentator/",
+    "prometheus_client/",
+    "starlette/",
+    "fastapi/",
+    "uvicorn/",
+    "gateway/",
+)
 
 
 def package_shares(collapsed: Path) -> list[tuple[str, float]]:
@@ -77,17 +90,23 @@ def package_shares(collapsed: Path) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
-    p.add_argument("--gateway-dir", type=Path, default=None,
-                   help="run the gateway package of another checkout (default: this one)")
+    p.add_argument(
+        "--gateway-dir", type=Path, default=None, help="run the gateway package of another checkout (default: this one)"
+    )
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="plain")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--no-redis", action="store_true")
-    p.add_argument("--gateway-backend", choices=("openai", "ollama"), default="openai",
-                   help="API the gateway uses to reach the mock")
-    p.add_argument("--backend-ms", type=float, default=0.0,
-                   help="how long the mock takes to answer (bench.overhead uses 20)")
+    p.add_argument(
+        "--gateway-backend",
+        choices=("openai", "ollama"),
+        default="openai",
+        help="API the gateway uses to reach the mock",
+    )
+    p.add_argument(
+        "--backend-ms", type=float, default=0.0, help="how long the mock takes to answer (bench.overhead uses 20)"
+    )
     args = p.parse_args(argv)
     exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -97,20 +116,46 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateway = start_gateway(stack, mock, backend_kind=args.gateway_backend, with_redis=not args.no_redis,
-                                    source_dir=args.gateway_dir)
+            gateway = start_gateway(
+                stack,
+                mock,
+                backend_kind=args.gateway_backend,
+                with_redis=not args.no_redis,
+                source_dir=args.gateway_dir,
+            )
             smoke_check(gateway, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"profile setup failed: {exc}") from None
         pid = gateway.pids()["gateway"]
-        spec = {"host": "127.0.0.1", "port": gateway.port, "concurrency": args.clients, "requests": args.requests,
-                "warmup": 200, "kinds": [asdict(kind_for(SCENARIOS[args.scenario], gateway, opts.model))],
-                "watch_pids": {"gateway": pid}}
+        spec = {
+            "host": "127.0.0.1",
+            "port": gateway.port,
+            "concurrency": args.clients,
+            "requests": args.requests,
+            "warmup": 200,
+            "kinds": [asdict(kind_for(SCENARIOS[args.scenario], gateway, opts.model))],
+            "watch_pids": {"gateway": pid},
+        }
         records = []
         for fmt, suffix in (("flamegraph", ".svg"), ("raw", ".collapsed")):
-            spy = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--rate", str(args.rate), "--format", fmt,
-                                    "--output", str(out.with_suffix(suffix)), "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            spy = subprocess.Popen(
+                [
+                    py_spy(),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    fmt,
+                    "--output",
+                    str(out.with_suffix(suffix)),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             result = run_loadgen(spec, Path(tmp), f"profile-{fmt}")
             spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
             if spy.wait(timeout=60) != 0:
@@ -119,12 +164,21 @@ def main(argv: list[str] | None = None) -> None:
     n = len(records[-1]["status"])
     cpu_ms = records[-1]["server_cpu_s"]["gateway"] * 1000 / n
     own, inclusive, total = top_functions(out.with_suffix(".collapsed"))
-    lines = [f"# Gateway profile: {args.scenario}, {args.clients} clients, {n} requests", "",
-             f"gateway CPU {cpu_ms:.3f} ms/request, {n / records[-1]['wall_s']:.0f} req/s; {total} samples", "",
-             "## Share of samples by package (inclusive)", ""] + \
-            [f"- {share:5.1f} %  {pkg}" for pkg, share in package_shares(out.with_suffix(".collapsed"))] + \
-            ["", "## Self time", ""] + [f"- {100 * c / total:5.1f} %  {f}" for f, c in own] + \
-            ["", "## Inclusive time", ""] + [f"- {100 * c / total:5.1f} %  {f}" for f, c in inclusive]
+    lines = (
+        [
+            f"# Gateway profile: {args.scenario}, {args.clients} clients, {n} requests",
+            "",
+            f"gateway CPU {cpu_ms:.3f} ms/request, {n / records[-1]['wall_s']:.0f} req/s; {total} samples",
+            "",
+            "## Share of samples by package (inclusive)",
+            "",
+        ]
+        + [f"- {share:5.1f} %  {pkg}" for pkg, share in package_shares(out.with_suffix(".collapsed"))]
+        + ["", "## Self time", ""]
+        + [f"- {100 * c / total:5.1f} %  {f}" for f, c in own]
+        + ["", "## Inclusive time", ""]
+        + [f"- {100 * c / total:5.1f} %  {f}" for f, c in inclusive]
+    )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written: {out}.md, {out}.svg, {out}.collapsed")

@@ -44,12 +44,16 @@ def scenario_table(points: list[PointSummary], scenario: str) -> list[str]:
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted((p for p in points if p.scenario == scenario), key=lambda p: (p.concurrency, p.target)):
         cells = [p.target, str(p.concurrency), _f(p.p50_ms), _f(p.p90_ms), _f(p.p99_ms)]
-        cells += ["-" if p.target == DIRECT else _f(added(idx, scenario, p.target, p.concurrency, a))
-                  for a in ("p50_ms", "p99_ms")]
+        cells += [
+            "-" if p.target == DIRECT else _f(added(idx, scenario, p.target, p.concurrency, a))
+            for a in ("p50_ms", "p99_ms")
+        ]
         if stream:
             cells += [_f(p.ttft_p50_ms), _f(p.ttft_p99_ms)]
-            cells += ["-" if p.target == DIRECT else _f(added(idx, scenario, p.target, p.concurrency, a))
-                      for a in ("ttft_p50_ms", "ttft_p99_ms")]
+            cells += [
+                "-" if p.target == DIRECT else _f(added(idx, scenario, p.target, p.concurrency, a))
+                for a in ("ttft_p50_ms", "ttft_p99_ms")
+            ]
             cells += [f"{p.chunks_min}/{p.chunks_max}", _f(p.gap_p50_ms)]
         cells += [_f(p.rps, 0), _cpu_cell(p), _f(p.backend_calls_per_request, 3), str(p.requests - p.ok)]
         rows.append("| " + " | ".join(cells) + " |")
@@ -70,34 +74,56 @@ def target_checks(points: list[PointSummary], rss: dict[str, dict[str, int]]) ->
     levels = sorted({p.concurrency for p in points})
     if not {GATEWAY, LITELLM} <= {p.target for p in points}:
         levels = []  # the ratios need both in the same run
-    for scenario, attr_pair, label in (("plain", ("p50_ms", "p99_ms"), "plain"),
-                                        ("stream", ("ttft_p50_ms", "ttft_p99_ms"), "TTFT")):
+    for scenario, attr_pair, label in (
+        ("plain", ("p50_ms", "p99_ms"), "plain"),
+        ("stream", ("ttft_p50_ms", "ttft_p99_ms"), "TTFT"),
+    ):
         for c in levels:
             for attr in attr_pair:
                 lite, gw = added(idx, scenario, LITELLM, c, attr), added(idx, scenario, GATEWAY, c, attr)
                 r = _ratio(lite, gw)
                 q = attr.replace("_ms", "").replace("ttft_", "")
-                out.append((f"added {label} {q} at {c} client{'s' if c > 1 else ''}: LiteLLM / gateway >= 10",
-                            f"{_f(lite)} / {_f(gw)} ms = {_f(r, 1)}x", None if math.isnan(r) else r >= 10))
+                out.append(
+                    (
+                        f"added {label} {q} at {c} client{'s' if c > 1 else ''}: LiteLLM / gateway >= 10",
+                        f"{_f(lite)} / {_f(gw)} ms = {_f(r, 1)}x",
+                        None if math.isnan(r) else r >= 10,
+                    )
+                )
     for scenario in ("plain", "stream"):
         lite = [p.cpu_s_per_1k.get(LITELLM, math.nan) for p in points if p.scenario == scenario and p.target == LITELLM]
         gw = [p.cpu_s_per_1k.get(GATEWAY, math.nan) for p in points if p.scenario == scenario and p.target == GATEWAY]
         if lite and gw and sum(gw) > 0:
             lm, gm = sum(lite) / len(lite), sum(gw) / len(gw)
-            out.append((f"CPU per {scenario} request: LiteLLM / gateway >= 10",
-                        f"{lm:.2f} / {gm:.2f} ms = {lm / gm:.1f}x", lm / gm >= 10))
+            out.append(
+                (
+                    f"CPU per {scenario} request: LiteLLM / gateway >= 10",
+                    f"{lm:.2f} / {gm:.2f} ms = {lm / gm:.1f}x",
+                    lm / gm >= 10,
+                )
+            )
     plain_gw = [p for p in points if p.scenario == "plain" and p.target == GATEWAY]
     if plain_gw:
         best = max(plain_gw, key=lambda p: p.rps)
         cpu_ms = best.cpu_s_per_1k.get(GATEWAY, math.nan)
         capacity = 1000 / cpu_ms if cpu_ms else math.nan
-        out.append(("gateway plain requests/s per process >= 1000 (CPU-bound capacity = 1000 / CPU ms)",
-                    f"measured {best.rps:.0f} req/s at {best.concurrency} clients; "
-                    f"{cpu_ms:.2f} ms CPU/req -> {capacity:.0f} req/s per core", capacity >= 1000))
+        out.append(
+            (
+                "gateway plain requests/s per process >= 1000 (CPU-bound capacity = 1000 / CPU ms)",
+                f"measured {best.rps:.0f} req/s at {best.concurrency} clients; "
+                f"{cpu_ms:.2f} ms CPU/req -> {capacity:.0f} req/s per core",
+                capacity >= 1000,
+            )
+        )
     if GATEWAY in rss and LITELLM in rss:
         g, lite_rss = rss[GATEWAY].get(GATEWAY, 0), rss[LITELLM].get(LITELLM, 0)
-        out.append(("peak RSS: LiteLLM / gateway >= 3", f"{lite_rss / MIB:.0f} / {g / MIB:.0f} MiB = "
-                    f"{lite_rss / max(g, 1):.1f}x", lite_rss / max(g, 1) >= 3))
+        out.append(
+            (
+                "peak RSS: LiteLLM / gateway >= 3",
+                f"{lite_rss / MIB:.0f} / {g / MIB:.0f} MiB = {lite_rss / max(g, 1):.1f}x",
+                lite_rss / max(g, 1) >= 3,
+            )
+        )
     one = added(idx, "plain", GATEWAY, 1, "p50_ms")
     out.append(("gateway added p50 at 1 client <= 1 ms", f"{_f(one, 3)} ms", None if math.isnan(one) else one <= 1))
     return out
@@ -121,8 +147,9 @@ def headline(points: list[PointSummary], litellm_label: str = "LiteLLM") -> list
     lo, hi = levels[0], levels[-1]
     at = f"{lo} / {hi} clients"
 
-    def cell(target: str, scenario: str, attr: str, fn: Callable[[PointSummary], float] | None = None,
-             digits: int = 2) -> str:
+    def cell(
+        target: str, scenario: str, attr: str, fn: Callable[[PointSummary], float] | None = None, digits: int = 2
+    ) -> str:
         get = fn or (lambda p: getattr(p, attr))
         vals = [get(idx[(scenario, target, c)]) if (scenario, target, c) in idx else math.nan for c in (lo, hi)]
         return " / ".join(_f(v, digits) for v in vals)
@@ -140,43 +167,66 @@ def headline(points: list[PointSummary], litellm_label: str = "LiteLLM") -> list
             out.append(f"{_f(_ratio(lite, gw), 1)}x")
         return " / ".join(out)
 
-    rows = [f"| {at} | direct (floor, its own figure) | gateway | {litellm_label} | {litellm_label} / gateway |",
-            "|---|---|---|---|---|"]
-    for scenario, attr, label in (("plain", "p50_ms", "added latency p50, plain (ms)"),
-                                  ("plain", "p99_ms", "added latency p99, plain (ms)"),
-                                  ("stream", "ttft_p50_ms", "added time to first token p50, stream (ms)"),
-                                  ("stream", "ttft_p99_ms", "added time to first token p99, stream (ms)")):
+    rows = [
+        f"| {at} | direct (floor, its own figure) | gateway | {litellm_label} | {litellm_label} / gateway |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario, attr, label in (
+        ("plain", "p50_ms", "added latency p50, plain (ms)"),
+        ("plain", "p99_ms", "added latency p99, plain (ms)"),
+        ("stream", "ttft_p50_ms", "added time to first token p50, stream (ms)"),
+        ("stream", "ttft_p99_ms", "added time to first token p99, stream (ms)"),
+    ):
         if any(p.scenario == scenario for p in points):
-            rows.append(f"| {label} | {cell(DIRECT, scenario, attr)} | {added_cell(GATEWAY, scenario, attr)} | "
-                        f"{added_cell(LITELLM, scenario, attr)} | {ratio_cell(scenario, attr)} |")
+            rows.append(
+                f"| {label} | {cell(DIRECT, scenario, attr)} | {added_cell(GATEWAY, scenario, attr)} | "
+                f"{added_cell(LITELLM, scenario, attr)} | {ratio_cell(scenario, attr)} |"
+            )
     for scenario in ("plain", "stream"):
         if any(p.scenario == scenario for p in points):
-            rows.append(f"| CPU per {scenario} request, main process (ms) | {cell(DIRECT, scenario, '', _cpu_ms)} | "
-                        f"{cell(GATEWAY, scenario, '', _cpu_ms)} | {cell(LITELLM, scenario, '', _cpu_ms)} | "
-                        f"{ratio_cell(scenario, '', cpu=True)} |")
+            rows.append(
+                f"| CPU per {scenario} request, main process (ms) | {cell(DIRECT, scenario, '', _cpu_ms)} | "
+                f"{cell(GATEWAY, scenario, '', _cpu_ms)} | {cell(LITELLM, scenario, '', _cpu_ms)} | "
+                f"{ratio_cell(scenario, '', cpu=True)} |"
+            )
     if any(p.scenario == "plain" for p in points):
-        rows.append(f"| plain requests/s (measured, closed loop) | {cell(DIRECT, 'plain', 'rps', digits=0)} | "
-                    f"{cell(GATEWAY, 'plain', 'rps', digits=0)} | {cell(LITELLM, 'plain', 'rps', digits=0)} | |")
+        rows.append(
+            f"| plain requests/s (measured, closed loop) | {cell(DIRECT, 'plain', 'rps', digits=0)} | "
+            f"{cell(GATEWAY, 'plain', 'rps', digits=0)} | {cell(LITELLM, 'plain', 'rps', digits=0)} | |"
+        )
         gw = [p for p in points if p.scenario == "plain" and p.target == GATEWAY]
         if gw:
             busiest = max(gw, key=lambda p: p.rps)
-            rows.append(f"| plain requests/s the gateway serves per core (1000 / CPU ms at {busiest.concurrency} "
-                        f"clients) | | {_f(1000 / _cpu_ms(busiest) if _cpu_ms(busiest) else math.nan, 0)} | | |")
+            rows.append(
+                f"| plain requests/s the gateway serves per core (1000 / CPU ms at {busiest.concurrency} "
+                f"clients) | | {_f(1000 / _cpu_ms(busiest) if _cpu_ms(busiest) else math.nan, 0)} | | |"
+            )
     return rows
 
 
-def markdown(*, title: str, machine: dict[str, Any], settings: dict[str, Any], points: list[PointSummary],
-             rss: dict[str, dict[str, int]], scenarios: dict[str, str], checks: list[tuple[str, str, bool | None]],
-             notes: list[str]) -> str:
+def markdown(
+    *,
+    title: str,
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    points: list[PointSummary],
+    rss: dict[str, dict[str, int]],
+    scenarios: dict[str, str],
+    checks: list[tuple[str, str, bool | None]],
+    notes: list[str],
+) -> str:
     lines = [f"# {title}", "", "## Conditions", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**machine, **settings}.items()]
     lines += [""] + [f"- {n}" for n in notes] + [""]
     summary = headline(points)
     if summary and {GATEWAY, LITELLM} <= {p.target for p in points}:
         lines += ["## Summary", ""] + summary + [""]
-    lines += ["Latencies in ms as the load generator saw them; *added* = the target's percentile minus "
-              "the direct call's at the same point. CPU = user+system seconds of each process per "
-              "1000 measured requests (warm-up excluded).", ""]
+    lines += [
+        "Latencies in ms as the load generator saw them; *added* = the target's percentile minus "
+        "the direct call's at the same point. CPU = user+system seconds of each process per "
+        "1000 measured requests (warm-up excluded).",
+        "",
+    ]
     for name, description in scenarios.items():
         if any(p.scenario == name for p in points):
             lines += [f"## {name}: {description}", ""] + scenario_table(points, name) + [""]
@@ -184,14 +234,20 @@ def markdown(*, title: str, machine: dict[str, Any], settings: dict[str, Any], p
     lines += [f"| {t} | {proc} | {b / MIB:.0f} |" for t, procs in rss.items() for proc, b in procs.items()]
     floor = [p for p in points if p.target == DIRECT]
     if floor:
-        lines += ["", "## Load generator floor", "",
-                  "The direct rows are the floor: load generator + mock only. Load generator CPU per 1000 "
-                  "requests: " + ", ".join(f"{p.scenario}@{p.concurrency} {p.loadgen_cpu_s_per_1k:.2f} s"
-                                            for p in floor) + "."]
+        lines += [
+            "",
+            "## Load generator floor",
+            "",
+            "The direct rows are the floor: load generator + mock only. Load generator CPU per 1000 "
+            "requests: "
+            + ", ".join(f"{p.scenario}@{p.concurrency} {p.loadgen_cpu_s_per_1k:.2f} s" for p in floor)
+            + ".",
+        ]
     if checks:
         lines += ["", "## Targets (ratios from this run)", "", "| target | measured | result |", "|---|---|---|"]
-        lines += [f"| {what} | {got} | {'n/a' if ok is None else ('PASS' if ok else 'MISS')} |"
-                  for what, got, ok in checks]
+        lines += [
+            f"| {what} | {got} | {'n/a' if ok is None else ('PASS' if ok else 'MISS')} |" for what, got, ok in checks
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -214,8 +270,10 @@ def plot(points: list[PointSummary], path: Path, title: str) -> None:
     levels = sorted({p.concurrency for p in points})
     targets = [t for t in (GATEWAY, LITELLM) if any(p.target == t for p in points)]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    panels = [(axes[0][0], "plain", "p50_ms", "added latency p50, plain (ms)"),
-              (axes[0][1], "stream", "ttft_p50_ms", "added time to first token p50 (ms)")]
+    panels = [
+        (axes[0][0], "plain", "p50_ms", "added latency p50, plain (ms)"),
+        (axes[0][1], "stream", "ttft_p50_ms", "added time to first token p50 (ms)"),
+    ]
     for ax, scenario, attr, label in panels:
         if not any(p.scenario == scenario and p.target in targets for p in points):
             ax.set_axis_off()
@@ -231,8 +289,13 @@ def plot(points: list[PointSummary], path: Path, title: str) -> None:
     if not any(p.scenario == "plain" for p in points):
         ax.set_axis_off()
     for t in [DIRECT, *targets]:
-        ax.plot(levels, [idx[("plain", t, c)].rps if ("plain", t, c) in idx else math.nan for c in levels],
-                marker="o", label=t, color=COLORS[t])
+        ax.plot(
+            levels,
+            [idx[("plain", t, c)].rps if ("plain", t, c) in idx else math.nan for c in levels],
+            marker="o",
+            label=t,
+            color=COLORS[t],
+        )
     if any(p.scenario == "plain" for p in points):
         ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xticks(levels, [str(c) for c in levels])
     ax.set_title("plain requests per second"), ax.set_xlabel("concurrent clients"), ax.legend()

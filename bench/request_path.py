@@ -56,7 +56,7 @@ class Trace:
         path = frame.f_code.co_filename
         if not path.startswith(self.root):
             return None
-        return path[len(self.root) - len("gateway/"):].removesuffix(".py").replace("/", ".")
+        return path[len(self.root) - len("gateway/") :].removesuffix(".py").replace("/", ".")
 
     def hook(self, frame: FrameType, event: str, _arg: Any) -> None:
         if event == "call":
@@ -84,11 +84,16 @@ class Trace:
     def summary(self) -> dict[str, Any]:
         edges = {(a, f, b, g) for a, f, b, g in self.calls}
         across = [c for c in self.calls if package(c[0]) != package(c[2])]
-        return {"modules": len(self.modules), "cross_module_calls": len(self.calls), "distinct_edges": len(edges),
-                "cross_package_calls": len(across),
-                "callbacks": len(self.callbacks), "packages": len({package(m) for m in self.modules}),
-                "module_order": self.modules,
-                "callback_calls": [f"{a} -> {b}.{f}" for a, b, f in self.callbacks]}
+        return {
+            "modules": len(self.modules),
+            "cross_module_calls": len(self.calls),
+            "distinct_edges": len(edges),
+            "cross_package_calls": len(across),
+            "callbacks": len(self.callbacks),
+            "packages": len({package(m) for m in self.modules}),
+            "module_order": self.modules,
+            "callback_calls": [f"{a} -> {b}.{f}" for a, b, f in self.callbacks],
+        }
 
 
 @contextmanager
@@ -117,8 +122,9 @@ async def _measure(base_env: dict[str, str], model: str) -> dict[str, Trace]:
             body = {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
             for _ in range(3):  # warm-up: imports, connection pools, key cache
                 (await client.post("/v1/chat/completions", headers=headers, json=body)).raise_for_status()
-                (await client.post("/v1/chat/completions", headers=headers, json={**body, "stream": True})
-                 ).raise_for_status()
+                (
+                    await client.post("/v1/chat/completions", headers=headers, json={**body, "stream": True})
+                ).raise_for_status()
             traces: dict[str, Trace] = {}
             for name, request in (("plain", body), ("stream", {**body, "stream": True})):
                 trace = traces[name] = Trace(root=root)
@@ -142,19 +148,26 @@ def main(argv: list[str] | None = None) -> int:
         mock = start_mock(stack, MockOptions())
         redis = redis_service().start().wait_port()
         stack.callback(redis.stop)
-        env = {"GATEWAY_ENV": "production", "GATEWAY_LOG_LEVEL": "warning", "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-               "GATEWAY_BACKENDS": json.dumps([{"kind": "openai", "url": mock.url, "name": "mock"}]),
-               "GATEWAY_ADMIN_KEY": "sk-admin-" + secrets.token_urlsafe(24),
-               "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32), "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32)}
+        env = {
+            "GATEWAY_ENV": "production",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "GATEWAY_BACKENDS": json.dumps([{"kind": "openai", "url": mock.url, "name": "mock"}]),
+            "GATEWAY_ADMIN_KEY": "sk-admin-" + secrets.token_urlsafe(24),
+            "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
+            "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32),
+        }
         traces = asyncio.run(_measure(env, MockOptions().model))
     if args.json:
         print(json.dumps({name: t.summary() for name, t in traces.items()}, indent=2))
         return 0
     for name, trace in traces.items():
         s = trace.summary()
-        print(f"{name}: {s['modules']} modules in {s['packages']} packages; {s['cross_module_calls']} calls from "
-              f"one module into another ({s['distinct_edges']} distinct), {s['cross_package_calls']} of them from one "
-              f"package into another; {s['callbacks']} callbacks into a caller's package")
+        print(
+            f"{name}: {s['modules']} modules in {s['packages']} packages; {s['cross_module_calls']} calls from "
+            f"one module into another ({s['distinct_edges']} distinct), {s['cross_package_calls']} of them from one "
+            f"package into another; {s['callbacks']} callbacks into a caller's package"
+        )
         print("  modules in order: " + " > ".join(s["module_order"]))
         for line in s["callback_calls"]:
             print(f"  callback: {line}")

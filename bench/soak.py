@@ -25,8 +25,15 @@ from bench import machine
 from bench.loadgen import RequestKind
 from bench.point import chat_body
 from bench.procs import rss_bytes
-from bench.stack import (BenchSetupError, MockOptions, Target, exit_cleanly_on_sigterm, smoke_check, start_gateway,
-                         start_mock)
+from bench.stack import (
+    BenchSetupError,
+    MockOptions,
+    Target,
+    exit_cleanly_on_sigterm,
+    smoke_check,
+    start_gateway,
+    start_mock,
+)
 from bench.stats import percentile
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -37,19 +44,35 @@ EXPECTED_CLASS = {"backend_error": "5", "client_error": "4"}
 
 def mix(target: Target, model: str) -> list[RequestKind]:
     def kind(name: str, *, stream: bool, prompt: str, weight: int) -> RequestKind:
-        return RequestKind(name=name, path=target.chat_path, stream=stream, headers=target.headers,
-                           weight=weight, body=chat_body(model, stream=stream, prompt=prompt))
-    return [kind("plain", stream=False, prompt="soak {n}", weight=5),
-            kind("stream", stream=True, prompt="soak stream {n}", weight=2),
-            kind("cache_hit", stream=False, prompt="soak cached", weight=2),
-            kind("backend_error", stream=False, prompt="BENCH_FAIL {n}", weight=1),
-            RequestKind(name="client_error", path=target.chat_path, headers=target.headers, weight=1,
-                        body=chat_body("no-such-model", stream=False, prompt="soak {n}"))]
+        return RequestKind(
+            name=name,
+            path=target.chat_path,
+            stream=stream,
+            headers=target.headers,
+            weight=weight,
+            body=chat_body(model, stream=stream, prompt=prompt),
+        )
+
+    return [
+        kind("plain", stream=False, prompt="soak {n}", weight=5),
+        kind("stream", stream=True, prompt="soak stream {n}", weight=2),
+        kind("cache_hit", stream=False, prompt="soak cached", weight=2),
+        kind("backend_error", stream=False, prompt="BENCH_FAIL {n}", weight=1),
+        RequestKind(
+            name="client_error",
+            path=target.chat_path,
+            headers=target.headers,
+            weight=1,
+            body=chat_body("no-such-model", stream=False, prompt="soak {n}"),
+        ),
+    ]
 
 
 def _progress(done: int, total: int, sample: tuple[int, float, int]) -> None:
     """A live line on a terminal; one line per tenth of the run in a log file."""
-    text = f"{done:>8d}/{total} requests  {done / max(sample[1], 1e-9):6.0f} req/s  gateway RSS {sample[2] / MIB:6.1f} MiB"
+    text = (
+        f"{done:>8d}/{total} requests  {done / max(sample[1], 1e-9):6.0f} req/s  gateway RSS {sample[2] / MIB:6.1f} MiB"
+    )
     if sys.stderr.isatty():
         print("\r" + text, end="", file=sys.stderr, flush=True)
     elif done % max(total // 10, 1) < 1000 or done == total:
@@ -62,8 +85,9 @@ def run_sampled(spec: dict, workdir: Path, pid: int) -> tuple[dict, list[tuple[i
     spec_path.write_text(json.dumps(spec))
     samples = [(0, 0.0, rss_bytes(pid))]
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)], stdout=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:
         if line.startswith("progress "):
             done = int(line.split()[1])
@@ -77,23 +101,32 @@ def run_sampled(spec: dict, workdir: Path, pid: int) -> tuple[dict, list[tuple[i
 
 def summarize(result: dict, samples: list[tuple[int, float, int]], warmup_share: float) -> dict:
     by_kind: dict[str, dict] = {}
-    for kind, status, lat in zip(result["kind"], result["status"], result["latency"]):
+    for kind, status, lat in zip(result["kind"], result["status"], result["latency"], strict=False):
         entry = by_kind.setdefault(kind, {"statuses": {}, "lat": []})
         entry["statuses"][str(status)] = entry["statuses"].get(str(status), 0) + 1
         if status:  # answered (errors included: how fast a failure comes back matters too)
             entry["lat"].append(lat * 1000)
-    unexpected = sum(n for kind, e in by_kind.items() for s, n in e["statuses"].items()
-                     if not s.startswith(EXPECTED_CLASS.get(kind, "2")))
+    unexpected = sum(
+        n
+        for kind, e in by_kind.items()
+        for s, n in e["statuses"].items()
+        if not s.startswith(EXPECTED_CLASS.get(kind, "2"))
+    )
     warm_index = next(i for i, s in enumerate(samples) if s[0] >= warmup_share * samples[-1][0])
     warm_rss, end_rss = samples[warm_index][2], samples[-1][2]
     peak_after = max(s[2] for s in samples[warm_index:])
     return {
-        "requests": len(result["status"]), "wall_s": result["wall_s"],
+        "requests": len(result["status"]),
+        "wall_s": result["wall_s"],
         "rps": len(result["status"]) / result["wall_s"],
-        "kinds": {k: {"statuses": e["statuses"], "p50_ms": percentile(e["lat"], 50),
-                      "p99_ms": percentile(e["lat"], 99)} for k, e in by_kind.items()},
-        "unexpected_failures": unexpected, "transport_errors": result["errors"],
-        "rss_after_warmup_mib": warm_rss / MIB, "rss_end_mib": end_rss / MIB,
+        "kinds": {
+            k: {"statuses": e["statuses"], "p50_ms": percentile(e["lat"], 50), "p99_ms": percentile(e["lat"], 99)}
+            for k, e in by_kind.items()
+        },
+        "unexpected_failures": unexpected,
+        "transport_errors": result["errors"],
+        "rss_after_warmup_mib": warm_rss / MIB,
+        "rss_end_mib": end_rss / MIB,
         "rss_peak_after_warmup_mib": peak_after / MIB,
         "rss_growth_pct": 100 * (end_rss - warm_rss) / warm_rss,
         "rss_peak_growth_pct": 100 * (peak_after - warm_rss) / warm_rss,
@@ -105,16 +138,24 @@ def write_report(out: Path, summary: dict, samples: list, info: dict, args: argp
     errors_ok = summary["unexpected_failures"] == 0 and not summary["transport_errors"]
     lines = [f"# Gateway soak {out.stem}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += [f"| requests | {summary['requests']} at {args.clients} clients, {summary['rps']:.0f} req/s |", "",
-              "| kind | statuses | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [
+        f"| requests | {summary['requests']} at {args.clients} clients, {summary['rps']:.0f} req/s |",
+        "",
+        "| kind | statuses | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {k} | {e['statuses']} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} |" for k, e in summary["kinds"].items()]
-    lines += ["", f"Gateway RSS: {summary['rss_after_warmup_mib']:.1f} MiB after warm-up "
-              f"({args.warmup_share:.0%} of the run), {summary['rss_end_mib']:.1f} MiB at the end, peak "
-              f"{summary['rss_peak_after_warmup_mib']:.1f} MiB: growth {summary['rss_growth_pct']:+.1f} % "
-              f"(peak {summary['rss_peak_growth_pct']:+.1f} %) -> {'PASS' if growth_ok else 'MISS'} (< 10 %)",
-              "", f"Unexpected statuses (a normal request not 2xx, an injected backend error not 5xx, a "
-              f"bad request not 4xx): {summary['unexpected_failures']}, transport errors: "
-              f"{summary['transport_errors'] or 'none'} -> {'PASS' if errors_ok else 'MISS'}"]
+    lines += [
+        "",
+        f"Gateway RSS: {summary['rss_after_warmup_mib']:.1f} MiB after warm-up "
+        f"({args.warmup_share:.0%} of the run), {summary['rss_end_mib']:.1f} MiB at the end, peak "
+        f"{summary['rss_peak_after_warmup_mib']:.1f} MiB: growth {summary['rss_growth_pct']:+.1f} % "
+        f"(peak {summary['rss_peak_growth_pct']:+.1f} %) -> {'PASS' if growth_ok else 'MISS'} (< 10 %)",
+        "",
+        f"Unexpected statuses (a normal request not 2xx, an injected backend error not 5xx, a "
+        f"bad request not 4xx): {summary['unexpected_failures']}, transport errors: "
+        f"{summary['transport_errors'] or 'none'} -> {'PASS' if errors_ok else 'MISS'}",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "samples": samples, "machine": info}))
     import matplotlib
@@ -132,8 +173,9 @@ def write_report(out: Path, summary: dict, samples: list, info: dict, args: argp
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
-    p.add_argument("--gateway-dir", type=Path, default=None,
-                   help="run the gateway package of another checkout (default: this one)")
+    p.add_argument(
+        "--gateway-dir", type=Path, default=None, help="run the gateway package of another checkout (default: this one)"
+    )
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--sample-every", type=int, default=1000, help="requests between RSS samples")
@@ -151,8 +193,14 @@ def main(argv: list[str] | None = None) -> None:
             smoke_check(gateway, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"soak setup failed: {exc}") from None
-        spec = {"host": "127.0.0.1", "port": gateway.port, "concurrency": args.clients, "requests": args.requests,
-                "progress_every": args.sample_every, "kinds": [asdict(k) for k in mix(gateway, opts.model)]}
+        spec = {
+            "host": "127.0.0.1",
+            "port": gateway.port,
+            "concurrency": args.clients,
+            "requests": args.requests,
+            "progress_every": args.sample_every,
+            "kinds": [asdict(k) for k in mix(gateway, opts.model)],
+        }
         result, samples = run_sampled(spec, Path(tmp), gateway.pids()["gateway"])
     info["load_average_at_end"] = machine.load_average()
     RESULTS_ROOT.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,16 @@ class MockOptions:
     plain_delay_ms: float | None = None
 
     def args(self) -> list[str]:
-        out = ["--model", self.model, "--tokens", str(self.tokens), "--token-delay-ms",
-               str(self.token_delay_ms), "--first-token-ms", str(self.first_token_ms)]
+        out = [
+            "--model",
+            self.model,
+            "--tokens",
+            str(self.tokens),
+            "--token-delay-ms",
+            str(self.token_delay_ms),
+            "--first-token-ms",
+            str(self.first_token_ms),
+        ]
         return out + (["--plain-delay-ms", str(self.plain_delay_ms)] if self.plain_delay_ms is not None else [])
 
 
@@ -94,9 +102,17 @@ def direct_target(mock: Service, *, path: str = CHAT_PATH) -> Target:
     return Target(name="direct", port=mock.port, processes={"mock": mock}, chat_path=path)
 
 
-def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "openai", with_redis: bool = True,
-                  workers: int = 1, source_dir: Path | None = None, name: str = "gateway",
-                  extra_env: dict[str, str] | None = None) -> Target:
+def start_gateway(
+    stack: ExitStack,
+    mock: Service,
+    *,
+    backend_kind: str = "openai",
+    with_redis: bool = True,
+    workers: int = 1,
+    source_dir: Path | None = None,
+    name: str = "gateway",
+    extra_env: dict[str, str] | None = None,
+) -> Target:
     """The gateway as production runs it: `python -m gateway` configured only by its documented
     environment settings (production env, API key auth, Redis for keys/limits/cache), so the
     harness measures any version of the gateway without knowing its insides.
@@ -108,11 +124,16 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
     admin_key = "sk-admin-" + secrets.token_urlsafe(24)
     port = free_port()
     env = {
-        "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENV": "production",
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_ENV": "production",
         "GATEWAY_BACKENDS": json.dumps([{"kind": backend_kind, "url": mock.url, "name": "mock"}]),
-        "GATEWAY_ADMIN_KEY": admin_key, "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
-        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32), "GATEWAY_LOG_LEVEL": "warning",
-        "GATEWAY_WORKERS": str(workers), **(extra_env or {}),
+        "GATEWAY_ADMIN_KEY": admin_key,
+        "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
+        "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32),
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_WORKERS": str(workers),
+        **(extra_env or {}),
     }
     if with_redis:
         redis = _started(stack, redis_service(), http_path=None, timeout=15)
@@ -125,8 +146,7 @@ def start_gateway(stack: ExitStack, mock: Service, *, backend_kind: str = "opena
         svc.cwd = source_dir  # `python -m` puts the working directory first on sys.path
     gw = _started(stack, svc, http_path="/healthz", timeout=60)
     headers = {"Authorization": f"Bearer {_client_key(gw.url, admin_key)}"}
-    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes},
-                  admin_key=admin_key)
+    return Target(name=name, port=port, headers=headers, processes={"gateway": gw, **processes}, admin_key=admin_key)
 
 
 def routed_target(gateway: Target, model: str, *, route: str = "bench-route") -> Target:
@@ -137,16 +157,19 @@ def routed_target(gateway: Target, model: str, *, route: str = "bench-route") ->
     r = httpx.put(url, headers=admin, json={"variants": [{"model": model, "weight": 100}]}, timeout=10)
     if r.status_code != 200:
         raise BenchSetupError(f"could not create route {route}: {r.status_code} {r.text[:200]}")
-    return Target(name="routed", port=gateway.port, headers=gateway.headers, processes=gateway.processes,
-                  model=route)
+    return Target(name="routed", port=gateway.port, headers=gateway.headers, processes=gateway.processes, model=route)
 
 
 def _client_key(base_url: str, admin_key: str) -> str:
     """A normal (non-admin) API key minted through the admin API, so requests take the key-lookup
     path a client's would; the admin key itself where the gateway has no key store yet."""
     try:
-        r = httpx.post(f"{base_url}/admin/keys", headers={"Authorization": f"Bearer {admin_key}"},
-                       json={"name": "bench", "rpm": 10**9, "tpm": 10**12}, timeout=10)
+        r = httpx.post(
+            f"{base_url}/admin/keys",
+            headers={"Authorization": f"Bearer {admin_key}"},
+            json={"name": "bench", "rpm": 10**9, "tpm": 10**12},
+            timeout=10,
+        )
         if r.status_code < 300:
             key = r.json().get("key")
             if isinstance(key, str) and key:
@@ -161,7 +184,8 @@ def litellm_binary() -> Path:
     if not exe.exists():
         raise BenchSetupError(
             f"LiteLLM is not installed in {LITELLM_VENV}; run `python -m bench.litellm_env` "
-            "(or `make bench`, which does it) or leave litellm out of --targets")
+            "(or `make bench`, which does it) or leave litellm out of --targets"
+        )
     return exe
 
 
@@ -171,23 +195,50 @@ def start_litellm(stack: ExitStack, mock: Service, *, model: str, workdir: Path)
     redis = _started(stack, redis_service(), http_path=None, timeout=15)
     master = "sk-" + secrets.token_urlsafe(24)
     config = workdir / "litellm_config.json"  # JSON is YAML, so litellm reads it as its config
-    config.write_text(json.dumps({
-        "model_list": [{"model_name": model, "litellm_params": {
-            "model": f"openai/{model}", "api_base": f"{mock.url}/v1", "api_key": "sk-unused"}}],
-        "litellm_settings": {"cache": True, "cache_params": {
-            "type": "redis", "host": "127.0.0.1", "port": redis.port}},
-        "general_settings": {"master_key": master},
-    }, indent=2))
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": model,
+                        "litellm_params": {
+                            "model": f"openai/{model}",
+                            "api_base": f"{mock.url}/v1",
+                            "api_key": "sk-unused",
+                        },
+                    }
+                ],
+                "litellm_settings": {
+                    "cache": True,
+                    "cache_params": {"type": "redis", "host": "127.0.0.1", "port": redis.port},
+                },
+                "general_settings": {"master_key": master},
+            },
+            indent=2,
+        )
+    )
     port = free_port()
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
-           "PYTHONFAULTHANDLER": "1",  # a crash in C code leaves a traceback in the log
-           "DISABLE_ADMIN_UI": "True"}
-    svc = Service(name="litellm", argv=[str(exe), "--config", str(config), "--host", "127.0.0.1",
-                                        "--port", str(port), "--num_workers", "1"],
-                  port=port, env=env, cwd=workdir)
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "PYTHONFAULTHANDLER": "1",  # a crash in C code leaves a traceback in the log
+        "DISABLE_ADMIN_UI": "True",
+    }
+    svc = Service(
+        name="litellm",
+        argv=[str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        port=port,
+        env=env,
+        cwd=workdir,
+    )
     _started(stack, svc, http_path="/health/liveliness", timeout=180)
-    return Target(name="litellm", port=port, headers={"Authorization": f"Bearer {master}"},
-                  processes={"litellm": svc, "redis": redis})
+    return Target(
+        name="litellm",
+        port=port,
+        headers={"Authorization": f"Bearer {master}"},
+        processes={"litellm": svc, "redis": redis},
+    )
 
 
 def smoke_check(target: Target, model: str) -> None:
@@ -201,8 +252,9 @@ def smoke_check(target: Target, model: str) -> None:
             raise BenchSetupError(f"{target.name}: smoke request failed: {exc}") from exc
         if r.status_code != 200 or "tok" not in r.text:
             logs = "\n".join(_tail(s) for s in target.processes.values())
-            raise BenchSetupError(f"{target.name}: smoke request (stream={stream}) answered "
-                                  f"{r.status_code}: {r.text[:300]}\n{logs}")
+            raise BenchSetupError(
+                f"{target.name}: smoke request (stream={stream}) answered {r.status_code}: {r.text[:300]}\n{logs}"
+            )
 
 
 def exit_cleanly_on_sigterm() -> None:

@@ -49,8 +49,9 @@ class PointSummary:
         return asdict(self)
 
 
-def summarize(*, scenario: str, target: str, concurrency: int, result: dict[str, Any],
-              cpu: dict[str, float]) -> PointSummary:
+def summarize(
+    *, scenario: str, target: str, concurrency: int, result: dict[str, Any], cpu: dict[str, float]
+) -> PointSummary:
     """Turn a loadgen result file and the servers' CPU deltas into one row."""
     status = result["status"]
     ok_idx = [i for i, s in enumerate(status) if 200 <= s < 300]
@@ -63,12 +64,21 @@ def summarize(*, scenario: str, target: str, concurrency: int, result: dict[str,
     for s in status:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     return PointSummary(
-        scenario=scenario, target=target, concurrency=concurrency, requests=n, ok=len(ok_idx),
+        scenario=scenario,
+        target=target,
+        concurrency=concurrency,
+        requests=n,
+        ok=len(ok_idx),
         statuses=statuses,
-        p50_ms=percentile(lat, 50), p90_ms=percentile(lat, 90), p99_ms=percentile(lat, 99),
-        ttft_p50_ms=percentile(ttft, 50), ttft_p90_ms=percentile(ttft, 90), ttft_p99_ms=percentile(ttft, 99),
+        p50_ms=percentile(lat, 50),
+        p90_ms=percentile(lat, 90),
+        p99_ms=percentile(lat, 99),
+        ttft_p50_ms=percentile(ttft, 50),
+        ttft_p90_ms=percentile(ttft, 90),
+        ttft_p99_ms=percentile(ttft, 99),
         rps=n / result["wall_s"] if result["wall_s"] > 0 else float("nan"),
-        chunks_min=min(chunks, default=0), chunks_max=max(chunks, default=0),
+        chunks_min=min(chunks, default=0),
+        chunks_max=max(chunks, default=0),
         gap_p50_ms=percentile(gaps, 50),
         cpu_s_per_1k={name: secs * 1000 / n for name, secs in cpu.items()} if n else {},
         loadgen_cpu_s_per_1k=result["cpu_s"] * 1000 / n if n else 0.0,

@@ -24,8 +24,15 @@ from pathlib import Path
 from bench import machine, report
 from bench.point import SCENARIOS, kind_for, measure_alternating
 from bench.procs import descendants
-from bench.stack import BenchSetupError, MockOptions, Target, exit_cleanly_on_sigterm, smoke_check, start_gateway, \
-    start_mock
+from bench.stack import (
+    BenchSetupError,
+    MockOptions,
+    Target,
+    exit_cleanly_on_sigterm,
+    smoke_check,
+    start_gateway,
+    start_mock,
+)
 from bench.stats import PointSummary
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -41,10 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--requests", type=int, default=4000, help="measured requests per gateway, over all rounds")
     p.add_argument("--rounds", type=int, default=4, help="the gateways take turns this many times")
-    p.add_argument("--warmup", type=int, default=100,
-                   help="unmeasured requests before each round (10 per client at least)")
-    p.add_argument("--gateway-dir", type=Path, default=None,
-                   help="run the gateway package of another checkout (default: this one)")
+    p.add_argument(
+        "--warmup", type=int, default=100, help="unmeasured requests before each round (10 per client at least)"
+    )
+    p.add_argument(
+        "--gateway-dir", type=Path, default=None, help="run the gateway package of another checkout (default: this one)"
+    )
     args = p.parse_args(argv)
     try:
         args.workers = [int(w) for w in args.workers.split(",")]
@@ -65,13 +74,18 @@ def serving_processes(target: Target) -> int:
 def table(points: list[PointSummary], workers: list[int], processes: dict[int, int]) -> list[str]:
     by_name = {p.target: p for p in points}
     base = by_name[target_name(workers[0])].rps
-    rows = ["| GATEWAY_WORKERS | processes in the gateway's tree | req/s | vs first | p50 ms | p99 ms | "
-            "gateway CPU ms / req | non-2xx |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| GATEWAY_WORKERS | processes in the gateway's tree | req/s | vs first | p50 ms | p99 ms | "
+        "gateway CPU ms / req | non-2xx |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for w in workers:
         p = by_name[target_name(w)]
         cpu = p.cpu_s_per_1k.get("gateway", float("nan"))
-        rows.append(f"| {w} | {processes[w]} | {p.rps:.0f} | {p.rps / base:.2f}x | {p.p50_ms:.2f} | {p.p99_ms:.2f} "
-                    f"| {cpu:.3f} | {p.requests - p.ok} |")
+        rows.append(
+            f"| {w} | {processes[w]} | {p.rps:.0f} | {p.rps / base:.2f}x | {p.p50_ms:.2f} | {p.p99_ms:.2f} "
+            f"| {cpu:.3f} | {p.requests - p.ok} |"
+        )
     return rows
 
 
@@ -83,16 +97,26 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         try:
             mock = start_mock(stack, opts)
-            gateways = [start_gateway(stack, mock, workers=w, source_dir=args.gateway_dir, name=target_name(w))
-                        for w in args.workers]
+            gateways = [
+                start_gateway(stack, mock, workers=w, source_dir=args.gateway_dir, name=target_name(w))
+                for w in args.workers
+            ]
             for g in gateways:
                 smoke_check(g, opts.model)
         except BenchSetupError as exc:
             raise SystemExit(f"workers benchmark setup failed: {exc}") from None
         kinds = {g.name: [kind_for(SCENARIOS["plain"], g, opts.model)] for g in gateways}
-        points = measure_alternating(targets=gateways, kinds=kinds, scenario="plain", concurrency=args.clients,
-                                     requests=args.requests, blocks=args.rounds, warmup=args.warmup,
-                                     workdir=Path(tmp), mock_url=mock.url)
+        points = measure_alternating(
+            targets=gateways,
+            kinds=kinds,
+            scenario="plain",
+            concurrency=args.clients,
+            requests=args.requests,
+            blocks=args.rounds,
+            warmup=args.warmup,
+            workdir=Path(tmp),
+            mock_url=mock.url,
+        )
         processes = {w: serving_processes(g) for w, g in zip(args.workers, gateways, strict=True)}
     info["load_average_at_end"] = machine.load_average()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -101,8 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| requests per gateway | {args.requests} in {args.rounds} alternating rounds |", ""]
     lines += table(points, args.workers, processes)
     if any(processes[w] < 2 for w in args.workers if w > 1):
-        lines += ["", "A gateway asked for several workers ran as one process: this gateway version ignores "
-                      "GATEWAY_WORKERS, so the ratio compares one process with itself."]
+        lines += [
+            "",
+            "A gateway asked for several workers ran as one process: this gateway version ignores "
+            "GATEWAY_WORKERS, so the ratio compares one process with itself.",
+        ]
     lines += ["", "Every process (load generator, mock, gateways, redis-servers) shares this machine's cores."]
     report.publish("\n".join(lines) + "\n", RESULTS_ROOT / f"workers-{stamp}.md")
 

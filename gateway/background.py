@@ -20,8 +20,14 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[None] | None]) -> None:
             await task
 
 
-def every(interval_s: float, work: Callable[[], Awaitable[object]], *, name: str, failures: FailureLog,
-          quiet: tuple[type[BaseException], ...] = ()) -> asyncio.Task[None]:
+def every(
+    interval_s: float,
+    work: Callable[[], Awaitable[object]],
+    *,
+    name: str,
+    failures: FailureLog,
+    quiet: tuple[type[BaseException], ...] = (),
+) -> asyncio.Task[None]:
     """A task running `work` every `interval_s` seconds (after a first wait); a round that raises does not
     stop it. A failure is recorded in `failures` under `name` with its traceback, except those in `quiet`:
     failures their origin already logged and counted (Redis being away: gateway/state/redis.py)."""

@@ -31,18 +31,30 @@ def env_proxy(url: str) -> str | None:
     return getproxies().get(parts.scheme)
 
 
-def new_session(url: str, *, connect_timeout_s: float, total_timeout_s: float | None = None,
-                max_connections: int = 100, headers: dict[str, str] | None = None, ca_file: str | None = None,
-                trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
+def new_session(
+    url: str,
+    *,
+    connect_timeout_s: float,
+    total_timeout_s: float | None = None,
+    max_connections: int = 100,
+    headers: dict[str, str] | None = None,
+    ca_file: str | None = None,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
     """An aiohttp session for calls to `url`'s origin, on the conventions every outbound call shares:
     the environment's proxy, TLS verified against the platform's CAs (SSL_CERT_FILE honoured) or
     `ca_file` alone, a connect timeout (TLS handshake included), at most `max_connections`
     connections, and no Accept-Encoding (answers are relayed as they come, not decompressed).
     Call inside the running loop."""
     tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ssl=tls,
-                                     keepalive_timeout=KEEPALIVE_S)
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=max_connections, ssl=tls, keepalive_timeout=KEEPALIVE_S
+    )
     return aiohttp.ClientSession(
-        connector=connector, proxy=env_proxy(url), trace_configs=trace_configs,
-        headers={"user-agent": "slm-gateway", **(headers or {})}, skip_auto_headers=("Accept-Encoding",),
-        timeout=aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s))
+        connector=connector,
+        proxy=env_proxy(url),
+        trace_configs=trace_configs,
+        headers={"user-agent": "slm-gateway", **(headers or {})},
+        skip_auto_headers=("Accept-Encoding",),
+        timeout=aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s),
+    )

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 FORMAT = 1
@@ -39,8 +39,7 @@ class BackupError(RuntimeError):
     """A step failed; the message says which and why."""
 
 
-def compose(args: Sequence[str], *, stdin: Path | None = None, stdout: Path | None = None,
-            check: bool = True) -> str:
+def compose(args: Sequence[str], *, stdin: Path | None = None, stdout: Path | None = None, check: bool = True) -> str:
     """Run `docker compose ARGS`; stdin/stdout may be files (binary-safe), else text is returned."""
     src = stdin.open("rb") if stdin else subprocess.DEVNULL
     dst = stdout.open("wb") if stdout else subprocess.PIPE
@@ -111,8 +110,10 @@ def redis_backup(dest: Path) -> str:
     out = compose(["exec", "-T", "redis", *REDIS_CLI, "bgsave", "schedule"])
     if "ERR" in out:
         raise BackupError(f"BGSAVE refused: {out.strip()}")
-    wait_for("Redis's snapshot", lambda: int(redis_info("rdb_saves")) > before
-             and redis_info("rdb_bgsave_in_progress") == "0")
+    wait_for(
+        "Redis's snapshot",
+        lambda: int(redis_info("rdb_saves")) > before and redis_info("rdb_bgsave_in_progress") == "0",
+    )
     if redis_info("rdb_last_bgsave_status") != "ok":
         raise BackupError("Redis's snapshot failed (rdb_last_bgsave_status)")
     folder = compose(["exec", "-T", "redis", *REDIS_CLI, "config", "get", "dir"]).split()[-1]
@@ -125,8 +126,9 @@ def redis_restore(src: Path) -> str:
     was_running = running("redis")
     if was_running:
         compose(["stop", "redis"])
-    out = compose(["run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "redis", "-c", REDIS_LOAD],
-                  stdin=src / "dump.rdb")
+    out = compose(
+        ["run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "redis", "-c", REDIS_LOAD], stdin=src / "dump.rdb"
+    )
     if was_running:
         compose(["up", "-d", "--no-deps", "--wait", "redis"])
     return out.strip().splitlines()[-1] if out.strip() else "loaded"
@@ -144,20 +146,39 @@ def trainer_backup(dest: Path) -> str:
 
 def trainer_restore(src: Path) -> str:
     # ollama mounts the volume read-only; a one-off container mounts it writable elsewhere.
-    compose(["run", "--rm", "--no-deps", "-T", "--volume", "trainer-runs:/runs-restore", "--entrypoint", "tar",
-             "ollama", "-C", "/runs-restore", "-xf", "-"], stdin=src / "manifests.tar")
+    compose(
+        [
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "--volume",
+            "trainer-runs:/runs-restore",
+            "--entrypoint",
+            "tar",
+            "ollama",
+            "-C",
+            "/runs-restore",
+            "-xf",
+            "-",
+        ],
+        stdin=src / "manifests.tar",
+    )
     return "version manifests restored"
 
 
 def ollama_backup(dest: Path) -> str:
-    compose(["exec", "-T", "ollama", "tar", "-C", "/home/ollama/.ollama", "-cf", "-", "models"],
-            stdout=dest / "models.tar")
+    compose(
+        ["exec", "-T", "ollama", "tar", "-C", "/home/ollama/.ollama", "-cf", "-", "models"], stdout=dest / "models.tar"
+    )
     return f"models {(dest / 'models.tar').stat().st_size} bytes"
 
 
 def ollama_restore(src: Path) -> str:
-    compose(["run", "--rm", "--no-deps", "-T", "--entrypoint", "tar", "ollama", "-C", "/home/ollama/.ollama",
-             "-xf", "-"], stdin=src / "models.tar")
+    compose(
+        ["run", "--rm", "--no-deps", "-T", "--entrypoint", "tar", "ollama", "-C", "/home/ollama/.ollama", "-xf", "-"],
+        stdin=src / "models.tar",
+    )
     return "models restored"
 
 
@@ -176,8 +197,9 @@ def postgres_backup(dest: Path) -> str:
 
 def postgres_restore(src: Path) -> str:
     compose(["up", "-d", "--no-deps", "--wait", "postgres"])
-    compose(["exec", "-T", "postgres", "pg_restore", *PG, "--clean", "--if-exists", "--no-owner"],
-            stdin=src / "slm.dump")
+    compose(
+        ["exec", "-T", "postgres", "pg_restore", *PG, "--clean", "--if-exists", "--no-owner"], stdin=src / "slm.dump"
+    )
     return "database restored"
 
 
@@ -198,7 +220,7 @@ STORES = (
 
 
 def backup(output_dir: Path, models: bool) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     output_dir.mkdir(parents=True, exist_ok=True)
     archive = output_dir / f"slm-stack-{stamp}.tar.gz"
     with tempfile.TemporaryDirectory(prefix="slm-backup-") as tmp:

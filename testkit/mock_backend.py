@@ -44,11 +44,14 @@ class MockConfig:
 
 def _response(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
     reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
-    return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, reason.get(status, b"Status")),
-        b"content-type: " + content_type + b"\r\n",
-        b"content-length: %d\r\n\r\n" % len(body), body,
-    ))
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.get(status, b"Status")),
+            b"content-type: " + content_type + b"\r\n",
+            b"content-length: %d\r\n\r\n" % len(body),
+            body,
+        )
+    )
 
 
 def _chunk(data: bytes) -> bytes:
@@ -63,41 +66,81 @@ class Answers:
         self.cfg = cfg
         self.inference_calls = 0  # GET /_stats: lets a benchmark see whether a cache answered instead
         text = "tok " * cfg.tokens
-        self.models_openai = json.dumps({"object": "list", "data": [
-            {"id": cfg.model, "object": "model", "created": 0, "owned_by": "bench"}]}).encode()
-        self.models_ollama = json.dumps({"models": [{
-            "name": cfg.model, "model": cfg.model, "modified_at": "2026-01-01T00:00:00Z",
-            "size": 1, "digest": "0" * 64,
-            "details": {"format": "gguf", "family": "llama", "parameter_size": "135M",
-                        "quantization_level": "Q4_1"}}]}).encode()
+        self.models_openai = json.dumps(
+            {"object": "list", "data": [{"id": cfg.model, "object": "model", "created": 0, "owned_by": "bench"}]}
+        ).encode()
+        self.models_ollama = json.dumps(
+            {
+                "models": [
+                    {
+                        "name": cfg.model,
+                        "model": cfg.model,
+                        "modified_at": "2026-01-01T00:00:00Z",
+                        "size": 1,
+                        "digest": "0" * 64,
+                        "details": {
+                            "format": "gguf",
+                            "family": "llama",
+                            "parameter_size": "135M",
+                            "quantization_level": "Q4_1",
+                        },
+                    }
+                ]
+            }
+        ).encode()
         usage = {"prompt_tokens": 8, "completion_tokens": cfg.tokens, "total_tokens": 8 + cfg.tokens}
-        self.openai_plain = json.dumps({
-            "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": cfg.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}], "usage": usage}).encode()
+        self.openai_plain = json.dumps(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": 0,
+                "model": cfg.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        ).encode()
         base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": cfg.model}
-        self.openai_role = self._sse({**base, "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        self.openai_token = self._sse({**base, "choices": [
-            {"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]})
-        self.openai_stop = self._sse({**base, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        self.openai_role = self._sse(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
+        self.openai_token = self._sse(
+            {**base, "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}
+        )
+        self.openai_stop = self._sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         self.openai_usage = self._sse({**base, "choices": [], "usage": usage})
         ns = int(cfg.total_s * 1e9)
-        done = {"model": cfg.model, "created_at": "2026-01-01T00:00:00Z", "done": True,
-                "done_reason": "stop", "total_duration": ns, "load_duration": 0,
-                "prompt_eval_count": 8, "prompt_eval_duration": 0,
-                "eval_count": cfg.tokens, "eval_duration": ns}
-        self.ollama_plain = json.dumps({
-            **done, "message": {"role": "assistant", "content": text}}).encode()
-        self.ollama_token = json.dumps({
-            "model": cfg.model, "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": "tok "}, "done": False}).encode() + b"\n"
+        done = {
+            "model": cfg.model,
+            "created_at": "2026-01-01T00:00:00Z",
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": ns,
+            "load_duration": 0,
+            "prompt_eval_count": 8,
+            "prompt_eval_duration": 0,
+            "eval_count": cfg.tokens,
+            "eval_duration": ns,
+        }
+        self.ollama_plain = json.dumps({**done, "message": {"role": "assistant", "content": text}}).encode()
+        self.ollama_token = (
+            json.dumps(
+                {
+                    "model": cfg.model,
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": "tok "},
+                    "done": False,
+                }
+            ).encode()
+            + b"\n"
+        )
         self.ollama_done = json.dumps({**done, "message": {"role": "assistant", "content": ""}}).encode() + b"\n"
         self.generate_plain = json.dumps({**done, "response": text}).encode()
-        self.generate_token = json.dumps({
-            "model": cfg.model, "created_at": "2026-01-01T00:00:00Z", "response": "tok ",
-            "done": False}).encode() + b"\n"
+        self.generate_token = (
+            json.dumps(
+                {"model": cfg.model, "created_at": "2026-01-01T00:00:00Z", "response": "tok ", "done": False}
+            ).encode()
+            + b"\n"
+        )
         self.generate_done = json.dumps({**done, "response": ""}).encode() + b"\n"
 
     @staticmethod
@@ -142,8 +185,8 @@ class MockProtocol(asyncio.Protocol):
                 return
             if len(self.buffer) < end + 4 + length:
                 return
-            body = bytes(self.buffer[end + 4:end + 4 + length])
-            del self.buffer[:end + 4 + length]
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            del self.buffer[: end + 4 + length]
             method, path, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
             self.queue.put_nowait((method, path.split(b"?", 1)[0], body))
 
@@ -161,9 +204,14 @@ class MockProtocol(asyncio.Protocol):
             if path == b"/_stats":
                 write(_response(200, b'{"inference_calls":%d}' % a.inference_calls))
                 return
-            routes = {b"/v1/models": a.models_openai, b"/api/tags": a.models_ollama,
-                      b"/api/ps": a.models_ollama, b"/api/version": b'{"version":"0.12.0"}',
-                      b"/": b"Ollama is running", b"/health": b'{"status":"ok"}'}
+            routes = {
+                b"/v1/models": a.models_openai,
+                b"/api/tags": a.models_ollama,
+                b"/api/ps": a.models_ollama,
+                b"/api/version": b'{"version":"0.12.0"}',
+                b"/": b"Ollama is running",
+                b"/health": b'{"status":"ok"}',
+            }
             found = routes.get(path)
             write(_response(200, found) if found is not None else _response(404, b'{"error":"not found"}'))
             return
@@ -189,8 +237,10 @@ class MockProtocol(asyncio.Protocol):
             await _sleep(cfg.total_s)
             write(_response(200, a.openai_plain))
             return
-        write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-              b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(a.openai_role))
+        write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(a.openai_role)
+        )
         await self._tokens(a.openai_token)
         tail = a.openai_stop
         if (request.get("stream_options") or {}).get("include_usage"):
@@ -203,8 +253,7 @@ class MockProtocol(asyncio.Protocol):
             await _sleep(cfg.total_s)
             write(_response(200, a.ollama_plain if chat else a.generate_plain))
             return
-        write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
-              b"transfer-encoding: chunked\r\n\r\n")
+        write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n")
         await self._tokens(a.ollama_token if chat else a.generate_token)
         write(_chunk(a.ollama_done if chat else a.generate_done) + b"0\r\n\r\n")
 
@@ -231,8 +280,11 @@ async def serve(cfg: MockConfig, host: str, port: int) -> None:
     answers = Answers(cfg)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: MockProtocol(answers), host, port, backlog=1024)
-    print(f"mock backend on http://{host}:{port} model={cfg.model} tokens={cfg.tokens} "
-          f"token_delay={cfg.token_delay_s * 1000:g}ms started={time.time():.0f}", flush=True)
+    print(
+        f"mock backend on http://{host}:{port} model={cfg.model} tokens={cfg.tokens} "
+        f"token_delay={cfg.token_delay_s * 1000:g}ms started={time.time():.0f}",
+        flush=True,
+    )
     async with server:
         await server.serve_forever()
 
@@ -259,9 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     delays = (args.token_delay_ms, args.first_token_ms, args.plain_delay_ms or 0.0)
     if args.tokens < 1 or min(delays) < 0:
         p.error("--tokens must be >= 1 and delays >= 0")
-    cfg = MockConfig(model=args.model, tokens=args.tokens, token_delay_s=args.token_delay_ms / 1000,
-                     first_token_s=args.first_token_ms / 1000,
-                     plain_delay_s=None if args.plain_delay_ms is None else args.plain_delay_ms / 1000)
+    cfg = MockConfig(
+        model=args.model,
+        tokens=args.tokens,
+        token_delay_s=args.token_delay_ms / 1000,
+        first_token_s=args.first_token_ms / 1000,
+        plain_delay_s=None if args.plain_delay_ms is None else args.plain_delay_ms / 1000,
+    )
     install_fast_loop()
     try:
         asyncio.run(serve(cfg, args.host, args.port))

@@ -38,8 +38,9 @@ def render_template(text: str, values: Mapping[str, str], gateway_servers: Seque
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], rendered)
 
 
-def build_conf_dir(dest: Path, values: Mapping[str, str], gateway_servers: Sequence[str],
-                   extra_templates: Sequence[Path] = ()) -> Path:
+def build_conf_dir(
+    dest: Path, values: Mapping[str, str], gateway_servers: Sequence[str], extra_templates: Sequence[Path] = ()
+) -> Path:
     """Lay out an nginx conf dir like the image's /etc/nginx; returns the nginx.conf path.
 
     The static files are symlinks to the repository's own, so nginx reads the shipped bytes.

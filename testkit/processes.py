@@ -121,27 +121,31 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         log_dir = self.log_dir or Path(os.environ.get("TEST_LOG_DIR", "/tmp/slm-test-logs"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.name}-{self.port}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                list(self.argv), cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                list(self.argv),
+                cwd=self.cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
 
-    def wait_port(self, timeout: float = 30.0) -> "Service":
+    def wait_port(self, timeout: float = 30.0) -> Service:
         wait_until(lambda: port_open(self.port), timeout=timeout, what=self.name, proc=self.proc)
         return self
 
-    def wait_http(self, path: str, timeout: float = 30.0) -> "Service":
+    def wait_http(self, path: str, timeout: float = 30.0) -> Service:
         wait_until(lambda: http_ok(self.url + path), timeout=timeout, what=self.name, proc=self.proc)
         return self
 
-    def start_and_wait_http(self, path: str, timeout: float = 30.0) -> "Service":
+    def start_and_wait_http(self, path: str, timeout: float = 30.0) -> Service:
         """Start, poll `path` until it answers; if it never does, kill it and fail with its log."""
         self.start()
         try:
@@ -163,8 +167,10 @@ class Service:
         if self.proc.poll() is not None:
             if self.proc.returncode < 0 and self.proc.returncode != -signal.SIGKILL:
                 # died of a signal nobody here sent (a crash): leave its log where pytest shows it
-                print(f"{self.name} died of signal {-self.proc.returncode}; its log ends:\n{self.logs()[-3000:]}",
-                      file=sys.stderr)
+                print(
+                    f"{self.name} died of signal {-self.proc.returncode}; its log ends:\n{self.logs()[-3000:]}",
+                    file=sys.stderr,
+                )
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -183,6 +189,16 @@ def python_service(name: str, args: Sequence[str], port: int, env: dict[str, str
 
 def redis_service(port: int | None = None, *, extra: Sequence[str] = ()) -> Service:
     port = port or free_port()
-    argv = [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", *extra]
+    argv = [
+        find_binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        *extra,
+    ]
     return Service(name="redis", argv=argv, port=port)

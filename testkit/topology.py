@@ -37,8 +37,12 @@ def compose_nginx_environment() -> dict[str, str]:
 def loopback_nginx_values(public_port: int, status_port: int, tls_port: int) -> dict[str, str]:
     """Compose's values with only the addresses and ports swapped for loopback ones."""
     values = compose_nginx_environment()
-    values.update(NGINX_RESOLVER="127.0.0.1", NGINX_PUBLIC_PORT=str(public_port),
-                  NGINX_STATUS_PORT=str(status_port), NGINX_TLS_PORT=str(tls_port))
+    values.update(
+        NGINX_RESOLVER="127.0.0.1",
+        NGINX_PUBLIC_PORT=str(public_port),
+        NGINX_STATUS_PORT=str(status_port),
+        NGINX_TLS_PORT=str(tls_port),
+    )
     return values
 
 
@@ -118,8 +122,9 @@ def running_topology(workdir: Path, **double_knobs: Any) -> Iterator[Topology]:
         admin_key = "sk-admin-" + secrets.token_urlsafe(24)
         gateways = []
         for _ in range(2):
-            gateway = start_gateway(free_port(), backend_url=double.url,
-                                    redis_url=f"redis://127.0.0.1:{redis.port}/0", admin_key=admin_key)
+            gateway = start_gateway(
+                free_port(), backend_url=double.url, redis_url=f"redis://127.0.0.1:{redis.port}/0", admin_key=admin_key
+            )
             started.append(gateway)
             gateways.append(gateway)
         public_port, status_port = free_port(), free_port()
@@ -127,8 +132,9 @@ def running_topology(workdir: Path, **double_knobs: Any) -> Iterator[Topology]:
         conf = build_conf_dir(workdir / "nginx", values, [f"127.0.0.1:{g.port}" for g in gateways])
         nginx = start_nginx(conf, public_port)
         started.append(nginx)
-        yield Topology(nginx=nginx, status_port=status_port, gateways=gateways, redis=redis,
-                       double=double, admin_key=admin_key)
+        yield Topology(
+            nginx=nginx, status_port=status_port, gateways=gateways, redis=redis, double=double, admin_key=admin_key
+        )
     finally:
         for service in reversed(started):
             service.stop()

@@ -15,11 +15,22 @@ from testkit.processes import Service, free_port, python_service
 VLLM_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def start_vllm_double(*, port: int | None = None, tokens: int = 4, token_delay: float = 0.0,
-                      model: str = VLLM_BASE, timeout: float = 30.0) -> Service:
+def start_vllm_double(
+    *, port: int | None = None, tokens: int = 4, token_delay: float = 0.0, model: str = VLLM_BASE, timeout: float = 30.0
+) -> Service:
     port = port or free_port()
-    args = ["-m", "testkit.vllm_double", "--port", str(port), "--model", model, "--tokens", str(tokens),
-            "--token-delay", str(token_delay)]
+    args = [
+        "-m",
+        "testkit.vllm_double",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--tokens",
+        str(tokens),
+        "--token-delay",
+        str(token_delay),
+    ]
     return python_service("vllm-double", args, port).start_and_wait_http("/v1/models", timeout=timeout)
 
 
@@ -49,11 +60,15 @@ def peft_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def register_adapter(gateway_url: str, admin_key: str, name: str, folder: Path, digest: str | None = None,
-                     base: str = VLLM_BASE) -> dict[str, Any]:
+def register_adapter(
+    gateway_url: str, admin_key: str, name: str, folder: Path, digest: str | None = None, base: str = VLLM_BASE
+) -> dict[str, Any]:
     """PUT /admin/adapters/NAME with a PEFT folder (a fresh random digest unless one is given)."""
-    r = httpx.put(f"{gateway_url}/admin/adapters/{name}", headers={"authorization": f"Bearer {admin_key}"},
-                  timeout=10, json={"base": base, "version": 1, "digest": digest or os.urandom(32).hex(),
-                                    "files": {"peft": str(folder)}})
+    r = httpx.put(
+        f"{gateway_url}/admin/adapters/{name}",
+        headers={"authorization": f"Bearer {admin_key}"},
+        timeout=10,
+        json={"base": base, "version": 1, "digest": digest or os.urandom(32).hex(), "files": {"peft": str(folder)}},
+    )
     assert r.status_code == 200, r.text
     return r.json()

@@ -70,10 +70,21 @@ def words_for(model: str, prompt: str, n: int) -> list[str]:
 
 def build_app(state: State, runtime_lora: bool) -> Starlette:
     async def models(_: Request) -> Response:
-        cards = [{"id": state.base, "object": "model", "created": 0, "owned_by": "vllm", "root": state.base,
-                  "parent": None, "max_model_len": 2048}]
-        cards += [{"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": path,
-                   "parent": state.base} for name, path in state.adapters.items()]
+        cards = [
+            {
+                "id": state.base,
+                "object": "model",
+                "created": 0,
+                "owned_by": "vllm",
+                "root": state.base,
+                "parent": None,
+                "max_model_len": 2048,
+            }
+        ]
+        cards += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": path, "parent": state.base}
+            for name, path in state.adapters.items()
+        ]
         return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
     async def load(request: Request) -> Response:
@@ -111,14 +122,25 @@ def build_app(state: State, runtime_lora: bool) -> Starlette:
         words = [f"{model}:", *words_for(model, prompt, n)]
         state.requests[model] += 1
         rid, created = f"cmpl-{hashlib.sha1(prompt.encode()).hexdigest()[:12]}", int(time.time())
-        usage = {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": n, "total_tokens": len(prompt) // 4 + 1 + n}
+        usage = {
+            "prompt_tokens": len(prompt) // 4 + 1,
+            "completion_tokens": n,
+            "total_tokens": len(prompt) // 4 + 1 + n,
+        }
         obj = "chat.completion" if chat else "text_completion"
         if not body.get("stream"):
             text = " ".join(words)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                      if chat else {"index": 0, "text": text, "finish_reason": "length"})
-            return Response(orjson.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                          "choices": [choice], "usage": usage}), media_type="application/json")
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "length"}
+            )
+            return Response(
+                orjson.dumps(
+                    {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
+                ),
+                media_type="application/json",
+            )
 
         async def events():
             state.in_flight[model] += 1
@@ -126,16 +148,33 @@ def build_app(state: State, runtime_lora: bool) -> Starlette:
                 for i, word in enumerate(words):
                     piece = word if i == 0 else " " + word
                     last = i == len(words) - 1
-                    choice = ({"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece})
+                    choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
                     choice["finish_reason"] = "length" if last else None
-                    chunk = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created,
-                             "model": model, "choices": [choice]}
+                    chunk = {
+                        "id": rid,
+                        "object": obj + ".chunk" if chat else obj,
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                    }
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                     if state.token_delay:
                         await asyncio.sleep(state.token_delay)
                 if (body.get("stream_options") or {}).get("include_usage"):
-                    yield b"data: " + orjson.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                                    "choices": [], "usage": usage}) + b"\n\n"
+                    yield (
+                        b"data: "
+                        + orjson.dumps(
+                            {
+                                "id": rid,
+                                "object": obj,
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": usage,
+                            }
+                        )
+                        + b"\n\n"
+                    )
                 yield b"data: [DONE]\n\n"
             finally:
                 state.in_flight[model] -= 1
@@ -153,17 +192,33 @@ def build_app(state: State, runtime_lora: bool) -> Starlette:
         return Response(b"{}", media_type="application/json")
 
     async def stats(_: Request) -> Response:
-        return Response(orjson.dumps({"loaded": sorted(state.adapters), "peak": state.peak, "loads": state.loads,
-                                      "unloads": state.unloads, "requests": dict(state.requests),
-                                      "in_flight": {k: v for k, v in state.in_flight.items() if v}}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps(
+                {
+                    "loaded": sorted(state.adapters),
+                    "peak": state.peak,
+                    "loads": state.loads,
+                    "unloads": state.unloads,
+                    "requests": dict(state.requests),
+                    "in_flight": {k: v for k, v in state.in_flight.items() if v},
+                }
+            ),
+            media_type="application/json",
+        )
 
-    routes = [Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"]), Route("/health", models),
-              Route("/_control/restart", restart, methods=["POST"]), Route("/_control/stats", stats)]
+    routes = [
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/health", models),
+        Route("/_control/restart", restart, methods=["POST"]),
+        Route("/_control/stats", stats),
+    ]
     if runtime_lora:
-        routes += [Route("/v1/load_lora_adapter", load, methods=["POST"]),
-                   Route("/v1/unload_lora_adapter", unload, methods=["POST"])]
+        routes += [
+            Route("/v1/load_lora_adapter", load, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", unload, methods=["POST"]),
+        ]
     return Starlette(routes=routes)
 
 

@@ -56,8 +56,9 @@ def stage_files(cfg: RunConfig, info: dict[str, Any] | None, name: str) -> tuple
     files: dict[str, str] = {}
     if "llamacpp" in cfg.push.targets:
         if info is None or "adapter" not in info["files"]:
-            raise StageOrderError("the llamacpp target needs the adapter GGUF: set export.adapter_gguf and run "
-                                  "`export` again")
+            raise StageOrderError(
+                "the llamacpp target needs the adapter GGUF: set export.adapter_gguf and run `export` again"
+            )
         _copy_atomically(cfg.output_dir / "export" / info["files"]["adapter"]["file"], a.dir / f"{stem}.gguf")
         files["gguf"] = str(serving / f"{stem}.gguf")
     if "vllm" in cfg.push.targets:
@@ -74,8 +75,9 @@ def register(cfg: RunConfig, names: list[str], record: dict[str, Any]) -> None:
     key = os.environ.get(a.admin_key_env)
     if not key:
         raise PushError(f"${a.admin_key_env} is not set: registering an adapter needs an admin API key")
-    with httpx.Client(base_url=a.gateway_url, timeout=a.timeout_s,
-                      headers={"authorization": f"Bearer {key}"}) as client:
+    with httpx.Client(
+        base_url=a.gateway_url, timeout=a.timeout_s, headers={"authorization": f"Bearer {key}"}
+    ) as client:
         for name in names:
             try:
                 response = client.put(f"/admin/adapters/{name}", json=record)

@@ -18,6 +18,7 @@ from trainer.config import RunConfig
 from trainer.errors import BackendError
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,10 @@ class Capabilities:
     bitsandbytes: bool
 
     @classmethod
-    def detect(cls) -> "Capabilities":
+    def detect(cls) -> Capabilities:
         import torch
 
-        has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+        has = lambda name: importlib.util.find_spec(name) is not None
         return cls(cuda=torch.cuda.is_available(), unsloth=has("unsloth"), bitsandbytes=has("bitsandbytes"))
 
 
@@ -43,8 +44,9 @@ def choose_backend(requested: str, load_in_4bit: bool, caps: Capabilities) -> Ba
     if requested == "unsloth" and not (caps.cuda and caps.unsloth):
         missing = " and ".join(n for n, ok in (("CUDA", caps.cuda), ("the unsloth package", caps.unsloth)) if not ok)
         raise BackendError(f"training.backend is unsloth but {missing} is not available; use backend: auto or peft")
-    backend: Backend = "unsloth" if requested == "unsloth" or (
-        requested == "auto" and caps.cuda and caps.unsloth) else "peft"
+    backend: Backend = (
+        "unsloth" if requested == "unsloth" or (requested == "auto" and caps.cuda and caps.unsloth) else "peft"
+    )
     if load_in_4bit:
         if not caps.cuda:
             raise BackendError("training.load_in_4bit (QLoRA) needs a CUDA GPU; set it to false on CPU")
@@ -63,50 +65,67 @@ def import_backend_first(cfg: RunConfig) -> None:
         pass
 
 
-def _peft_model(cfg: RunConfig, source: ModelSource, device: str) -> "PreTrainedModel":
+def _peft_model(cfg: RunConfig, source: ModelSource, device: str) -> PeftModel:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    model: PreTrainedModel
     if cfg.training.load_in_4bit:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
         hf_dir = materialise_hf_dir(source, cfg.output_dir / "base-hf")
         model = AutoModelForCausalLM.from_pretrained(hf_dir, quantization_config=quant, device_map=device)
         # Norms and the output layer back to fp32 and input grads on, as QLoRA training needs.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            model,
+            use_gradient_checkpointing=cfg.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     else:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = load_model(source, dtype=dtype, device=device)
     if cfg.training.gradient_checkpointing and not cfg.training.load_in_4bit:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
-def _unsloth_model(cfg: RunConfig, source: ModelSource) -> "PreTrainedModel":
+def _unsloth_model(cfg: RunConfig, source: ModelSource) -> PeftModel:
     import unsloth  # noqa: F401  (Unsloth patches transformers; it must be imported before use)
     from unsloth import FastLanguageModel
 
     # Unsloth loads Hugging Face folders, not GGUF: a GGUF base is dequantised to a folder first.
     hf_dir = materialise_hf_dir(source, cfg.output_dir / "base-hf")
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=str(hf_dir), max_seq_length=cfg.data.max_seq_length, dtype=None,
-        load_in_4bit=cfg.training.load_in_4bit)
+        model_name=str(hf_dir),
+        max_seq_length=cfg.data.max_seq_length,
+        dtype=None,
+        load_in_4bit=cfg.training.load_in_4bit,
+    )
     return FastLanguageModel.get_peft_model(
-        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules), bias="none",
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
         use_gradient_checkpointing="unsloth" if cfg.training.gradient_checkpointing else False,
-        random_state=cfg.training.seed)
+        random_state=cfg.training.seed,
+    )
 
 
-def build_lora_model(cfg: RunConfig, caps: Capabilities | None = None
-                     ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", Backend, str]:
+def build_lora_model(
+    cfg: RunConfig, caps: Capabilities | None = None
+) -> tuple[PeftModel, PreTrainedTokenizerBase, Backend, str]:
     """(model with fresh LoRA adapters, tokenizer, backend name, device)."""
     import torch
 

@@ -70,7 +70,7 @@ def resolve_source(source: str) -> ModelSource:
     return ModelSource(source)  # a hub id; loading fails clearly when it is not cached offline
 
 
-def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> "PreTrainedTokenizerBase":
+def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -86,13 +86,12 @@ def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> "Pr
     return tok
 
 
-def load_model(source: ModelSource, *, dtype: "torch.dtype | None" = None, device: str = "cpu") -> "PreTrainedModel":
+def load_model(source: ModelSource, *, dtype: torch.dtype | None = None, device: str = "cpu") -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=dtype or torch.float32, **source.kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype or torch.float32, **source.kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load the base model {source.describe()}: {exc}") from None
     # A GGUF base arrives dequantised; forget where it came from so saved copies are plain checkpoints.
@@ -100,8 +99,11 @@ def load_model(source: ModelSource, *, dtype: "torch.dtype | None" = None, devic
     if source.gguf_file:
         if getattr(model.config, "quantization_config", None):
             del model.config.quantization_config
-        model.hf_quantizer = None
-    return model.to(device)
+        # hf_quantizer is set on the instance by from_pretrained, not declared on PreTrainedModel, so mypy
+        # takes the type of torch's Module.__getattr__ (Tensor | Module) for it.
+        model.hf_quantizer = None  # type: ignore[assignment]
+    # transformers wraps `to` with functools.wraps, which mypy sees as an unbound function wanting `self` first.
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def materialise_hf_dir(source: ModelSource, target: Path) -> Path:

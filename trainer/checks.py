@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -35,8 +36,9 @@ def json_schema(output: str, schema: dict[str, Any]) -> bool:
     return jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
-def run_checks(checks: list[str], *, output: str, reference: str, stopped_on_eos: bool,
-               schema: dict[str, Any] | None) -> dict[str, bool]:
+def run_checks(
+    checks: Sequence[str], *, output: str, reference: str, stopped_on_eos: bool, schema: dict[str, Any] | None
+) -> dict[str, bool]:
     results: dict[str, bool] = {}
     for name in checks:
         if name == "exact_match":

@@ -24,10 +24,10 @@ HELP = {
     "evaluate": "held-out loss, perplexity and task checks for base and tuned model; the gate",
     "export": "merge, convert to GGUF with llama.cpp, quantise, write Modelfiles",
     "push": "register the GGUF with Ollama as NAME:vN and NAME:latest, or as a canary on the `deploy` route "
-            "(only if the gate passed)",
+    "(only if the gate passed)",
     "run": "prepare, train, evaluate, export and push",
     "deploy": "put a pushed version (default: the newest) on the `deploy` route as a canary (with evaluation.baseline "
-              "route:NAME only if it beats the deployed version through the gateway)",
+    "route:NAME only if it beats the deployed version through the gateway)",
     "list": "show the pushed versions",
 }
 
@@ -57,16 +57,30 @@ def _parser() -> argparse.ArgumentParser:
         if name == "list":
             continue
         for flag, (_, typ, help_text) in OVERRIDES.items():
-            p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=help_text,
-                           action="append" if flag == "data" else "store")
-        p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="any config field, e.g. --set lora.r=8 (value read as YAML)")
+            p.add_argument(
+                f"--{flag.replace('_', '-')}",
+                dest=flag,
+                type=typ,
+                help=help_text,
+                action="append" if flag == "data" else "store",
+            )
+        p.add_argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any config field, e.g. --set lora.r=8 (value read as YAML)",
+        )
         if name in ("push", "run"):
             p.add_argument("--force", action="store_true", help="push (and deploy) even if an eval gate failed")
         if name == "deploy":
             p.add_argument("--version", type=int, help="pushed version N to deploy (default: the newest)")
-            p.add_argument("--force", action="store_true",
-                           help="deploy without comparing with the route's deployed version (evaluation.baseline)")
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="deploy without comparing with the route's deployed version (evaluation.baseline)",
+            )
     sub.add_parser("schema", help="print every config field with its description")
     return parser
 
@@ -112,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return dataset_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         if args.command == "schema":
             print(json.dumps(RunConfig.model_json_schema(), indent=2))

@@ -30,26 +30,38 @@ class _Section(BaseModel):
 class BaseModelConfig(_Section):
     source: str = Field(
         description="Base model: a hub id (needs the hub cache offline), a local Hugging Face folder, a .gguf file, "
-        "or pkg://PACKAGE/FILE for a model file shipped inside an installed Python package.")
+        "or pkg://PACKAGE/FILE for a model file shipped inside an installed Python package."
+    )
     chat_template: str | None = Field(
-        default=None, description="Jinja chat template to use instead of the tokenizer's own (rarely needed).")
+        default=None, description="Jinja chat template to use instead of the tokenizer's own (rarely needed)."
+    )
 
 
 class DataConfig(_Section):
     paths: list[Path] = Field(min_length=1, description="JSONL files of examples, one JSON object per line.")
     eval_paths: list[Path] = Field(
-        default=[], description="JSONL files that are the held-out set, instead of a random split of `paths` "
+        default=[],
+        description="JSONL files that are the held-out set, instead of a random split of `paths` "
         "(e.g. the `.heldout.jsonl` written by `python -m trainer dataset`); training rows with the same prompt "
-        "as a held-out row are dropped, so the two never overlap.")
+        "as a held-out row are dropped, so the two never overlap.",
+    )
     format: Literal["auto", "messages", "prompt_completion", "alpaca"] = Field(
-        default="auto", description="Row format: chat `messages`, `prompt`/`completion`, alpaca "
-        "`instruction`/`input`/`output`, or `auto` to detect it per row.")
+        default="auto",
+        description="Row format: chat `messages`, `prompt`/`completion`, alpaca "
+        "`instruction`/`input`/`output`, or `auto` to detect it per row.",
+    )
     system_prompt: str | None = Field(
-        default=None, description="System prompt added to every example that has none; also the served model's SYSTEM.")
-    max_seq_length: int = Field(default=512, ge=16, le=131072,
-                                description="Rows longer than this many tokens are reported and dropped.")
-    eval_fraction: float = Field(default=0.1, gt=0.0, lt=0.9, description="Share of unique rows held out for "
-                                 "evaluation (unused with eval_paths).")
+        default=None, description="System prompt added to every example that has none; also the served model's SYSTEM."
+    )
+    max_seq_length: int = Field(
+        default=512, ge=16, le=131072, description="Rows longer than this many tokens are reported and dropped."
+    )
+    eval_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=0.9,
+        description="Share of unique rows held out for evaluation (unused with eval_paths).",
+    )
     min_eval_examples: int = Field(default=4, ge=1, description="Refuse to run with fewer held-out rows than this.")
     dedupe: bool = Field(default=True, description="Drop rows whose conversation repeats an earlier row exactly.")
 
@@ -59,15 +71,20 @@ class LoraConfig(_Section):
     alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1,
-        description="Names of the linear layers that get adapters.")
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names of the linear layers that get adapters.",
+    )
 
 
 class TrainingConfig(_Section):
     backend: Literal["auto", "peft", "unsloth"] = Field(
-        default="auto", description="auto = Unsloth when CUDA and Unsloth are present, else PEFT + transformers.")
+        default="auto", description="auto = Unsloth when CUDA and Unsloth are present, else PEFT + transformers."
+    )
     load_in_4bit: bool = Field(default=False, description="4-bit QLoRA (needs CUDA and bitsandbytes or Unsloth).")
-    epochs: float = Field(default=1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
+    epochs: float = Field(
+        default=1.0, gt=0, description="Passes over the training set (ignored when max_steps is set)."
+    )
     max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to run; overrides epochs.")
     learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps before the linear decay.")
@@ -82,20 +99,23 @@ class TrainingConfig(_Section):
 
 class EvaluationConfig(_Section):
     checks: list[TaskCheck] = Field(
-        default=["exact_match"], min_length=1, description="Task checks run on held-out prompts with greedy decoding.")
-    primary_check: TaskCheck = Field(
-        default="exact_match", description="The check whose score the gate compares.")
+        default=["exact_match"], min_length=1, description="Task checks run on held-out prompts with greedy decoding."
+    )
+    primary_check: TaskCheck = Field(default="exact_match", description="The check whose score the gate compares.")
     json_schema: dict[str, Any] | None = Field(
-        default=None, description="JSON Schema the answer must match (for the json_schema check).")
+        default=None, description="JSON Schema the answer must match (for the json_schema check)."
+    )
     max_new_tokens: int = Field(default=128, ge=1, description="Generation cap per held-out prompt.")
     max_examples: int = Field(default=64, ge=1, description="Held-out prompts to generate for (loss uses all).")
     batch_size: int = Field(default=8, ge=1, description="Batch size for eval loss and generation.")
     baseline: str = Field(
-        default="base", description="What the gate compares the new version with: `base` (the base model, in "
+        default="base",
+        description="What the gate compares the new version with: `base` (the base model, in "
         "PyTorch, before export), or `route:NAME`, the variant deployed on gateway route NAME as well: after "
         "push, the new NAME:vN and the route's stable variant answer the same held-out rows through the "
         "gateway (greedy, the served quantised files), and the version goes on the `deploy` route only if it "
-        "wins by gate.deployed_min_score_gain.")
+        "wins by gate.deployed_min_score_gain.",
+    )
 
     @field_validator("baseline")
     @classmethod
@@ -110,7 +130,7 @@ class EvaluationConfig(_Section):
         return self.baseline.removeprefix("route:") if self.baseline.startswith("route:") else None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "EvaluationConfig":
+    def _schema_given(self) -> EvaluationConfig:
         if "json_schema" in (*self.checks, self.primary_check) and self.json_schema is None:
             raise ValueError("the json_schema check needs evaluation.json_schema")
         if self.primary_check not in self.checks:
@@ -120,43 +140,57 @@ class EvaluationConfig(_Section):
 
 class GateConfig(_Section):
     min_loss_improvement: float = Field(
-        default=0.0, ge=0, lt=1, description="Tuned eval loss must be at most base * (1 - this).")
+        default=0.0, ge=0, lt=1, description="Tuned eval loss must be at most base * (1 - this)."
+    )
     min_score_gain: float = Field(
-        default=0.0, ge=0, le=1, description="Tuned primary check score must exceed the base score by more than this.")
+        default=0.0, ge=0, le=1, description="Tuned primary check score must exceed the base score by more than this."
+    )
     min_score: float = Field(default=0.0, ge=0, le=1, description="Tuned primary check score must be at least this.")
     deployed_min_score_gain: float = Field(
-        default=0.0, ge=-1, le=1, description="With evaluation.baseline route:NAME: the new version's primary check "
+        default=0.0,
+        ge=-1,
+        le=1,
+        description="With evaluation.baseline route:NAME: the new version's primary check "
         "score through the gateway must exceed the deployed variant's by more than this (a negative value lets it "
-        "be at most that much worse).")
+        "be at most that much worse).",
+    )
 
 
 class ExportConfig(_Section):
     quantizations: list[Quantization] = Field(
-        default=["q8_0", "q4_k_m"], min_length=1, description="GGUF files to produce besides the f16 conversion.")
-    serve: Quantization = Field(
-        default="q4_k_m", description="Which GGUF is pushed to Ollama.")
+        default=["q8_0", "q4_k_m"], min_length=1, description="GGUF files to produce besides the f16 conversion."
+    )
+    serve: Quantization = Field(default="q4_k_m", description="Which GGUF is pushed to Ollama.")
     adapter_gguf: bool = Field(default=True, description="Also export the adapter alone as GGUF (adapter serving).")
 
     @model_validator(mode="after")
-    def _serve_exported(self) -> "ExportConfig":
+    def _serve_exported(self) -> ExportConfig:
         if self.serve != "f16" and self.serve not in self.quantizations:
             raise ValueError(f"serve {self.serve!r} must be f16 or one of quantizations {self.quantizations}")
         return self
 
 
 class OllamaConfig(_Section):
-    host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://ollama:11434"),
-                      description="Ollama API base URL (default: $OLLAMA_HOST, else http://ollama:11434).")
-    model: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/-]*$",
-                       description="Model name in Ollama; versions are tagged NAME:vN and NAME:latest.")
+    host: str = Field(
+        default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://ollama:11434"),
+        description="Ollama API base URL (default: $OLLAMA_HOST, else http://ollama:11434).",
+    )
+    model: str = Field(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/-]*$",
+        description="Model name in Ollama; versions are tagged NAME:vN and NAME:latest.",
+    )
     parameters: dict[str, Any] = Field(
-        default={"temperature": 0}, description="Ollama model parameters (stop tokens are added from the template).")
+        default={"temperature": 0}, description="Ollama model parameters (stop tokens are added from the template)."
+    )
     template: str | None = Field(
-        default=None, description="Go template for Ollama; by default derived from the tokenizer's chat template.")
+        default=None, description="Go template for Ollama; by default derived from the tokenizer's chat template."
+    )
     stop: list[str] | None = Field(
-        default=None, description="Stop strings to use with a hand-written template (derived ones are automatic).")
+        default=None, description="Stop strings to use with a hand-written template (derived ones are automatic)."
+    )
     adapter_base: str | None = Field(
-        default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile.")
+        default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile."
+    )
     retries: int = Field(default=3, ge=0, le=10, description="Retries for transient Ollama errors (5xx, connect).")
     retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles on each retry.")
     timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout for uploads and create.")
@@ -170,48 +204,79 @@ class OllamaConfig(_Section):
 
 
 class GuardOverrides(_Section):
-    """The gateway's rollout guard thresholds (issue 18 contract); unset fields keep the gateway's defaults."""
+    """The gateway's rollout guard thresholds (its route `guard`); unset fields keep the gateway's defaults."""
 
     min_requests: int | None = Field(
-        default=None, ge=1, description="Minimum requests per variant before the guard judges the canary.")
+        default=None, ge=1, description="Minimum requests per variant before the guard judges the canary."
+    )
     max_error_rate_delta: float | None = Field(
-        default=None, ge=0, le=1, description="Canary error rate may exceed the stable one's by at most this (absolute).")
+        default=None,
+        ge=0,
+        le=1,
+        description="Canary error rate may exceed the stable one's by at most this (absolute).",
+    )
     max_ttft_p95_ratio: float | None = Field(
-        default=None, gt=0, description="Canary time-to-first-token p95 at most this times the stable one's.")
+        default=None, gt=0, description="Canary time-to-first-token p95 at most this times the stable one's."
+    )
     max_format_failure_delta: float | None = Field(
-        default=None, ge=0, le=1, description="Canary JSON format failure share may exceed the stable one's by at most this.")
+        default=None,
+        ge=0,
+        le=1,
+        description="Canary JSON format failure share may exceed the stable one's by at most this.",
+    )
     max_thumbs_down_delta: float | None = Field(
-        default=None, ge=0, le=1, description="Canary thumbs-down share may exceed the stable one's by at most this.")
+        default=None, ge=0, le=1, description="Canary thumbs-down share may exceed the stable one's by at most this."
+    )
     step_after_s: float | None = Field(
-        default=None, ge=0, description="Also step the canary after this many seconds without a breach (0 = unused).")
+        default=None, ge=0, description="Also step the canary after this many seconds without a breach (0 = unused)."
+    )
 
 
 class DeployConfig(_Section):
     """Register the pushed version on a gateway route as a canary instead of moving NAME:latest."""
 
-    route: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$", max_length=100,
-                       description="Route name clients send as `model`; created with the new version at 100 % "
-                       "if it does not exist yet.")
+    route: str = Field(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$",
+        max_length=100,
+        description="Route name clients send as `model`; created with the new version at 100 % "
+        "if it does not exist yet.",
+    )
     canary_percent: int = Field(
-        default=10, ge=1, le=99, description="Starting weight of the new version; the route's stable (first) "
-        "variant keeps the rest.")
+        default=10,
+        ge=1,
+        le=99,
+        description="Starting weight of the new version; the route's stable (first) variant keeps the rest.",
+    )
     steps: list[int] = Field(
-        default=[], description="Canary weights the guard steps through while no signal breaches, e.g. [50, 100]; "
-        "[] = stay at canary_percent until promoted by hand.")
+        default=[],
+        description="Canary weights the guard steps through while no signal breaches, e.g. [50, 100]; "
+        "[] = stay at canary_percent until promoted by hand.",
+    )
     step_after_requests: int | None = Field(
-        default=None, ge=1, description="Step after this many canary requests without a breach (default: the gateway's).")
+        default=None,
+        ge=1,
+        description="Step after this many canary requests without a breach (default: the gateway's).",
+    )
     guard: GuardOverrides = Field(
-        default=GuardOverrides(), description="Guard thresholds to set on the route; unset ones keep the route's "
-        "current values, else the gateway's defaults.")
+        default=GuardOverrides(),
+        description="Guard thresholds to set on the route; unset ones keep the route's "
+        "current values, else the gateway's defaults.",
+    )
     gateway_url: str = Field(
         default_factory=lambda: os.environ.get("GATEWAY_URL", "http://gateway:8000"),
-        description="Gateway base URL for its admin API (default: $GATEWAY_URL, else http://gateway:8000).")
+        description="Gateway base URL for its admin API (default: $GATEWAY_URL, else http://gateway:8000).",
+    )
     admin_key_env: str = Field(
-        default="GATEWAY_ADMIN_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Name of the environment variable holding an admin-scoped gateway key (never the key itself).")
+        default="GATEWAY_ADMIN_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding an admin-scoped gateway key (never the key itself).",
+    )
     model_wait_s: float = Field(
-        default=60.0, ge=0, description="How long to wait for the gateway to list the new version (it polls "
-        "Ollama for models); 0 = do not wait.")
+        default=60.0,
+        ge=0,
+        description="How long to wait for the gateway to list the new version (it polls "
+        "Ollama for models); 0 = do not wait.",
+    )
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout for the gateway's admin API.")
 
     @field_validator("gateway_url")
@@ -222,9 +287,11 @@ class DeployConfig(_Section):
         return v.rstrip("/")
 
     @model_validator(mode="after")
-    def _steps_climb(self) -> "DeployConfig":
+    def _steps_climb(self) -> DeployConfig:
         if any(not self.canary_percent < s <= 100 for s in self.steps):
-            raise ValueError(f"steps {self.steps} must each be above canary_percent ({self.canary_percent}) and at most 100")
+            raise ValueError(
+                f"steps {self.steps} must each be above canary_percent ({self.canary_percent}) and at most 100"
+            )
         if self.steps != sorted(set(self.steps)):
             raise ValueError(f"steps {self.steps} must rise strictly")
         return self
@@ -234,31 +301,43 @@ PushTarget = Literal["ollama", "llamacpp", "vllm"]
 
 
 class AdapterPushConfig(_Section):
-    gateway_url: str = Field(default_factory=lambda: os.environ.get("GATEWAY_URL", "http://gateway:8000"),
-                             description="The gateway whose adapter registry learns about the adapter "
-                             "(default: $GATEWAY_URL, else http://gateway:8000).")
-    admin_key_env: str = Field(default="GATEWAY_ADMIN_KEY",
-                               description="Environment variable that holds an admin-scope API key for the gateway.")
-    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$",
-                             description="The adapter's public model name (default: ollama.model); NAME and "
-                             "NAME:vN are registered.")
-    base: str = Field(description="The base model's name as the serving replicas list it (llama-server's --alias, "
-                      "vLLM's --served-model-name): the adapter is served where that base is.")
+    gateway_url: str = Field(
+        default_factory=lambda: os.environ.get("GATEWAY_URL", "http://gateway:8000"),
+        description="The gateway whose adapter registry learns about the adapter "
+        "(default: $GATEWAY_URL, else http://gateway:8000).",
+    )
+    admin_key_env: str = Field(
+        default="GATEWAY_ADMIN_KEY",
+        description="Environment variable that holds an admin-scope API key for the gateway.",
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$",
+        description="The adapter's public model name (default: ollama.model); NAME and NAME:vN are registered.",
+    )
+    base: str = Field(
+        description="The base model's name as the serving replicas list it (llama-server's --alias, "
+        "vLLM's --served-model-name): the adapter is served where that base is."
+    )
     dir: Path = Field(default=Path("/adapters"), description="The shared adapters folder as the trainer sees it.")
-    serving_dir: str | None = Field(default=None, description="The same folder as the servers see it "
-                                    "(default: the same path as `dir`).")
+    serving_dir: str | None = Field(
+        default=None, description="The same folder as the servers see it (default: the same path as `dir`)."
+    )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of each call to the gateway.")
 
 
 class PushConfig(_Section):
-    targets: list[PushTarget] = Field(default=["ollama"], min_length=1,
-                                      description="Where `push` publishes: `ollama` (create NAME:vN), `llamacpp` "
-                                      "(adapter GGUF into adapters.dir), `vllm` (PEFT folder into adapters.dir); "
-                                      "the last two also register the adapter with the gateway.")
+    targets: list[PushTarget] = Field(
+        default=["ollama"],
+        min_length=1,
+        description="Where `push` publishes: `ollama` (create NAME:vN), `llamacpp` "
+        "(adapter GGUF into adapters.dir), `vllm` (PEFT folder into adapters.dir); "
+        "the last two also register the adapter with the gateway.",
+    )
     adapters: AdapterPushConfig | None = Field(default=None, description="Needed for the llamacpp and vllm targets.")
 
     @model_validator(mode="after")
-    def _adapters_given(self) -> "PushConfig":
+    def _adapters_given(self) -> PushConfig:
         if {"llamacpp", "vllm"} & set(self.targets) and self.adapters is None:
             raise ValueError("the llamacpp and vllm targets need push.adapters (base, dir, gateway_url)")
         return self
@@ -274,29 +353,39 @@ class RunConfig(_Section):
     export: ExportConfig = ExportConfig()
     ollama: OllamaConfig
     deploy: DeployConfig | None = Field(
-        default=None, description="Put each pushed version on a gateway route as a canary; without it push "
-        "moves NAME:latest.")
+        default=None,
+        description="Put each pushed version on a gateway route as a canary; without it push moves NAME:latest.",
+    )
     push: PushConfig = PushConfig()
-    output_dir: Path = Field(description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions.")
+    output_dir: Path = Field(
+        description="Working folder of this task: data split, checkpoints, reports, GGUFs, versions."
+    )
 
     @model_validator(mode="after")
-    def _route_baseline_needs_gateway(self) -> "RunConfig":
+    def _route_baseline_needs_gateway(self) -> RunConfig:
         route = self.evaluation.baseline_route
         if route is None:
             return self
         if self.deploy is None:
-            raise ValueError(f"evaluation.baseline route:{route} needs a `deploy` section: the gateway's URL and "
-                             "admin key come from there, and the version goes on deploy.route only if it wins")
+            raise ValueError(
+                f"evaluation.baseline route:{route} needs a `deploy` section: the gateway's URL and "
+                "admin key come from there, and the version goes on deploy.route only if it wins"
+            )
         if "ollama" not in self.push.targets:
-            raise ValueError(f"evaluation.baseline route:{route} compares the pushed NAME:vN through the gateway: "
-                             "push.targets must include ollama")
+            raise ValueError(
+                f"evaluation.baseline route:{route} compares the pushed NAME:vN through the gateway: "
+                "push.targets must include ollama"
+            )
         return self
 
     def digest(self) -> str:
         """Hash of everything that changes the trained weights, to tell if a checkpoint belongs to this run."""
-        relevant = {"base": self.base_model.model_dump(mode="json"), "data": self.data.model_dump(mode="json"),
-                    "lora": self.lora.model_dump(mode="json"),
-                    "training": self.training.model_dump(mode="json", exclude={"save_steps", "logging_steps"})}
+        relevant = {
+            "base": self.base_model.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json"),
+            "lora": self.lora.model_dump(mode="json"),
+            "training": self.training.model_dump(mode="json", exclude={"save_steps", "logging_steps"}),
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -313,6 +402,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _resolve_paths(raw: dict[str, Any], root: Path) -> None:
     """Relative paths in the YAML are relative to the YAML file, not to the shell's cwd."""
+
     def fix(p: Any) -> Any:
         return str(root / p) if isinstance(p, str) and not Path(p).is_absolute() else p
 

@@ -43,8 +43,10 @@ def script(name: str) -> Path:
     """Path of convert_hf_to_gguf.py or convert_lora_to_gguf.py; a clear error if not installed."""
     target = converter_dir()
     if not installed(target):
-        raise ExportError(f"llama.cpp's converter is not installed in {target}; run `python -m trainer.converter` "
-                          "once (the Docker image does this at build time)")
+        raise ExportError(
+            f"llama.cpp's converter is not installed in {target}; run `python -m trainer.converter` "
+            "once (the Docker image does this at build time)"
+        )
     return target / name
 
 
@@ -58,13 +60,25 @@ def _sha256(path: Path) -> str:
 
 def download_sdist(dest: Path) -> Path:
     """pip fetches the sdist from the configured index (and its cache); nothing is built."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-           f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+        "-d",
+        str(dest),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"))
     if done.returncode != 0 or not found:
-        raise ExportError(f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist: "
-                          f"{done.stderr.strip()[-500:]}")
+        raise ExportError(
+            f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist: {done.stderr.strip()[-500:]}"
+        )
     return found[0]
 
 
@@ -72,13 +86,15 @@ def extract(sdist: Path, target: Path) -> Path:
     """Check the sdist's digest and unpack only the converter files into `target`."""
     digest = _sha256(sdist)
     if digest != SDIST_SHA256:
-        raise ExportError(f"{sdist} has SHA-256 {digest}, expected {SDIST_SHA256} (llama-cpp-python "
-                          f"{LLAMA_CPP_PYTHON_VERSION}); refusing to use a different converter")
+        raise ExportError(
+            f"{sdist} has SHA-256 {digest}, expected {SDIST_SHA256} (llama-cpp-python "
+            f"{LLAMA_CPP_PYTHON_VERSION}); refusing to use a different converter"
+        )
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
-            rel = m.name[len(_PREFIX):] if m.name.startswith(_PREFIX) else ""
+            rel = m.name[len(_PREFIX) :] if m.name.startswith(_PREFIX) else ""
             if rel and rel.startswith(_WANTED) and (m.isfile() or m.isdir()):
                 m.name = rel
                 members.append(m)

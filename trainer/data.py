@@ -13,6 +13,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,14 +80,16 @@ def _from_messages(row: dict[str, Any]) -> Messages:
     if out[-1]["role"] != "assistant":
         raise ValueError("the last message must be the assistant's answer")
     turns = [m["role"] for m in out if m["role"] != "system"]
-    if any(a == b for a, b in zip(turns, turns[1:])) or turns[0] != "user":
+    if any(a == b for a, b in pairwise(turns)) or turns[0] != "user":
         raise ValueError("after the optional system message, roles must alternate user, assistant, user, ...")
     return out
 
 
 def _from_prompt_completion(row: dict[str, Any]) -> Messages:
-    return [{"role": "user", "content": _text(row.get("prompt"), "prompt")},
-            {"role": "assistant", "content": _text(row.get("completion"), "completion")}]
+    return [
+        {"role": "user", "content": _text(row.get("prompt"), "prompt")},
+        {"role": "assistant", "content": _text(row.get("completion"), "completion")},
+    ]
 
 
 def _from_alpaca(row: dict[str, Any]) -> Messages:
@@ -98,9 +101,11 @@ def _from_alpaca(row: dict[str, Any]) -> Messages:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row.get("output"), "output")}]
 
 
-FORMATS = {"messages": (_from_messages, ("messages",)),
-           "prompt_completion": (_from_prompt_completion, ("prompt", "completion")),
-           "alpaca": (_from_alpaca, ("instruction", "output"))}
+FORMATS = {
+    "messages": (_from_messages, ("messages",)),
+    "prompt_completion": (_from_prompt_completion, ("prompt", "completion")),
+    "alpaca": (_from_alpaca, ("instruction", "output")),
+}
 
 
 def row_to_messages(row: Any, fmt: str, system_prompt: str | None) -> Messages:
@@ -110,8 +115,9 @@ def row_to_messages(row: Any, fmt: str, system_prompt: str | None) -> Messages:
     if fmt == "auto":
         fmt = next((name for name, (_, keys) in FORMATS.items() if keys[0] in row), "")
         if not fmt:
-            raise ValueError("unknown row format: expected 'messages', 'prompt'/'completion' "
-                             "or 'instruction'/'output' fields")
+            raise ValueError(
+                "unknown row format: expected 'messages', 'prompt'/'completion' or 'instruction'/'output' fields"
+            )
     convert, required = FORMATS[fmt]
     missing = [k for k in required if k not in row]
     if missing:
@@ -161,14 +167,23 @@ def _stats(lengths: list[int]) -> dict[str, float]:
     if not lengths:
         return {"count": 0}
     s = sorted(lengths)
-    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
-    return {"count": len(s), "min": s[0], "mean": round(sum(s) / len(s), 1), "p50": pick(0.5),
-            "p95": pick(0.95), "max": s[-1], "total": sum(s)}
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]
+    return {
+        "count": len(s),
+        "min": s[0],
+        "mean": round(sum(s) / len(s), 1),
+        "p50": pick(0.5),
+        "p95": pick(0.95),
+        "max": s[-1],
+        "total": sum(s),
+    }
 
 
 def _all_invalid(report: PrepareReport) -> DataError:
-    return DataError(f"all {report.rows_read} rows are invalid; first problems:\n  "
-                     + "\n  ".join(str(b) for b in report.bad_rows[:10]))
+    return DataError(
+        f"all {report.rows_read} rows are invalid; first problems:\n  "
+        + "\n  ".join(str(b) for b in report.bad_rows[:10])
+    )
 
 
 def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -183,8 +198,9 @@ def _prompt_key(messages: Messages) -> str:
     return json.dumps(messages[:-1], sort_keys=True)
 
 
-def _keep(rows: list[Row], cfg: DataConfig, tok: "PreTrainedTokenizerBase", report: PrepareReport,
-          seen: set[str]) -> tuple[list[Messages], list[int]]:
+def _keep(
+    rows: list[Row], cfg: DataConfig, tok: PreTrainedTokenizerBase, report: PrepareReport, seen: set[str]
+) -> tuple[list[Messages], list[int]]:
     """Rows that are not duplicates (of each other or of `seen`) and fit max_seq_length, with their lengths."""
     kept: list[Messages] = []
     lengths: list[int] = []
@@ -196,16 +212,18 @@ def _keep(rows: list[Row], cfg: DataConfig, tok: "PreTrainedTokenizerBase", repo
         seen.add(key)
         n_tokens = len(encode_conversation(tok, row.messages).input_ids)
         if n_tokens > cfg.max_seq_length:
-            report.bad_rows.append(BadRow(row.file, row.line,
-                                          f"{n_tokens} tokens, over max_seq_length {cfg.max_seq_length}"))
+            report.bad_rows.append(
+                BadRow(row.file, row.line, f"{n_tokens} tokens, over max_seq_length {cfg.max_seq_length}")
+            )
             continue
         kept.append(row.messages)
         lengths.append(n_tokens)
     return kept, lengths
 
 
-def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], seed: int
-            ) -> tuple[list[Messages], list[Messages], PrepareReport]:
+def prepare(
+    cfg: DataConfig, load_tok: Callable[[], PreTrainedTokenizerBase], seed: int
+) -> tuple[list[Messages], list[Messages], PrepareReport]:
     """Validate, dedupe, length-check and split; raise DataError when nothing usable is left.
 
     The held-out rows are a seeded random share of `paths`, or the rows of `eval_paths` when given
@@ -219,8 +237,7 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
     if cfg.eval_paths:  # both files decide what is trained and measured
         report.data_sha256 = hashlib.sha256((digest + report.data_sha256).encode()).hexdigest()
     if report.rows_read == 0:
-        raise DataError(f"no examples found in {', '.join(map(str, [*cfg.paths, *cfg.eval_paths]))}: "
-                        "the data is empty")
+        raise DataError(f"no examples found in {', '.join(map(str, [*cfg.paths, *cfg.eval_paths]))}: the data is empty")
     if not rows:
         raise _all_invalid(report)
     tok = load_tok()
@@ -238,11 +255,15 @@ def prepare(cfg: DataConfig, load_tok: Callable[[], "PreTrainedTokenizerBase"], 
     else:
         train_idx, eval_idx = split_indices(len(kept), cfg.eval_fraction, seed)
     if len(eval_idx) < cfg.min_eval_examples or not train_idx:
-        raise DataError(f"only {len(kept)} valid rows: {len(eval_idx)} held out (min_eval_examples is "
-                        f"{cfg.min_eval_examples}) and {len(train_idx)} to train on; add more data")
+        raise DataError(
+            f"only {len(kept)} valid rows: {len(eval_idx)} held out (min_eval_examples is "
+            f"{cfg.min_eval_examples}) and {len(train_idx)} to train on; add more data"
+        )
     report.train, report.eval = len(train_idx), len(eval_idx)
-    report.token_stats = {"train": _stats([lengths[i] for i in train_idx]),
-                          "eval": _stats([lengths[i] for i in eval_idx])}
+    report.token_stats = {
+        "train": _stats([lengths[i] for i in train_idx]),
+        "eval": _stats([lengths[i] for i in eval_idx]),
+    }
     return [kept[i] for i in train_idx], [kept[i] for i in eval_idx], report
 
 

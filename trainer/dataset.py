@@ -1,4 +1,4 @@
-"""`python -m trainer dataset`: training rows from production traffic (issue 19).
+"""`python -m trainer dataset`: training rows from production traffic.
 
 Input: captured inferences with their feedback, read from the gateway's database (`--database-url`)
 or from a dump written by `python -m gateway export` (`--from-file`, for a trainer without database
@@ -102,8 +102,9 @@ def to_example(row: dict[str, Any], min_score: float) -> tuple[str, Example | No
     return why, Example(request_id=row["request_id"], at=_time(row["created_at"]), why=why, messages=messages)
 
 
-def build(rows: Iterable[dict[str, Any]], *, min_score: float = 0.8, heldout: float = 0.1
-          ) -> tuple[list[Example], list[Example], dict[str, Any]]:
+def build(
+    rows: Iterable[dict[str, Any]], *, min_score: float = 0.8, heldout: float = 0.1
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
     taken: dict[str, Example] = {}
     reasons: Counter[str] = Counter()
     seen = 0
@@ -120,12 +121,13 @@ def build(rows: Iterable[dict[str, Any]], *, min_score: float = 0.8, heldout: fl
     n_heldout = round(len(examples) * heldout) if len(examples) > 1 else 0
     if heldout > 0 and len(examples) > 1:
         n_heldout = max(1, n_heldout)
-    train, held = examples[:len(examples) - n_heldout], examples[len(examples) - n_heldout:]
+    train, held = examples[: len(examples) - n_heldout], examples[len(examples) - n_heldout :]
     report = {
         "inferences_read": seen,
         "reasons": dict(sorted(reasons.items())),  # taken: correction, rated_up, scored; the rest left out
         "duplicates_dropped": sum(reasons[k] for k in PRIORITY) - len(examples),
-        "train": len(train), "heldout": len(held),
+        "train": len(train),
+        "heldout": len(held),
         "train_by_reason": dict(Counter(e.why for e in train)),
         "heldout_from": held[0].at.isoformat() if held else None,
         "min_score": min_score,
@@ -159,8 +161,10 @@ async def read_database(url: str, *, route: str | None, since: datetime | None) 
         from gateway.store.db import async_url, create_engine
         from gateway.store.queries import export_rows
     except ImportError:
-        raise SystemExit("error: --database-url needs the gateway package (sqlalchemy); "
-                         "use `python -m gateway export` and --from-file instead") from None
+        raise SystemExit(
+            "error: --database-url needs the gateway package (sqlalchemy); "
+            "use `python -m gateway export` and --from-file instead"
+        ) from None
     engine = create_engine(async_url(url))
     try:
         return [row async for row in export_rows(engine, route=route, since=since)]
@@ -198,8 +202,12 @@ def main(argv: Sequence[str]) -> int:
     report_path = args.out.with_name(args.out.stem + ".report.json")
     write(args.out, train)
     write(heldout_path, held)
-    report.update(route=args.route, since=args.since.isoformat() if args.since else None, train_file=str(args.out),
-                  heldout_file=str(heldout_path))
+    report.update(
+        route=args.route,
+        since=args.since.isoformat() if args.since else None,
+        train_file=str(args.out),
+        heldout_file=str(heldout_path),
+    )
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0

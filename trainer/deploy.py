@@ -1,4 +1,4 @@
-"""Deploy: put a pushed NAME:vN on a gateway route as a canary, through the gateway's admin API (issue 18).
+"""Deploy: put a pushed NAME:vN on a gateway route as a canary, through the gateway's admin API.
 
 The route's stable (first) variant stays first with 100 - canary_percent; the new version joins with
 canary_percent and the guard's step plan, so the gateway promotes it or rolls it back on live traffic.
@@ -27,8 +27,9 @@ SERVER_FIELDS = ("name", "version", "updated_at")  # set by the gateway, never s
 def admin_key(deploy: DeployConfig) -> str:
     key = os.environ.get(deploy.admin_key_env, "")
     if not key:
-        raise DeployError(f"deploy needs an admin-scoped gateway key in ${deploy.admin_key_env} "
-                          f"(deploy.admin_key_env); it is not set")
+        raise DeployError(
+            f"deploy needs an admin-scoped gateway key in ${deploy.admin_key_env} (deploy.admin_key_env); it is not set"
+        )
     return key
 
 
@@ -48,10 +49,11 @@ class GatewayAdmin:
 
     def __init__(self, deploy: DeployConfig, key: str) -> None:
         self.deploy = deploy
-        self.client = httpx.Client(base_url=deploy.gateway_url, timeout=deploy.timeout_s,
-                                   headers={"Authorization": f"Bearer {key}"})
+        self.client = httpx.Client(
+            base_url=deploy.gateway_url, timeout=deploy.timeout_s, headers={"Authorization": f"Bearer {key}"}
+        )
 
-    def __enter__(self) -> "GatewayAdmin":
+    def __enter__(self) -> GatewayAdmin:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -61,10 +63,14 @@ class GatewayAdmin:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise DeployError(f"cannot reach the gateway at {self.deploy.gateway_url} ({method} {path}): {exc}") from None
+            raise DeployError(
+                f"cannot reach the gateway at {self.deploy.gateway_url} ({method} {path}): {exc}"
+            ) from None
         if response.status_code in (401, 403):
-            raise DeployError(f"gateway refused {method} {path} ({response.status_code}): {_error_text(response)}; "
-                              f"is ${self.deploy.admin_key_env} an admin-scoped key of {self.deploy.gateway_url}?")
+            raise DeployError(
+                f"gateway refused {method} {path} ({response.status_code}): {_error_text(response)}; "
+                f"is ${self.deploy.admin_key_env} an admin-scoped key of {self.deploy.gateway_url}?"
+            )
         if response.is_error:
             raise DeployError(f"gateway refused {method} {path} ({response.status_code}): {_error_text(response)}")
         return response
@@ -77,8 +83,10 @@ class GatewayAdmin:
         except ValueError:
             body = None
         if not isinstance(body, dict) or key not in body:
-            raise DeployError(f"{self.deploy.gateway_url} answered {method} {path} without {key!r}: is it the "
-                              f"gateway? ({response.text.strip()[:200]})")
+            raise DeployError(
+                f"{self.deploy.gateway_url} answered {method} {path} without {key!r}: is it the "
+                f"gateway? ({response.text.strip()[:200]})"
+            )
         return body
 
     def get_route(self, name: str) -> dict[str, Any] | None:
@@ -101,9 +109,11 @@ class GatewayAdmin:
         """The route's stable (first) variant, what its users get now; the route must exist."""
         current = self.get_route(route)
         if current is None:
-            raise DeployError(f"evaluation.baseline is route:{route} but the gateway at {self.deploy.gateway_url} "
-                              f"has no route {route!r}: nothing is deployed to compare with (for the first "
-                              "version, use evaluation.baseline: base)")
+            raise DeployError(
+                f"evaluation.baseline is route:{route} but the gateway at {self.deploy.gateway_url} "
+                f"has no route {route!r}: nothing is deployed to compare with (for the first "
+                "version, use evaluation.baseline: base)"
+            )
         return current["variants"][0]
 
 
@@ -146,8 +156,10 @@ def wait_for_model(admin: GatewayAdmin, model: str, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while model not in admin.model_ids():
         if time.monotonic() >= deadline:
-            raise DeployError(f"the gateway at {admin.deploy.gateway_url} does not list {model} after {wait_s:g}s: "
-                              "does it serve the Ollama that push used?")
+            raise DeployError(
+                f"the gateway at {admin.deploy.gateway_url} does not list {model} after {wait_s:g}s: "
+                "does it serve the Ollama that push used?"
+            )
         time.sleep(0.5)
 
 
@@ -160,12 +172,16 @@ def deploy_version(deploy: DeployConfig, model: str) -> dict[str, Any]:
         stored = admin.put_route(deploy.route, body)
     kept = {v["model"] for v in body["variants"]}
     record = {
-        "route": deploy.route, "gateway_url": deploy.gateway_url, "model": model,
+        "route": deploy.route,
+        "gateway_url": deploy.gateway_url,
+        "model": model,
         "action": "created" if current is None else "canary",
         "stable": None if current is None else current["variants"][0]["model"],
         "replaced": [] if current is None else [v["model"] for v in current["variants"] if v["model"] not in kept],
-        "route_version": stored.get("version"), "updated_at": stored.get("updated_at"),
-        "variants": stored.get("variants", body["variants"]), "guard": stored.get("guard", body["guard"]),
+        "route_version": stored.get("version"),
+        "updated_at": stored.get("updated_at"),
+        "variants": stored.get("variants", body["variants"]),
+        "guard": stored.get("guard", body["guard"]),
     }
     log.info("route %s: %s", deploy.route, ", ".join(f"{v['model']} {v['weight']}%" for v in record["variants"]))
     return record

@@ -60,14 +60,29 @@ def _run_converter(args: list[str], log_file: Path, what: str) -> None:
 
 
 def convert_to_gguf(merged: Path, outfile: Path, log_file: Path) -> Path:
-    _run_converter([str(converter.script("convert_hf_to_gguf.py")), str(merged), "--outfile", str(outfile),
-                    "--outtype", "f16"], log_file, "convert_hf_to_gguf.py")
+    _run_converter(
+        [str(converter.script("convert_hf_to_gguf.py")), str(merged), "--outfile", str(outfile), "--outtype", "f16"],
+        log_file,
+        "convert_hf_to_gguf.py",
+    )
     return outfile
 
 
 def convert_adapter_to_gguf(adapter: Path, base_config_dir: Path, outfile: Path, log_file: Path) -> Path:
-    _run_converter([str(converter.script("convert_lora_to_gguf.py")), str(adapter), "--base", str(base_config_dir),
-                    "--outfile", str(outfile), "--outtype", "f16"], log_file, "convert_lora_to_gguf.py")
+    _run_converter(
+        [
+            str(converter.script("convert_lora_to_gguf.py")),
+            str(adapter),
+            "--base",
+            str(base_config_dir),
+            "--outfile",
+            str(outfile),
+            "--outtype",
+            "f16",
+        ],
+        log_file,
+        "convert_lora_to_gguf.py",
+    )
     return outfile
 
 
@@ -111,8 +126,9 @@ def export(cfg: RunConfig) -> dict[str, Any]:
         elif step == "convert":
             files["f16"] = convert_to_gguf(merged, out / "model-f16.gguf", out / "convert.log")
         elif step == "adapter":
-            files["adapter"] = convert_adapter_to_gguf(adapter_dir(cfg.output_dir), merged, out / "adapter-f16.gguf",
-                                                       out / "convert_lora.log")
+            files["adapter"] = convert_adapter_to_gguf(
+                adapter_dir(cfg.output_dir), merged, out / "adapter-f16.gguf", out / "convert_lora.log"
+            )
         elif step != "f16":
             files[step] = quantize(files["f16"], out / f"model-{step}.gguf", step)
         timings[step] = round(time.perf_counter() - began, 2)
@@ -125,21 +141,37 @@ def export(cfg: RunConfig) -> dict[str, Any]:
         template, stops = fmt.go_template(), fmt.stops
     parameters = {**cfg.ollama.parameters, "stop": stops}
     served = files[cfg.export.serve]
-    (out / "Modelfile").write_text(modelfile_text(from_=f"./{served.name}", template=template,
-                                                  system=cfg.data.system_prompt, parameters=parameters))
+    (out / "Modelfile").write_text(
+        modelfile_text(
+            from_=f"./{served.name}", template=template, system=cfg.data.system_prompt, parameters=parameters
+        )
+    )
     adapter_from = _adapter_base(cfg)
     if "adapter" in files and adapter_from:
         # Adapter serving: the unchanged base model plus this small adapter file.
-        (out / "Modelfile.adapter").write_text(modelfile_text(
-            from_=adapter_from, adapter=f"./{files['adapter'].name}",
-            template=template, system=cfg.data.system_prompt, parameters=parameters))
+        (out / "Modelfile.adapter").write_text(
+            modelfile_text(
+                from_=adapter_from,
+                adapter=f"./{files['adapter'].name}",
+                template=template,
+                system=cfg.data.system_prompt,
+                parameters=parameters,
+            )
+        )
     elif "adapter" in files:
         log.info("no Modelfile.adapter: set ollama.adapter_base to the base model's name in Ollama")
-    info = {"served": served.name, "template": template, "system": cfg.data.system_prompt, "parameters": parameters,
-            "files": {kind: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-                      for kind, p in files.items()},
-            "timings_s": timings, "total_s": round(sum(timings.values()), 2),
-            "converter": f"llama-cpp-python=={converter.LLAMA_CPP_PYTHON_VERSION}"}
+    info = {
+        "served": served.name,
+        "template": template,
+        "system": cfg.data.system_prompt,
+        "parameters": parameters,
+        "files": {
+            kind: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for kind, p in files.items()
+        },
+        "timings_s": timings,
+        "total_s": round(sum(timings.values()), 2),
+        "converter": f"llama-cpp-python=={converter.LLAMA_CPP_PYTHON_VERSION}",
+    }
     tmp = out / "export.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(out / "export.json")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tqdm import tqdm
 
@@ -12,7 +13,25 @@ from trainer.loss import assistant_loss_sum
 from trainer.train import collate
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    import torch
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+
+class CausalLM(Protocol):
+    """What generation needs of a model: a transformers causal LM, or a PeftModel wrapping one.
+
+    Not PreTrainedModel: `generate` comes from GenerationMixin, which only the concrete *ForCausalLM classes
+    mix in, and a PeftModel is a torch Module that forwards to its base model rather than a PreTrainedModel.
+    """
+
+    @property
+    def generation_config(self) -> GenerationConfig | None: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def eval(self) -> Any: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -22,7 +41,7 @@ class Generation:
     new_tokens: int
 
 
-def stop_token_ids(tok: "PreTrainedTokenizerBase", model: "PreTrainedModel") -> list[int]:
+def stop_token_ids(tok: PreTrainedTokenizerBase, model: CausalLM) -> list[int]:
     """EOS of the tokenizer plus whatever the model's generation config treats as end of turn."""
     ids = {tok.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
@@ -30,8 +49,15 @@ def stop_token_ids(tok: "PreTrainedTokenizerBase", model: "PreTrainedModel") -> 
     return sorted(i for i in ids if i is not None)
 
 
-def greedy_generate(model: "PreTrainedModel", tok: "PreTrainedTokenizerBase", prompts: list[list[int]], *,
-                    max_new_tokens: int, batch_size: int = 8, desc: str = "generate") -> list[Generation]:
+def greedy_generate(
+    model: CausalLM,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    desc: str = "generate",
+) -> list[Generation]:
     """Greedy answers for prompt token ids; prompts are left-padded so every row continues at the same column."""
     import torch
 
@@ -40,26 +66,37 @@ def greedy_generate(model: "PreTrainedModel", tok: "PreTrainedTokenizerBase", pr
     out: list[Generation] = []
     model.eval()
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         with torch.no_grad():
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id,
-                                 temperature=None, top_p=None, top_k=None)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
         for row in gen[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stops), None)
             kept = row if cut is None else row[:cut]
-            out.append(Generation(tok.decode(kept, skip_special_tokens=True), cut is not None, len(kept)))
+            # decode() of one id list is a str; the cast is for transformers' return type, which also covers batches.
+            text = cast(str, tok.decode(kept, skip_special_tokens=True))
+            out.append(Generation(text, cut is not None, len(kept)))
     return out
 
 
-def eval_loss(model: "PreTrainedModel", examples: list[Encoded], *, pad_id: int, batch_size: int = 8,
-              desc: str = "eval loss") -> float:
+def eval_loss(
+    model: torch.nn.Module, examples: list[Encoded], *, pad_id: int, batch_size: int = 8, desc: str = "eval loss"
+) -> float:
     """Mean cross-entropy over every assistant token of the held-out set (token-weighted, not per batch)."""
     import torch
 
@@ -67,7 +104,7 @@ def eval_loss(model: "PreTrainedModel", examples: list[Encoded], *, pad_id: int,
     total, count = 0.0, 0
     model.eval()
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
-        batch = collate(examples[start:start + batch_size], pad_id, str(device))
+        batch = collate(examples[start : start + batch_size], pad_id, str(device))
         with torch.no_grad():
             loss_sum, n = assistant_loss_sum(model, batch)
         total += loss_sum.item()

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def assistant_loss_sum(model, batch: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", int]:
+def assistant_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(summed cross-entropy over labelled tokens, number of labelled tokens) for one padded batch."""
     import torch
     import torch.nn.functional as F
@@ -25,9 +25,9 @@ def assistant_loss_sum(model, batch: dict[str, "torch.Tensor"]) -> tuple["torch.
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions whose next token is labelled
     if keep.numel() == 0:
         return torch.zeros((), device=targets.device, requires_grad=True), 0
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     kept_targets = targets[:, keep]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), kept_targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), kept_targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int((kept_targets != IGNORE).sum())

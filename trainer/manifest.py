@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
 def utc_iso(timestamp: float | None = None) -> str:
-    moment = datetime.fromtimestamp(timestamp, timezone.utc) if timestamp else datetime.now(timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, UTC) if timestamp else datetime.now(UTC)
     return moment.isoformat(timespec="seconds")
 
 
@@ -37,8 +37,9 @@ def local_versions(output_dir: Path) -> list[int]:
     root = versions_dir(output_dir)
     if not root.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name))
-                  and (p / "manifest.json").exists())
+    return sorted(
+        int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name)) and (p / "manifest.json").exists()
+    )
 
 
 def write_manifest(output_dir: Path, version: int, manifest: dict[str, Any]) -> Path:
@@ -48,8 +49,10 @@ def write_manifest(output_dir: Path, version: int, manifest: dict[str, Any]) -> 
 
 
 def list_versions(output_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads((versions_dir(output_dir) / f"v{v}" / "manifest.json").read_text())
-            for v in local_versions(output_dir)]
+    return [
+        json.loads((versions_dir(output_dir) / f"v{v}" / "manifest.json").read_text())
+        for v in local_versions(output_dir)
+    ]
 
 
 def _route_cell(deploy: dict[str, Any] | None) -> str:
@@ -71,9 +74,16 @@ def format_versions(manifests: list[dict[str, Any]]) -> str:
         primary = m["metrics"]["primary_check"]
         gate = "passed" if m["metrics"]["gate"]["passed"] else ("FORCED" if m.get("forced") else "failed")
         tag = m["ollama"]["tag"] or ", ".join((m.get("adapters") or {}).get("names", [])[:1]) or "-"
-        rows.append((f"v{m['version']}", tag, m["timestamps"]["pushed_at"],
-                     f"{base['eval_loss']:.3f} -> {tuned['eval_loss']:.3f}",
-                     f"{primary} {base['scores'][primary]:.2f} -> {tuned['scores'][primary]:.2f}", gate,
-                     _route_cell(m.get("deploy"))))
+        rows.append(
+            (
+                f"v{m['version']}",
+                tag,
+                m["timestamps"]["pushed_at"],
+                f"{base['eval_loss']:.3f} -> {tuned['eval_loss']:.3f}",
+                f"{primary} {base['scores'][primary]:.2f} -> {tuned['scores'][primary]:.2f}",
+                gate,
+                _route_cell(m.get("deploy")),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

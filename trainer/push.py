@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
@@ -27,6 +27,9 @@ from trainer.errors import DeployError, GateRefused, PushError, StageOrderError
 from trainer.export import load_export
 from trainer.manifest import local_versions, utc_iso, write_manifest
 
+if TYPE_CHECKING:
+    import ollama
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 1 << 20
@@ -34,6 +37,7 @@ CHUNK = 1 << 20
 
 def _transient(exc: Exception) -> bool:
     import httpx
+
     import ollama
 
     if isinstance(exc, ollama.ResponseError):
@@ -48,7 +52,7 @@ def with_retries(call: Callable[[], T], *, what: str, retries: int, backoff_s: f
     for attempt in range(retries + 1):
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - classified right below
+        except Exception as exc:  # classified right below: transient ones are retried, the rest re-raised
             if not _transient(exc):
                 if isinstance(exc, ollama.ResponseError):
                     raise PushError(f"{what}: Ollama refused it: {exc}") from None
@@ -68,7 +72,7 @@ def _file_chunks(path: Path, bar: tqdm) -> Iterator[bytes]:
             yield block
 
 
-def ensure_blob(client, path: Path, digest: str) -> bool:
+def ensure_blob(client: ollama.Client, path: Path, digest: str) -> bool:
     """Upload `path` as blob `digest` unless Ollama has it already; True if it was uploaded."""
     import ollama
 
@@ -104,6 +108,7 @@ def push(cfg: RunConfig, report: dict[str, Any], *, force: bool = False) -> dict
     forced = force and not report["gate"]["passed"]
 
     targets = cfg.push.targets
+    info: dict[str, Any] | None
     if cfg.deploy:  # a wrong key or gateway, or no route to compare with, fails before anything is pushed
         deploy.preflight(cfg.deploy, cfg.evaluation.baseline_route)
     if "ollama" in targets:
@@ -115,9 +120,17 @@ def push(cfg: RunConfig, report: dict[str, Any], *, force: bool = False) -> dict
         version = next_version(cfg.output_dir, [], cfg.ollama.model)
         ollama_part = {"version": version, "tag": None, "latest": None, "uploaded": False, "adapter_tag": None}
     adapters = publish_adapter(cfg, info, version) if set(ADAPTER_TARGETS) & set(targets) else None
-    manifest = build_manifest(cfg, report, info or {}, version=version, tag=ollama_part["tag"],
-                              latest=ollama_part["latest"], uploaded=ollama_part["uploaded"],
-                              adapter_tag=ollama_part["adapter_tag"], forced=forced)
+    manifest = build_manifest(
+        cfg,
+        report,
+        info or {},
+        version=version,
+        tag=ollama_part["tag"],
+        latest=ollama_part["latest"],
+        uploaded=ollama_part["uploaded"],
+        adapter_tag=ollama_part["adapter_tag"],
+        forced=forced,
+    )
     manifest["adapters"] = adapters
     tag = ollama_part["tag"]
     failure: DeployError | GateRefused | None = None
@@ -130,21 +143,35 @@ def push(cfg: RunConfig, report: dict[str, Any], *, force: bool = False) -> dict
             manifest["deploy"] = deploy.deploy_version(cfg.deploy, tag)
         except (DeployError, GateRefused) as exc:
             failure = exc
-            manifest["deploy"] = {"route": cfg.deploy.route, "gateway_url": cfg.deploy.gateway_url, "model": tag,
-                                  "error": str(exc)}
+            manifest["deploy"] = {
+                "route": cfg.deploy.route,
+                "gateway_url": cfg.deploy.gateway_url,
+                "model": tag,
+                "error": str(exc),
+            }
     path = write_manifest(cfg.output_dir, version, manifest)
     for extra in ("report.json", "summary.md", *(("deployed.json",) if "vs_deployed" in manifest else ())):
         src = cfg.output_dir / "eval" / extra
         if src.exists():
             (path.parent / extra).write_bytes(src.read_bytes())
     if isinstance(failure, GateRefused):
-        raise GateRefused(f"{failure}; {tag} stays pushed in Ollama but is not on route {cfg.deploy.route}: "
-                          f"`python -m trainer deploy --config ... --version {version} --force` ships it anyway")
+        assert cfg.deploy is not None  # a failure is only recorded on the deploy path above
+        raise GateRefused(
+            f"{failure}; {tag} stays pushed in Ollama but is not on route {cfg.deploy.route}: "
+            f"`python -m trainer deploy --config ... --version {version} --force` ships it anyway"
+        )
     if failure:
-        raise DeployError(f"{failure}; {tag} stays pushed in Ollama: fix this and run "
-                          f"`python -m trainer deploy --config ... --version {version}`") from None
-    log.info("pushed version %d to %s%s; manifest %s", version, ", ".join(targets),
-             f" (canary on route {cfg.deploy.route})" if cfg.deploy else "", path)
+        raise DeployError(
+            f"{failure}; {tag} stays pushed in Ollama: fix this and run "
+            f"`python -m trainer deploy --config ... --version {version}`"
+        ) from None
+    log.info(
+        "pushed version %d to %s%s; manifest %s",
+        version,
+        ", ".join(targets),
+        f" (canary on route {cfg.deploy.route})" if cfg.deploy else "",
+        path,
+    )
     return manifest
 
 
@@ -160,8 +187,9 @@ def checked_against_deployed(cfg: RunConfig, tag: str, *, force: bool) -> tuple[
         log.warning("deploying %s although it lost to the deployed version, because --force was given", tag)
         result["forced"] = True
         return result, None
-    return result, GateRefused(f"not deploying: {'; '.join(result['gate']['reasons'])} (see "
-                               f"{cfg.output_dir / 'eval' / 'deployed.json'})")
+    return result, GateRefused(
+        f"not deploying: {'; '.join(result['gate']['reasons'])} (see {cfg.output_dir / 'eval' / 'deployed.json'})"
+    )
 
 
 def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
@@ -173,10 +201,11 @@ def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
         if not (export_dir / entry["file"]).is_file():
             raise StageOrderError(f"{export_dir / entry['file']} is missing: run `export` again")
     if cfg.export.serve not in info["files"]:
-        raise StageOrderError(f"export.serve is {cfg.export.serve} but the export has "
-                              f"{', '.join(info['files'])}: run `export` again")
+        raise StageOrderError(
+            f"export.serve is {cfg.export.serve} but the export has {', '.join(info['files'])}: run `export` again"
+        )
     o = cfg.ollama
-    retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)  # noqa: E731
+    retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)
     client = ollama.Client(host=o.host, timeout=o.timeout_s)
     try:
         tags = retry(lambda: [m.model for m in client.list().models], "list models")
@@ -185,19 +214,35 @@ def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
         served = info["files"][cfg.export.serve]
         digest = f"sha256:{served['sha256']}"
         uploaded = retry(lambda: ensure_blob(client, export_dir / served["file"], digest), f"upload {served['file']}")
-        retry(lambda: client.create(model=tag, files={served["file"]: digest}, template=info["template"],
-                                    system=info["system"], parameters=info["parameters"], stream=False),
-              f"create {tag}")
+        retry(
+            lambda: client.create(
+                model=tag,
+                files={served["file"]: digest},
+                template=info["template"],
+                system=info["system"],
+                parameters=info["parameters"],
+                stream=False,
+            ),
+            f"create {tag}",
+        )
         adapter_tag = None
         if o.adapter_base and "adapter" in info["files"]:
             adapter = info["files"]["adapter"]
             adapter_digest = f"sha256:{adapter['sha256']}"
             retry(lambda: ensure_blob(client, export_dir / adapter["file"], adapter_digest), "upload adapter")
             adapter_tag = f"{o.model}-adapter:v{version}"
-            retry(lambda: client.create(model=adapter_tag, from_=o.adapter_base,
-                                        adapters={adapter["file"]: adapter_digest}, template=info["template"],
-                                        system=info["system"], parameters=info["parameters"], stream=False),
-                  f"create {adapter_tag}")
+            retry(
+                lambda: client.create(
+                    model=adapter_tag,
+                    from_=o.adapter_base,
+                    adapters={adapter["file"]: adapter_digest},
+                    template=info["template"],
+                    system=info["system"],
+                    parameters=info["parameters"],
+                    stream=False,
+                ),
+                f"create {adapter_tag}",
+            )
         if latest:  # with deploy, the route moves instead (trainer/deploy.py)
             retry(lambda: client.copy(tag, latest), f"tag {latest}")
     finally:
@@ -210,25 +255,53 @@ def _mtime_iso(path: Path) -> str | None:
     return utc_iso(path.stat().st_mtime) if path.exists() else None
 
 
-def build_manifest(cfg: RunConfig, report: dict[str, Any], info: dict[str, Any], *, version: int, tag: str | None,
-                   latest: str | None, uploaded: bool, adapter_tag: str | None, forced: bool) -> dict[str, Any]:
+def build_manifest(
+    cfg: RunConfig,
+    report: dict[str, Any],
+    info: dict[str, Any],
+    *,
+    version: int,
+    tag: str | None,
+    latest: str | None,
+    uploaded: bool,
+    adapter_tag: str | None,
+    forced: bool,
+) -> dict[str, Any]:
     out = cfg.output_dir
     prepared = json.loads((out / "data" / "prepare_report.json").read_text())
     trained = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else {}
     return {
-        "name": cfg.ollama.model, "version": version, "forced": forced,
-        "base_model": cfg.base_model.source, "config_digest": cfg.digest(),
+        "name": cfg.ollama.model,
+        "version": version,
+        "forced": forced,
+        "base_model": cfg.base_model.source,
+        "config_digest": cfg.digest(),
         "config": cfg.model_dump(mode="json"),
-        "data": {"sha256": prepared["data_sha256"], "train_rows": prepared["train"], "eval_rows": prepared["eval"],
-                 "bad_rows": len(prepared["bad_rows"]), "duplicates": prepared["duplicates"]},
+        "data": {
+            "sha256": prepared["data_sha256"],
+            "train_rows": prepared["train"],
+            "eval_rows": prepared["eval"],
+            "bad_rows": len(prepared["bad_rows"]),
+            "duplicates": prepared["duplicates"],
+        },
         "training": trained,
         "metrics": {k: report[k] for k in ("base", "tuned", "gate", "primary_check")},
-        "artifacts": info.get("files", {}), "export_timings_s": info.get("timings_s"),
+        "artifacts": info.get("files", {}),
+        "export_timings_s": info.get("timings_s"),
         "converter": info.get("converter"),
-        "ollama": {"host": cfg.ollama.host, "tag": tag, "latest": latest, "adapter_tag": adapter_tag,
-                   "served_file": info.get("served"), "blob_uploaded": uploaded},
-        "timestamps": {"prepared_at": _mtime_iso(out / "data" / "prepare_report.json"),
-                       "trained_at": _mtime_iso(out / "train_summary.json"),
-                       "evaluated_at": _mtime_iso(out / "eval" / "report.json"),
-                       "exported_at": _mtime_iso(out / "export" / "export.json"), "pushed_at": utc_iso()},
+        "ollama": {
+            "host": cfg.ollama.host,
+            "tag": tag,
+            "latest": latest,
+            "adapter_tag": adapter_tag,
+            "served_file": info.get("served"),
+            "blob_uploaded": uploaded,
+        },
+        "timestamps": {
+            "prepared_at": _mtime_iso(out / "data" / "prepare_report.json"),
+            "trained_at": _mtime_iso(out / "train_summary.json"),
+            "evaluated_at": _mtime_iso(out / "eval" / "report.json"),
+            "exported_at": _mtime_iso(out / "export" / "export.json"),
+            "pushed_at": utc_iso(),
+        },
     }

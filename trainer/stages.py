@@ -27,16 +27,23 @@ def prepare_stage(cfg: RunConfig) -> dict[str, Any]:
 
     source = resolve_source(cfg.base_model.source)
     train_rows, eval_rows, report = prepare(
-        cfg.data, lambda: load_tokenizer(source, cfg.base_model.chat_template), cfg.training.seed)
+        cfg.data, lambda: load_tokenizer(source, cfg.base_model.chat_template), cfg.training.seed
+    )
     out = cfg.output_dir / "data"
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "eval.jsonl", eval_rows)
     (out / "prepare_report.json").write_text(json.dumps(report.to_json(), indent=2))
     for bad in report.bad_rows:
         log.warning("skipped %s", bad)
-    log.info("prepared %d train / %d eval rows (%d read, %d bad, %d duplicates); tokens %s",
-             report.train, report.eval, report.rows_read, len(report.bad_rows), report.duplicates,
-             report.token_stats)
+    log.info(
+        "prepared %d train / %d eval rows (%d read, %d bad, %d duplicates); tokens %s",
+        report.train,
+        report.eval,
+        report.rows_read,
+        len(report.bad_rows),
+        report.duplicates,
+        report.token_stats,
+    )
     return report.to_json()
 
 
@@ -68,8 +75,9 @@ def push_stage(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
     if not report["gate"]["passed"]:
         reasons = "; ".join(report["gate"]["reasons"])
         if not force:
-            raise GateRefused(f"not pushing: the tuned model did not beat the base model ({reasons}); "
-                              "use --force to push anyway")
+            raise GateRefused(
+                f"not pushing: the tuned model did not beat the base model ({reasons}); use --force to push anyway"
+            )
         log.warning("pushing a model that failed the gate because --force was given: %s", reasons)
     return push(cfg, report, force=force)
 
@@ -89,8 +97,9 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = Fa
         raise StageOrderError(f"no version pushed yet under {cfg.output_dir}: run `push` first")
     chosen = max(manifests) if version is None else version
     if chosen not in manifests:
-        raise StageOrderError(f"version v{chosen} was never pushed; pushed: "
-                              f"{', '.join(f'v{v}' for v in sorted(manifests))}")
+        raise StageOrderError(
+            f"version v{chosen} was never pushed; pushed: {', '.join(f'v{v}' for v in sorted(manifests))}"
+        )
     manifest = manifests[chosen]
     tag = manifest["ollama"]["tag"]
     if not tag:
@@ -112,8 +121,10 @@ def run_all(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
     results = {"prepare": prepare_stage(cfg), "train": train_stage(cfg), "evaluate": evaluate_stage(cfg)}
     if not results["evaluate"]["gate"]["passed"] and not force:
         reasons = "; ".join(results["evaluate"]["gate"]["reasons"])
-        raise GateRefused(f"stopping before export: the tuned model did not beat the base model ({reasons}); "
-                          f"see {cfg.output_dir / 'eval' / 'summary.md'}, or use --force")
+        raise GateRefused(
+            f"stopping before export: the tuned model did not beat the base model ({reasons}); "
+            f"see {cfg.output_dir / 'eval' / 'summary.md'}, or use --force"
+        )
     results["export"] = export_stage(cfg)
     results["push"] = push_stage(cfg, force=force)
     return results

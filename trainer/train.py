@@ -29,6 +29,7 @@ from trainer.loss import assistant_loss_sum
 
 if TYPE_CHECKING:
     import torch
+    from peft import PeftModel
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2
@@ -54,7 +55,7 @@ def micro_batch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -
     """Index lists of one epoch's micro-batches, shuffled deterministically by (seed, epoch)."""
     order = list(range(n_examples))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
 def micro_batches_for_step(step: int, n_examples: int, cfg: RunConfig) -> list[list[int]]:
@@ -76,7 +77,7 @@ def total_steps(n_examples: int, cfg: RunConfig) -> int:
     return max(1, math.ceil(t.epochs * per_epoch / t.gradient_accumulation_steps))
 
 
-def collate(batch: list[Encoded], pad_id: int, device: str) -> dict[str, "torch.Tensor"]:
+def collate(batch: list[Encoded], pad_id: int, device: str) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row; padding is masked from attention and from the loss."""
     import torch
 
@@ -96,7 +97,14 @@ def _checkpoints(root: Path) -> list[Path]:
     return sorted(root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, digest: str) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    digest: str,
+) -> Path:
     import torch
     from peft import get_peft_model_state_dict
 
@@ -104,11 +112,18 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, digest: 
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"step": step, "digest": digest, "adapter": get_peft_model_state_dict(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "digest": digest,
+            "adapter": get_peft_model_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        tmp / "state.pt",
+    )
     shutil.rmtree(target, ignore_errors=True)  # a stale checkpoint of an earlier run with another config
     tmp.rename(target)
     for old in _checkpoints(root)[:-KEEP_CHECKPOINTS]:
@@ -116,7 +131,13 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, digest: 
     return target
 
 
-def load_latest_checkpoint(root: Path, digest: str, model, optimizer, scheduler) -> int:
+def load_latest_checkpoint(
+    root: Path,
+    digest: str,
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
     """Restore the newest checkpoint of this exact config; return the number of steps it had done (0 if none)."""
     import torch
     from peft import set_peft_model_state_dict
@@ -137,8 +158,9 @@ def load_latest_checkpoint(root: Path, digest: str, model, optimizer, scheduler)
     return 0
 
 
-def _accumulate_gradients(model, examples: list[Encoded], step: int, cfg: RunConfig, pad_id: int, device: str, *,
-                          fused_loss: bool) -> tuple[float, int, int]:
+def _accumulate_gradients(
+    model: PeftModel, examples: list[Encoded], step: int, cfg: RunConfig, pad_id: int, device: str, *, fused_loss: bool
+) -> tuple[float, int, int]:
     """Forward and backward over one optimizer step's micro-batches: (loss, tokens seen, tokens trained)."""
     step_loss, seen, trained = 0.0, 0, 0
     for indices in micro_batches_for_step(step, len(examples), cfg):
@@ -188,8 +210,9 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
     end = min(steps, stop_after) if stop_after else steps
     bar = tqdm(range(start, end), initial=start, total=steps, desc=f"train ({backend})", unit="step")
     for step in bar:
-        step_loss, n_seen, n_trained = _accumulate_gradients(model, examples, step, cfg, tok.pad_token_id, device,
-                                                             fused_loss=backend == "unsloth")
+        step_loss, n_seen, n_trained = _accumulate_gradients(
+            model, examples, step, cfg, tok.pad_token_id, device, fused_loss=backend == "unsloth"
+        )
         seen += n_seen
         trained += n_trained
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -199,22 +222,42 @@ def train(cfg: RunConfig, *, caps: Capabilities | None = None, stop_after: int |
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if (step + 1) % cfg.training.logging_steps == 0:
-            _append_log(log_path, step=step + 1, loss=round(step_loss, 6), lr=scheduler.get_last_lr()[0],
-                        elapsed_s=round(time.perf_counter() - began, 3))
+            _append_log(
+                log_path,
+                step=step + 1,
+                loss=round(step_loss, 6),
+                lr=scheduler.get_last_lr()[0],
+                elapsed_s=round(time.perf_counter() - began, 3),
+            )
         if (step + 1) % cfg.training.save_steps == 0 or step + 1 == end:
             save_checkpoint(ckpt_root, step + 1, model, optimizer, scheduler, digest)
     wall = time.perf_counter() - began
     if end == steps:
-        model.save_pretrained(adapter_dir(cfg.output_dir))
+        model.save_pretrained(str(adapter_dir(cfg.output_dir)))
         tok.save_pretrained(adapter_dir(cfg.output_dir))
     summary = TrainSummary(
-        backend=backend, device=device, steps=end, resumed_from=start, examples=len(examples), tokens_seen=seen,
-        trained_tokens=trained, wall_s=round(wall, 2), tokens_per_s=round(seen / wall, 1) if wall else 0.0,
-        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None)
+        backend=backend,
+        device=device,
+        steps=end,
+        resumed_from=start,
+        examples=len(examples),
+        tokens_seen=seen,
+        trained_tokens=trained,
+        wall_s=round(wall, 2),
+        tokens_per_s=round(seen / wall, 1) if wall else 0.0,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+    )
     (cfg.output_dir / "train_summary.json").write_text(json.dumps(asdict(summary), indent=2))
-    log.info("trained %d steps in %.1fs: %.0f tokens/s, loss %s -> %s", end - start, wall,
-             summary.tokens_per_s, summary.first_loss, summary.last_loss)
+    log.info(
+        "trained %d steps in %.1fs: %.0f tokens/s, loss %s -> %s",
+        end - start,
+        wall,
+        summary.tokens_per_s,
+        summary.first_loss,
+        summary.last_loss,
+    )
     return summary
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,11 +40,11 @@ class DeployedGate:
     reasons: list[str] = field(default_factory=list)
 
 
-def served_answer(admin: GatewayAdmin, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                  max_tokens: int) -> tuple[str, bool]:
+def served_answer(
+    admin: GatewayAdmin, model: str, messages: list[dict[str, str]], params: dict[str, Any], max_tokens: int
+) -> tuple[str, bool]:
     """(text, stopped on its own) of one greedy answer through the gateway."""
-    body = {**params, "model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens,
-            "stream": False}
+    body = {**params, "model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens, "stream": False}
     answer = admin.chat(body)
     try:
         choice = answer["choices"][0]
@@ -56,12 +57,16 @@ def gate_vs_deployed(deployed: ServedScores, new: ServedScores, margin: float, p
     d, n = deployed.scores[primary], new.scores[primary]
     if n - d > margin:
         return DeployedGate(passed=True)
-    return DeployedGate(passed=False, reasons=[
-        f"{primary} through the gateway: {new.model} {n:.3f} does not beat the deployed {deployed.model} {d:.3f} "
-        f"by more than {margin} (gate.deployed_min_score_gain)"])
+    return DeployedGate(
+        passed=False,
+        reasons=[
+            f"{primary} through the gateway: {new.model} {n:.3f} does not beat the deployed {deployed.model} {d:.3f} "
+            f"by more than {margin} (gate.deployed_min_score_gain)"
+        ],
+    )
 
 
-def _score(rows: list[dict[str, Any]], key: str, checks: list[str]) -> dict[str, float]:
+def _score(rows: list[dict[str, Any]], key: str, checks: Sequence[str]) -> dict[str, float]:
     return {c: round(sum(r[key]["checks"][c] for r in rows) / len(rows), 4) for c in checks}
 
 
@@ -87,18 +92,39 @@ def compare_with_deployed(cfg: RunConfig, model: str) -> dict[str, Any]:
             row: dict[str, Any] = {"prompt": prompt[-1]["content"], "reference": reference}
             for key, name in (("deployed", served), ("new", model)):
                 text, stopped = served_answer(admin, name, prompt, params, ev.max_new_tokens)
-                row[key] = {"output": text, "checks": run_checks(checks, output=text, reference=reference,
-                                                                 stopped_on_eos=stopped, schema=ev.json_schema)}
+                row[key] = {
+                    "output": text,
+                    "checks": run_checks(
+                        checks, output=text, reference=reference, stopped_on_eos=stopped, schema=ev.json_schema
+                    ),
+                }
             rows.append(row)
     deployed = ServedScores(served, _score(rows, "deployed", checks))
     new = ServedScores(model, _score(rows, "new", checks))
     gate = gate_vs_deployed(deployed, new, cfg.gate.deployed_min_score_gain, ev.primary_check)
-    report = {"route": route, "gateway_url": cfg.deploy.gateway_url, "rows": len(rows), "params": params,
-              "primary_check": ev.primary_check, "margin": cfg.gate.deployed_min_score_gain,
-              "deployed": asdict(deployed), "new": asdict(new), "gate": asdict(gate), "examples": rows}
+    report = {
+        "route": route,
+        "gateway_url": cfg.deploy.gateway_url,
+        "rows": len(rows),
+        "params": params,
+        "primary_check": ev.primary_check,
+        "margin": cfg.gate.deployed_min_score_gain,
+        "deployed": asdict(deployed),
+        "new": asdict(new),
+        "gate": asdict(gate),
+        "examples": rows,
+    }
     out = cfg.output_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "deployed.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    log.info("vs deployed on route %s (%d held-out rows through the gateway): %s %s, %s %s: gate %s", route,
-             len(rows), served, deployed.scores, model, new.scores, "passed" if gate.passed else "FAILED")
+    log.info(
+        "vs deployed on route %s (%d held-out rows through the gateway): %s %s, %s %s: gate %s",
+        route,
+        len(rows),
+        served,
+        deployed.scores,
+        model,
+        new.scores,
+        "passed" if gate.passed else "FAILED",
+    )
     return report

@@ -15,8 +15,22 @@ TOKEN_DELAY_MS = 4.0
 @pytest.fixture(scope="module")
 def mock() -> Iterator[Service]:
     port = free_port()
-    svc = python_service("bench-mock", ["-m", "testkit.mock_backend", "--port", str(port), "--tokens", str(TOKENS),
-                                        "--token-delay-ms", str(TOKEN_DELAY_MS), "--plain-delay-ms", "0"], port)
+    svc = python_service(
+        "bench-mock",
+        [
+            "-m",
+            "testkit.mock_backend",
+            "--port",
+            str(port),
+            "--tokens",
+            str(TOKENS),
+            "--token-delay-ms",
+            str(TOKEN_DELAY_MS),
+            "--plain-delay-ms",
+            "0",
+        ],
+        port,
+    )
     svc.start()
     try:
         svc.wait_http("/v1/models", timeout=20)

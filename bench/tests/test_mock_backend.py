@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
-import ollama
 import openai
 
+import ollama
 from bench.tests.conftest import TOKENS
 from testkit.processes import Service
 
@@ -16,9 +16,14 @@ def test_openai_client_plain_and_stream(mock: Service) -> None:
     done = client.chat.completions.create(model="bench-model", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "tok " * TOKENS
     assert done.usage.completion_tokens == TOKENS
-    chunks = list(client.chat.completions.create(
-        model="bench-model", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="bench-model",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert texts == ["tok "] * TOKENS
     assert chunks[-1].usage.completion_tokens == TOKENS

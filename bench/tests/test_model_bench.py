@@ -9,8 +9,8 @@ from pathlib import Path
 from bench.model_client import Record, run_chats
 from bench.model_report import Block, checks, configs, markdown, plot
 from bench.model_workload import conversations
-from gateway.replicas.affinity import affinity_key
 from gateway.protocol.requests import ChatCompletionRequest
+from gateway.replicas.affinity import affinity_key
 
 
 def key(messages: list[dict[str, str]]) -> bytes | None:
@@ -53,7 +53,6 @@ def test_chats_interleave_turn_by_turn() -> None:
     assert all(c.finished and len(c.messages) == 7 for c in chats)
 
 
-
 def test_think_times_reorder_the_turns_and_every_chat_finishes() -> None:
     lockstep = _Recorder()
     asyncio.run(run_chats(lockstep, conversations(3, count=6, turns=3, history_words=20), concurrency=2))  # type: ignore[arg-type]
@@ -76,17 +75,25 @@ def _block(workload: str, target: str, policy: str, ttft_s: float, wall: float, 
 
 def test_checks_follow_the_numbers(tmp_path: Path) -> None:
     even, skewed = {"a": 10, "b": 10}, {"a": 15, "b": 5}
-    good = configs([_block("chats", "stack", "least_in_flight", 3.0, 60, even),
-                    _block("chats", "stack", "prefix_affinity", 0.5, 40, even),
-                    _block("single", "stack", "least_in_flight", 0.2, 10, even),
-                    _block("single", "stack", "prefix_affinity", 0.2, 10.2, even),
-                    _block("single", "direct", "prefix_affinity", 0.199, 10.1, even)])
+    good = configs(
+        [
+            _block("chats", "stack", "least_in_flight", 3.0, 60, even),
+            _block("chats", "stack", "prefix_affinity", 0.5, 40, even),
+            _block("single", "stack", "least_in_flight", 0.2, 10, even),
+            _block("single", "stack", "prefix_affinity", 0.2, 10.2, even),
+            _block("single", "direct", "prefix_affinity", 0.199, 10.1, even),
+        ]
+    )
     assert [p for _, _, p in checks(good)] == [True, True, True, None, True, True, True]
-    bad = configs([_block("chats", "stack", "least_in_flight", 1.0, 60, even),
-                   _block("chats", "stack", "prefix_affinity", 0.5, 40, skewed),
-                   _block("single", "stack", "least_in_flight", 0.2, 10, even),
-                   _block("single", "stack", "prefix_affinity", 0.2, 12, even),
-                   _block("single", "direct", "prefix_affinity", 0.15, 8, even)])
+    bad = configs(
+        [
+            _block("chats", "stack", "least_in_flight", 1.0, 60, even),
+            _block("chats", "stack", "prefix_affinity", 0.5, 40, skewed),
+            _block("single", "stack", "least_in_flight", 0.2, 10, even),
+            _block("single", "stack", "prefix_affinity", 0.2, 12, even),
+            _block("single", "direct", "prefix_affinity", 0.15, 8, even),
+        ]
+    )
     assert [p for _, _, p in checks(bad)] == [False, True, False, None, False, False, False]
     plot(good, tmp_path / "p.png")
     text = markdown(good, title="t", info={"cpu": "x"}, plot_name="p.png")
@@ -96,14 +103,40 @@ def test_checks_follow_the_numbers(tmp_path: Path) -> None:
 def test_the_whole_run_on_mock_replicas_writes_a_report(tmp_path: Path) -> None:
     from bench.model_bench import main
 
-    args = ["--replicas", "mock", "--rounds", "1", "--chat-targets", "direct,stack", "--conversations", "4", "--turns", "2", "--history-words", "40",
-            "--shared-system-words", "30", "--single", "16", "--concurrency", "2", "--out", str(tmp_path)]
+    args = [
+        "--replicas",
+        "mock",
+        "--rounds",
+        "1",
+        "--chat-targets",
+        "direct,stack",
+        "--conversations",
+        "4",
+        "--turns",
+        "2",
+        "--history-words",
+        "40",
+        "--shared-system-words",
+        "30",
+        "--single",
+        "16",
+        "--concurrency",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     report = next(tmp_path.glob("model-*.md")).read_text()
-    for row in ("| single | direct | LIF | 1 |", "| single | stack | affinity | 1 |",
-                "| chats | stack | LIF | 1 |", "| chats-shared-system | stack | affinity | 1 |"):
+    for row in (
+        "| single | direct | LIF | 1 |",
+        "| single | stack | affinity | 1 |",
+        "| chats | stack | LIF | 1 |",
+        "| chats-shared-system | stack | affinity | 1 |",
+    ):
         assert row in report
-    rows = [line for line in report.splitlines() if line.startswith(("| single |", "| chats |", "| chats-shared-system |"))]
+    rows = [
+        line for line in report.splitlines() if line.startswith(("| single |", "| chats |", "| chats-shared-system |"))
+    ]
     assert len(rows) == 12 and all(row.endswith("| 0 |") for row in rows)  # no request failed
     assert all(" n/a " not in row for row in rows)  # every block measured TTFT and, through the stack, its split
     assert next(tmp_path.glob("model-*.png")).stat().st_size > 1000

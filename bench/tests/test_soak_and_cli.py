@@ -31,14 +31,21 @@ def test_only_unexpected_statuses_count_as_failures() -> None:
     assert s["unexpected_failures"] == 2  # the plain 503 and the client error answered 200
 
 
-@pytest.mark.parametrize("module,args", [("bench", ["--clients", "one"]), ("bench", ["--scenarios", "nope"]),
-                                         ("bench", ["--workers", "0"]),
-                                         ("bench.soak", ["--requests", "5"]), ("bench.overhead", ["--requests", "0"]),
-                                         ("bench.overhead", ["--blocks", "0"]),
-                                         ("bench.overhead", ["--requests", "3", "--blocks", "5"]),
-                                         ("bench.workers", ["--workers", "1"]),
-                                         ("bench.workers", ["--workers", "2,x"]),
-                                         ("bench.workers", ["--requests", "0"])])
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("bench", ["--clients", "one"]),
+        ("bench", ["--scenarios", "nope"]),
+        ("bench", ["--workers", "0"]),
+        ("bench.soak", ["--requests", "5"]),
+        ("bench.overhead", ["--requests", "0"]),
+        ("bench.overhead", ["--blocks", "0"]),
+        ("bench.overhead", ["--requests", "3", "--blocks", "5"]),
+        ("bench.workers", ["--workers", "1"]),
+        ("bench.workers", ["--workers", "2,x"]),
+        ("bench.workers", ["--requests", "0"]),
+    ],
+)
 def test_bad_arguments_are_usage_errors(module: str, args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "usage:" in out.stderr and "Traceback" not in out.stderr

@@ -22,19 +22,36 @@ def test_percentile_matches_numpy() -> None:
 
 
 def _point(scenario: str, target: str, c: int, lat: float, *, cpu: float, rps: float = 100.0) -> PointSummary:
-    return PointSummary(scenario=scenario, target=target, concurrency=c, requests=100, ok=100,
-                        statuses={"200": 100}, p50_ms=lat, p90_ms=lat, p99_ms=lat * 2, ttft_p50_ms=lat,
-                        ttft_p90_ms=lat, ttft_p99_ms=lat * 2, rps=rps, chunks_min=0, chunks_max=0,
-                        gap_p50_ms=float("nan"), cpu_s_per_1k={target if target != "direct" else "mock": cpu})
+    return PointSummary(
+        scenario=scenario,
+        target=target,
+        concurrency=c,
+        requests=100,
+        ok=100,
+        statuses={"200": 100},
+        p50_ms=lat,
+        p90_ms=lat,
+        p99_ms=lat * 2,
+        ttft_p50_ms=lat,
+        ttft_p90_ms=lat,
+        ttft_p99_ms=lat * 2,
+        rps=rps,
+        chunks_min=0,
+        chunks_max=0,
+        gap_p50_ms=float("nan"),
+        cpu_s_per_1k={target if target != "direct" else "mock": cpu},
+    )
 
 
 def _run(gateway_added: float, gateway_cpu: float) -> list[PointSummary]:
     points = []
     for scenario in ("plain", "stream"):
         for c in (1, 50):
-            points += [_point(scenario, "direct", c, 1.0, cpu=0.05),
-                       _point(scenario, "gateway", c, 1.0 + gateway_added, cpu=gateway_cpu, rps=2000),
-                       _point(scenario, "litellm", c, 1.0 + 20.0, cpu=15.0)]
+            points += [
+                _point(scenario, "direct", c, 1.0, cpu=0.05),
+                _point(scenario, "gateway", c, 1.0 + gateway_added, cpu=gateway_cpu, rps=2000),
+                _point(scenario, "litellm", c, 1.0 + 20.0, cpu=15.0),
+            ]
     return points
 
 
@@ -56,8 +73,16 @@ def test_checks_miss_when_the_gateway_is_close_to_litellm() -> None:
 
 def test_markdown_and_plot_are_written(tmp_path: Path) -> None:
     points = _run(gateway_added=0.5, gateway_cpu=0.4)
-    text = report.markdown(title="t", machine={"cpu": "x"}, settings={}, points=points, rss=RSS,
-                           scenarios={"plain": "p", "stream": "s"}, checks=report.target_checks(points, RSS), notes=[])
+    text = report.markdown(
+        title="t",
+        machine={"cpu": "x"},
+        settings={},
+        points=points,
+        rss=RSS,
+        scenarios={"plain": "p", "stream": "s"},
+        checks=report.target_checks(points, RSS),
+        notes=[],
+    )
     assert "| gateway | 50 | 1.50 |" in text and "PASS" in text and "MISS" not in text
     report.plot(points, tmp_path / "plot.png", "t")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,7 +95,9 @@ def test_overhead_checks_show_the_spread_of_alternating_blocks() -> None:
     idx[("plain", "gateway", 1)].block_p50_ms = [21.3, 21.8, 21.5]
     checks = {what: (measured, ok) for what, measured, ok in overhead.checks(points)}
     assert checks["added latency p50 at 1 client, backend answering in 20 ms <= 1 ms"] == (
-        "0.900 ms (blocks: 0.800 to 1.100)", True)
+        "0.900 ms (blocks: 0.800 to 1.100)",
+        True,
+    )
     # points measured in one run each (50 clients, and TTFT here) show no spread
     assert checks["added TTFT p50 at 1 client, backend answering in 20 ms <= 1 ms"] == ("0.900 ms", True)
     assert checks["added latency p99 at 50 clients, backend answering in 20 ms <= 15 ms"][0] == "1.800 ms"
@@ -79,8 +106,10 @@ def test_overhead_checks_show_the_spread_of_alternating_blocks() -> None:
 def test_overhead_checks_the_1_client_target_against_both_backends_and_each_on_its_own() -> None:
     points = _run(gateway_added=1.2, gateway_cpu=0.4)  # behind the 20 ms backend: over the line
     for scenario in ("plain", "stream"):  # against the backend answering at once: under it
-        points += [_point(scenario + overhead.INSTANT, "direct", 1, 0.3, cpu=0.05),
-                   _point(scenario + overhead.INSTANT, "gateway", 1, 0.3 + 0.6, cpu=0.4)]
+        points += [
+            _point(scenario + overhead.INSTANT, "direct", 1, 0.3, cpu=0.05),
+            _point(scenario + overhead.INSTANT, "gateway", 1, 0.3 + 0.6, cpu=0.4),
+        ]
     checks = {what: ok for what, _, ok in overhead.checks(points, backend_ms=20)}
     assert checks["added latency p50 at 1 client, backend answering at once <= 1 ms"] is True
     assert checks["added TTFT p50 at 1 client, backend answering at once <= 1 ms"] is True
@@ -97,8 +126,12 @@ def test_headline_table_reads_the_run_at_its_lowest_and_highest_concurrency() ->
     # direct shows its own p50 (the floor); gateway and LiteLLM what they add to it, and the ratio
     assert by_label["added latency p50, plain (ms)"] == ["1.00 / 1.00", "0.50 / 0.50", "20.00 / 20.00", "40.0x / 40.0x"]
     assert by_label["added latency p99, plain (ms)"][1:] == ["1.00 / 1.00", "40.00 / 40.00", "40.0x / 40.0x"]
-    assert by_label["CPU per plain request, main process (ms)"] == ["0.05 / 0.05", "0.40 / 0.40", "15.00 / 15.00",
-                                                                   "37.5x / 37.5x"]
+    assert by_label["CPU per plain request, main process (ms)"] == [
+        "0.05 / 0.05",
+        "0.40 / 0.40",
+        "15.00 / 15.00",
+        "37.5x / 37.5x",
+    ]
     assert by_label["plain requests/s the gateway serves per core (1000 / CPU ms at 1 clients)"][1] == "2500"
 
 

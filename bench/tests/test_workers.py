@@ -7,10 +7,25 @@ from bench.stats import PointSummary
 
 
 def _point(w: int, rps: float, cpu_ms: float) -> PointSummary:
-    return PointSummary(scenario="plain", target=workers.target_name(w), concurrency=50, requests=1000, ok=998,
-                        statuses={"200": 998, "503": 2}, p50_ms=10.0, p90_ms=12.0, p99_ms=20.0, ttft_p50_ms=10.0,
-                        ttft_p90_ms=12.0, ttft_p99_ms=20.0, rps=rps, chunks_min=0, chunks_max=0,
-                        gap_p50_ms=float("nan"), cpu_s_per_1k={"gateway": cpu_ms, "redis": 0.1})
+    return PointSummary(
+        scenario="plain",
+        target=workers.target_name(w),
+        concurrency=50,
+        requests=1000,
+        ok=998,
+        statuses={"200": 998, "503": 2},
+        p50_ms=10.0,
+        p90_ms=12.0,
+        p99_ms=20.0,
+        ttft_p50_ms=10.0,
+        ttft_p90_ms=12.0,
+        ttft_p99_ms=20.0,
+        rps=rps,
+        chunks_min=0,
+        chunks_max=0,
+        gap_p50_ms=float("nan"),
+        cpu_s_per_1k={"gateway": cpu_ms, "redis": 0.1},
+    )
 
 
 def test_table_gives_each_count_its_ratio_to_the_first() -> None:

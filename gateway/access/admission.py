@@ -47,8 +47,16 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, *, limiter: KeyRateLimiter, cache: ResponseCache, metrics: GatewayMetrics,
-                 cache_enabled: bool = True, default_max_tokens: int = 256, tracer: Tracer = DISABLED.tracer) -> None:
+    def __init__(
+        self,
+        *,
+        limiter: KeyRateLimiter,
+        cache: ResponseCache,
+        metrics: GatewayMetrics,
+        cache_enabled: bool = True,
+        default_max_tokens: int = 256,
+        tracer: Tracer = DISABLED.tracer,
+    ) -> None:
         self.tracer = tracer
         self.limiter = limiter
         self.cache = cache
@@ -56,15 +64,34 @@ class Admission:
         self.cache_enabled = cache_enabled
         self.default_max_tokens = default_max_tokens
 
-    async def admit(self, principal: Principal, *, endpoint: str, req: InferenceRequest, body: dict[str, Any],
-                    model: str, version: str, cache_control: str | None, cache_choice: str | None) -> Admitted:
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        endpoint: str,
+        req: InferenceRequest,
+        body: dict[str, Any],
+        model: str,
+        version: str,
+        cache_control: str | None,
+        cache_choice: str | None,
+    ) -> Admitted:
         """Reserve `principal`'s limits (or raise RateLimited) and read the cache, in its own span. `body`:
         the request as sent (`req` dumped); `model` the one to call first, `version` it as the cache keys it."""
         with stage_span(self.tracer, "admission"):
             return await self._admit(principal, endpoint, req, body, model, version, cache_control, cache_choice)
 
-    async def _admit(self, principal: Principal, endpoint: str, req: InferenceRequest, body: dict[str, Any],
-                     model: str, version: str, cache_control: str | None, cache_choice: str | None) -> Admitted:
+    async def _admit(
+        self,
+        principal: Principal,
+        endpoint: str,
+        req: InferenceRequest,
+        body: dict[str, Any],
+        model: str,
+        version: str,
+        cache_control: str | None,
+        cache_choice: str | None,
+    ) -> Admitted:
         decision = self._decide(body, endpoint, cache_control, cache_choice)
         key = cache_key(endpoint, version, body) if not decision.bypass else ""
         limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
@@ -79,11 +106,17 @@ class Admission:
             else:
                 reservation, hit = await self.limiter.reserve(principal.subject, limits, estimate, read_key)
         self.metrics.cache.labels(model, "hit" if hit is not None else "bypass" if decision.bypass else "miss").inc()
-        return Admitted(reservation=reservation, hit=hit, store_key=key if decision.write else "",
-                        bypass=decision.bypass, headers=reservation.headers() if reservation else {})
+        return Admitted(
+            reservation=reservation,
+            hit=hit,
+            store_key=key if decision.write else "",
+            bypass=decision.bypass,
+            headers=reservation.headers() if reservation else {},
+        )
 
-    def _decide(self, body: dict[str, Any], endpoint: str, cache_control: str | None,
-                cache_choice: str | None) -> CacheDecision:
+    def _decide(
+        self, body: dict[str, Any], endpoint: str, cache_control: str | None, cache_choice: str | None
+    ) -> CacheDecision:
         if not self.cache_enabled or not self.cache.available:
             return BYPASS
         return decide(body, cache_control, cache_choice, deterministic_endpoint=endpoint == "embeddings")

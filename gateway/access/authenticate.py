@@ -60,10 +60,16 @@ def presented_credential(authorization: str | None, api_key: str | None) -> str 
 
 
 def principal_for_key(record: ApiKey) -> Principal:
-    return Principal(subject=record.id, key_id=record.id, scopes=record.scopes,
-                     models=frozenset(record.models) if record.models is not None else None,
-                     rpm=record.rpm, tpm=record.tpm, monthly_token_budget=record.monthly_token_budget,
-                     capture_percent=record.capture_percent)
+    return Principal(
+        subject=record.id,
+        key_id=record.id,
+        scopes=record.scopes,
+        models=frozenset(record.models) if record.models is not None else None,
+        rpm=record.rpm,
+        tpm=record.tpm,
+        monthly_token_budget=record.monthly_token_budget,
+        capture_percent=record.capture_percent,
+    )
 
 
 def _check_active(record: ApiKey | None) -> ApiKey:
@@ -94,8 +100,9 @@ class Authenticator:
     async def authenticate(self, headers: RequestHeaders, *, scope: str | None = None) -> Principal:
         """The caller of a request, in its own span; `scope`: one it must have (403 without)."""
         with stage_span(self.tracer, "auth"):
-            principal = await self.principal(presented_credential(headers.authorization, headers.api_key),
-                                             client=headers.client)
+            principal = await self.principal(
+                presented_credential(headers.authorization, headers.api_key), client=headers.client
+            )
         if scope is not None:
             principal.require_scope(scope)
         return principal
@@ -128,8 +135,7 @@ class Authenticator:
         try:
             return await find(value)
         except RedisUnavailable:
-            raise AuthUnavailable("the key store is unavailable; retry shortly",
-                                  headers={"Retry-After": "5"}) from None
+            raise AuthUnavailable("the key store is unavailable; retry shortly", headers={"Retry-After": "5"}) from None
 
     async def _from_token(self, token: str) -> Principal:
         if self.jwt is None:
@@ -148,8 +154,16 @@ class Authenticator:
             record = _check_active(await self._lookup(self.keys.find_id, key_id))
             base = principal_for_key(record)
             allowed = base.models if models is None else (models if base.models is None else models & base.models)
-            return Principal(subject=record.id, key_id=record.id, scopes=scopes & base.scopes, models=allowed,
-                             rpm=base.rpm, tpm=base.tpm, monthly_token_budget=base.monthly_token_budget,
-                             capture_percent=base.capture_percent)
-        return Principal(subject=f"jwt:{claims['sub']}", scopes=scopes, models=models,
-                         rpm=self.default_rpm, tpm=self.default_tpm)
+            return Principal(
+                subject=record.id,
+                key_id=record.id,
+                scopes=scopes & base.scopes,
+                models=allowed,
+                rpm=base.rpm,
+                tpm=base.tpm,
+                monthly_token_budget=base.monthly_token_budget,
+                capture_percent=base.capture_percent,
+            )
+        return Principal(
+            subject=f"jwt:{claims['sub']}", scopes=scopes, models=models, rpm=self.default_rpm, tpm=self.default_tpm
+        )

@@ -38,8 +38,9 @@ class CacheDecision:
         return not (self.read or self.write)
 
 
-def decide(body: Mapping[str, object], cache_control: str | None, opt_in: str | None, *,
-           deterministic_endpoint: bool = False) -> CacheDecision:
+def decide(
+    body: Mapping[str, object], cache_control: str | None, opt_in: str | None, *, deterministic_endpoint: bool = False
+) -> CacheDecision:
     """Whether this request may be answered from, and stored in, the cache.
 
     `deterministic_endpoint`: the endpoint has no sampling (embeddings), so it always qualifies.
@@ -57,8 +58,11 @@ def decide(body: Mapping[str, object], cache_control: str | None, opt_in: str | 
 
 def cache_key(endpoint: str, model_version: str, body: Mapping[str, object]) -> str:
     """A stable digest of everything that can change the answer."""
-    normalised = {k: (int(v) if type(v) is float and v.is_integer() else v)  # 1.0 == 1
-                  for k, v in body.items() if v is not None and k not in FRAMING_FIELDS}
+    normalised = {
+        k: (int(v) if type(v) is float and v.is_integer() else v)  # 1.0 == 1
+        for k, v in body.items()
+        if v is not None and k not in FRAMING_FIELDS
+    }
     normalised["model"] = model_version
     digest = hashlib.blake2b(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS), digest_size=20)
     return f"gw:cache:{endpoint}:{digest.hexdigest()}"
@@ -71,8 +75,15 @@ class ResponseCache:
     rather than filling process memory.
     """
 
-    def __init__(self, redis: RedisState, *, ttl_s: int = 3600, max_entry_bytes: int = 256 * 1024,
-                 memory_entries: int = 1024, memory_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        redis: RedisState,
+        *,
+        ttl_s: int = 3600,
+        max_entry_bytes: int = 256 * 1024,
+        memory_entries: int = 1024,
+        memory_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.max_entry_bytes = max_entry_bytes

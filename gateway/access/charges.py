@@ -17,8 +17,16 @@ from gateway.protocol.answer import Answer
 
 
 class Charges:
-    def __init__(self, *, limiter: KeyRateLimiter, usage: UsageStore, cache: ResponseCache, prices: PriceTable,
-                 metrics: GatewayMetrics, versions: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        *,
+        limiter: KeyRateLimiter,
+        usage: UsageStore,
+        cache: ResponseCache,
+        prices: PriceTable,
+        metrics: GatewayMetrics,
+        versions: Callable[[str], str],
+    ) -> None:
         """`versions`: a model's cache version now (the replicas' adapter digests): an answer is stored only
         when the version its cache key names is still the one served."""
         self.limiter = limiter
@@ -28,8 +36,16 @@ class Charges:
         self.metrics = metrics
         self.versions = versions
 
-    def charge(self, principal: Principal, model: str, reservation: Reservation | None, answer: Answer, *,
-               store_key: str = "", version: str = "") -> None:
+    def charge(
+        self,
+        principal: Principal,
+        model: str,
+        reservation: Reservation | None,
+        answer: Answer,
+        *,
+        store_key: str = "",
+        version: str = "",
+    ) -> None:
         """Book `answer` to `principal`; `model` is the one that was to answer (the cache key's),
         `store_key` where a complete answer goes ("": nowhere)."""
         usage = answer.usage

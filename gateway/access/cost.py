@@ -29,5 +29,8 @@ class PriceTable:
         """API cost per query over this traffic, and the monthly query volume where the GPU pays off."""
         per_query = total_cost_usd / requests if requests else None
         volume = self.gpu_monthly_usd / per_query if per_query else None
-        return {"api_cost_per_query_usd": per_query, "gpu_monthly_usd": self.gpu_monthly_usd,
-                "break_even_queries_per_month": volume}
+        return {
+            "api_cost_per_query_usd": per_query,
+            "gpu_monthly_usd": self.gpu_monthly_usd,
+            "break_even_queries_per_month": volume,
+        }

@@ -42,8 +42,10 @@ class JwtConfig:
     def __post_init__(self) -> None:
         unknown = set(self.algorithms) - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
         if unknown or not self.algorithms:
-            raise ValueError(f"unsupported JWT algorithms {sorted(unknown) or '[]'}; "
-                             f"choose from {sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}")
+            raise ValueError(
+                f"unsupported JWT algorithms {sorted(unknown) or '[]'}; "
+                f"choose from {sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}"
+            )
         if set(self.algorithms) & HMAC_ALGORITHMS and not self.secret:
             raise ValueError("an HS* algorithm is configured but GATEWAY_JWT_SECRET is empty")
         if set(self.algorithms) & ASYMMETRIC_ALGORITHMS and not (self.public_key or self.jwks_url):
@@ -54,15 +56,27 @@ class JwtConfig:
         return "HS256" in self.algorithms and bool(self.secret)
 
 
-def mint_token(config: JwtConfig, *, subject: str, key_id: str, scopes: frozenset[str],
-               models: tuple[str, ...] | None, now: float | None = None) -> tuple[str, int]:
+def mint_token(
+    config: JwtConfig,
+    *,
+    subject: str,
+    key_id: str,
+    scopes: frozenset[str],
+    models: tuple[str, ...] | None,
+    now: float | None = None,
+) -> tuple[str, int]:
     """An HS256 token for an API key's identity; returns (token, lifetime in seconds)."""
     if not config.can_mint:
         raise TokenInvalid("token minting needs HS256 and GATEWAY_JWT_SECRET")
     issued = int(time.time() if now is None else now)
     claims: dict[str, object] = {
-        "sub": subject, "key_id": key_id, "scope": " ".join(sorted(scopes)),
-        "iat": issued, "nbf": issued, "exp": issued + config.ttl_s, "jti": secrets.token_hex(8),
+        "sub": subject,
+        "key_id": key_id,
+        "scope": " ".join(sorted(scopes)),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + config.ttl_s,
+        "jti": secrets.token_hex(8),
     }
     if models is not None:
         claims["models"] = list(models)
@@ -106,8 +120,9 @@ class JwksCache:
 
     async def _refresh(self) -> None:
         if self._session is None:
-            self._session = new_session(self.url, connect_timeout_s=self.timeout_s, total_timeout_s=self.timeout_s,
-                                        max_connections=2)
+            self._session = new_session(
+                self.url, connect_timeout_s=self.timeout_s, total_timeout_s=self.timeout_s, max_connections=2
+            )
         try:
             async with self._session.get(self.url) as response:
                 response.raise_for_status()
@@ -141,11 +156,15 @@ class JwtVerifier:
         if not isinstance(alg, str) or alg not in cfg.algorithms:
             raise TokenInvalid(f"token algorithm {alg!r} is not accepted")
         key = await self._key_for(alg, header.get("kid"))
-        options = {"require_exp": True, "leeway": cfg.leeway_s, "verify_aud": cfg.audience is not None,
-                   "require_aud": cfg.audience is not None, "require_iss": cfg.issuer is not None}
+        options = {
+            "require_exp": True,
+            "leeway": cfg.leeway_s,
+            "verify_aud": cfg.audience is not None,
+            "require_aud": cfg.audience is not None,
+            "require_iss": cfg.issuer is not None,
+        }
         try:
-            claims = jwt.decode(token, key, algorithms=[alg], audience=cfg.audience,
-                                issuer=cfg.issuer, options=options)
+            claims = jwt.decode(token, key, algorithms=[alg], audience=cfg.audience, issuer=cfg.issuer, options=options)
         except ExpiredSignatureError as exc:
             raise TokenInvalid("token expired") from exc
         except JWTClaimsError as exc:
@@ -186,6 +205,13 @@ def jwt_from_settings(settings: Settings) -> JwtConfig | None:
         return None
     if not secret:  # only asymmetric verification configured
         algorithms = tuple(a for a in algorithms if a not in HMAC_ALGORITHMS)
-    return JwtConfig(algorithms=algorithms, secret=secret, public_key=settings.jwt_public_key,
-                     jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-                     leeway_s=settings.jwt_leeway_s, ttl_s=settings.jwt_ttl_s)
+    return JwtConfig(
+        algorithms=algorithms,
+        secret=secret,
+        public_key=settings.jwt_public_key,
+        jwks_url=settings.jwt_jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        ttl_s=settings.jwt_ttl_s,
+    )

@@ -134,15 +134,32 @@ def hash_secret(secret: str, pepper: str) -> str:
 
 def new_record(spec: KeySpec, secret_hash: str) -> ApiKey:
     return ApiKey(
-        id="key_" + secrets.token_hex(8), name=spec.name, owner=spec.owner, created_at=time.time(),
-        secret_hash=secret_hash, scopes=frozenset(spec.scopes), models=spec.models,
-        expires_at=spec.expires_at, rpm=spec.rpm, tpm=spec.tpm,
-        monthly_token_budget=spec.monthly_token_budget, capture_percent=spec.capture_percent,
+        id="key_" + secrets.token_hex(8),
+        name=spec.name,
+        owner=spec.owner,
+        created_at=time.time(),
+        secret_hash=secret_hash,
+        scopes=frozenset(spec.scopes),
+        models=spec.models,
+        expires_at=spec.expires_at,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        monthly_token_budget=spec.monthly_token_budget,
+        capture_percent=spec.capture_percent,
     )
 
 
-LIMIT_FIELDS = ("rpm", "tpm", "monthly_token_budget", "models", "scopes", "expires_at", "name", "owner",
-                "capture_percent")
+LIMIT_FIELDS = (
+    "rpm",
+    "tpm",
+    "monthly_token_budget",
+    "models",
+    "scopes",
+    "expires_at",
+    "name",
+    "owner",
+    "capture_percent",
+)
 
 
 class KeyStore(Protocol):

@@ -148,8 +148,13 @@ class LocalCounters:
 class KeyRateLimiter:
     """RPM + TPM + monthly budget per subject, shared through Redis when it is there."""
 
-    def __init__(self, redis: RedisState, *, on_limited: Callable[[str], None] | None = None,
-                 on_drop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisState,
+        *,
+        on_limited: Callable[[str], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
         """`on_limited(kind)`: a request was refused; `on_drop()`: a token adjustment was lost (Redis away
         long enough to fill the buffer)."""
         self.redis = redis
@@ -164,8 +169,9 @@ class KeyRateLimiter:
     def _keys(subject: str, minute: int, month: str) -> tuple[str, str, str]:
         return (f"gw:rl:r:{subject}:{minute}", f"gw:rl:t:{subject}:{minute}", f"gw:rl:b:{subject}:{month}")
 
-    async def reserve(self, subject: str, limits: KeyLimits, estimate: int, get_key: str | None = None, *,
-                      now: float | None = None) -> tuple[Reservation | None, bytes | None]:
+    async def reserve(
+        self, subject: str, limits: KeyLimits, estimate: int, get_key: str | None = None, *, now: float | None = None
+    ) -> tuple[Reservation | None, bytes | None]:
         """Reserve one request and `estimate` tokens, or raise `RateLimited`; with a GET of `get_key` (the
         response-cache read) in the same round trip. (None, None) when `limits` limit nothing."""
         if not limits.any:
@@ -181,7 +187,8 @@ class KeyRateLimiter:
                 raise RedisUnavailable("no redis")
             all_keys = keys if get_key is None else (*keys, get_key)
             verdict, r, t, b, *rest = await self.redis.run(
-                "rate_limit", lambda c: script(keys=all_keys, args=args, client=c))
+                "rate_limit", lambda c: script(keys=all_keys, args=args, client=c)
+            )
             fetched = rest[0] if rest and rest[0] else None
         except RedisUnavailable:
             verdict, r, t, b = self._reserve_locally(keys, limits, estimate)
@@ -198,19 +205,31 @@ class KeyRateLimiter:
             return 2, r, t, b
         if limits.monthly_token_budget and b + est > limits.monthly_token_budget:
             return 3, r, t, b
-        return (0, self.local.add(keys[0], 1) if limits.rpm else r, self.local.add(keys[1], est) if limits.tpm else t,
-                self.local.add(keys[2], est) if limits.monthly_token_budget else b)
+        return (
+            0,
+            self.local.add(keys[0], 1) if limits.rpm else r,
+            self.local.add(keys[1], est) if limits.tpm else t,
+            self.local.add(keys[2], est) if limits.monthly_token_budget else b,
+        )
 
     def _limited(self, kind: str, limits: KeyLimits, r: int, t: int, now: float) -> RateLimited:
         if self._on_limited is not None:
             self._on_limited(kind)
         reset = seconds_to_next_minute(now)
         if kind == "budget":
-            return RateLimited(kind, f"monthly token budget of {limits.monthly_token_budget} exhausted",
-                               seconds_to_next_month(now), rate_headers(limits, r, t, reset))
+            return RateLimited(
+                kind,
+                f"monthly token budget of {limits.monthly_token_budget} exhausted",
+                seconds_to_next_month(now),
+                rate_headers(limits, r, t, reset),
+            )
         what = f"{limits.rpm} requests" if kind == "rpm" else f"{limits.tpm} tokens"
-        return RateLimited(kind, f"rate limit of {what} per minute reached; retry in {reset}s", reset,
-                           rate_headers(limits, r, t, reset))
+        return RateLimited(
+            kind,
+            f"rate limit of {what} per minute reached; retry in {reset}s",
+            reset,
+            rate_headers(limits, r, t, reset),
+        )
 
     def reconcile(self, reservation: Reservation | None, actual_tokens: int) -> None:
         """Replace the estimate with the real token count (may give tokens back).
@@ -273,8 +292,12 @@ class AnonymousLimiter:
         self.shared = None
         if redis is not None and redis.client is not None:
             # limits types its storage options as plain values; redis-py's own pool is what it takes here
-            storage = RedisStorage("async+redis://", connection_pool=redis.client.connection_pool,  # type: ignore[arg-type]
-                                   implementation="redispy", key_prefix="gw:anon")
+            storage = RedisStorage(
+                "async+redis://",
+                connection_pool=redis.client.connection_pool,  # type: ignore[arg-type]
+                implementation="redispy",
+                key_prefix="gw:anon",
+            )
             self.shared = FixedWindowRateLimiter(storage)
 
     async def check(self, client_ip: str) -> None:
@@ -291,6 +314,9 @@ class AnonymousLimiter:
             return
         stats = await limiter.get_window_stats(self.item, "anon", client_ip)
         retry = max(1, math.ceil(stats.reset_time - time.time()))
-        raise RateLimited("rpm", f"too many requests from this address; retry in {retry}s", retry,
-                          {"X-RateLimit-Limit": str(self.item.amount), "X-RateLimit-Remaining": "0",
-                           "X-RateLimit-Reset": str(retry)})
+        raise RateLimited(
+            "rpm",
+            f"too many requests from this address; retry in {retry}s",
+            retry,
+            {"X-RateLimit-Limit": str(self.item.amount), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(retry)},
+        )

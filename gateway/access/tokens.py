@@ -34,12 +34,22 @@ class TokenIssuer:
     async def issue(self, config: JwtConfig, secret: str | None, *, client: str) -> dict[str, Any]:
         """An OAuth2 client-credentials answer for the stored API key `secret` (401 when it is not one)."""
         if not secret or not secret.startswith(KEY_PREFIX):
-            raise InvalidRequest("send a stored API key (sk-...) as Bearer, X-API-Key or client_secret",
-                                 code="invalid_client")
+            raise InvalidRequest(
+                "send a stored API key (sk-...) as Bearer, X-API-Key or client_secret", code="invalid_client"
+            )
         principal = await self.authenticator.principal(secret, client=client)  # 401: unknown, revoked, expired
         if principal.key_id is None or principal.key_id == "admin":
             raise InvalidRequest("only stored API keys can be exchanged for tokens", code="invalid_client")
-        token, ttl = mint_token(config, subject=principal.subject, key_id=principal.subject, scopes=principal.scopes,
-                                models=tuple(sorted(principal.models)) if principal.models is not None else None)
-        return {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
-                "scope": " ".join(sorted(principal.scopes))}
+        token, ttl = mint_token(
+            config,
+            subject=principal.subject,
+            key_id=principal.subject,
+            scopes=principal.scopes,
+            models=tuple(sorted(principal.models)) if principal.models is not None else None,
+        )
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": " ".join(sorted(principal.scopes)),
+        }

@@ -41,15 +41,18 @@ def day_range(start: date, end: date) -> list[str]:
 
 def _rows(day: str, counts: dict[str, int]) -> list[UsageRow]:
     models = sorted({name.rsplit("|", 1)[0] for name in counts})
-    return [UsageRow(day, m, counts.get(f"{m}|requests", 0), counts.get(f"{m}|input", 0),
-                     counts.get(f"{m}|output", 0)) for m in models]
+    return [
+        UsageRow(day, m, counts.get(f"{m}|requests", 0), counts.get(f"{m}|input", 0), counts.get(f"{m}|output", 0))
+        for m in models
+    ]
 
 
 class UsageStore:
     """Counts usage in Redis, or in process memory when `REDIS_URL` is unset."""
 
-    def __init__(self, redis: RedisState, *, max_pending: int = 10_000,
-                 on_drop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, redis: RedisState, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None
+    ) -> None:
         """`on_drop`: called for each count lost because Redis was away long enough to fill the buffer."""
         self.redis = redis
         self.max_pending = max_pending

@@ -43,8 +43,11 @@ class AdapterSpec(BaseModel):
     base: str = Field(min_length=1, max_length=256, description="Public name of the base model it was trained on.")
     version: int = Field(1, ge=1, description="The trainer's version number (NAME:vN).")
     digest: str = Field(description="sha256 of the adapter's weights (hex, optionally `sha256:`-prefixed).")
-    files: dict[str, str] = Field(min_length=1, description="kind -> path on the serving side: `gguf` (llama.cpp) "
-                                                            "is a .gguf file, `peft` (vLLM) a PEFT adapter folder.")
+    files: dict[str, str] = Field(
+        min_length=1,
+        description="kind -> path on the serving side: `gguf` (llama.cpp) "
+        "is a .gguf file, `peft` (vLLM) a PEFT adapter folder.",
+    )
 
     @field_validator("digest")
     @classmethod
@@ -169,6 +172,7 @@ class AdapterRegistry:
         (a 400 otherwise: an adapter applied to another base model answers nonsense)."""
         adapter = await self.get(name)
         if adapter.base != base:
-            raise AdapterBaseMismatch(f"adapter {name!r} was trained on base model {adapter.base!r}, not {base!r}",
-                                      param="adapter")
+            raise AdapterBaseMismatch(
+                f"adapter {name!r} was trained on base model {adapter.base!r}, not {base!r}", param="adapter"
+            )
         return adapter

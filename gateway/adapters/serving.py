@@ -86,15 +86,17 @@ class AdapterServing(Backend):
     async def chat(self, req: ChatCompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
         return await self._unary(self.driver.chat, req, model)
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
-                    extra: Extra = None) -> ChunkStream:
+    def chat_stream(
+        self, req: ChatCompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         return self._stream(self.driver.chat_stream, req, model, deadline)
 
     async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
         return await self._unary(self.driver.complete, req, model)
 
-    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
-                        extra: Extra = None) -> ChunkStream:
+    def complete_stream(
+        self, req: CompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         return self._stream(self.driver.complete_stream, req, model, deadline)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:

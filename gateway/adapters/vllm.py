@@ -59,8 +59,15 @@ def versioned_name(adapter: Adapter) -> str:
 
 
 class VllmAdapters(AdapterPlan):
-    def __init__(self, driver: VllmBackend, *, registry: AdapterRegistry, leases: AdapterLeases,
-                 held: HeldAdapters, failures: FailureLog) -> None:
+    def __init__(
+        self,
+        driver: VllmBackend,
+        *,
+        registry: AdapterRegistry,
+        leases: AdapterLeases,
+        held: HeldAdapters,
+        failures: FailureLog,
+    ) -> None:
         super().__init__(replica=driver.name, registry=registry)
         self.driver = driver
         self.leases = leases
@@ -160,7 +167,8 @@ class VllmAdapters(AdapterPlan):
                 if len(self.loaded) >= self.driver.max_adapters:
                     raise AdapterCapacityFull(
                         f"backend {self.replica} holds {len(self.loaded)} adapters, its limit (max_adapters); "
-                        f"none can be unloaded to make room for {adapter.name!r}")
+                        f"none can be unloaded to make room for {adapter.name!r}"
+                    )
             await self.driver.load_adapter(version, adapter.files["peft"])
             self.loaded.add(version)
             self.held.by_replica.setdefault(self.replica, set()).add(version)
@@ -171,8 +179,11 @@ class VllmAdapters(AdapterPlan):
         if version not in self._stale():
             return
         async with self._locks.setdefault(version, asyncio.Lock()):
-            if (version in self._stale() and not self._in_flight[version]
-                    and await self.leases.drained(self.server, version)):
+            if (
+                version in self._stale()
+                and not self._in_flight[version]
+                and await self.leases.drained(self.server, version)
+            ):
                 await self._unload(version)
 
     async def _unload(self, version: str) -> None:

@@ -59,6 +59,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 # -- the objects built at start-up ------------------------------------------------------------------
 
+
 def pipeline(request: Request) -> InferencePipeline:
     return request.app.state.pipeline
 

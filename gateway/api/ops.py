@@ -19,13 +19,16 @@ async def healthz() -> Response:
 @router.get("/readyz", summary="Readiness: at least one backend replica reachable")
 async def readyz(request: Request) -> Response:
     replicas = pool(request).replicas
-    backends = {r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)}
-                for r in replicas}
+    backends = {
+        r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)} for r in replicas
+    }
     backend_ok = any(r.up for r in replicas)
     redis = request.app.state.redis
     redis_ok = await redis.ping()
     status = "unready" if not backend_ok else "ready" if redis_ok else "degraded"
-    body = {"status": status, "backends": backends,
-            "redis": {"configured": redis.configured, "up": redis_ok,
-                      "last_error": None if redis_ok else redis.last_error}}
+    body = {
+        "status": status,
+        "backends": backends,
+        "redis": {"configured": redis.configured, "up": redis_ok, "last_error": None if redis_ok else redis.last_error},
+    }
     return json_response(body, status_code=200 if status == "ready" else 503)

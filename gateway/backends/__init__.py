@@ -10,5 +10,9 @@ from gateway.backends.ollama import OllamaBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.backends.vllm import VllmBackend
 
-DRIVERS: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAICompatBackend,
-                                     "llamacpp": LlamaCppBackend, "vllm": VllmBackend}
+DRIVERS: dict[str, type[Backend]] = {
+    "ollama": OllamaBackend,
+    "openai": OpenAICompatBackend,
+    "llamacpp": LlamaCppBackend,
+    "vllm": VllmBackend,
+}

@@ -68,15 +68,17 @@ class Backend(abc.ABC):
     # Streams: `deadline` (event-loop time) is when the whole stream must have ended; past it the
     # stream raises BackendTimeout. Enforced once per stream by the transport, not per batch.
     @abc.abstractmethod
-    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
-                    extra: Extra = None) -> ChunkStream: ...
+    def chat_stream(
+        self, req: ChatCompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream: ...
 
     @abc.abstractmethod
     async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
-                        extra: Extra = None) -> ChunkStream: ...
+    def complete_stream(
+        self, req: CompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream: ...
 
     @abc.abstractmethod
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]: ...
@@ -110,5 +112,8 @@ def now() -> int:
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

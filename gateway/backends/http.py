@@ -88,8 +88,16 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 class BackendHTTP:
     """Calls to one backend replica at `base_url` (whose path prefixes every call's)."""
 
-    def __init__(self, base_url: str, *, name: str, connect_timeout_s: float, max_connections: int,
-                 headers: dict[str, str] | None = None, ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str,
+        connect_timeout_s: float,
+        max_connections: int,
+        headers: dict[str, str] | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend URL must be http(s)://host[:port][/path], got {base_url!r}")
@@ -107,9 +115,14 @@ class BackendHTTP:
         if self._closed:
             raise BackendUnavailable(f"backend {self.name}: client closed")
         if self._session is None:
-            self._session = new_session(self.base_url, connect_timeout_s=self.connect_timeout_s,
-                                        max_connections=self.max_connections, headers=self._headers,
-                                        ca_file=self.ca_file, trace_configs=[_reuse_tracking()])
+            self._session = new_session(
+                self.base_url,
+                connect_timeout_s=self.connect_timeout_s,
+                max_connections=self.max_connections,
+                headers=self._headers,
+                ca_file=self.ca_file,
+                trace_configs=[_reuse_tracking()],
+            )
         return self._session
 
     async def aclose(self) -> None:
@@ -136,8 +149,9 @@ class BackendHTTP:
     def _span(self, method: str, path: str) -> AbstractContextManager[tuple[Span, dict[str, str]]]:
         return client_span(self.tracer, method, self.base_url + path) if self.tracer else NO_CLIENT_SPAN
 
-    async def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
-                    timeout: aiohttp.ClientTimeout | None) -> aiohttp.ClientResponse:
+    async def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: aiohttp.ClientTimeout | None
+    ) -> aiohttp.ClientResponse:
         """The answer's status and headers. A POST whose kept-alive connection the server had closed
         (it failed before any byte of the answer arrived) is sent once more, on another connection."""
         session = self._client()
@@ -146,15 +160,23 @@ class BackendHTTP:
         while True:
             attempt = SimpleNamespace(reused=False)
             try:
-                return await session.request(method, self.base_url + path, data=body, headers=headers or None,
-                                             trace_request_ctx=attempt, **extra)
+                return await session.request(
+                    method, self.base_url + path, data=body, headers=headers or None, trace_request_ctx=attempt, **extra
+                )
             except _STALE as exc:
                 if not (retry and attempt.reused) or isinstance(exc, aiohttp.ClientConnectorError):
                     raise
                 retry = False
 
-    async def _open(self, method: str, path: str, body: bytes | None, headers: dict[str, str], span: Span,
-                    timeout: aiohttp.ClientTimeout | None = None) -> aiohttp.ClientResponse:
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        span: Span,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
         """`_send`, with a 4xx/5xx answer read, released and raised as the matching GatewayError."""
         resp = await self._send(method, path, body, headers, timeout)
         span.set_attribute("http.response.status_code", resp.status)
@@ -193,7 +215,9 @@ class BackendHTTP:
             raise BackendTimeout(f"backend {self.name}: no time left for the call")
         return aiohttp.ClientTimeout(total=left, sock_connect=self.connect_timeout_s)
 
-    async def line_batches(self, path: str, body: bytes, deadline: float | None = None) -> AsyncGenerator[list[bytes], None]:
+    async def line_batches(
+        self, path: str, body: bytes, deadline: float | None = None
+    ) -> AsyncGenerator[list[bytes], None]:
         """POST, then the answer's lines (NDJSON or SSE) without line ends or blank lines, in batches:
         the complete lines of what arrived together, except that the body's first line comes alone,
         so the first token is relayed before the rest of its read is parsed. A body cut short raises

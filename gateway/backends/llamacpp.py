@@ -24,8 +24,9 @@ def lora_ids(raw: bytes) -> list[tuple[int, str]]:
         return []
     if not isinstance(listing, list):
         return []
-    return [(int(e["id"]), str(e.get("path", ""))) for e in listing
-            if isinstance(e, dict) and isinstance(e.get("id"), int)]
+    return [
+        (int(e["id"]), str(e.get("path", ""))) for e in listing if isinstance(e, dict) and isinstance(e.get("id"), int)
+    ]
 
 
 class LlamaCppBackend(OpenAICompatBackend):
@@ -35,8 +36,13 @@ class LlamaCppBackend(OpenAICompatBackend):
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
         # /lora-adapters lives beside /v1: a client at the root.
-        self._admin = BackendHTTP(spec.url, name=self.name, connect_timeout_s=settings.connect_timeout_s,
-                                  max_connections=4, headers=self._auth_headers)
+        self._admin = BackendHTTP(
+            spec.url,
+            name=self.name,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_connections=4,
+            headers=self._auth_headers,
+        )
 
     async def lora_adapters(self) -> list[tuple[int, str]]:
         """The adapters the server loaded, as (id, path); none for a server built without the endpoint."""

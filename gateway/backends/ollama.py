@@ -18,13 +18,23 @@ from gateway.settings import BackendSpec, Settings
 
 
 def _chat_chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> Chunk:
-    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
 
 
 def _text_chunk(cid: str, created: int, model: str, text: str, finish: str | None) -> Chunk:
-    return {"id": cid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
 
 
 def _usage(part: dict[str, Any]) -> dict[str, int]:
@@ -36,8 +46,12 @@ class OllamaBackend(Backend):
 
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
-        self._http = BackendHTTP(spec.url, name=self.name, connect_timeout_s=settings.connect_timeout_s,
-                                 max_connections=settings.max_connections_per_backend)
+        self._http = BackendHTTP(
+            spec.url,
+            name=self.name,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_connections=settings.max_connections_per_backend,
+        )
 
     def trace_with(self, tracer: Tracer) -> None:
         self._http.tracer = tracer
@@ -52,8 +66,13 @@ class OllamaBackend(Backend):
     def _chat_body(self, req: ChatCompletionRequest, model: str, stream: bool, extra: Extra) -> dict[str, Any]:
         if req.n != 1:
             raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
-        body: dict[str, Any] = {"model": model, "messages": tr.messages(req), "stream": stream,
-                                "options": tr.options(req, req.output_cap), **tr.passthrough(req)}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": tr.messages(req),
+            "stream": stream,
+            "options": tr.options(req, req.output_cap),
+            **tr.passthrough(req),
+        }
         fmt = tr.response_format(req)
         if fmt is not None:
             body["format"] = fmt
@@ -70,13 +89,30 @@ class OllamaBackend(Backend):
         message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
         if calls:
             message["tool_calls"] = calls
-        return {"id": completion_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": tr.finish_reason(r.get("done_reason"), bool(calls))}],
-                "usage": _usage(r)}
+        return {
+            "id": completion_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": now(),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": tr.finish_reason(r.get("done_reason"), bool(calls)),
+                }
+            ],
+            "usage": _usage(r),
+        }
 
-    async def _chunk_batches(self, path: str, body: dict[str, Any], convert: Callable[[dict[str, Any]], ChunkBatch],
-                             head: dict[str, Any], deadline: float | None) -> ChunkStream:
+    async def _chunk_batches(
+        self,
+        path: str,
+        body: dict[str, Any],
+        convert: Callable[[dict[str, Any]], ChunkBatch],
+        head: dict[str, Any],
+        deadline: float | None,
+    ) -> ChunkStream:
         """Ollama's NDJSON parts as OpenAI chunk batches (`convert` maps one part); the part with
         `done` ends the stream, followed by the usage-only chunk (`head` + usage) the contract wants.
         An {"error": ...} line (Ollama's mid-stream failure, status 200) raises, after the chunks
@@ -107,8 +143,9 @@ class OllamaBackend(Backend):
                     yield batch
         raise BackendUnavailable(f"backend {self.name}: stream ended before done")
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
-                    extra: Extra = None) -> ChunkStream:
+    def chat_stream(
+        self, req: ChatCompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         cid, created = completion_id("chatcmpl"), now()
         state = {"first": True, "tool_calls": False}
 
@@ -122,12 +159,23 @@ class OllamaBackend(Backend):
                 delta["tool_calls"] = tr.tool_calls_out(msg["tool_calls"])
                 state["tool_calls"] = True
             # `_chat_chunk`'s dict, written out: this runs once per token
-            out = [{"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}] \
-                if delta["content"] or len(delta) > 1 else []
+            out = (
+                [
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+                    }
+                ]
+                if delta["content"] or len(delta) > 1
+                else []
+            )
             if part.get("done"):
-                out.append(_chat_chunk(cid, created, model, {},
-                                       tr.finish_reason(part.get("done_reason"), state["tool_calls"])))
+                out.append(
+                    _chat_chunk(cid, created, model, {}, tr.finish_reason(part.get("done_reason"), state["tool_calls"]))
+                )
             return out
 
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -136,20 +184,37 @@ class OllamaBackend(Backend):
     def _generate_body(self, req: CompletionRequest, model: str, stream: bool, extra: Extra) -> dict[str, Any]:
         if req.n != 1:
             raise InvalidRequest("n > 1 is not supported by Ollama backends", param="n")
-        return {"model": model, "stream": stream, "options": tr.options(req, req.output_cap),
-                **tr.generate_kwargs(req), **(extra or {})}
+        return {
+            "model": model,
+            "stream": stream,
+            "options": tr.options(req, req.output_cap),
+            **tr.generate_kwargs(req),
+            **(extra or {}),
+        }
 
     async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
         body = self._generate_body(req, model, False, extra)
         r = await self._http.json("POST", "/api/generate", orjson.dumps(body))
         text = (body["prompt"] + r.get("response", "")) if req.echo else r.get("response", "")
-        return {"id": completion_id("cmpl"), "object": "text_completion", "created": now(), "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": tr.finish_reason(r.get("done_reason"), False)}],
-                "usage": _usage(r)}
+        return {
+            "id": completion_id("cmpl"),
+            "object": "text_completion",
+            "created": now(),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": tr.finish_reason(r.get("done_reason"), False),
+                }
+            ],
+            "usage": _usage(r),
+        }
 
-    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
-                        extra: Extra = None) -> ChunkStream:
+    def complete_stream(
+        self, req: CompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         body = self._generate_body(req, model, True, extra)
         cid, created = completion_id("cmpl"), now()
 
@@ -164,12 +229,19 @@ class OllamaBackend(Backend):
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:
         extra = req.model_extra or {}
-        body: dict[str, Any] = {"model": model, "input": req.texts(),
-                                **{k: extra[k] for k in ("truncate", "keep_alive", "options") if k in extra}}
+        body: dict[str, Any] = {
+            "model": model,
+            "input": req.texts(),
+            **{k: extra[k] for k in ("truncate", "keep_alive", "options") if k in extra},
+        }
         if req.dimensions:
             body["dimensions"] = req.dimensions
         r = await self._http.json("POST", "/api/embed", orjson.dumps(body))
         data = [{"object": "embedding", "index": i, "embedding": vec} for i, vec in enumerate(r.get("embeddings", []))]
         tokens = int(r.get("prompt_eval_count") or 0)
-        return {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

@@ -20,8 +20,13 @@ def options(req: SamplingFields, output_cap: int | None) -> dict[str, Any]:
     if not isinstance(given, dict):
         raise InvalidRequest("options must be an object", param="options")
     opts: dict[str, Any] = dict(given)
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                         ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("seed", "seed"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ):
         value = getattr(req, ours)
         if value is not None:
             opts[theirs] = value
@@ -105,9 +110,14 @@ def tool_calls_out(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     out = []
     for i, call in enumerate(calls or []):
         fn = call.get("function") or {}
-        out.append({"id": f"call_{i}", "type": "function", "index": i,
-                    "function": {"name": fn.get("name", ""),
-                                 "arguments": orjson.dumps(fn.get("arguments") or {}).decode()}})
+        out.append(
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "index": i,
+                "function": {"name": fn.get("name", ""), "arguments": orjson.dumps(fn.get("arguments") or {}).decode()},
+            }
+        )
     return out
 
 

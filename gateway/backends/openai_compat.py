@@ -24,8 +24,13 @@ class OpenAICompatBackend(Backend):
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
         self._auth_headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
-        self._http = BackendHTTP(spec.url + "/v1", name=self.name, connect_timeout_s=settings.connect_timeout_s,
-                                 max_connections=settings.max_connections_per_backend, headers=self._auth_headers)
+        self._http = BackendHTTP(
+            spec.url + "/v1",
+            name=self.name,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_connections=settings.max_connections_per_backend,
+            headers=self._auth_headers,
+        )
 
     def trace_with(self, tracer: Tracer) -> None:
         self._http.tracer = tracer
@@ -88,8 +93,13 @@ class OpenAICompatBackend(Backend):
                     yield out
         if last is not None:
             usage = usage or usage_dict(0, content_chunks)  # a server without usage: count chunks
-            yield [{**{k: last[k] for k in ("id", "object", "created", "model") if k in last},
-                    "choices": [], "usage": usage}]
+            yield [
+                {
+                    **{k: last[k] for k in ("id", "object", "created", "model") if k in last},
+                    "choices": [],
+                    "usage": usage,
+                }
+            ]
 
     async def list_models(self) -> list[str]:
         listing = await self._http.json("GET", "/models")
@@ -98,15 +108,17 @@ class OpenAICompatBackend(Backend):
     async def chat(self, req: ChatCompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
         return await self._http.json("POST", "/chat/completions", self._body(req, model, False, extra))
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str, deadline: float | None = None,
-                    extra: Extra = None) -> ChunkStream:
+    def chat_stream(
+        self, req: ChatCompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         return self._usage_last(self._sse("/chat/completions", self._body(req, model, True, extra), deadline))
 
     async def complete(self, req: CompletionRequest, model: str, extra: Extra = None) -> dict[str, Any]:
         return await self._http.json("POST", "/completions", self._body(req, model, False, extra))
 
-    def complete_stream(self, req: CompletionRequest, model: str, deadline: float | None = None,
-                        extra: Extra = None) -> ChunkStream:
+    def complete_stream(
+        self, req: CompletionRequest, model: str, deadline: float | None = None, extra: Extra = None
+    ) -> ChunkStream:
         return self._usage_last(self._sse("/completions", self._body(req, model, True, extra), deadline))
 
     async def embed(self, req: EmbeddingRequest, model: str) -> dict[str, Any]:

@@ -25,8 +25,13 @@ class VllmBackend(OpenAICompatBackend):
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
         self.max_adapters = spec.max_adapters
-        self._admin = BackendHTTP(spec.url, name=self.name, connect_timeout_s=settings.connect_timeout_s,
-                                  max_connections=4, headers=self._auth_headers)
+        self._admin = BackendHTTP(
+            spec.url,
+            name=self.name,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_connections=4,
+            headers=self._auth_headers,
+        )
 
     async def model_cards(self) -> list[dict[str, Any]]:
         """`/v1/models`' cards: base models, and the loaded adapters (a card with a `parent`)."""

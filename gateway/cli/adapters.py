@@ -52,8 +52,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> list[Adapter] | A
         if args.action == "remove":
             return await registry.remove(args.name)
         files = {kind: path for kind in ("gguf", "peft") if (path := getattr(args, kind))}
-        return await registry.register(args.name, AdapterSpec(base=args.base, version=args.version,
-                                                              digest=args.digest, files=files))
+        return await registry.register(
+            args.name, AdapterSpec(base=args.base, version=args.version, digest=args.digest, files=files)
+        )
     finally:
         await redis.close()
 

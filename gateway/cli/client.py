@@ -22,18 +22,23 @@ def default_url() -> str:
 
 
 class GatewayClient:
-    def __init__(self, api_key: str, *, base_url: str | None = None, timeout_s: float = 10.0,
-                 connections: int = 4) -> None:
+    def __init__(
+        self, api_key: str, *, base_url: str | None = None, timeout_s: float = 10.0, connections: int = 4
+    ) -> None:
         self.base_url = (base_url or default_url()).rstrip("/")
         self._session = aiohttp.ClientSession(
-            base_url=self.base_url + "/", timeout=aiohttp.ClientTimeout(total=timeout_s),
-            connector=aiohttp.TCPConnector(limit=connections), headers={"Authorization": f"Bearer {api_key}"})
+            base_url=self.base_url + "/",
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            connector=aiohttp.TCPConnector(limit=connections),
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
 
     async def __aenter__(self) -> GatewayClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._session.close()
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:

@@ -38,11 +38,24 @@ def add_parser(parent: Any) -> None:
 async def _judge(args: argparse.Namespace) -> Outcome:
     engine = create_engine(url_from_settings(Settings()))
     try:
-        async with GatewayClient(args.api_key, base_url=args.gateway_url or default_url(), timeout_s=args.timeout,
-                                 connections=args.concurrency) as gateway:
-            return await run(engine, gateway.chat, route=args.route, since=args.since, sample=args.sample,
-                             rubric=args.rubric.read_text(), judge_model=args.judge_model,
-                             concurrency=args.concurrency, max_tokens=args.max_tokens, baseline=args.baseline)
+        async with GatewayClient(
+            args.api_key,
+            base_url=args.gateway_url or default_url(),
+            timeout_s=args.timeout,
+            connections=args.concurrency,
+        ) as gateway:
+            return await run(
+                engine,
+                gateway.chat,
+                route=args.route,
+                since=args.since,
+                sample=args.sample,
+                rubric=args.rubric.read_text(),
+                judge_model=args.judge_model,
+                concurrency=args.concurrency,
+                max_tokens=args.max_tokens,
+                baseline=args.baseline,
+            )
     except NothingToJudge as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -54,8 +67,18 @@ def main(args: argparse.Namespace) -> int:
         raise CliError("--sample, --max-tokens and --concurrency must be at least 1 and --rubric an existing file")
     outcome = asyncio.run(_judge(args))
     if args.json:
-        print(json.dumps({"route": args.route, "judge_model": args.judge_model, "sampled": outcome.sampled,
-                          "skipped": outcome.skipped, "variants": outcome.variants}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "route": args.route,
+                    "judge_model": args.judge_model,
+                    "sampled": outcome.sampled,
+                    "skipped": outcome.skipped,
+                    "variants": outcome.variants,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{'variant':<30} {'n':>4} {'mean':>6}  95% CI")
     for variant, s in outcome.variants.items():

@@ -29,8 +29,13 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--budget", type=int, dest="monthly_token_budget", help="tokens per calendar month")
     p.add_argument("--expires-days", type=float, help="key stops working after this many days")
-    p.add_argument("--capture", type=float, dest="capture_percent", metavar="PERCENT",
-                   help="share of this key's answers kept in the inference log (0-100)")
+    p.add_argument(
+        "--capture",
+        type=float,
+        dest="capture_percent",
+        metavar="PERCENT",
+        help="share of this key's answers kept in the inference log (0-100)",
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -63,7 +68,9 @@ def _row(record: ApiKey) -> str:
     limits = f"rpm={record.rpm or '-'} tpm={record.tpm or '-'} budget={record.monthly_token_budget or '-'}"
     if record.capture_percent is not None:
         limits += f" capture={record.capture_percent:g}%"
-    return f"{record.id}  {record.name:<20} {state:<8} scopes={','.join(sorted(record.scopes))} models={models} {limits}"
+    return (
+        f"{record.id}  {record.name:<20} {state:<8} scopes={','.join(sorted(record.scopes))} models={models} {limits}"
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[dict[str, Any]]:
@@ -75,10 +82,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | 
         if args.command == "token":
             return await _token(store, settings, args.key_id)
         if args.action == "create":
-            spec = KeySpec(name=args.name, owner=args.owner, scopes=frozenset(_csv(args.scopes) or []),
-                           models=tuple(_csv(args.models) or ()) if args.models else None,
-                           expires_at=_expiry(args.expires_days), rpm=args.rpm, tpm=args.tpm,
-                           monthly_token_budget=args.monthly_token_budget, capture_percent=args.capture_percent)
+            spec = KeySpec(
+                name=args.name,
+                owner=args.owner,
+                scopes=frozenset(_csv(args.scopes) or []),
+                models=tuple(_csv(args.models) or ()) if args.models else None,
+                expires_at=_expiry(args.expires_days),
+                rpm=args.rpm,
+                tpm=args.tpm,
+                monthly_token_budget=args.monthly_token_budget,
+                capture_percent=args.capture_percent,
+            )
             record, secret = await store.create(spec)
             return {"key": secret, **record.public_view()}
         if args.action == "list":
@@ -90,8 +104,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | 
             return found.public_view()
         if args.action == "revoke":
             return (await update_key(store, args.key_id, revoked=True)).public_view()
-        changes = {k: getattr(args, k) for k in ("rpm", "tpm", "monthly_token_budget", "capture_percent")
-                   if getattr(args, k) is not None}
+        changes = {
+            k: getattr(args, k)
+            for k in ("rpm", "tpm", "monthly_token_budget", "capture_percent")
+            if getattr(args, k) is not None
+        }
         if args.models:
             changes["models"] = _csv(args.models)
         if args.expires_days:

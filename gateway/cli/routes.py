@@ -22,9 +22,13 @@ def add_parser(parent: Any) -> None:
     parser.set_defaults(run=main)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="every route with its variants and weights")
-    for action, text in (("show", "one route"), ("rollback", "restore the route before its last change"),
-                         ("history", "every change to a route, newest first"), ("stats", "per-variant signals"),
-                         ("delete", "remove a route")):
+    for action, text in (
+        ("show", "one route"),
+        ("rollback", "restore the route before its last change"),
+        ("history", "every change to a route, newest first"),
+        ("stats", "per-variant signals"),
+        ("delete", "remove a route"),
+    ):
         sub.add_parser(action, help=text).add_argument("name")
     put = sub.add_parser("set", help="create or replace a route from a JSON file ('-': standard input)")
     put.add_argument("name")

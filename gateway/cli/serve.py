@@ -31,8 +31,11 @@ def ensure_admin_key(settings: Settings) -> None:
         return
     key = generate_secret()
     os.environ["GATEWAY_ADMIN_KEY"] = key
-    print(f"gateway: GATEWAY_ADMIN_KEY is not set; this run's admin key (shown once, gone at restart):\n\n  {key}\n",
-          file=sys.stderr, flush=True)
+    print(
+        f"gateway: GATEWAY_ADMIN_KEY is not set; this run's admin key (shown once, gone at restart):\n\n  {key}\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -47,7 +50,15 @@ def run(_: argparse.Namespace) -> int:
     # The app is built by each worker from the same environment (an import string is what lets
     # uvicorn start several worker processes); all shared state is in Redis.
     # log_config=None: uvicorn's own loggers go through the JSON handler too.
-    uvicorn.run("gateway.app:create_app", factory=True, workers=settings.workers, host=settings.host,
-                port=settings.port, log_level=settings.log_level, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
     return 0

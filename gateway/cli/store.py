@@ -50,8 +50,9 @@ async def _export(route: str | None, since: datetime | None, out: Path | None) -
 
 
 def add_parser(sub: Any) -> None:
-    sub.add_parser("migrate", help="apply the database migrations (idempotent; one process at a time)") \
-        .set_defaults(run=run_migrate)
+    sub.add_parser("migrate", help="apply the database migrations (idempotent; one process at a time)").set_defaults(
+        run=run_migrate
+    )
     export = sub.add_parser("export", help="captured inferences with their feedback, as JSONL")
     export.add_argument("--route", help="a route (or model) name; default: all")
     export.add_argument("--since", type=parse_since, help="30d, 12h, or an ISO date; default: everything")

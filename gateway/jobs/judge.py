@@ -105,9 +105,13 @@ def mean_ci(scores: Sequence[float]) -> tuple[float, float, float]:
 async def grade(chat: Chat, judge_model: str, rubric: str, row: dict[str, Any], max_tokens: int = 200) -> Verdict | str:
     """The verdict on one answer, or why there is none: `failed` (no answer from the gateway) or
     `unparseable` (the judge's reply holds no score). One stderr line per skipped answer, without text."""
-    body = {"model": judge_model, "temperature": 0, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": judge_prompt(rubric, row)}],
-            "response_format": {"type": "json_object"}}
+    body = {
+        "model": judge_model,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": judge_prompt(rubric, row)}],
+        "response_format": {"type": "json_object"},
+    }
     try:
         answer = await chat(body)
         content = answer["choices"][0]["message"].get("content") or ""
@@ -116,8 +120,10 @@ async def grade(chat: Chat, judge_model: str, rubric: str, row: dict[str, Any], 
         return "failed"
     parsed = parse_score(content)
     if parsed is None:
-        print(f"judge: {row['request_id']}: no score in the judge's reply ({len(content)} characters); skipped",
-              file=sys.stderr)
+        print(
+            f"judge: {row['request_id']}: no score in the judge's reply ({len(content)} characters); skipped",
+            file=sys.stderr,
+        )
         return "unparseable"
     return Verdict(row["request_id"], row["variant"], *parsed)
 
@@ -137,8 +143,19 @@ class NothingToJudge(Exception):
     """No captured answer in the window, or none the judge could score."""
 
 
-async def run(engine: AsyncEngine, chat: Chat, *, route: str, since: datetime, sample: int, rubric: str,
-              judge_model: str, concurrency: int = 4, max_tokens: int = 200, baseline: bool = False) -> Outcome:
+async def run(
+    engine: AsyncEngine,
+    chat: Chat,
+    *,
+    route: str,
+    since: datetime,
+    sample: int,
+    rubric: str,
+    judge_model: str,
+    concurrency: int = 4,
+    max_tokens: int = 200,
+    baseline: bool = False,
+) -> Outcome:
     """Grade a sample of `route`'s answers since `since`; each score becomes feedback of kind `judge`, and
     each variant's mean a judge run (the gauges' source)."""
     rows = await sample_answers(engine, route=route, since=since, n=sample)
@@ -154,16 +171,28 @@ async def run(engine: AsyncEngine, chat: Chat, *, route: str, since: datetime, s
     verdicts = [v for v in results if isinstance(v, Verdict)]
     skipped = dict(Counter(v for v in results if isinstance(v, str)))
     if not verdicts:
-        raise NothingToJudge(f"the judge scored none of the {len(rows)} sampled answers "
-                             f"(skipped: {skipped_text(skipped)}); see the lines above")
+        raise NothingToJudge(
+            f"the judge scored none of the {len(rows)} sampled answers "
+            f"(skipped: {skipped_text(skipped)}); see the lines above"
+        )
     for v in verdicts:
-        await add_feedback(engine, request_id=v.request_id, kind="judge", value=v.score, text=v.reason or None,
-                           source=judge_model)
+        await add_feedback(
+            engine, request_id=v.request_id, kind="judge", value=v.score, text=v.reason or None, source=judge_model
+        )
     summary: dict[str, dict[str, float]] = {}
     for variant in sorted({v.variant for v in verdicts}):
         scores = [v.score for v in verdicts if v.variant == variant]
         mean, low, high = mean_ci(scores)
         summary[variant] = {"n": len(scores), "mean": mean, "ci_low": low, "ci_high": high}
-        await add_judge_run(engine, route=route, variant=variant, judge_model=judge_model, n=len(scores),
-                            mean=mean, ci_low=low, ci_high=high, baseline=True if baseline else None)
+        await add_judge_run(
+            engine,
+            route=route,
+            variant=variant,
+            judge_model=judge_model,
+            n=len(scores),
+            mean=mean,
+            ci_low=low,
+            ci_high=high,
+            baseline=True if baseline else None,
+        )
     return Outcome(sampled=len(rows), variants=summary, skipped=skipped)

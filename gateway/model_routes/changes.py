@@ -26,8 +26,7 @@ async def promote(store: RouteStore, name: str, model: str, *, who: str) -> Stor
     variant = variant_named(current.spec, model)
     if variant is None:
         raise ModelNotFound(f"route '{name}' has no variant '{model}'", param="model")
-    route = await store.change(name, promoted(current.spec, variant.served), expected=current, who=who,
-                               why="promote")
+    route = await store.change(name, promoted(current.spec, variant.served), expected=current, who=who, why="promote")
     assert route is not None
     return route
 
@@ -40,7 +39,13 @@ async def roll_back(store: RouteStore, name: str, *, who: str) -> StoredRoute:
     if before is None:
         raise NothingToRollBack(f"route '{name}' has no earlier version to roll back to")
     spec = RouteSpec.model_validate({k: v for k, v in before.items() if k in RouteSpec.model_fields})
-    route = await store.change(name, spec, expected=current, who=who, why="rollback",
-                               reason={"signal": "manual", "to_version": before["version"]})
+    route = await store.change(
+        name,
+        spec,
+        expected=current,
+        who=who,
+        why="rollback",
+        reason={"signal": "manual", "to_version": before["version"]},
+    )
     assert route is not None
     return route

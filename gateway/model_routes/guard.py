@@ -44,15 +44,31 @@ def _breach(guard: Guard, stable: VariantStats, canary: VariantStats) -> dict[st
     stable_p95, canary_p95 = stable.ttft_quantile(0.95), canary.ttft_quantile(0.95)
     if stable_p95 and canary_p95 and canary_p95 > guard.max_ttft_p95_ratio * stable_p95:
         return {"signal": "ttft_p95", "stable": stable_p95, "canary": canary_p95, **sample}
-    if min(stable.format_checked, canary.format_checked) >= guard.min_requests and \
-            canary.format_failure - stable.format_failure > guard.max_format_failure_delta:
-        return {"signal": "format", "stable": stable.format_failure, "canary": canary.format_failure,
-                "stable_checked": stable.format_checked, "canary_checked": canary.format_checked, **sample}
+    if (
+        min(stable.format_checked, canary.format_checked) >= guard.min_requests
+        and canary.format_failure - stable.format_failure > guard.max_format_failure_delta
+    ):
+        return {
+            "signal": "format",
+            "stable": stable.format_failure,
+            "canary": canary.format_failure,
+            "stable_checked": stable.format_checked,
+            "canary_checked": canary.format_checked,
+            **sample,
+        }
     votes = max(1, guard.min_requests // 10)
-    if min(stable.votes, canary.votes) >= votes and \
-            canary.thumbs_down_share - stable.thumbs_down_share > guard.max_thumbs_down_delta:
-        return {"signal": "thumbs_down", "stable": stable.thumbs_down_share, "canary": canary.thumbs_down_share,
-                "stable_votes": stable.votes, "canary_votes": canary.votes, **sample}
+    if (
+        min(stable.votes, canary.votes) >= votes
+        and canary.thumbs_down_share - stable.thumbs_down_share > guard.max_thumbs_down_delta
+    ):
+        return {
+            "signal": "thumbs_down",
+            "stable": stable.thumbs_down_share,
+            "canary": canary.thumbs_down_share,
+            "stable_votes": stable.votes,
+            "canary_votes": canary.votes,
+            **sample,
+        }
     return None
 
 
@@ -71,8 +87,9 @@ def judge(spec: RouteSpec, stats: dict[str, VariantStats], age_s: float) -> Verd
         following = [s for s in guard.steps if s > canary.weight]
         if due and following:
             action = "promote" if following[0] >= TOTAL_WEIGHT else "step"
-            return Verdict(action, canary.served, {"canary_requests": seen.requests, "age_s": round(age_s, 1)},
-                           weight=following[0])
+            return Verdict(
+                action, canary.served, {"canary_requests": seen.requests, "age_s": round(age_s, 1)}, weight=following[0]
+            )
     return None
 
 
@@ -92,8 +109,7 @@ def stepped(spec: RouteSpec, canary: str, weight: int) -> RouteSpec:
 
 def promoted(spec: RouteSpec, model: str) -> RouteSpec:
     """`model` at 100 % and first (the new stable); every other variant kept at 0 % for a rollback."""
-    return spec.with_weights({v.served: TOTAL_WEIGHT if v.served == model else 0 for v in spec.variants},
-                             first=model)
+    return spec.with_weights({v.served: TOTAL_WEIGHT if v.served == model else 0 for v in spec.variants}, first=model)
 
 
 def variant_named(spec: RouteSpec, model: str) -> Variant | None:
@@ -101,8 +117,16 @@ def variant_named(spec: RouteSpec, model: str) -> Variant | None:
 
 
 class Guardian:
-    def __init__(self, *, table: RouteTable, store: RouteStore, stats: RouteStats, failures: FailureLog,
-                 on_rollback: Callable[[str, str], None], interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        table: RouteTable,
+        store: RouteStore,
+        stats: RouteStats,
+        failures: FailureLog,
+        on_rollback: Callable[[str, str], None],
+        interval_s: float = 0.25,
+    ) -> None:
         self.table, self.store, self.stats = table, store, stats
         self.failures = failures
         self.on_rollback = on_rollback
@@ -111,8 +135,9 @@ class Guardian:
 
     def start(self) -> None:
         # Redis away: no verdict this round (the failure was logged and counted where it happened).
-        self._task = every(self.interval_s, self._watch, name="guard", failures=self.failures,
-                           quiet=(RedisUnavailable,))
+        self._task = every(
+            self.interval_s, self._watch, name="guard", failures=self.failures, quiet=(RedisUnavailable,)
+        )
 
     async def aclose(self) -> None:
         await cancel_and_wait([self._task])
@@ -139,8 +164,14 @@ class Guardian:
         else:
             spec = stepped(route.spec, verdict.canary, verdict.weight)
         try:
-            await self.store.change(route.name, spec, expected=route, who="guard", why=verdict.action,
-                                    reason={"canary_model": verdict.canary, **verdict.reason})
+            await self.store.change(
+                route.name,
+                spec,
+                expected=route,
+                who="guard",
+                why=verdict.action,
+                reason={"canary_model": verdict.canary, **verdict.reason},
+            )
         except RouteConflict:
             return None  # another replica acted first (or an admin did): the table reloads it
         if verdict.action == "rollback":

@@ -14,10 +14,13 @@ class Variant(BaseModel):
 
     model: str = Field(min_length=1, max_length=200, description="The served model (any backend kind).")
     weight: int = Field(ge=0, le=TOTAL_WEIGHT, description="Share of the route's users, in percent.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Sampling defaults for this variant "
-                                   "(a request's own value wins), e.g. {\"temperature\": 0.2}.")
-    adapter: str | None = Field(None, description="A LoRA adapter on `model` (the base): the variant serves "
-                                "the adapter's own model name.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Sampling defaults for this variant (a request\'s own value wins), e.g. {"temperature": 0.2}.',
+    )
+    adapter: str | None = Field(
+        None, description="A LoRA adapter on `model` (the base): the variant serves the adapter's own model name."
+    )
 
     @field_validator("params")
     @classmethod
@@ -52,18 +55,27 @@ class Guard(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_requests: int = Field(100, ge=1, description="Minimum sample per variant before any verdict.")
-    max_error_rate_delta: float = Field(0.02, ge=0, le=1, description="Canary error rate may exceed the "
-                                        "stable's by at most this (absolute share).")
-    max_ttft_p95_ratio: float = Field(1.5, gt=0, description="Canary time-to-first-token p95 at most this "
-                                      "times the stable's.")
-    max_format_failure_delta: float = Field(0.05, ge=0, le=1, description="Canary share of answers that "
-                                            "break the requested JSON format, over the stable's.")
-    max_thumbs_down_delta: float = Field(0.1, ge=0, le=1, description="Canary thumbs-down share over the "
-                                         "stable's (judged once each has min_requests/10 votes).")
-    steps: list[int] = Field(default_factory=list, description="Canary weight plan, e.g. [10, 50, 100]; "
-                             "empty: no automatic steps.")
-    step_after_requests: int = Field(200, ge=1, description="Step once the canary served this many requests "
-                                     "since the last change without a breach.")
+    max_error_rate_delta: float = Field(
+        0.02, ge=0, le=1, description="Canary error rate may exceed the stable's by at most this (absolute share)."
+    )
+    max_ttft_p95_ratio: float = Field(
+        1.5, gt=0, description="Canary time-to-first-token p95 at most this times the stable's."
+    )
+    max_format_failure_delta: float = Field(
+        0.05, ge=0, le=1, description="Canary share of answers that break the requested JSON format, over the stable's."
+    )
+    max_thumbs_down_delta: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Canary thumbs-down share over the stable's (judged once each has min_requests/10 votes).",
+    )
+    steps: list[int] = Field(
+        default_factory=list, description="Canary weight plan, e.g. [10, 50, 100]; empty: no automatic steps."
+    )
+    step_after_requests: int = Field(
+        200, ge=1, description="Step once the canary served this many requests since the last change without a breach."
+    )
     step_after_s: float = Field(0, ge=0, description="... or once this many seconds passed (0: unused).")
 
     @field_validator("steps")
@@ -80,8 +92,11 @@ class RouteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     variants: list[Variant] = Field(min_length=1, max_length=10)
-    fallbacks: list[str] = Field(default_factory=list, max_length=5,
-                                 description="Routes or models tried in order when the variant cannot answer.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Routes or models tried in order when the variant cannot answer.",
+    )
     shadow: Shadow | None = None
     guard: Guard | None = None
     capture: CaptureSpec | None = None  # a share of the route's answers kept in the inference log

@@ -23,7 +23,7 @@ from gateway.state.redis import RedisState, text
 
 STATS_TTL_S = 30 * 86400
 # Upper bounds of the TTFT histogram: 1 ms to ~2 min, each 25 % above the last.
-TTFT_BOUNDS_S = tuple(0.001 * 1.25 ** i for i in range(53))
+TTFT_BOUNDS_S = tuple(0.001 * 1.25**i for i in range(53))
 SIGNALS = ("requests", "errors", "format_valid", "format_invalid", "thumbs_up", "thumbs_down")
 MAX_PENDING_KEYS = 1000
 
@@ -71,9 +71,16 @@ class VariantStats:
         return TTFT_BOUNDS_S[-1]
 
     def public(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "ttft_p50_s": self.ttft_quantile(0.5),
-                "ttft_p95_s": self.ttft_quantile(0.95), "format_valid": self.format_valid,
-                "format_invalid": self.format_invalid, "thumbs_up": self.thumbs_up, "thumbs_down": self.thumbs_down}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "ttft_p50_s": self.ttft_quantile(0.5),
+            "ttft_p95_s": self.ttft_quantile(0.95),
+            "format_valid": self.format_valid,
+            "format_invalid": self.format_invalid,
+            "thumbs_up": self.thumbs_up,
+            "thumbs_down": self.thumbs_down,
+        }
 
 
 def _key(route: str, version: int) -> str:
@@ -107,13 +114,20 @@ class RouteStats:
         fell_back = answer.model != variant and answer.backend != NO_BACKEND
         error = fell_back or answer.outcome in ERROR_OUTCOMES
         ttft = answer.ttft_s if answer.ttft_s is not None else answer.elapsed_s
-        self.record_answer(route.name, route.version, variant, error=error, ttft_s=None if fell_back else ttft,
-                           format_verdict=None if fell_back else verdict)
+        self.record_answer(
+            route.name,
+            route.version,
+            variant,
+            error=error,
+            ttft_s=None if fell_back else ttft,
+            format_verdict=None if fell_back else verdict,
+        )
         if fell_back and answer.outcome == "success" and self.metrics is not None:
             self.metrics.route_fallbacks.labels(route.name, answer.model).inc()
 
-    def record_answer(self, route: str, version: int, variant: str, *, error: bool, ttft_s: float | None,
-                      format_verdict: str | None) -> None:
+    def record_answer(
+        self, route: str, version: int, variant: str, *, error: bool, ttft_s: float | None, format_verdict: str | None
+    ) -> None:
         counts = {"requests": 1, "errors": int(error)}
         if format_verdict is not None:
             counts[f"format_{format_verdict}"] = 1

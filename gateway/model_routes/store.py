@@ -51,10 +51,17 @@ class RouteConflict(ClientError):
     code = "route_changed"
 
 
-def history_entry(*, who: str, why: str, before: StoredRoute | None, after: StoredRoute | None,
-                  reason: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"at": time.time(), "who": who, "why": why, "from": before.public() if before else None,
-            "to": after.public() if after else None, "reason": reason}
+def history_entry(
+    *, who: str, why: str, before: StoredRoute | None, after: StoredRoute | None, reason: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "at": time.time(),
+        "who": who,
+        "why": why,
+        "from": before.public() if before else None,
+        "to": after.public() if after else None,
+        "reason": reason,
+    }
 
 
 class RouteStore:
@@ -100,8 +107,16 @@ class RouteStore:
         raws = await self.redis.run("routes", lambda r: r.lrange(f"gw:route:{name}:history", 0, -1))
         return [orjson.loads(raw) for raw in raws]
 
-    async def change(self, name: str, spec: RouteSpec | None, *, expected: StoredRoute | None, who: str, why: str,
-                     reason: dict[str, Any] | None = None) -> StoredRoute | None:
+    async def change(
+        self,
+        name: str,
+        spec: RouteSpec | None,
+        *,
+        expected: StoredRoute | None,
+        who: str,
+        why: str,
+        reason: dict[str, Any] | None = None,
+    ) -> StoredRoute | None:
         """Replace (or delete, spec None) the route if it is still at `expected`'s version; RouteConflict if
         another change came first. Returns the new StoredRoute (None when deleted)."""
         version = expected.version if expected else 0

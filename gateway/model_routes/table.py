@@ -15,8 +15,14 @@ from gateway.state.redis import RedisUnavailable
 
 
 class RouteTable:
-    def __init__(self, store: RouteStore, *, failures: FailureLog, poll_s: float = 0.5,
-                 on_reload: Callable[[dict[str, StoredRoute]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: RouteStore,
+        *,
+        failures: FailureLog,
+        poll_s: float = 0.5,
+        on_reload: Callable[[dict[str, StoredRoute]], None] | None = None,
+    ) -> None:
         self.store = store
         self.failures = failures
         self.poll_s = poll_s
@@ -44,8 +50,9 @@ class RouteTable:
         with contextlib.suppress(RedisUnavailable):  # logged and counted where it failed; the follower retries
             await self.reload()
         # Redis away: keep serving the routes last read.
-        self._task = every(self.poll_s, self._follow, name="route_table", failures=self.failures,
-                           quiet=(RedisUnavailable,))
+        self._task = every(
+            self.poll_s, self._follow, name="route_table", failures=self.failures, quiet=(RedisUnavailable,)
+        )
 
     async def aclose(self) -> None:
         await cancel_and_wait([self._task])

@@ -49,8 +49,9 @@ class Targeting:
         self.table = table
         self.pool = pool
 
-    async def target(self, principal: Principal, req: InferenceRequest, *, client: str,
-                     forced: str | None = None) -> tuple[Target, InferenceRequest]:
+    async def target(
+        self, principal: Principal, req: InferenceRequest, *, client: str, forced: str | None = None
+    ) -> tuple[Target, InferenceRequest]:
         """The target and the request as it will be sent (a variant's params applied). `client`: the
         caller's address (the assignment unit of last resort); `forced`: X-Gateway-Variant."""
         route = self.table.get(req.model)
@@ -66,8 +67,13 @@ class Targeting:
         models = tuple(m for m in (chosen, *fallbacks) if m)
         if not models:
             raise ModelNotFound(f"no model of route '{route.name}' is served now", param="model")
-        return Target(public=route.name, models=models, route=route, variant=chosen or variant.served,
-                      version=self.pool.version(models[0])), with_params(req, variant)
+        return Target(
+            public=route.name,
+            models=models,
+            route=route,
+            variant=chosen or variant.served,
+            version=self.pool.version(models[0]),
+        ), with_params(req, variant)
 
     @staticmethod
     def _forced(wanted: str | None, principal: Principal, route: StoredRoute) -> Variant | None:

@@ -91,8 +91,17 @@ class AccessLog:
         self.recent = recent
         self.logger = logger or logging.getLogger(ACCESS_LOGGER)
 
-    def write(self, scope: Scope, record: AccessRecord, *, request_id: str | None, trace_id: str | None,
-              status: int, latency_s: float, x_cache: str | None) -> None:
+    def write(
+        self,
+        scope: Scope,
+        record: AccessRecord,
+        *,
+        request_id: str | None,
+        trace_id: str | None,
+        status: int,
+        latency_s: float,
+        x_cache: str | None,
+    ) -> None:
         if self.recent is not None and request_id and record.model:
             self.recent.remember(request_id, record)
         if scope["path"] in QUIET_PATHS and status < 400:
@@ -101,8 +110,15 @@ class AccessLog:
             return
         fields = dict(vars(record))  # flat fields: no deep copy (asdict) on every request
         fields["cache"] = record.cache or (x_cache.lower() if x_cache else None)
-        self.logger.info({
-            "event": "request", "request_id": request_id, "trace_id": trace_id,
-            "method": scope["method"], "path": scope["path"], "status": status,
-            "latency_ms": round(latency_s * 1000, 2), **fields,
-        })
+        self.logger.info(
+            {
+                "event": "request",
+                "request_id": request_id,
+                "trace_id": trace_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round(latency_s * 1000, 2),
+                **fields,
+            }
+        )

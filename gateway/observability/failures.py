@@ -18,8 +18,12 @@ class FailureLog:
         """`component`: who caught it (a short, fixed name: the metric's label). `traceback`: for an
         exception nobody expected (a bug), not for a database or a backend being away."""
         self.counter.labels(component).inc()
-        line = {"event": "internal_error", "component": component, "error": f"{type(exc).__name__}: {exc}"[:300],
-                **context}
+        line = {
+            "event": "internal_error",
+            "component": component,
+            "error": f"{type(exc).__name__}: {exc}"[:300],
+            **context,
+        }
         if traceback:
             log.error(line, exc_info=exc)
         else:

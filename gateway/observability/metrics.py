@@ -32,83 +32,194 @@ class GatewayMetrics:
         mb = ("model", "backend")
         mbv = ("model", "backend", "variant")
         # -- requests and answers
-        self.requests = Counter("gateway_llm_requests", "LLM requests by outcome.",
-                                (*mbv, "outcome"), registry=registry)
-        self.e2e_latency = Histogram("gateway_e2e_request_latency_seconds", "End-to-end LLM request latency.",
-                                     mbv, buckets=LATENCY_BUCKETS, registry=registry)
-        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token (streamed).",
-                              mbv, buckets=TTFT_BUCKETS, registry=registry)
-        self.tpot = Histogram("gateway_time_per_output_token_seconds", "Time per output token after the first.",
-                              mbv, buckets=TPOT_BUCKETS, registry=registry)
+        self.requests = Counter(
+            "gateway_llm_requests", "LLM requests by outcome.", (*mbv, "outcome"), registry=registry
+        )
+        self.e2e_latency = Histogram(
+            "gateway_e2e_request_latency_seconds",
+            "End-to-end LLM request latency.",
+            mbv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time to first token (streamed).",
+            mbv,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "gateway_time_per_output_token_seconds",
+            "Time per output token after the first.",
+            mbv,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
         self.prompt_tokens = Counter("gateway_prompt_tokens", "Input tokens processed.", mbv, registry=registry)
-        self.generation_tokens = Counter("gateway_generation_tokens", "Output tokens generated.",
-                                         mbv, registry=registry)
-        self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway outside the backend call.",
-                                  ("model",), buckets=OVERHEAD_BUCKETS, registry=registry)
-        self.in_flight = Gauge("gateway_requests_in_flight", "LLM requests being served.", mb, registry=registry,
-                               multiprocess_mode="livesum")
-        self.format_compliance = Counter("gateway_format_compliance",
-                                         "Answers to JSON-format requests, by result (valid|invalid).",
-                                         ("model", "variant", "result"), registry=registry)
+        self.generation_tokens = Counter(
+            "gateway_generation_tokens", "Output tokens generated.", mbv, registry=registry
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway outside the backend call.",
+            ("model",),
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "LLM requests being served.",
+            mb,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.format_compliance = Counter(
+            "gateway_format_compliance",
+            "Answers to JSON-format requests, by result (valid|invalid).",
+            ("model", "variant", "result"),
+            registry=registry,
+        )
         # -- replicas
-        self.retries = Counter("gateway_retries", "Attempts retried after a replica failed.", ("model",),
-                               registry=registry)
-        self.failovers = Counter("gateway_failovers", "Requests answered by another replica than the first tried.",
-                                 ("model",), registry=registry)
-        self.circuit_state = Gauge("gateway_circuit_state", "Circuit state per replica: 0 closed, 1 half-open, 2 open.",
-                                   ("backend",), registry=registry, multiprocess_mode="livemax")
-        self.backend_up = Gauge("gateway_backend_up", "1 if the replica answered its last model-list call.",
-                                ("backend",), registry=registry, multiprocess_mode="livemin")
+        self.retries = Counter(
+            "gateway_retries", "Attempts retried after a replica failed.", ("model",), registry=registry
+        )
+        self.failovers = Counter(
+            "gateway_failovers",
+            "Requests answered by another replica than the first tried.",
+            ("model",),
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_circuit_state",
+            "Circuit state per replica: 0 closed, 1 half-open, 2 open.",
+            ("backend",),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.backend_up = Gauge(
+            "gateway_backend_up",
+            "1 if the replica answered its last model-list call.",
+            ("backend",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         # -- access: cache, limits, cost
-        self.cache = Counter("gateway_cache_requests", "Inference requests by cache result.",
-                             ("model", "result"), registry=registry)
-        self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a limit.", ("kind",),
-                                    registry=registry)
-        self.redis_errors = Counter("gateway_redis_errors", "Failed Redis calls by operation.", ("operation",),
-                                    registry=registry)
-        self.hosted_cost = Counter("gateway_hosted_api_cost_usd", "What the served tokens would have cost "
-                                   "on the hosted API.", ("model",), registry=registry)
-        self.gpu_monthly = Gauge("gateway_gpu_monthly_cost_usd", "Configured monthly cost of the GPU box.",
-                                 registry=registry, multiprocess_mode="max")
+        self.cache = Counter(
+            "gateway_cache_requests", "Inference requests by cache result.", ("model", "result"), registry=registry
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused by a limit.", ("kind",), registry=registry
+        )
+        self.redis_errors = Counter(
+            "gateway_redis_errors", "Failed Redis calls by operation.", ("operation",), registry=registry
+        )
+        self.hosted_cost = Counter(
+            "gateway_hosted_api_cost_usd",
+            "What the served tokens would have cost on the hosted API.",
+            ("model",),
+            registry=registry,
+        )
+        self.gpu_monthly = Gauge(
+            "gateway_gpu_monthly_cost_usd",
+            "Configured monthly cost of the GPU box.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.gpu_monthly.set(gpu_monthly_usd)
         # -- model routes (bounded by configuration, like the model label)
-        self.route_fallbacks = Counter("gateway_route_fallbacks", "Routed requests a fallback answered.",
-                                       ("route", "model"), registry=registry)
-        self.shadow_requests = Counter("gateway_shadow_requests", "Requests mirrored to a shadow variant, by "
-                                       "result (ok|error|dropped).", ("route", "model", "result"), registry=registry)
-        self.shadow_latency = Histogram("gateway_shadow_latency_seconds", "Shadow variants' answer time.",
-                                        ("route", "model"), buckets=LATENCY_BUCKETS, registry=registry)
-        self.rollbacks = Counter("gateway_rollbacks", "Canaries rolled back, by the signal that breached "
-                                 "(error_rate|ttft_p95|format|thumbs_down) or manual.", ("route", "reason"),
-                                 registry=registry)
-        self.route_weight = Gauge("gateway_route_weight", "Current weight (%) of each variant of each route.",
-                                  ("route", "variant"), registry=registry, multiprocess_mode="livemax")
+        self.route_fallbacks = Counter(
+            "gateway_route_fallbacks", "Routed requests a fallback answered.", ("route", "model"), registry=registry
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Requests mirrored to a shadow variant, by result (ok|error|dropped).",
+            ("route", "model", "result"),
+            registry=registry,
+        )
+        self.shadow_latency = Histogram(
+            "gateway_shadow_latency_seconds",
+            "Shadow variants' answer time.",
+            ("route", "model"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "gateway_rollbacks",
+            "Canaries rolled back, by the signal that breached (error_rate|ttft_p95|format|thumbs_down) or manual.",
+            ("route", "reason"),
+            registry=registry,
+        )
+        self.route_weight = Gauge(
+            "gateway_route_weight",
+            "Current weight (%) of each variant of each route.",
+            ("route", "variant"),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         # -- feedback, the inference log, the judge
-        self.feedback = Counter("gateway_feedback", "User feedback on answers, by rating (up|down).",
-                                ("model", "variant", "rating"), registry=registry)
-        self.feedback_items = Counter("gateway_feedback_items", "Feedback received, by kind (rating, score, "
-                                      "comment, correction).", ("kind",), registry=registry)
-        self.capture_written = Counter("gateway_capture_written", "Captured inferences written to the database.",
-                                       registry=registry)
-        self.capture_dropped = Counter("gateway_capture_dropped", "Captured inferences dropped (queue_full: the "
-                                       "database was slow or down; rejected: the database refused the batch).",
-                                       ("reason",), registry=registry)
-        self.capture_queued = Gauge("gateway_capture_queue", "Captured inferences waiting to be written.",
-                                    registry=registry, multiprocess_mode="livesum")
-        self.capture_write_errors = Counter("gateway_capture_write_errors", "Failed batch writes (retried).",
-                                            registry=registry)
+        self.feedback = Counter(
+            "gateway_feedback",
+            "User feedback on answers, by rating (up|down).",
+            ("model", "variant", "rating"),
+            registry=registry,
+        )
+        self.feedback_items = Counter(
+            "gateway_feedback_items",
+            "Feedback received, by kind (rating, score, comment, correction).",
+            ("kind",),
+            registry=registry,
+        )
+        self.capture_written = Counter(
+            "gateway_capture_written", "Captured inferences written to the database.", registry=registry
+        )
+        self.capture_dropped = Counter(
+            "gateway_capture_dropped",
+            "Captured inferences dropped (queue_full: the "
+            "database was slow or down; rejected: the database refused the batch).",
+            ("reason",),
+            registry=registry,
+        )
+        self.capture_queued = Gauge(
+            "gateway_capture_queue",
+            "Captured inferences waiting to be written.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.capture_write_errors = Counter(
+            "gateway_capture_write_errors", "Failed batch writes (retried).", registry=registry
+        )
         # Every worker reads the same rows: the judge gauges are the same in each.
-        self.judge_score = Gauge("gateway_judge_score", "Mean judge score (0..1) of the latest judge run.",
-                                 ("route", "variant"), registry=registry, multiprocess_mode="max")
-        self.judge_baseline = Gauge("gateway_judge_baseline_score", "Mean judge score of the route and variant's "
-                                    "baseline run.", ("route", "variant"), registry=registry, multiprocess_mode="max")
-        self.dropped_writes = Counter("gateway_dropped_writes", "Counts the gateway could not keep for Redis "
-                                      "(it was away so long that the bounded buffer filled), by source "
-                                      "(usage|limits|route_stats).", ("source",), registry=registry)
+        self.judge_score = Gauge(
+            "gateway_judge_score",
+            "Mean judge score (0..1) of the latest judge run.",
+            ("route", "variant"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.judge_baseline = Gauge(
+            "gateway_judge_baseline_score",
+            "Mean judge score of the route and variant's baseline run.",
+            ("route", "variant"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dropped_writes = Counter(
+            "gateway_dropped_writes",
+            "Counts the gateway could not keep for Redis "
+            "(it was away so long that the bounded buffer filled), by source "
+            "(usage|limits|route_stats).",
+            ("source",),
+            registry=registry,
+        )
         # -- the gateway's own failures (each also logged once, with its context)
-        self.internal_errors = Counter("gateway_internal_errors", "Exceptions caught inside the gateway, by the "
-                                       "component that caught them (see the log line with the same component).",
-                                       ("component",), registry=registry)
+        self.internal_errors = Counter(
+            "gateway_internal_errors",
+            "Exceptions caught inside the gateway, by the "
+            "component that caught them (see the log line with the same component).",
+            ("component",),
+            registry=registry,
+        )
         for kind in ("rpm", "tpm", "budget"):
             self.rate_limited.labels(kind)
         for op in REDIS_OPERATIONS:
@@ -164,7 +275,9 @@ class GatewayMetrics:
         if answer.ttft_s is not None:
             self.ttft.labels(public, backend, variant).observe(answer.ttft_s)
             if completion > 1:
-                self.tpot.labels(public, backend, variant).observe((answer.elapsed_s - answer.ttft_s) / (completion - 1))
+                self.tpot.labels(public, backend, variant).observe(
+                    (answer.elapsed_s - answer.ttft_s) / (completion - 1)
+                )
         if answer.backend_s is not None:
             self.overhead.labels(variant).observe(max(0.0, answer.elapsed_s - answer.backend_s))
         if verdict is not None:

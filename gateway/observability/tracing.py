@@ -48,8 +48,9 @@ class Tracing:
             return
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider, excluded_urls=EXCLUDED_URLS,
-                                           exclude_spans=["receive", "send"])
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=self.provider, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+        )
 
     def shutdown(self) -> None:
         """Flush queued spans (called at app shutdown)."""
@@ -96,8 +97,9 @@ def stage_span(tracer: Tracer, stage: str, **attributes: Any) -> AbstractContext
     return tracer.start_as_current_span(f"gateway.{stage}", attributes=attributes or None)
 
 
-def start_backend_span(tracer: Tracer, *, operation: str, model: str, provider: str, backend: str,
-                       shadow: bool = False) -> Span:
+def start_backend_span(
+    tracer: Tracer, *, operation: str, model: str, provider: str, backend: str, shadow: bool = False
+) -> Span:
     """The backend call, named and attributed as GenAI client spans are (`chat smollm2`); a shadow copy's
     call (gateway/pipeline/shadow.py) is marked `gateway.shadow`.
 
@@ -130,8 +132,14 @@ def backend_span(tracer: Tracer, **kwargs: Any) -> AbstractContextManager[Span]:
     return trace.use_span(start_backend_span(tracer, **kwargs), end_on_exit=True)
 
 
-def record_usage(span: Span, *, input_tokens: int | None, output_tokens: int | None,
-                 finish_reasons: Sequence[str] = (), response_model: str | None = None) -> None:
+def record_usage(
+    span: Span,
+    *,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    finish_reasons: Sequence[str] = (),
+    response_model: str | None = None,
+) -> None:
     """Put the answer's usage on the backend span once it is known (end of stream for streams)."""
     if not span.is_recording():
         return
@@ -149,9 +157,13 @@ def record_result(span: Span, result: dict[str, Any]) -> None:
     """Usage and finish reasons of a unary OpenAI-shaped response."""
     if span.is_recording():
         usage = result.get("usage") or {}
-        record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
-                     finish_reasons=[c["finish_reason"] for c in result.get("choices") or () if c.get("finish_reason")],
-                     response_model=result.get("model"))
+        record_usage(
+            span,
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            finish_reasons=[c["finish_reason"] for c in result.get("choices") or () if c.get("finish_reason")],
+            response_model=result.get("model"),
+        )
 
 
 NO_CLIENT_SPAN: AbstractContextManager[tuple[Span, dict[str, str]]] = nullcontext((trace.INVALID_SPAN, {}))
@@ -162,9 +174,16 @@ def client_span(tracer: Tracer, method: str, url: str) -> Iterator[tuple[Span, d
     """A CLIENT span around one backend HTTP call, after OpenTelemetry's HTTP semantic conventions,
     and the headers (`traceparent`) that carry the trace upstream. The query string stays out."""
     parts = urlsplit(url)
-    span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes={
-        "http.request.method": method, "url.full": parts._replace(query="", fragment="").geturl(),
-        "server.address": parts.hostname or "", "server.port": parts.port or 0})
+    span = tracer.start_span(
+        method,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": method,
+            "url.full": parts._replace(query="", fragment="").geturl(),
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or 0,
+        },
+    )
     headers: dict[str, str] = {}
     propagate.inject(headers, context=trace.set_span_in_context(span))
     try:

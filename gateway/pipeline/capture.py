@@ -48,8 +48,9 @@ def _answer_parts(answer: Answer) -> tuple[str | None, Any, str | None]:
     return choice.get("text"), None, choice.get("finish_reason")
 
 
-def inference_row(sampled: Sampled, answer: Answer, verdict: str | None, *,
-                  now: datetime | None = None) -> dict[str, Any]:
+def inference_row(
+    sampled: Sampled, answer: Answer, verdict: str | None, *, now: datetime | None = None
+) -> dict[str, Any]:
     """The `inferences` row of a sampled request's answer (`verdict`: its format check, if one was asked)."""
     now = now or datetime.now(UTC)
     body, target = sampled.body, sampled.target
@@ -82,8 +83,14 @@ def inference_row(sampled: Sampled, answer: Answer, verdict: str | None, *,
 
 
 class Capture:
-    def __init__(self, writer: CaptureWriter | None, *, failures: FailureLog, percent: float = 0.0,
-                 key_percent: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        writer: CaptureWriter | None,
+        *,
+        failures: FailureLog,
+        percent: float = 0.0,
+        key_percent: Mapping[str, float] | None = None,
+    ) -> None:
         self.writer = writer
         self.failures = failures
         self.percent = percent
@@ -96,19 +103,29 @@ class Capture:
         capture = target.route.spec.capture if target.route is not None else None
         if capture is not None:
             route_share = capture.percent
-        return max(self.percent, route_share, self.key_percent.get(principal.key_id or "", 0.0),
-                   principal.capture_percent or 0.0)
+        return max(
+            self.percent,
+            route_share,
+            self.key_percent.get(principal.key_id or "", 0.0),
+            principal.capture_percent or 0.0,
+        )
 
-    def sample(self, request_id: str, endpoint: str, principal: Principal, target: Target,
-               req: InferenceRequest) -> Sampled | None:
+    def sample(
+        self, request_id: str, endpoint: str, principal: Principal, target: Target, req: InferenceRequest
+    ) -> Sampled | None:
         """The request's capture when it is sampled for the inference log, else None (the common, free case)."""
         if self.writer is None or endpoint == "embeddings":
             return None
         share = self.share(principal, target)
         if share <= 0 or (share < 100 and random.random() * 100 >= share):
             return None
-        return Sampled(request_id=request_id, endpoint=endpoint, body=req.model_dump(exclude_none=True),
-                       principal=principal, target=target)
+        return Sampled(
+            request_id=request_id,
+            endpoint=endpoint,
+            body=req.model_dump(exclude_none=True),
+            principal=principal,
+            target=target,
+        )
 
     def keep(self, sampled: Sampled, answer: Answer, verdict: str | None) -> None:
         """Build the row and enqueue it (never blocks; a full queue drops it, counted)."""

@@ -44,8 +44,17 @@ class Rated:
 
 
 class FeedbackDesk:
-    def __init__(self, *, recent: RecentRequests, engine: AsyncEngine, pool: BackendPool, route_stats: RouteStats,
-                 writes: WriteBehind, metrics: GatewayMetrics, failures: FailureLog) -> None:
+    def __init__(
+        self,
+        *,
+        recent: RecentRequests,
+        engine: AsyncEngine,
+        pool: BackendPool,
+        route_stats: RouteStats,
+        writes: WriteBehind,
+        metrics: GatewayMetrics,
+        failures: FailureLog,
+    ) -> None:
         self.recent = recent
         self.engine = engine
         self.pool = pool
@@ -66,10 +75,26 @@ class FeedbackDesk:
         for kind in kinds:
             self.metrics.feedback_items.labels(kind).inc()
         stored = await self._keep(body, principal.key_id)
-        log.info({"event": "feedback", "request_id": body.request_id, "model": rated.variant, "kinds": kinds,
-                  "rating": body.rating, "key_id": principal.key_id, "joined": rated.joined, "stored": stored})
-        answer: dict[str, Any] = {"object": "feedback", "request_id": body.request_id, "model": rated.variant,
-                                  "kinds": kinds, "joined": rated.joined, "stored": stored}
+        log.info(
+            {
+                "event": "feedback",
+                "request_id": body.request_id,
+                "model": rated.variant,
+                "kinds": kinds,
+                "rating": body.rating,
+                "key_id": principal.key_id,
+                "joined": rated.joined,
+                "stored": stored,
+            }
+        )
+        answer: dict[str, Any] = {
+            "object": "feedback",
+            "request_id": body.request_id,
+            "model": rated.variant,
+            "kinds": kinds,
+            "joined": rated.joined,
+            "stored": stored,
+        }
         if body.rating is not None:
             answer["rating"] = body.rating
         return answer, rated.joined
@@ -77,8 +102,12 @@ class FeedbackDesk:
     async def _rated(self, body: FeedbackRequest) -> Rated:
         record = self.recent.record_of(body.request_id)
         if record is not None and record.model is not None:
-            return Rated(public=record.route or record.model, variant=record.model, route=record.route,
-                         route_version=record.route_version)
+            return Rated(
+                public=record.route or record.model,
+                variant=record.model,
+                route=record.route,
+                route_version=record.route_version,
+            )
         found = await self._from_store(body.request_id)
         if found is not None:
             return found
@@ -96,15 +125,17 @@ class FeedbackDesk:
             return None
         if row is None:
             return None
-        return Rated(public=row["model"], variant=row["variant"], route=row["route"],
-                     route_version=row["route_version"])
+        return Rated(
+            public=row["model"], variant=row["variant"], route=row["route"], route_version=row["route_version"]
+        )
 
     async def _keep(self, body: FeedbackRequest, key_id: str | None) -> bool:
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
                 for kind, value, text in body.items():
-                    await add_feedback(self.engine, request_id=body.request_id, kind=kind, value=value, text=text,
-                                       key_id=key_id)
+                    await add_feedback(
+                        self.engine, request_id=body.request_id, kind=kind, value=value, text=text, key_id=key_id
+                    )
             return True
         except Exception as exc:  # noqa: BLE001 - still counted in metrics; the answer says it was not stored
             self.failures.record("feedback_store", exc)

@@ -82,10 +82,22 @@ class Ticket:
 
 
 class InferencePipeline:
-    def __init__(self, *, authenticator: Authenticator, targeting: Targeting, admission: Admission,
-                 caller: ReplicaCaller, charges: Charges, route_stats: RouteStats, capture: Capture,
-                 writes: WriteBehind, shadow: ShadowMirror, verdicts: Verdicts, metrics: GatewayMetrics,
-                 failures: FailureLog) -> None:
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        targeting: Targeting,
+        admission: Admission,
+        caller: ReplicaCaller,
+        charges: Charges,
+        route_stats: RouteStats,
+        capture: Capture,
+        writes: WriteBehind,
+        shadow: ShadowMirror,
+        verdicts: Verdicts,
+        metrics: GatewayMetrics,
+        failures: FailureLog,
+    ) -> None:
         self.authenticator = authenticator
         self.targeting = targeting
         self.admission = admission
@@ -118,21 +130,36 @@ class InferencePipeline:
         body = req.model_dump(exclude_none=True)
         stream = bool(body.get("stream"))
         admitted = await self.admission.admit(
-            principal, endpoint=endpoint.name, req=req, body=body, model=target.model,
-            version=target.version or target.model, cache_control=headers.cache_control,
-            cache_choice=headers.cache_choice)
+            principal,
+            endpoint=endpoint.name,
+            req=req,
+            body=body,
+            model=target.model,
+            version=target.version or target.model,
+            cache_control=headers.cache_control,
+            cache_choice=headers.cache_choice,
+        )
         request_id: str = request.scope["state"]["request_id"]
-        ticket = Ticket(principal=principal, target=target, reservation=admitted.reservation,
-                        store_key=admitted.store_key,
-                        sampled=self.capture.sample(request_id, endpoint.name, principal, target, req))
+        ticket = Ticket(
+            principal=principal,
+            target=target,
+            reservation=admitted.reservation,
+            store_key=admitted.store_key,
+            sampled=self.capture.sample(request_id, endpoint.name, principal, target, req),
+        )
         if admitted.hit is not None:  # the cache answered: no replica is called, the stored answer is replayed
-            response, answer = relay.from_cache(admitted.hit, target.model, stream=stream,
-                                                include_usage=getattr(req, "include_usage", False))
+            response, answer = relay.from_cache(
+                admitted.hit, target.model, stream=stream, include_usage=getattr(req, "include_usage", False)
+            )
         else:
             # 5. call, and 6. relay
             response, answer = await self._call(endpoint, req, ticket, stream)
-        response.headers.update({"X-Cache": "HIT" if admitted.hit is not None else "BYPASS" if admitted.bypass
-                                 else "MISS", **admitted.headers})
+        response.headers.update(
+            {
+                "X-Cache": "HIT" if admitted.hit is not None else "BYPASS" if admitted.bypass else "MISS",
+                **admitted.headers,
+            }
+        )
 
         # 7. settle, after the last byte
         relay.run_after(response, BackgroundTask(self.settle, ticket, answer))
@@ -144,22 +171,23 @@ class InferencePipeline:
             relay.run_after(response, BackgroundTask(self.shadow.offer, job))
         return response
 
-    async def _call(self, endpoint: Endpoint, req: InferenceRequest, ticket: Ticket,
-                    stream: bool) -> tuple[Response, Answer]:
+    async def _call(
+        self, endpoint: Endpoint, req: InferenceRequest, ticket: Ticket, stream: bool
+    ) -> tuple[Response, Answer]:
         """Steps 5 and 6: a replica's answer relayed. Without one, the failure is booked before it is raised
         (the reservation given back, the outcome counted)."""
         target = ticket.target
         started = time.perf_counter()
         try:
-            if stream:
+            if stream and not isinstance(req, EmbeddingRequest):  # embeddings have no streamed form
                 opened = await self.caller.stream(endpoint.operation, req, target.models)
-                return relay.stream(opened, req, started,  # type: ignore[arg-type]
-                                    assemble=bool(ticket.store_key) or ticket.sampled is not None,
-                                    failures=self.failures)
+                assemble = bool(ticket.store_key) or ticket.sampled is not None
+                return relay.stream(opened, req, started, assemble=assemble, failures=self.failures)
             return relay.unary(await self.caller.unary(endpoint.operation, req, target.models), req, started)
         except BaseException as exc:
-            failed = Answer(model=target.model, outcome=outcome_of(exc), elapsed_s=time.perf_counter() - started,
-                            answered=False)
+            failed = Answer(
+                model=target.model, outcome=outcome_of(exc), elapsed_s=time.perf_counter() - started, answered=False
+            )
             self._book(ticket, failed, None)
             if not isinstance(exc, asyncio.CancelledError):  # a cancelled request must not wait for Redis
                 await self.writes.flush()
@@ -182,8 +210,14 @@ class InferencePipeline:
         try:
             current_record().settled(answer, route.name if route else None, route.version if route else None)
             self.metrics.observe_answer(target.public, answer, verdict)
-            self.charges.charge(ticket.principal, target.model, ticket.reservation, answer,
-                                store_key=ticket.store_key, version=target.version)
+            self.charges.charge(
+                ticket.principal,
+                target.model,
+                ticket.reservation,
+                answer,
+                store_key=ticket.store_key,
+                version=target.version,
+            )
             if route is not None:
                 self.route_stats.record(route, target.variant or answer.model, answer, verdict)
             if ticket.sampled is not None:

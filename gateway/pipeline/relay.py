@@ -84,19 +84,33 @@ def unary(call: UnaryAnswer, req: InferenceRequest, started: float) -> tuple[Res
     body = orjson.dumps(result)
     response_format = response_format_of(req)
     whole = bool(result.get("data")) or all(c.get("finish_reason") for c in result.get("choices") or [{}])
-    answer = Answer(model=call.model, backend=call.lease.replica.name, elapsed_s=time.perf_counter() - started,
-                    backend_s=call.backend_s, usage=result.get("usage") or {}, complete=whole, result=result,
-                    body=body, response_format=response_format,
-                    text=unary_answer(result) if response_format is not None else None)
+    answer = Answer(
+        model=call.model,
+        backend=call.lease.replica.name,
+        elapsed_s=time.perf_counter() - started,
+        backend_s=call.backend_s,
+        usage=result.get("usage") or {},
+        complete=whole,
+        result=result,
+        body=body,
+        response_format=response_format,
+        text=unary_answer(result) if response_format is not None else None,
+    )
     return Response(body, media_type="application/json", headers={"X-Model-Variant": call.model}), answer
 
 
-def stream(opened: OpenStream, req: GenerationRequest, started: float, *, assemble: bool,
-           failures: FailureLog) -> tuple[Response, Answer]:
+def stream(
+    opened: OpenStream, req: GenerationRequest, started: float, *, assemble: bool, failures: FailureLog
+) -> tuple[Response, Answer]:
     """A stream relayed as it arrives. `assemble`: rebuild the whole answer too (cache, inference log)."""
     response_format = response_format_of(req)
-    answer = Answer(model=opened.model, backend=opened.lease.replica.name, ttft_s=time.perf_counter() - started,
-                    response_format=response_format, assembled=StreamAssembler() if assemble else None)
+    answer = Answer(
+        model=opened.model,
+        backend=opened.lease.replica.name,
+        ttft_s=time.perf_counter() - started,
+        response_format=response_format,
+        assembled=StreamAssembler() if assemble else None,
+    )
     text = StreamedAnswer() if response_format is not None else None
     body = _relay(opened, req, started, answer, text, failures)
     return AnswerStream(body, headers={"X-Model-Variant": opened.model}), answer
@@ -115,8 +129,14 @@ def from_cache(raw: bytes, model: str, *, stream: bool, include_usage: bool) -> 
     return Response(raw, media_type="application/json", headers=headers), answer
 
 
-async def _relay(opened: OpenStream, req: GenerationRequest, started: float, answer: Answer,
-                 text: StreamedAnswer | None, failures: FailureLog) -> AsyncIterator[bytes]:
+async def _relay(
+    opened: OpenStream,
+    req: GenerationRequest,
+    started: float,
+    answer: Answer,
+    text: StreamedAnswer | None,
+    failures: FailureLog,
+) -> AsyncIterator[bytes]:
     """The stream's body; fills in `answer` as it goes."""
     lease, chunks, span = opened.lease, opened.chunks, opened.span
     backend = lease.replica.name
@@ -174,8 +194,12 @@ async def _relay(opened: OpenStream, req: GenerationRequest, started: float, ans
         if text is not None:
             answer.text = text.text()
         usage = answer.usage
-        record_usage(span, input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
-                     finish_reasons=finish_reasons)
+        record_usage(
+            span,
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            finish_reasons=finish_reasons,
+        )
         if answer.outcome != "success":
             span.set_attribute("error.type", answer.outcome)
         span.end()  # here, not later: the span's end is the stream's

@@ -34,8 +34,16 @@ class ShadowJob:
 
 
 class ShadowMirror:
-    def __init__(self, *, caller: ReplicaCaller, metrics: GatewayMetrics, failures: FailureLog, verdicts: Verdicts,
-                 capacity: int = 64, workers: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        caller: ReplicaCaller,
+        metrics: GatewayMetrics,
+        failures: FailureLog,
+        verdicts: Verdicts,
+        capacity: int = 64,
+        workers: int = 2,
+    ) -> None:
         self.caller, self.metrics, self.failures, self.verdicts = caller, metrics, failures, verdicts
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=capacity)
         self.workers = workers
@@ -51,8 +59,12 @@ class ShadowMirror:
         return random.random() * 100 < percent
 
     def job(self, route: str, model: str, req: GenerationRequest, request_id: str | None) -> ShadowJob:
-        return ShadowJob(route=route, model=model, request_id=request_id,
-                         req=req.model_copy(update={"stream": False, "stream_options": None}))
+        return ShadowJob(
+            route=route,
+            model=model,
+            request_id=request_id,
+            req=req.model_copy(update={"stream": False, "stream_options": None}),
+        )
 
     async def offer(self, job: ShadowJob) -> None:
         """Queue a mirror of an answered request; dropped (and counted) when the queue is full."""
@@ -90,6 +102,17 @@ class ShadowMirror:
         if not error:
             self.metrics.shadow_latency.labels(job.route, job.model).observe(elapsed)
         usage = result.get("usage") or {}
-        log.info({"event": "shadow", "shadow": True, "request_id": job.request_id, "route": job.route,
-                  "model": job.model, "latency_ms": round(elapsed * 1000, 1), "error": error, "format": verdict,
-                  "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")})
+        log.info(
+            {
+                "event": "shadow",
+                "shadow": True,
+                "request_id": job.request_id,
+                "route": job.route,
+                "model": job.model,
+                "latency_ms": round(elapsed * 1000, 1),
+                "error": error,
+                "format": verdict,
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+            }
+        )

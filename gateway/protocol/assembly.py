@@ -12,8 +12,12 @@ from gateway.protocol.sse import SSE_DONE, sse
 def replay_sse(response: Mapping[str, Any], *, include_usage: bool = False) -> Iterator[bytes]:
     """An OpenAI SSE stream rebuilt from a stored complete answer (same content, own chunking)."""
     chat = response.get("object") == "chat.completion"
-    base = {"id": response.get("id"), "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": response.get("created"), "model": response.get("model")}
+    base = {
+        "id": response.get("id"),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": response.get("created"),
+        "model": response.get("model"),
+    }
     if response.get("system_fingerprint") is not None:
         base["system_fingerprint"] = response["system_fingerprint"]
     for choice in response.get("choices", []):
@@ -24,10 +28,23 @@ def replay_sse(response: Mapping[str, Any], *, include_usage: bool = False) -> I
             if message.get("tool_calls"):
                 first["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
             yield sse({**base, "choices": [{"index": index, "delta": first, "finish_reason": None}]})
-            yield sse({**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
+            yield sse(
+                {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]}
+            )
         else:
-            yield sse({**base, "choices": [{"index": index, "text": choice.get("text", ""), "logprobs": None,
-                                             "finish_reason": choice.get("finish_reason")}]})
+            yield sse(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": index,
+                            "text": choice.get("text", ""),
+                            "logprobs": None,
+                            "finish_reason": choice.get("finish_reason"),
+                        }
+                    ],
+                }
+            )
     if include_usage and response.get("usage") is not None:
         yield sse({**base, "choices": [], "usage": response["usage"]})
     yield SSE_DONE
@@ -85,8 +102,11 @@ class StreamAssembler:
                 choices.append({"index": index, "message": message, "finish_reason": self._finish[index]})
             else:
                 choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": self._finish[index]})
-        body = {**{k: v for k, v in self.head.items() if v is not None},
-                "object": "chat.completion" if self._chat else "text_completion", "choices": choices}
+        body = {
+            **{k: v for k, v in self.head.items() if v is not None},
+            "object": "chat.completion" if self._chat else "text_completion",
+            "choices": choices,
+        }
         if self.usage is not None:
             body["usage"] = self.usage
         return body

@@ -12,14 +12,16 @@ Kind = Literal["rating", "score", "comment", "correction"]
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$",
-                            description="The X-Request-ID of the answer this is about.")
+    request_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The X-Request-ID of the answer this is about."
+    )
     kind: Kind | None = Field(None, description="Optional: which of the fields below this is (then required).")
     rating: Literal["up", "down"] | None = Field(None, description="Thumbs up or down.")
     score: float | None = Field(None, ge=0, le=1, description="A grade from 0 (worst) to 1 (best).")
     comment: str | None = Field(None, max_length=2000, description="Free text, kept in the store.")
-    correction: str | None = Field(None, min_length=1, max_length=20000,
-                                   description="The answer the model should have given.")
+    correction: str | None = Field(
+        None, min_length=1, max_length=20000, description="The answer the model should have given."
+    )
     model: str | None = Field(None, description="The model that answered, when no gateway kept the request.")
 
     @model_validator(mode="after")

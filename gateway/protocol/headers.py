@@ -28,6 +28,10 @@ class RequestHeaders:
         return found
 
 
-_WANTED = {b"authorization": "authorization", b"x-api-key": "api_key", b"cache-control": "cache_control",
-           b"x-gateway-cache": "cache_choice", b"x-gateway-variant": "variant"}
-
+_WANTED = {
+    b"authorization": "authorization",
+    b"x-api-key": "api_key",
+    b"cache-control": "cache_control",
+    b"x-gateway-cache": "cache_choice",
+    b"x-gateway-variant": "variant",
+}

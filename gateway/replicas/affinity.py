@@ -72,7 +72,7 @@ def affinity_key(req: object, prefix_chars: int) -> bytes | None:
     """
     h = blake2b(digest_size=8)
     if isinstance(req, ChatCompletionRequest):
-        for msg in req.messages[:_MAX_LEADING + 1]:
+        for msg in req.messages[: _MAX_LEADING + 1]:
             h.update(msg.role.encode())
             h.update(b"\x00")
             h.update(_text(msg.content)[:prefix_chars].encode("utf-8", "surrogatepass"))
@@ -127,8 +127,14 @@ class Placements:
             self._where.popitem(last=False)
 
 
-def pick_bounded(key: bytes, serving: Sequence[Loaded], usable: Callable[[Any], bool], factor: float,
-                 placements: Placements | None = None, move_factor: float | None = None) -> Loaded | None:
+def pick_bounded(
+    key: bytes,
+    serving: Sequence[Loaded],
+    usable: Callable[[Any], bool],
+    factor: float,
+    placements: Placements | None = None,
+    move_factor: float | None = None,
+) -> Loaded | None:
     """The replica for `key`, or None if no usable replica is below the bound.
 
     A key in `placements` stays where it was served while that replica is usable and below
@@ -144,8 +150,12 @@ def pick_bounded(key: bytes, serving: Sequence[Loaded], usable: Callable[[Any], 
     by_name = {r.name: r for r in serving}
     chosen: Loaded | None = None
     last = placements.get(key) if placements is not None else None
-    if last is not None and (replica := by_name.get(last)) is not None and usable(replica) \
-            and replica.in_flight < load_cap(loads, move_factor or factor):
+    if (
+        last is not None
+        and (replica := by_name.get(last)) is not None
+        and usable(replica)
+        and replica.in_flight < load_cap(loads, move_factor or factor)
+    ):
         chosen = replica
     else:
         cap = load_cap(loads, factor)

@@ -21,9 +21,14 @@ class CircuitState(enum.IntEnum):
 
 
 class CircuitBreaker:
-    def __init__(self, *, failure_threshold: int, reset_after_s: float,
-                 on_change: Callable[[CircuitState], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        reset_after_s: float,
+        on_change: Callable[[CircuitState], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._threshold = failure_threshold
         self._reset_after = reset_after_s
         self._on_change = on_change

@@ -21,8 +21,14 @@ from gateway.settings import Settings
 from gateway.state.redis import RedisState
 
 
-def build_backends(settings: Settings, *, registry: AdapterRegistry, leases: AdapterLeases, failures: FailureLog,
-                   tracer: Tracer | None = None) -> list[Backend]:
+def build_backends(
+    settings: Settings,
+    *,
+    registry: AdapterRegistry,
+    leases: AdapterLeases,
+    failures: FailureLog,
+    tracer: Tracer | None = None,
+) -> list[Backend]:
     """`tracer`: a client span for each backend HTTP call (tracing on), else None."""
     held = HeldAdapters()  # what each vLLM replica of this pool holds, shared by their plans
     backends: list[Backend] = []
@@ -34,15 +40,22 @@ def build_backends(settings: Settings, *, registry: AdapterRegistry, leases: Ada
         if isinstance(driver, LlamaCppBackend):
             backend = AdapterServing(driver, LlamaCppAdapters(driver, registry=registry))
         elif isinstance(driver, VllmBackend):
-            backend = AdapterServing(driver, VllmAdapters(driver, registry=registry, leases=leases, held=held,
-                                                          failures=failures))
+            backend = AdapterServing(
+                driver, VllmAdapters(driver, registry=registry, leases=leases, held=held, failures=failures)
+            )
         backends.append(backend)
     return backends
 
 
-def build_pool(settings: Settings, metrics: GatewayMetrics, *, failures: FailureLog | None = None,
-               registry: AdapterRegistry | None = None, leases: AdapterLeases | None = None,
-               tracer: Tracer | None = None) -> BackendPool:
+def build_pool(
+    settings: Settings,
+    metrics: GatewayMetrics,
+    *,
+    failures: FailureLog | None = None,
+    registry: AdapterRegistry | None = None,
+    leases: AdapterLeases | None = None,
+    tracer: Tracer | None = None,
+) -> BackendPool:
     """The pool of every configured replica. Without a `registry` and `leases` adapters live in this process."""
     failures = failures or FailureLog(metrics)
     registry = registry or AdapterRegistry.for_redis(RedisState(None))

@@ -44,8 +44,9 @@ class Operation:
 
 
 CHAT = Operation("chat", unary=lambda b, r, m: b.chat(r, m), stream=lambda b, r, m, d: b.chat_stream(r, m, d))
-COMPLETION = Operation("text_completion", unary=lambda b, r, m: b.complete(r, m),
-                       stream=lambda b, r, m, d: b.complete_stream(r, m, d))
+COMPLETION = Operation(
+    "text_completion", unary=lambda b, r, m: b.complete(r, m), stream=lambda b, r, m, d: b.complete_stream(r, m, d)
+)
 EMBEDDINGS = Operation("embeddings", unary=lambda b, r, m: b.embed(r, m))
 
 
@@ -76,8 +77,15 @@ class ReplicaCaller:
         """When a request starting now must be over (event-loop time), all attempts included."""
         return asyncio.get_running_loop().time() + self.settings.total_timeout_s
 
-    async def unary(self, op: Operation, req: InferenceRequest, models: tuple[str, ...], *,
-                    deadline: float | None = None, shadow: bool = False) -> UnaryAnswer:
+    async def unary(
+        self,
+        op: Operation,
+        req: InferenceRequest,
+        models: tuple[str, ...],
+        *,
+        deadline: float | None = None,
+        shadow: bool = False,
+    ) -> UnaryAnswer:
         """The whole answer from the first replica that gives one. The lease is already given back.
         `deadline`: event-loop time (default: GATEWAY_TOTAL_TIMEOUT_S from now)."""
         deadline = deadline if deadline is not None else self.deadline()
@@ -86,8 +94,9 @@ class ReplicaCaller:
         async def start(backend: Backend, model: str) -> dict[str, Any]:
             nonlocal backend_s
             t = time.perf_counter()
-            with backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
-                              backend=backend.name, shadow=shadow) as span:
+            with backend_span(
+                self.tracer, operation=op.name, model=model, provider=backend.kind, backend=backend.name, shadow=shadow
+            ) as span:
                 try:
                     result = await op.unary(backend, req, model)
                 finally:
@@ -99,8 +108,9 @@ class ReplicaCaller:
         lease.done()
         return UnaryAnswer(model=model, lease=lease, result=result, backend_s=backend_s)
 
-    async def stream(self, op: Operation, req: InferenceRequest, models: tuple[str, ...], *,
-                     deadline: float | None = None) -> OpenStream:
+    async def stream(
+        self, op: Operation, req: InferenceRequest, models: tuple[str, ...], *, deadline: float | None = None
+    ) -> OpenStream:
         """A stream whose first batch arrived; the caller relays the rest and ends the lease and the span."""
         deadline = deadline if deadline is not None else self.deadline()
         stream = op.stream
@@ -108,8 +118,9 @@ class ReplicaCaller:
         first_token_s = self.settings.first_token_timeout_s
 
         async def start(backend: Backend, model: str) -> tuple[ChunkStream, ChunkBatch, Span]:
-            span = start_backend_span(self.tracer, operation=op.name, model=model, provider=backend.kind,
-                                      backend=backend.name)
+            span = start_backend_span(
+                self.tracer, operation=op.name, model=model, provider=backend.kind, backend=backend.name
+            )
             try:
                 chunks = stream(backend, req, model, deadline)  # may refuse the request before any I/O
             except BaseException:
@@ -136,8 +147,13 @@ class ReplicaCaller:
         model, lease, (chunks, first, span) = await self._first_to_answer(models, start, deadline, req)
         return OpenStream(model=model, lease=lease, chunks=chunks, first=first, span=span)
 
-    async def _first_to_answer(self, models: tuple[str, ...], start: Callable[[Backend, str], Awaitable[T]],
-                               deadline: float, req: InferenceRequest) -> tuple[str, Lease, T]:
+    async def _first_to_answer(
+        self,
+        models: tuple[str, ...],
+        start: Callable[[Backend, str], Awaitable[T]],
+        deadline: float,
+        req: InferenceRequest,
+    ) -> tuple[str, Lease, T]:
         """The pool's failover loop under the request's deadline, for each model in turn: a fallback is
         tried only when every replica of the models before it failed (before any byte was sent)."""
         key = affinity_key(req, self.settings.affinity_prefix_chars)  # the pool uses it under prefix_affinity
@@ -145,8 +161,7 @@ class ReplicaCaller:
             async with asyncio.timeout_at(deadline):
                 for i, model in enumerate(models):
                     try:
-                        lease, result = await self.pool.open(model, partial(_start_for, start, model),
-                                                             affinity_key=key)
+                        lease, result = await self.pool.open(model, partial(_start_for, start, model), affinity_key=key)
                         return model, lease, result
                     except (NoHealthyBackend, UpstreamError):
                         if i == len(models) - 1:

@@ -77,8 +77,9 @@ class Lease:
 
 
 class BackendPool:
-    def __init__(self, settings: Settings, metrics: GatewayMetrics, backends: list[Backend], *,
-                 failures: FailureLog) -> None:
+    def __init__(
+        self, settings: Settings, metrics: GatewayMetrics, backends: list[Backend], *, failures: FailureLog
+    ) -> None:
         """`backends`: one per replica (gateway/replicas/build.py makes them from the settings)."""
         self._settings = settings
         self._metrics = metrics
@@ -86,9 +87,11 @@ class BackendPool:
         self.replicas: list[Replica] = []
         for backend in backends:
             metrics.register_backend(backend.name)
-            breaker = CircuitBreaker(failure_threshold=settings.breaker_failures,
-                                     reset_after_s=settings.breaker_reset_s,
-                                     on_change=_show_state(metrics.circuit_state.labels(backend.name)))
+            breaker = CircuitBreaker(
+                failure_threshold=settings.breaker_failures,
+                reset_after_s=settings.breaker_reset_s,
+                on_change=_show_state(metrics.circuit_state.labels(backend.name)),
+            )
             self.replicas.append(Replica(backend=backend, breaker=breaker))
         self._aliases = dict(settings.model_aliases)
         self._rotation = itertools.count()
@@ -101,8 +104,9 @@ class BackendPool:
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = every(self._settings.discovery_interval_s, self.refresh, name="model_discovery",
-                           failures=self._failures)
+        self._task = every(
+            self._settings.discovery_interval_s, self.refresh, name="model_discovery", failures=self._failures
+        )
 
     async def aclose(self) -> None:
         await cancel_and_wait([self._task])
@@ -121,8 +125,11 @@ class BackendPool:
                 names = await replica.backend.list_models()
         except (UpstreamError, BackendClientError, TimeoutError) as exc:
             replica.up = False
-            log.warning("model discovery failed for %s: %s", replica.name, exc.__class__.__name__
-                        if isinstance(exc, TimeoutError) else exc)
+            log.warning(
+                "model discovery failed for %s: %s",
+                replica.name,
+                exc.__class__.__name__ if isinstance(exc, TimeoutError) else exc,
+            )
         else:
             replica.models = frozenset(names)
             replica.up = True
@@ -180,8 +187,14 @@ class BackendPool:
             raise NoHealthyBackend(f"no healthy backend for model '{model}'", retry_after_s=min(waits))
         if policy == "prefix_affinity" and key is not None:
             usable = set(candidates)
-            chosen = pick_bounded(key, serving, usable.__contains__, self._settings.affinity_load_factor,
-                                  self._placements, self._settings.affinity_move_factor)
+            chosen = pick_bounded(
+                key,
+                serving,
+                usable.__contains__,
+                self._settings.affinity_load_factor,
+                self._placements,
+                self._settings.affinity_move_factor,
+            )
             if chosen is not None:
                 return chosen  # type: ignore[return-value]  # one of `serving`
         # least in flight; ties broken by rotation so idle replicas share the load
@@ -189,8 +202,14 @@ class BackendPool:
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda r: r.in_flight)
 
-    async def open(self, model: str, start: Callable[[Backend], Awaitable[T]], *,
-                   affinity_key: bytes | None = None, policy: RoutingPolicy | None = None) -> tuple[Lease, T]:
+    async def open(
+        self,
+        model: str,
+        start: Callable[[Backend], Awaitable[T]],
+        *,
+        affinity_key: bytes | None = None,
+        policy: RoutingPolicy | None = None,
+    ) -> tuple[Lease, T]:
         """Run `start` on replicas until one succeeds; fail over only on replica failures.
 
         `affinity_key` (gateway.replicas.affinity.affinity_key of the request) is used when the policy,

@@ -23,9 +23,12 @@ __all__ = ["BackendSpec", "ModelPrice", "RoutingPolicy", "SECTIONS", "Settings"]
 # Values that must never reach production: they are in docs and examples, so attackers know them too.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin", "test"})
 # The sections in the order the reference lists them.
-SECTIONS = (("Server", ServerSettings), ("Replicas and routing", ReplicaSettings),
-            ("Access: keys, tokens, limits, cache, cost", AccessSettings),
-            ("Inference log and capture", StoreSettings))
+SECTIONS = (
+    ("Server", ServerSettings),
+    ("Replicas and routing", ReplicaSettings),
+    ("Access: keys, tokens, limits, cache, cost", AccessSettings),
+    ("Inference log and capture", StoreSettings),
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -40,7 +43,11 @@ def is_loopback(host: str) -> bool:
 class Settings(ServerSettings, ReplicaSettings, AccessSettings, StoreSettings):
     # Validation errors must not echo the input: it holds the secrets.
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True,
+        env_prefix="GATEWAY_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
         env_ignore_empty=True,  # compose forwards unset tunables as "": they mean "use the default"
     )
 
@@ -50,8 +57,10 @@ class Settings(ServerSettings, ReplicaSettings, AccessSettings, StoreSettings):
         if problem is not None:
             raise ValueError(problem)
         if self.auth == "none" and not is_loopback(self.host):
-            raise ValueError("GATEWAY_AUTH=none opens every endpoint to every caller: it is accepted only with "
-                             f"GATEWAY_HOST on a loopback address (127.0.0.1, ::1), not {self.host!r}")
+            raise ValueError(
+                "GATEWAY_AUTH=none opens every endpoint to every caller: it is accepted only with "
+                f"GATEWAY_HOST on a loopback address (127.0.0.1, ::1), not {self.host!r}"
+            )
         if self.env == "production":
             if self.auth == "none":
                 raise ValueError("GATEWAY_AUTH=none is refused in production")

@@ -20,13 +20,17 @@ DEFAULT_PRICE = ModelPrice(input_per_million=0.15, output_per_million=0.60)
 
 class AccessSettings(BaseSettings):
     admin_key: SecretStr | None = Field(
-        None, description="Bootstrap admin API key (sk-...). Unset: `python -m gateway` makes one for this run "
-        "and prints it once (development; production refuses to start without one).")
+        None,
+        description="Bootstrap admin API key (sk-...). Unset: `python -m gateway` makes one for this run "
+        "and prints it once (development; production refuses to start without one).",
+    )
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret for gateway-issued JWTs.")
     key_pepper: SecretStr | None = Field(None, description="Server-side pepper mixed into API-key hashes.")
     redis_url: str | None = Field(
-        None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
-        description="redis://[:password@]host:port/db. Unset: in-process stores (development).")
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
+        description="redis://[:password@]host:port/db. Unset: in-process stores (development).",
+    )
     redis_timeout_s: float = Field(0.25, gt=0, le=5, description="Socket timeout of every Redis call.")
     redis_retry_s: float = Field(3.0, gt=0, description="After a Redis failure, seconds before it is tried again.")
     jwt_algorithms: list[str] = Field(
@@ -42,19 +46,25 @@ class AccessSettings(BaseSettings):
     jwt_ttl_s: int = Field(900, ge=30, le=86400, description="Lifetime of tokens from POST /auth/token.")
     jwt_default_rpm: int | None = Field(None, ge=1, description="RPM for identity-provider tokens (no API key).")
     jwt_default_tpm: int | None = Field(None, ge=1, description="TPM for identity-provider tokens (no API key).")
-    key_cache_s: float = Field(5.0, ge=0, description="Seconds a validated key skips Redis (revocations on "
-                                                     "other replicas take effect within this).")
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a validated key skips Redis (revocations on other replicas take effect within this).",
+    )
     key_stale_s: float = Field(300.0, ge=0, description="Seconds a validated key keeps working while Redis is down.")
-    anonymous_rpm: int = Field(60, ge=1, description="Per-client-IP requests per minute on anonymous routes "
-                                                     "(POST /auth/token).")
+    anonymous_rpm: int = Field(
+        60, ge=1, description="Per-client-IP requests per minute on anonymous routes (POST /auth/token)."
+    )
     default_max_tokens_estimate: int = Field(
-        256, ge=1, description="Output tokens reserved against TPM/budget when a request sets no max_tokens.")
+        256, ge=1, description="Output tokens reserved against TPM/budget when a request sets no max_tokens."
+    )
     cache_enabled: bool = Field(True, description="Exact-match response cache on or off.")
     cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer.")
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, description="Larger answers are not cached.")
     price_default: ModelPrice = Field(
-        DEFAULT_PRICE, description='Hosted-API price per million tokens: {"input_per_million": ..., '
-                                   '"output_per_million": ...}.')
+        DEFAULT_PRICE,
+        description='Hosted-API price per million tokens: {"input_per_million": ..., "output_per_million": ...}.',
+    )
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per-model hosted-API prices.")
     gpu_monthly_usd: float = Field(0.0, ge=0, description="Monthly cost of the GPU box, for the break-even volume.")
 
@@ -63,8 +73,10 @@ class AccessSettings(BaseSettings):
         asymmetric = sorted(set(self.jwt_algorithms) & ASYMMETRIC_ALGORITHMS)
         unknown = sorted(set(self.jwt_algorithms) - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS)
         if unknown or not self.jwt_algorithms:
-            return (f"GATEWAY_JWT_ALGORITHMS: unsupported {unknown or '[]'}; choose from "
-                    f"{sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}")
+            return (
+                f"GATEWAY_JWT_ALGORITHMS: unsupported {unknown or '[]'}; choose from "
+                f"{sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}"
+            )
         if asymmetric and not (self.jwt_public_key or self.jwt_jwks_url):
             return f"GATEWAY_JWT_ALGORITHMS has {asymmetric}: set GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWT_JWKS_URL"
         return None

@@ -77,8 +77,9 @@ def env_block() -> str:
             continue
         lines += ["", f"# -- {title} " + "-" * max(0, 96 - len(title))]
         for name, info in chosen:
-            lines += textwrap.wrap(info.description or "", 100, initial_indent="# ", subsequent_indent="# ",
-                                   break_on_hyphens=False)
+            lines += textwrap.wrap(
+                info.description or "", 100, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+            )
             lines.append(f"{env_name(name, info)}={default_text(name, info)}")
     lines += ["", END]
     return "\n".join(lines) + "\n"
@@ -104,13 +105,15 @@ def _replace(text: str, begin: str, end: str, block: str, path: Path) -> str:
     start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         raise SystemExit(f"{path}: the markers of the generated block are missing ({begin!r} ... {end!r})")
-    return text[:start] + block + text[stop + len(end) + 1:]
+    return text[:start] + block + text[stop + len(end) + 1 :]
 
 
 def rendered() -> dict[Path, str]:
     """Each file as it should read."""
-    return {ENV_EXAMPLE: _replace(ENV_EXAMPLE.read_text(), BEGIN, END, env_block(), ENV_EXAMPLE),
-            CONFIGURATION: _replace(CONFIGURATION.read_text(), DOC_BEGIN, DOC_END, doc_tables(), CONFIGURATION)}
+    return {
+        ENV_EXAMPLE: _replace(ENV_EXAMPLE.read_text(), BEGIN, END, env_block(), ENV_EXAMPLE),
+        CONFIGURATION: _replace(CONFIGURATION.read_text(), DOC_BEGIN, DOC_END, doc_tables(), CONFIGURATION),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
         return 0
     for path in stale:
-        print(f"{path.relative_to(REPO_ROOT)} is out of date: python -m gateway.settings.reference --write",
-              file=sys.stderr)
+        print(
+            f"{path.relative_to(REPO_ROOT)} is out of date: python -m gateway.settings.reference --write",
+            file=sys.stderr,
+        )
     return 1 if stale and args.check else 0
 
 

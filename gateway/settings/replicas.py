@@ -26,8 +26,12 @@ class BackendSpec(BaseModel):
     url: str = Field(description="Base URL, e.g. http://ollama:11434 or http://vllm:8000 (no /v1 suffix).")
     name: str | None = Field(None, description="Label used in metrics and logs; defaults to host:port.")
     api_key: SecretStr | None = Field(None, description="Bearer token sent to an OpenAI-compatible server.")
-    max_adapters: int | None = Field(None, ge=1, description="`vllm` only: most adapters the gateway loads on this "
-                                                             "replica (its --max-cpu-loras); unset: no cap.")
+    max_adapters: int | None = Field(
+        None,
+        ge=1,
+        description="`vllm` only: most adapters the gateway loads on this "
+        "replica (its --max-cpu-loras); unset: no cap.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -52,7 +56,8 @@ class ReplicaSettings(BaseSettings):
     )
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a backend.")
     first_token_timeout_s: float = Field(
-        60.0, gt=0, description="Longest wait for a backend's first byte/token (model load included).")
+        60.0, gt=0, description="Longest wait for a backend's first byte/token (model load included)."
+    )
     total_timeout_s: float = Field(300.0, gt=0, description="Hard cap on one request, all attempts included.")
     max_attempts: int = Field(3, ge=1, le=10, description="Replicas tried per request before giving up.")
     breaker_failures: int = Field(3, ge=1, description="Consecutive failures that open a replica's circuit.")
@@ -60,29 +65,54 @@ class ReplicaSettings(BaseSettings):
     discovery_interval_s: float = Field(15.0, gt=0, description="How often replicas' model lists are refreshed.")
     discovery_timeout_s: float = Field(3.0, gt=0, description="Timeout of one model-list call.")
     max_connections_per_backend: int = Field(256, ge=1, description="HTTP connection pool size per replica.")
-    shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow requests waiting at most; more are "
-                              "dropped (and counted in gateway_shadow_requests_total{result=\"dropped\"}).")
+    shadow_queue: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Shadow requests waiting at most; more are "
+        'dropped (and counted in gateway_shadow_requests_total{result="dropped"}).',
+    )
     routing_policy: RoutingPolicy = Field(
-        "least_in_flight", description="How a replica is picked among those serving a model: `least_in_flight`, "
-        "or `prefix_affinity` (a conversation sticks to one replica, whose prompt cache it reuses).")
+        "least_in_flight",
+        description="How a replica is picked among those serving a model: `least_in_flight`, "
+        "or `prefix_affinity` (a conversation sticks to one replica, whose prompt cache it reuses).",
+    )
     routing_policies: dict[str, RoutingPolicy] = Field(
-        default_factory=dict, description='Per-model policy overriding GATEWAY_ROUTING_POLICY, e.g. '
-        '{"smollm2:135m": "prefix_affinity"} (the model name the replicas serve).')
+        default_factory=dict,
+        description="Per-model policy overriding GATEWAY_ROUTING_POLICY, e.g. "
+        '{"smollm2:135m": "prefix_affinity"} (the model name the replicas serve).',
+    )
     affinity_load_factor: float = Field(
-        1.25, ge=1.0, le=10.0, description="prefix_affinity's bound for placing a conversation: no replica takes a "
+        1.25,
+        ge=1.0,
+        le=10.0,
+        description="prefix_affinity's bound for placing a conversation: no replica takes a "
         "new one that would put it above this factor x the mean of requests in flight (it goes to the next "
-        "replica on the ring).")
+        "replica on the ring).",
+    )
     affinity_move_factor: float = Field(
-        2.0, ge=1.0, le=10.0, description="prefix_affinity moves a conversation off the replica holding its prompt "
+        2.0,
+        ge=1.0,
+        le=10.0,
+        description="prefix_affinity moves a conversation off the replica holding its prompt "
         "cache only when that replica would go above this factor x the mean of requests in flight (moving costs "
-        "the whole prompt, so this is looser than the placing bound).")
+        "the whole prompt, so this is looser than the placing bound).",
+    )
     affinity_memory: int = Field(
-        16_384, ge=0, le=1 << 22, description="prefix_affinity remembers where this many recent conversations were "
+        16_384,
+        ge=0,
+        le=1 << 22,
+        description="prefix_affinity remembers where this many recent conversations were "
         "served (about 150 bytes each), to keep each one a bound or a failure moved where its prompt is cached "
-        "(0: the ring and the placing bound alone decide).")
+        "(0: the ring and the placing bound alone decide).",
+    )
     affinity_prefix_chars: int = Field(
-        2048, ge=16, le=1 << 20, description="prefix_affinity hashes the system messages and the first user "
-        "message, each cut to this many characters.")
+        2048,
+        ge=16,
+        le=1 << 20,
+        description="prefix_affinity hashes the system messages and the first user "
+        "message, each cut to this many characters.",
+    )
 
     @field_validator("backends", mode="after")
     @classmethod

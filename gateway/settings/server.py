@@ -12,14 +12,22 @@ AuthMode = Literal["keys", "none"]
 
 class ServerSettings(BaseSettings):
     env: Literal["development", "production"] = Field(
-        "development", description="`production` refuses missing or placeholder secrets at start-up.")
+        "development", description="`production` refuses missing or placeholder secrets at start-up."
+    )
     host: str = Field("0.0.0.0", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes in this container, so one replica "
-                                                     "can use several cores (all shared state is in Redis).")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes in this container, so one replica "
+        "can use several cores (all shared state is in Redis).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     auth: AuthMode = Field(
-        "keys", description="`keys`: every call needs an API key or a JWT (the default). `none`: open access "
+        "keys",
+        description="`keys`: every call needs an API key or a JWT (the default). `none`: open access "
         "for every caller, accepted only with GATEWAY_HOST on a loopback address and answered only to "
-        "loopback clients (a laptop, never a shared host).")
+        "loopback clients (a laptop, never a shared host).",
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (413 above).")

@@ -125,8 +125,14 @@ class RedisState:
         self.last_error = f"{type(exc).__name__}: {exc}"[:200]
         if not self._down:
             self._down = True
-            log.warning({"event": "redis_unavailable", "operation": operation, "error": self.last_error,
-                         "retry_after_s": self.retry_after_s})
+            log.warning(
+                {
+                    "event": "redis_unavailable",
+                    "operation": operation,
+                    "error": self.last_error,
+                    "retry_after_s": self.retry_after_s,
+                }
+            )
         if self._on_error is not None:
             self._on_error(operation)
 

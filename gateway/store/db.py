@@ -45,8 +45,7 @@ def url_from_settings(settings: StoreSettings) -> str:
     """The async URL of the database these settings name (the SQLite default's folder made if missing)."""
     if not settings.database_url:
         ensure_sqlite_folder(settings.sqlite_path)
-    return async_url(settings.database_url.get_secret_value() if settings.database_url else None,
-                     settings.sqlite_path)
+    return async_url(settings.database_url.get_secret_value() if settings.database_url else None, settings.sqlite_path)
 
 
 def ensure_sqlite_folder(sqlite_path: str) -> None:
@@ -73,9 +72,14 @@ def create_engine(url: str, *, connect_timeout_s: float = 5.0, pool_size: int = 
 
         return engine
     # pool_pre_ping: after a database restart, stale pooled connections are replaced, not handed out.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                               pool_timeout=connect_timeout_s,
-                               connect_args={"timeout": connect_timeout_s, "command_timeout": 30})
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=connect_timeout_s,
+        connect_args={"timeout": connect_timeout_s, "command_timeout": 30},
+    )
 
 
 def _config(connection: Connection) -> Config:

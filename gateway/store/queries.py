@@ -34,13 +34,31 @@ async def inference_of(engine: AsyncEngine, request_id: str) -> dict[str, Any] |
     return dict(row._mapping) if row is not None else None
 
 
-async def add_feedback(engine: AsyncEngine, *, request_id: str, kind: str, value: float | None = None,
-                       text: str | None = None, key_id: str | None = None, source: str | None = None,
-                       at: datetime | None = None) -> int:
+async def add_feedback(
+    engine: AsyncEngine,
+    *,
+    request_id: str,
+    kind: str,
+    value: float | None = None,
+    text: str | None = None,
+    key_id: str | None = None,
+    source: str | None = None,
+    at: datetime | None = None,
+) -> int:
     async with engine.begin() as conn:
-        result = await conn.execute(insert(feedback).values(
-            request_id=request_id, created_at=at or datetime.now(UTC), kind=kind, value=value, text=text,
-            key_id=key_id, source=source).returning(feedback.c.id))
+        result = await conn.execute(
+            insert(feedback)
+            .values(
+                request_id=request_id,
+                created_at=at or datetime.now(UTC),
+                kind=kind,
+                value=value,
+                text=text,
+                key_id=key_id,
+                source=source,
+            )
+            .returning(feedback.c.id)
+        )
         return int(result.scalar_one())
 
 
@@ -78,15 +96,19 @@ def _window(query: Select, *, route: str | None, since: datetime | None) -> Sele
 
 async def sample_answers(engine: AsyncEngine, *, route: str, since: datetime, n: int) -> list[dict[str, Any]]:
     """A random sample of a route's successful answers in the window (the judge's input)."""
-    query = _window(select(inferences), route=route, since=since).where(
-        inferences.c.outcome.in_(("success", "cache_hit")), inferences.c.answer.is_not(None)
-    ).order_by(func.random()).limit(n)
+    query = (
+        _window(select(inferences), route=route, since=since)
+        .where(inferences.c.outcome.in_(("success", "cache_hit")), inferences.c.answer.is_not(None))
+        .order_by(func.random())
+        .limit(n)
+    )
     async with engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-async def export_rows(engine: AsyncEngine, *, route: str | None,
-                      since: datetime | None) -> AsyncIterator[dict[str, Any]]:
+async def export_rows(
+    engine: AsyncEngine, *, route: str | None, since: datetime | None
+) -> AsyncIterator[dict[str, Any]]:
     """Each captured inference of the window with its feedback (`"feedback": [...]`), oldest first."""
     query = _window(select(inferences), route=route, since=since).order_by(inferences.c.created_at, inferences.c.id)
     async with engine.connect() as conn:
@@ -94,8 +116,9 @@ async def export_rows(engine: AsyncEngine, *, route: str | None,
         ids = [r["request_id"] for r in rows]
         notes: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(ids), 500):
-            part = await conn.execute(select(feedback).where(feedback.c.request_id.in_(ids[start:start + 500]))
-                                      .order_by(feedback.c.id))
+            part = await conn.execute(
+                select(feedback).where(feedback.c.request_id.in_(ids[start : start + 500])).order_by(feedback.c.id)
+            )
             for f in part:
                 notes.setdefault(f.request_id, []).append(dict(f._mapping))
     for row in rows:
@@ -106,8 +129,13 @@ async def export_rows(engine: AsyncEngine, *, route: str | None,
 async def add_judge_run(engine: AsyncEngine, **values: Any) -> None:
     async with engine.begin() as conn:
         if values.get("baseline") is None:  # the first run of a route and variant is its baseline
-            first = (await conn.execute(select(func.count()).select_from(judge_runs).where(
-                judge_runs.c.route == values["route"], judge_runs.c.variant == values["variant"]))).scalar_one()
+            first = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(judge_runs)
+                    .where(judge_runs.c.route == values["route"], judge_runs.c.variant == values["variant"])
+                )
+            ).scalar_one()
             values["baseline"] = first == 0
         await conn.execute(insert(judge_runs).values(created_at=datetime.now(UTC), **values))
 
@@ -115,8 +143,10 @@ async def add_judge_run(engine: AsyncEngine, **values: Any) -> None:
 async def judge_levels(engine: AsyncEngine) -> list[dict[str, Any]]:
     """Per route and variant: the latest judge mean and the latest baseline's mean."""
     async with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in await conn.execute(select(judge_runs).order_by(judge_runs.c.created_at,
-                                                                                          judge_runs.c.id))]
+        rows = [
+            dict(r._mapping)
+            for r in await conn.execute(select(judge_runs).order_by(judge_runs.c.created_at, judge_runs.c.id))
+        ]
     levels: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         level = levels.setdefault((r["route"], r["variant"]), {"route": r["route"], "variant": r["variant"]})

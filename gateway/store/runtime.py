@@ -41,8 +41,14 @@ class StoreRuntime:
         self.metrics = metrics
         self.failures = failures
         self.engine: AsyncEngine = create_engine(self.url)
-        self.writer = CaptureWriter(self.engine, metrics, failures, capacity=settings.capture_queue,
-                                    batch_size=settings.capture_batch, retry_s=settings.capture_retry_s)
+        self.writer = CaptureWriter(
+            self.engine,
+            metrics,
+            failures,
+            capacity=settings.capture_queue,
+            batch_size=settings.capture_batch,
+            retry_s=settings.capture_retry_s,
+        )
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -82,8 +88,9 @@ class StoreRuntime:
                 self.failures.record("store_migrate", exc, retry_s=self.settings.capture_retry_s)
         self.writer.start()
         await self.upkeep()
-        self._tasks.append(every(self.settings.capture_retention_interval_s, self.upkeep, name="store_upkeep",
-                                 failures=self.failures))
+        self._tasks.append(
+            every(self.settings.capture_retention_interval_s, self.upkeep, name="store_upkeep", failures=self.failures)
+        )
 
     async def upkeep(self) -> None:
         """Retention, then the judge gauges; a failure of one does not skip the other."""

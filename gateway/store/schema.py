@@ -27,7 +27,8 @@ metadata = MetaData()
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 inferences = Table(
-    "inferences", metadata,
+    "inferences",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("request_id", String(128), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
@@ -52,7 +53,8 @@ inferences = Table(
 )
 
 feedback = Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("request_id", String(128), nullable=False, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
@@ -64,7 +66,8 @@ feedback = Table(
 )
 
 judge_runs = Table(
-    "judge_runs", metadata,
+    "judge_runs",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("route", String(200), nullable=False),

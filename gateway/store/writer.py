@@ -31,9 +31,17 @@ def transient(exc: BaseException) -> bool:
 
 
 class CaptureWriter:
-    def __init__(self, engine: AsyncEngine, metrics: GatewayMetrics, failures: FailureLog, *,
-                 capacity: int = 10_000, batch_size: int = 200, retry_s: float = 1.0,
-                 write_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: GatewayMetrics,
+        failures: FailureLog,
+        *,
+        capacity: int = 10_000,
+        batch_size: int = 200,
+        retry_s: float = 1.0,
+        write_timeout_s: float = 10.0,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.failures = failures

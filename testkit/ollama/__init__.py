@@ -1,10 +1,10 @@
 """Start the Ollama double as a real process and steer it: knobs, reset, stats.
 
-    with running_ollama_double(tokens=8) as double:      # a Service on a free port
-        control = OllamaDoubleControl(double.url)
-        control.set(fail_next=1)
-        ...                                               # call double.url with any client
-        assert control.stats()["calls"]["/api/chat"] == 1
+with running_ollama_double(tokens=8) as double:      # a Service on a free port
+    control = OllamaDoubleControl(double.url)
+    control.set(fail_next=1)
+    ...                                               # call double.url with any client
+    assert control.stats()["calls"]["/api/chat"] == 1
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ from testkit.processes import Service, free_port, python_service
 DEFAULT_MODELS = ("smollm2:135m", "llama3.2:1b")
 
 
-def start_ollama_double(*, models: Sequence[str] = DEFAULT_MODELS, port: int | None = None,
-                        embed_dim: int | None = None, timeout: float = 30.0, **knobs: Any) -> Service:
+def start_ollama_double(
+    *,
+    models: Sequence[str] = DEFAULT_MODELS,
+    port: int | None = None,
+    embed_dim: int | None = None,
+    timeout: float = 30.0,
+    **knobs: Any,
+) -> Service:
     """Start `python -m testkit.ollama.double` and wait until it answers GET /api/version.
 
     `knobs` are the double's start values (token_delay, tokens, fail_next, ...); an unknown

@@ -43,15 +43,26 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from testkit.ollama import models as ollama_models, native as ollama_native, openai_api as ollama_openai
+from testkit.ollama import models as ollama_models
+from testkit.ollama import native as ollama_native
+from testkit.ollama import openai_api as ollama_openai
 from testkit.ollama.openai_api import openai_error
 from testkit.ollama.serving import ApiError, StreamCut, json_response
 from testkit.ollama.state import DoubleState, KnobError, Knobs, state_of
 
 DEFAULT_MODELS = "smollm2:135m,llama3.2:1b"
 VERSION = "0.12.6"
-INFERENCE_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
-                             "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+INFERENCE_PATHS = frozenset(
+    {
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
+)
 
 
 async def set_knobs(request: Request) -> Response:
@@ -145,16 +156,21 @@ class HideDeliberateCuts(logging.Filter):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m testkit.ollama.double",
-                                     description="Serve a deterministic stand-in for Ollama's API.")
+    parser = argparse.ArgumentParser(
+        prog="python -m testkit.ollama.double", description="Serve a deterministic stand-in for Ollama's API."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model names present at start")
     parser.add_argument("--embed-dim", type=int, default=32, help="length of embedding vectors")
     parser.add_argument("--log-level", default="warning")
     for field_name, value in asdict(Knobs()).items():
-        parser.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=value,
-                            help=f"start value of the {field_name} knob (default {value})")
+        parser.add_argument(
+            "--" + field_name.replace("_", "-"),
+            type=type(value),
+            default=value,
+            help=f"start value of the {field_name} knob (default {value})",
+        )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be 1..65535, got {args.port}")
@@ -174,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = build_app(models=models, knobs=knobs, embed_dim=args.embed_dim)
     logging.getLogger("uvicorn.error").addFilter(HideDeliberateCuts())
     # a bounded graceful shutdown: hung requests and slow streams must not keep SIGTERM waiting
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=2)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=2
+    )
 
 
 if __name__ == "__main__":

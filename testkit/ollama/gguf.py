@@ -11,14 +11,32 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 MAGIC = b"GGUF"
-WANTED = {"general.architecture": "architecture", "general.file_type": "file_type",
-          "general.size_label": "parameter_size"}
+WANTED = {
+    "general.architecture": "architecture",
+    "general.file_type": "file_type",
+    "general.size_label": "parameter_size",
+}
 # llama.cpp's llama_ftype values -> the names Ollama shows as quantization_level
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-              10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
-SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-           10: "<Q", 11: "<q", 12: "<d"}
+FILE_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    32: "BF16",
+}
+SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 MAX_KEYS = 256  # the wanted keys come first in llama.cpp's files; don't walk the whole header
 
 

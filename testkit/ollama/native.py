@@ -15,8 +15,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from testkit.ollama.serving import (
-    ApiError, Plan, StreamCut, before_answer, cut_response, int_option, json_response,
-    paced_tokens, plan_answer, read_json, require_model, tracked, wait_for_whole_answer,
+    ApiError,
+    Plan,
+    StreamCut,
+    before_answer,
+    cut_response,
+    int_option,
+    json_response,
+    paced_tokens,
+    plan_answer,
+    read_json,
+    require_model,
+    tracked,
+    wait_for_whole_answer,
 )
 from testkit.ollama.state import DoubleState, now_rfc3339, state_of
 from testkit.ollama.text import count_prompt_tokens, embedding_for
@@ -60,8 +71,7 @@ def stop_list(options: dict[str, Any]) -> list[str]:
 
 def load_only_answer(model: str, key: str, reason: str) -> Response:
     """Ollama's reply to a request with no prompt: the model (un)loads, nothing is generated."""
-    body: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), key: "", "done": True,
-                            "done_reason": reason}
+    body: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), key: "", "done": True, "done_reason": reason}
     if key == "message":
         body["message"] = {"role": "assistant", "content": ""}
     return json_response(body)
@@ -130,8 +140,15 @@ async def chat(request: Request) -> Response:
     if not messages:
         return load_only_answer(model.name, "message", "unload" if model.name not in state.loaded else "load")
     prompt = render_chat(model.messages + messages, model.system)
-    plan = plan_answer(state, model, prompt, limit=int_option(options.get("num_predict"), "num_predict"),
-                       fmt=fmt, seed=options.get("seed"), stop=stop_list(options))
+    plan = plan_answer(
+        state,
+        model,
+        prompt,
+        limit=int_option(options.get("num_predict"), "num_predict"),
+        fmt=fmt,
+        seed=options.get("seed"),
+        stop=stop_list(options),
+    )
     return await answer(state, body, plan, "message")
 
 
@@ -151,8 +168,15 @@ async def generate(request: Request) -> Response:
     full = f"{system}\n{prompt}" if system else prompt
     if isinstance(body.get("suffix"), str) and body["suffix"]:
         full += "\n" + body["suffix"]
-    plan = plan_answer(state, model, full, limit=int_option(options.get("num_predict"), "num_predict"),
-                       fmt=fmt, seed=options.get("seed"), stop=stop_list(options))
+    plan = plan_answer(
+        state,
+        model,
+        full,
+        limit=int_option(options.get("num_predict"), "num_predict"),
+        fmt=fmt,
+        seed=options.get("seed"),
+        stop=stop_list(options),
+    )
     return await answer(state, body, plan, "response")
 
 
@@ -181,12 +205,15 @@ async def embed(request: Request) -> Response:
     model = require_model(state, body)
     dims = int_option(body.get("dimensions"), "dimensions") or state.embed_dim
     state.mark_loaded(model, body.get("keep_alive"))
-    payload = orjson.dumps({
-        "model": model.name,
-        "embeddings": [embedding_for(text, dims) for text in inputs],
-        "total_duration": 1_000_000, "load_duration": 0,
-        "prompt_eval_count": sum(count_prompt_tokens(t) for t in inputs),
-    })
+    payload = orjson.dumps(
+        {
+            "model": model.name,
+            "embeddings": [embedding_for(text, dims) for text in inputs],
+            "total_duration": 1_000_000,
+            "load_duration": 0,
+            "prompt_eval_count": sum(count_prompt_tokens(t) for t in inputs),
+        }
+    )
     return await _embedding_answer(state, payload)
 
 

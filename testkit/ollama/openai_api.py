@@ -20,8 +20,19 @@ from starlette.routing import Route
 
 from testkit.ollama.native import check_messages, embed_inputs, embedding_fault, render_chat
 from testkit.ollama.serving import (
-    ApiError, Plan, StreamCut, before_answer, cut_response, int_option, json_response, paced_tokens,
-    plan_answer, read_json, require_model, tracked, wait_for_whole_answer,
+    ApiError,
+    Plan,
+    StreamCut,
+    before_answer,
+    cut_response,
+    int_option,
+    json_response,
+    paced_tokens,
+    plan_answer,
+    read_json,
+    require_model,
+    tracked,
+    wait_for_whole_answer,
 )
 from testkit.ollama.state import DoubleState, state_of
 from testkit.ollama.text import count_prompt_tokens, embedding_base64, embedding_for
@@ -41,8 +52,11 @@ def sse(payload: Any) -> bytes:
 
 
 def usage(plan: Plan) -> dict[str, int]:
-    return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": len(plan.tokens),
-            "total_tokens": plan.prompt_tokens + len(plan.tokens)}
+    return {
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": len(plan.tokens),
+        "total_tokens": plan.prompt_tokens + len(plan.tokens),
+    }
 
 
 def response_format(body: dict[str, Any]) -> Any:
@@ -79,8 +93,14 @@ class Completion:
         self.object = "chat.completion" if chat else "text_completion"
 
     def envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.plan.model.name,
-                "system_fingerprint": FINGERPRINT, "choices": choices}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.plan.model.name,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        }
 
     def choice(self, text: str, finish: str | None, *, delta: bool) -> dict[str, Any]:
         if not self.chat:
@@ -133,9 +153,15 @@ async def chat_completions(request: Request) -> Response:
         raise ApiError(400, "[] is too short - 'messages'")
     model = require_model(state, body)
     state.mark_loaded(model, None)
-    plan = plan_answer(state, model, render_chat(model.messages + messages, model.system),
-                       limit=limit_of(body), fmt=response_format(body), seed=body.get("seed"),
-                       stop=stops_of(body))
+    plan = plan_answer(
+        state,
+        model,
+        render_chat(model.messages + messages, model.system),
+        limit=limit_of(body),
+        fmt=response_format(body),
+        seed=body.get("seed"),
+        stop=stops_of(body),
+    )
     return await complete(state, body, Completion(True, plan))
 
 
@@ -148,8 +174,7 @@ async def completions(request: Request) -> Response:
     model = require_model(state, body)
     state.mark_loaded(model, None)
     text = prompt + ("\n" + body["suffix"] if isinstance(body.get("suffix"), str) and body["suffix"] else "")
-    plan = plan_answer(state, model, text, limit=limit_of(body), fmt=None, seed=body.get("seed"),
-                       stop=stops_of(body))
+    plan = plan_answer(state, model, text, limit=limit_of(body), fmt=None, seed=body.get("seed"), stop=stops_of(body))
     return await complete(state, body, Completion(False, plan))
 
 
@@ -163,11 +188,18 @@ async def embeddings(request: Request) -> Response:
     data = []
     for index, text in enumerate(inputs):
         vector = embedding_for(text, dims)
-        data.append({"object": "embedding", "embedding": embedding_base64(vector) if as_base64 else vector,
-                     "index": index})
+        data.append(
+            {"object": "embedding", "embedding": embedding_base64(vector) if as_base64 else vector, "index": index}
+        )
     tokens = sum(count_prompt_tokens(t) for t in inputs)
-    payload = orjson.dumps({"object": "list", "data": data, "model": model.name,
-                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    payload = orjson.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
     try:
         await embedding_fault(state)
     except StreamCut:
@@ -183,8 +215,9 @@ def model_entry(name: str, modified_at: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.stats.record("/v1/models", None)
-    return json_response({"object": "list",
-                          "data": [model_entry(m.name, m.modified_at) for m in state.models.values()]})
+    return json_response(
+        {"object": "list", "data": [model_entry(m.name, m.modified_at) for m in state.models.values()]}
+    )
 
 
 async def get_model(request: Request) -> Response:
@@ -192,7 +225,7 @@ async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
     model = state.find_model(name)
     if model is None:
-        raise ApiError(404, f"model \"{name}\" not found")
+        raise ApiError(404, f'model "{name}" not found')
     return json_response(model_entry(model.name, model.modified_at))
 
 

@@ -22,7 +22,11 @@ from starlette.responses import Response, StreamingResponse
 
 from testkit.ollama.state import DoubleState, ModelRecord, state_of
 from testkit.ollama.text import (
-    count_prompt_tokens, json_mode_tokens, plain_tokens, schema_tokens, seed_of,
+    count_prompt_tokens,
+    json_mode_tokens,
+    plain_tokens,
+    schema_tokens,
+    seed_of,
 )
 
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
@@ -108,15 +112,26 @@ class Plan:
         """Ollama's timing fields, in nanoseconds, measured on the double's own clock."""
         end = time.perf_counter_ns()
         eval_ns = max(end - (self.eval_started_ns or end), len(self.tokens) * 1_000)
-        return {"total_duration": end - self.started_ns + LOAD_DURATION_NS,
-                "load_duration": LOAD_DURATION_NS,
-                "prompt_eval_count": self.prompt_tokens,
-                "prompt_eval_duration": self.prompt_tokens * PROMPT_EVAL_NS_PER_TOKEN,
-                "eval_count": len(self.tokens), "eval_duration": eval_ns}
+        return {
+            "total_duration": end - self.started_ns + LOAD_DURATION_NS,
+            "load_duration": LOAD_DURATION_NS,
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": self.prompt_tokens * PROMPT_EVAL_NS_PER_TOKEN,
+            "eval_count": len(self.tokens),
+            "eval_duration": eval_ns,
+        }
 
 
-def plan_answer(state: DoubleState, model: ModelRecord, prompt: str, *, limit: int | None,
-                fmt: Any, seed: Any, stop: Iterable[str] = ()) -> Plan:
+def plan_answer(
+    state: DoubleState,
+    model: ModelRecord,
+    prompt: str,
+    *,
+    limit: int | None,
+    fmt: Any,
+    seed: Any,
+    stop: Iterable[str] = (),
+) -> Plan:
     """Decide the answer: deterministic tokens from (model, prompt, seed), capped by `limit`."""
     natural = state.knobs.tokens
     count = natural if limit is None else min(natural, limit)
@@ -136,9 +151,14 @@ def plan_answer(state: DoubleState, model: ModelRecord, prompt: str, *, limit: i
             tokens, done_reason = tokens[:i], "stop"
             break
     fault = state.take_fault()
-    return Plan(model=model, tokens=tokens, done_reason=done_reason,
-                prompt_tokens=count_prompt_tokens(prompt), fault=fault,
-                cut_at=min(state.knobs.die_after_tokens, len(tokens)))
+    return Plan(
+        model=model,
+        tokens=tokens,
+        done_reason=done_reason,
+        prompt_tokens=count_prompt_tokens(prompt),
+        fault=fault,
+        cut_at=min(state.knobs.die_after_tokens, len(tokens)),
+    )
 
 
 async def before_answer(state: DoubleState, fault: str | None) -> None:
@@ -178,8 +198,7 @@ def cut_response(payload: bytes, media_type: str) -> StreamingResponse:
         yield payload[: len(payload) // 2]
         raise StreamCut("die_mid_stream in a non-streamed answer")
 
-    return StreamingResponse(half_then_cut(), media_type=media_type,
-                             headers={"content-length": str(len(payload))})
+    return StreamingResponse(half_then_cut(), media_type=media_type, headers={"content-length": str(len(payload))})
 
 
 async def tracked(state: DoubleState, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class Knobs:
 
 def now_rfc3339(moment: datetime | None = None) -> str:
     """Ollama's timestamp style: RFC 3339 with nanoseconds, UTC."""
-    dt = moment or datetime.now(timezone.utc)
+    dt = moment or datetime.now(UTC)
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{dt.microsecond:06d}000Z"
 
 
@@ -100,7 +100,7 @@ class ModelRecord:
     adapters: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def seeded(cls, name: str) -> "ModelRecord":
+    def seeded(cls, name: str) -> ModelRecord:
         """A model present at start: digest and size derived from the name, so they are stable."""
         name = normalise_name(name)
         digest = hashlib.sha256(name.encode()).hexdigest()
@@ -110,13 +110,24 @@ class ModelRecord:
         return cls(name=name, digest=digest, size=size, modified_at=now_rfc3339(), parameter_size=size_param)
 
     def details(self) -> dict[str, Any]:
-        return {"parent_model": self.parent_model, "format": "gguf", "family": self.family,
-                "families": [self.family], "parameter_size": self.parameter_size,
-                "quantization_level": self.quantization_level}
+        return {
+            "parent_model": self.parent_model,
+            "format": "gguf",
+            "family": self.family,
+            "families": [self.family],
+            "parameter_size": self.parameter_size,
+            "quantization_level": self.quantization_level,
+        }
 
     def tag_entry(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.name, "modified_at": self.modified_at,
-                "size": self.size, "digest": self.digest, "details": self.details()}
+        return {
+            "name": self.name,
+            "model": self.name,
+            "modified_at": self.modified_at,
+            "size": self.size,
+            "digest": self.digest,
+            "details": self.details(),
+        }
 
 
 @dataclass
@@ -189,7 +200,7 @@ class DoubleState:
         if keep_alive in (0, "0", "0s", "0m"):
             self.loaded.pop(model.name, None)
         else:
-            self.loaded[model.name] = datetime.now(timezone.utc) + KEEP_ALIVE
+            self.loaded[model.name] = datetime.now(UTC) + KEEP_ALIVE
 
     def take_fault(self) -> str | None:
         """Consume one armed fault (if any) for the inference request being served."""
@@ -220,10 +231,17 @@ class DoubleState:
 
 
 def _created_view(model: ModelRecord) -> dict[str, Any]:
-    return {"files": model.files, "adapters": model.adapters, "template": model.template,
-            "system": model.system, "parameters": model.parameters, "license": model.license,
-            "messages": model.messages, "parent_model": model.parent_model,
-            "quantization_level": model.quantization_level}
+    return {
+        "files": model.files,
+        "adapters": model.adapters,
+        "template": model.template,
+        "system": model.system,
+        "parameters": model.parameters,
+        "license": model.license,
+        "messages": model.messages,
+        "parent_model": model.parent_model,
+        "quantization_level": model.quantization_level,
+    }
 
 
 def state_of(request: Request) -> DoubleState:

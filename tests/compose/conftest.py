@@ -12,8 +12,18 @@ from pathlib import Path
 import pytest
 
 from tests.compose.engine import Engine, EngineUnavailable, get_engine
+from tests.compose.stack import (
+    NOT_RUN,
+    PROJECT,
+    STANDINS,
+    Stack,
+    copy_checkout,
+    dockerfile_bases,
+    free_ports,
+    images_needed,
+    provide_images,
+)
 from tests.stack.compose_cli import SECRET_NAMES
-from tests.compose.stack import NOT_RUN, PROJECT, STANDINS, Stack, copy_checkout, dockerfile_bases, free_ports, images_needed, provide_images
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +49,21 @@ def stack(engine: Engine) -> Iterator[Stack]:
         files.append("standin-override.yml")
     # Containers cannot get more open files than the engine's own hard limit (20000 in some sandboxes).
     nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]) if engine.private else 65536
-    env = {**engine.env, "NOFILE_LIMIT": str(nofile), "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_FILE": ":".join(files),
-           "DOCKER_BUILDKIT": "0", "API_BIND": "127.0.0.1", "API_PORT": str(api_port),
-           "API_TLS_PORT": str(tls_port)}
+    env = {
+        **engine.env,
+        "NOFILE_LIMIT": str(nofile),
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "COMPOSE_FILE": ":".join(files),
+        "DOCKER_BUILDKIT": "0",
+        "API_BIND": "127.0.0.1",
+        "API_PORT": str(api_port),
+        "API_TLS_PORT": str(tls_port),
+    }
     s = Stack(engine, workdir, api_port, env)
-    print(f"\ncompose tier: {engine.description}; project {PROJECT}; API on 127.0.0.1:{api_port}; "
-          f"COMPOSE_FILE={env['COMPOSE_FILE']}; not run here: "
-          + ", ".join(f"{k} ({v})" for k, v in NOT_RUN.items()))
+    print(
+        f"\ncompose tier: {engine.description}; project {PROJECT}; API on 127.0.0.1:{api_port}; "
+        f"COMPOSE_FILE={env['COMPOSE_FILE']}; not run here: " + ", ".join(f"{k} ({v})" for k, v in NOT_RUN.items())
+    )
     s.compose("--profile", "*", "down", "-v", "--remove-orphans", "-t", "2", check=False)  # an earlier run's leftovers
     s.volumes_before = set(engine.run("volume", "ls", "-q").stdout.split())
     # Compose interpolates the whole file even to list images: throwaway secrets for that one call.

@@ -20,8 +20,11 @@ from pathlib import Path
 
 from tests.stack.compose_cli import compose_binary
 
-CACHE = Path(os.environ.get("SLM_STACK_CACHE", "/var/cache/slm-stack" if os.geteuid() == 0
-                            else Path.home() / ".cache" / "slm-stack"))
+CACHE = Path(
+    os.environ.get(
+        "SLM_STACK_CACHE", "/var/cache/slm-stack" if os.geteuid() == 0 else Path.home() / ".cache" / "slm-stack"
+    )
+)
 # A pool no default Docker network uses, so a second engine on the host never collides.
 ADDRESS_POOL = os.environ.get("SLM_STACK_ADDRESS_POOL", "10.213.0.0/16")
 START_DEADLINE_S = 90.0
@@ -33,17 +36,24 @@ class EngineUnavailable(Exception):
 
 @dataclass
 class Engine:
-    env: dict[str, str]            # what every docker / compose call needs (DOCKER_HOST, DOCKER_CONFIG)
-    private: bool                  # started by the tests: stand-ins may go in
+    env: dict[str, str]  # what every docker / compose call needs (DOCKER_HOST, DOCKER_CONFIG)
+    private: bool  # started by the tests: stand-ins may go in
     description: str
     _proc: subprocess.Popen[bytes] | None = None
     _tmp: Path | None = None
     _log: Path | None = field(default=None)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120,
-            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["docker", *args], env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout, input=input_text)
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["docker", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} -> {done.returncode}: {done.stderr.strip()[-800:]}")
         return done
@@ -83,17 +93,26 @@ def _ensure_dockerd() -> str:
     if found and shutil.which("debootstrap"):
         return found
     # Debian's engine (dockerd, containerd, runc); debootstrap builds the stand-ins' base image.
-    done = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                          "--no-install-recommends docker.io debootstrap", shell=True, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+        "--no-install-recommends docker.io debootstrap",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise AssertionError(f"apt-get install docker.io failed: {done.stderr.strip()[-600:]}")
     return shutil.which("dockerd") or "/usr/sbin/dockerd"
 
 
 def _reachable(env: Mapping[str, str]) -> bool:
-    done = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], env={**os.environ, **env},
-                          capture_output=True, timeout=30)
+    done = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=30,
+    )
     return done.returncode == 0
 
 
@@ -102,9 +121,19 @@ def start_private(dockerd: str) -> Engine:
     tmp = Path(tempfile.mkdtemp(prefix="slmd-", dir="/tmp"))  # short: a socket path has ~100 bytes
     sock = tmp / "docker.sock"
     log = CACHE / "dockerd.log"
-    argv = [dockerd, "--data-root", str(CACHE / "docker"), "--exec-root", str(tmp / "exec"),
-            "-H", f"unix://{sock}", "--pidfile", str(tmp / "docker.pid"),
-            "--default-address-pool", f"base={ADDRESS_POOL},size=24"]
+    argv = [
+        dockerd,
+        "--data-root",
+        str(CACHE / "docker"),
+        "--exec-root",
+        str(tmp / "exec"),
+        "-H",
+        f"unix://{sock}",
+        "--pidfile",
+        str(tmp / "docker.pid"),
+        "--default-address-pool",
+        f"base={ADDRESS_POOL},size=24",
+    ]
     proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     env = {"DOCKER_HOST": f"unix://{sock}", **compose_plugin_config(tmp / "config")}
     engine = Engine(env, True, f"private dockerd (data root {CACHE / 'docker'})", proc, tmp, log)
@@ -120,9 +149,8 @@ def start_private(dockerd: str) -> Engine:
 
 def get_engine() -> Engine:
     """The engine DOCKER_HOST names, else (as root) a private one; EngineUnavailable otherwise."""
-    if not shutil.which("docker"):
-        if os.geteuid() != 0:
-            raise EngineUnavailable("no docker CLI and not root")
+    if not shutil.which("docker") and os.geteuid() != 0:
+        raise EngineUnavailable("no docker CLI and not root")
     if os.environ.get("DOCKER_HOST"):
         tmp = Path(tempfile.mkdtemp(prefix="slmc-"))
         env = {"DOCKER_HOST": os.environ["DOCKER_HOST"], **compose_plugin_config(tmp / "config")}

@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.compose.engine import Engine
 from testkit.processes import REPO_ROOT
+from tests.compose.engine import Engine
 
 STANDINS = Path(os.environ.get("SLM_STANDINS_DIR", REPO_ROOT.parent / "shared" / "standins"))
 PROJECT = "slm-stack-ctest"
 MODEL = "smollm2:135m"
 # Services the stand-ins cannot run (no Debian package, or a CUDA base image).
-NOT_RUN = {"grafana": "no stand-in image", "jaeger": "no stand-in image (profile tracing)",
-           "trainer": "CUDA base image (profile train)"}
+NOT_RUN = {
+    "grafana": "no stand-in image",
+    "jaeger": "no stand-in image (profile tracing)",
+    "trainer": "CUDA base image (profile train)",
+}
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,8 +43,12 @@ def free_ports(n: int) -> list[int]:
 
 
 def copy_checkout(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO_ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     for raw in filter(None, listed):
         src = REPO_ROOT / raw.decode()
         if src.is_file():
@@ -65,6 +72,7 @@ def poll(what: str, check: Callable[[], Any], deadline_s: float, every_s: float 
 @dataclass
 class Pending:
     """A falsy poll result that still says why (shown when the deadline passes)."""
+
     why: str
 
     def __bool__(self) -> bool:
@@ -83,12 +91,20 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/v1"
 
-    def run(self, argv: list[str], check: bool = True, timeout: float = 300,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], check: bool = True, timeout: float = 300, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         # As a user's shell runs it, not as a sub-make of `make test` (whose flags print directory lines).
         base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-        done = subprocess.run(argv, cwd=self.workdir, env={**base, **self.env}, capture_output=True,
-                              text=True, timeout=timeout, input=stdin)
+        done = subprocess.run(
+            argv,
+            cwd=self.workdir,
+            env={**base, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} -> {done.returncode}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
         return done
@@ -124,16 +140,22 @@ class Stack:
 def stack_state(stack: Stack, replicas: int) -> str | Pending:
     """'ok' once every started service is running and healthy (ollama-init exited 0)."""
     rows = stack.containers()
-    bad = [f"{r['Service']} {r['State']} {r.get('Health', '')} exit {r.get('ExitCode')}" for r in rows
-           if (r["Service"] == "ollama-init" and r["State"] == "exited" and r.get("ExitCode"))
-           or (r["Service"] != "ollama-init" and r["State"] in ("exited", "dead"))
-           or r.get("Health") == "unhealthy"]
+    bad = [
+        f"{r['Service']} {r['State']} {r.get('Health', '')} exit {r.get('ExitCode')}"
+        for r in rows
+        if (r["Service"] == "ollama-init" and r["State"] == "exited" and r.get("ExitCode"))
+        or (r["Service"] != "ollama-init" and r["State"] in ("exited", "dead"))
+        or r.get("Health") == "unhealthy"
+    ]
     if bad:
         raise AssertionError("failed: " + ", ".join(bad))
     healthy = [r["Service"] for r in rows if r["State"] == "running" and r.get("Health") in ("healthy", "")]
     done_init = any(r["Service"] == "ollama-init" and r["State"] == "exited" for r in rows)
-    if healthy.count("gateway") >= replicas and done_init and all(
-            r["Service"] in healthy or r["Service"] == "ollama-init" for r in rows):
+    if (
+        healthy.count("gateway") >= replicas
+        and done_init
+        and all(r["Service"] in healthy or r["Service"] == "ollama-init" for r in rows)
+    ):
         return "ok"
     return Pending(", ".join(f"{r['Service']}:{r['State']}/{r.get('Health', '')}" for r in rows))
 
@@ -176,7 +198,9 @@ def provide_images(stack: Stack, refs: Iterable[str]) -> str:
     build = [str(STANDINS / "build.sh"), "--project", str(stack.workdir), "--follow-project"]
     listed = stack.run([*build, "--list"]).stdout  # "key -> tag" lines, tags as the project pins them
     keys = [k for k, _, tag in (line.split() for line in listed.splitlines() if " -> " in line) if tag in missing]
-    no_standin = sorted(set(missing) - {tag for *_, tag in (line.split() for line in listed.splitlines() if " -> " in line)})
+    no_standin = sorted(
+        set(missing) - {tag for *_, tag in (line.split() for line in listed.splitlines() if " -> " in line)}
+    )
     assert not no_standin, f"no stand-in for {no_standin}"
     stack.run([*build, "--missing", *keys], timeout=1800)
     return f"built stand-ins for {', '.join(missing)}"

@@ -30,8 +30,12 @@ def client(stack: Stack, key: str) -> openai.OpenAI:
 
 
 def chat_status(stack: Stack, key: str, text: str) -> int:
-    r = httpx.post(f"{stack.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                   json={"model": MODEL, "messages": [{"role": "user", "content": text}]})
+    r = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+        json={"model": MODEL, "messages": [{"role": "user", "content": text}]},
+    )
     return r.status_code
 
 
@@ -44,8 +48,21 @@ def answers(url: str) -> int | str:
 
 
 def make_key(stack: Stack, name: str, rpm: int) -> str:
-    out = stack.exec("gateway", "python", "-m", "gateway", "--json", "keys", "create", "--name", name,
-                     "--rpm", str(rpm), "--models", MODEL)
+    out = stack.exec(
+        "gateway",
+        "python",
+        "-m",
+        "gateway",
+        "--json",
+        "keys",
+        "create",
+        "--name",
+        name,
+        "--rpm",
+        str(rpm),
+        "--models",
+        MODEL,
+    )
     return json.loads(out)["key"]
 
 
@@ -85,7 +102,8 @@ def test_the_openai_sdk_answers_through_nginx(stack: Stack) -> None:
 def test_a_key_made_with_the_cli_works_and_is_limited(stack: Stack) -> None:
     KEYS["load"] = make_key(stack, "ctest-load", 100000)
     answer = client(stack, KEYS["load"]).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        model=MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
     assert answer.choices[0].message.content
     limited = make_key(stack, "ctest-limited", 2)
     codes = [chat_status(stack, limited, f"Hello {i}") for i in range(5)]
@@ -104,6 +122,7 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
         if down or jobs["gateway"] != replicas(stack) or not all(jobs[j] for j in ("nginx", "redis", "prometheus")):
             return Pending(f"jobs {dict(jobs)}, down: {down}")
         return jobs
+
     jobs = poll("every Prometheus target up", all_up, 90, every_s=2)
     groups = prometheus(stack, "/api/v1/rules")["groups"]
     assert groups and sum(len(g["rules"]) for g in groups) > 0
@@ -117,7 +136,9 @@ def test_limits_settings_and_the_nginx_tmpfs_as_deployed(stack: Stack) -> None:
     # Defect 9: open files for nginx and the gateways.
     nofile = int(stack.env["NOFILE_LIMIT"])
     assert nofile > 1024 and int(stack.exec("nginx", "sh", "-c", "ulimit -n")) == nofile
-    soft = stack.exec("gateway", "python", "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    soft = stack.exec(
+        "gateway", "python", "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
     assert int(soft) == nofile
     # Defect 8: settings compose passes reach the process (GATEWAY_WORKERS defaults to 1).
     env = stack.exec("gateway", "env")
@@ -134,7 +155,7 @@ def upstreams_since(stack: Stack, since: str) -> Counter[str]:
     seen: Counter[str] = Counter()
     for line in logs.splitlines():
         if '"upstream_addr"' in line:
-            for addr in json.loads(line[line.index("{"):])["upstream_addr"].replace(",", " ").split():
+            for addr in json.loads(line[line.index("{") :])["upstream_addr"].replace(",", " ").split():
                 seen[addr.rsplit(":", 1)[0]] += 1
     return seen
 
@@ -143,11 +164,14 @@ def test_three_replicas_all_serve(stack: Stack) -> None:
     stack.compose("up", "-d", "--no-deps", "--wait", "--scale", "gateway=3", "gateway")
     poll("3 gateways healthy", lambda: stack_state(stack, 3), 120)
     ids = stack.compose("ps", "-q", "gateway").stdout.split()
-    ips = {stack.engine.run("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", i).stdout.strip()
-           for i in ids}
+    ips = {
+        stack.engine.run("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", i).stdout.strip()
+        for i in ids
+    }
     assert len(ips) == 3
-    env = stack.engine.run("inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}",
-                           stack.compose("ps", "-q", "nginx").stdout.strip()).stdout
+    env = stack.engine.run(
+        "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", stack.compose("ps", "-q", "nginx").stdout.strip()
+    ).stdout
     note = ""
     if "resolve" not in next(line for line in env.splitlines() if line.startswith("NGINX_GATEWAY_SERVER=")):
         # The stand-in nginx (1.22) has no upstream `resolve`: it saw two replicas at start.
@@ -161,6 +185,7 @@ def test_three_replicas_all_serve(stack: Stack) -> None:
             chat_status(stack, KEYS["load"], f"replica {i} {time.time()}")
         seen = upstreams_since(stack, since)
         return seen if ips <= set(seen) else Pending(f"upstreams {dict(seen)}, replicas {ips}")
+
     seen = poll("requests on all three replicas", all_three, 60)
     print(f"\nscale 3: upstreams {dict(seen)}{note}")
 
@@ -178,8 +203,10 @@ def test_a_redis_restart_under_load_fails_no_request(stack: Stack) -> None:
                 t = time.time()
                 try:
                     status: int | str = http.post(
-                        f"{stack.base_url}/chat/completions", headers={"Authorization": f"Bearer {KEYS['load']}"},
-                        json={"model": MODEL, "messages": [{"role": "user", "content": f"load {n} {i} {t}"}]}).status_code
+                        f"{stack.base_url}/chat/completions",
+                        headers={"Authorization": f"Bearer {KEYS['load']}"},
+                        json={"model": MODEL, "messages": [{"role": "user", "content": f"load {n} {i} {t}"}]},
+                    ).status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 with lock:
@@ -193,8 +220,16 @@ def test_a_redis_restart_under_load_fails_no_request(stack: Stack) -> None:
         poll("the load flowing", lambda: len(results) >= 10, 30)
         t_restart = time.time()
         stack.compose("restart", "redis")
-        poll("redis answering", lambda: "PONG" in stack.compose(
-            "exec", "-T", "redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli ping', check=False).stdout, 60)
+        poll(
+            "redis answering",
+            lambda: (
+                "PONG"
+                in stack.compose(
+                    "exec", "-T", "redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli ping', check=False
+                ).stdout
+            ),
+            60,
+        )
         t_ready = time.time()
         poll("50 requests after the restart", lambda: sum(1 for t, _, _ in results if t > t_ready) >= 50, 60)
     finally:
@@ -203,8 +238,10 @@ def test_a_redis_restart_under_load_fails_no_request(stack: Stack) -> None:
             th.join(timeout=60)
     statuses = Counter(str(s) for _, _, s in results)
     during = sum(1 for t, e, _ in results if e >= t_restart and t <= t_ready)
-    print(f"\nredis restart: {len(results)} requests, {during} during the restart "
-          f"({t_ready - t_restart:.1f} s); statuses {dict(statuses)}")
+    print(
+        f"\nredis restart: {len(results)} requests, {during} during the restart "
+        f"({t_ready - t_restart:.1f} s); statuses {dict(statuses)}"
+    )
     assert set(statuses) == {"200"} and during >= 3
 
 
@@ -218,13 +255,23 @@ def test_backup_destroy_up_restore_keeps_keys_and_usage(stack: Stack) -> None:
     key = make_key(stack, "ctest-backup", 1000)
     # A version manifest in the trainer's volume, written as the trainer would; ollama sees it at /runs.
     manifest = "ctest/versions/v1/manifest.json"
-    stack.compose("run", "--rm", "--no-deps", "-T", "--volume", "trainer-runs:/w", "--entrypoint", "sh", "ollama",
-                  "-c", f'mkdir -p /w/{Path(manifest).parent} && echo \'{{"version": 1}}\' > /w/{manifest}')
+    stack.compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "--volume",
+        "trainer-runs:/w",
+        "--entrypoint",
+        "sh",
+        "ollama",
+        "-c",
+        f"mkdir -p /w/{Path(manifest).parent} && echo '{{\"version\": 1}}' > /w/{manifest}",
+    )
     assert json.loads(stack.exec("ollama", "cat", f"/runs/{manifest}")) == {"version": 1}
     for i in range(3):
         assert chat_status(stack, key, f"usage {i}") == 200
-    before = poll("usage of 3 requests recorded",
-                  lambda: (u := usage_totals(stack, key))["requests"] == 3 and u, 30)
+    before = poll("usage of 3 requests recorded", lambda: (u := usage_totals(stack, key))["requests"] == 3 and u, 30)
     t0 = time.monotonic()
     out = stack.make("backup")
     archive = stack.workdir / out.stdout.strip().splitlines()[-1]
@@ -240,8 +287,10 @@ def test_backup_destroy_up_restore_keeps_keys_and_usage(stack: Stack) -> None:
     after = poll("usage back", lambda: (u := usage_totals(stack, key))["requests"] >= 4 and u, 30)
     assert after["requests"] == before["requests"] + 1
     assert after["input_tokens"] > before["input_tokens"]
-    print(f"\nbackup {archive.name} ({archive.stat().st_size} bytes), destroy, up, restore: "
-          f"{time.monotonic() - t0:.0f} s; usage before {before}, after one more request {after}")
+    print(
+        f"\nbackup {archive.name} ({archive.stat().st_size} bytes), destroy, up, restore: "
+        f"{time.monotonic() - t0:.0f} s; usage before {before}, after one more request {after}"
+    )
 
 
 def test_down_v_leaves_no_container_network_or_volume(stack: Stack) -> None:

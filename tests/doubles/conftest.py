@@ -7,9 +7,9 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-import ollama
 import pytest
 
+import ollama
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from testkit.processes import Service
 
@@ -43,8 +43,7 @@ def _gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def write_tiny_gguf(path: Path, *, architecture: str = "llama", size_label: str = "135M",
-                    file_type: int = 3) -> Path:
+def write_tiny_gguf(path: Path, *, architecture: str = "llama", size_label: str = "135M", file_type: int = 3) -> Path:
     """A GGUF v3 file with only metadata (no tensors): enough for the double's header reader."""
     kvs = [
         _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string(architecture),

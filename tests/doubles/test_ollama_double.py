@@ -12,13 +12,14 @@ from pathlib import Path
 
 import httpx
 import jsonschema
-import ollama
 import pytest
 
-from tests.doubles.conftest import MODEL, QUESTION, TOKENS, smollm2_gguf, write_tiny_gguf
-from testkit.ollama.text import WORDS, count_prompt_tokens
+import ollama
 from testkit.ollama import OllamaDoubleControl
+from testkit.ollama.text import WORDS, count_prompt_tokens
 from testkit.processes import Service
+from tests.doubles.conftest import MODEL, QUESTION, TOKENS, smollm2_gguf, write_tiny_gguf
+
 
 @pytest.fixture
 def aclient(double: Service, control: OllamaDoubleControl) -> ollama.AsyncClient:
@@ -30,6 +31,7 @@ def words_of(text: str) -> list[str]:
 
 
 # --- chat and generate -------------------------------------------------------------------------
+
 
 def test_chat_answers_deterministic_words_with_ollama_counters(client: ollama.Client) -> None:
     first = client.chat(model=MODEL, messages=QUESTION)
@@ -84,8 +86,15 @@ def test_raw_ndjson_stream_has_ollama_fields(double: Service, control: OllamaDou
     assert {"model", "created_at", "response", "done"} <= set(lines[0])
     assert lines[0]["created_at"].endswith("Z")
     final = lines[-1]
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration", "done_reason"):
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+        "done_reason",
+    ):
         assert key in final, key
 
 
@@ -120,10 +129,17 @@ def test_format_json_gives_valid_json(client: ollama.Client, limit: int | None) 
 
 
 def test_format_schema_gives_matching_json(client: ollama.Client) -> None:
-    schema = {"type": "object", "required": ["age", "available", "name", "tags"],
-              "properties": {"age": {"type": "integer"}, "available": {"type": "boolean"},
-                             "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
-                             "mood": {"enum": ["happy", "sad"]}}}
+    schema = {
+        "type": "object",
+        "required": ["age", "available", "name", "tags"],
+        "properties": {
+            "age": {"type": "integer"},
+            "available": {"type": "boolean"},
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "mood": {"enum": ["happy", "sad"]},
+        },
+    }
     reply = client.chat(model=MODEL, messages=QUESTION, format=schema)
     jsonschema.validate(json.loads(reply.message.content), schema)
 
@@ -155,6 +171,7 @@ def test_empty_messages_load_the_model_and_keep_alive_zero_unloads(client: ollam
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 def test_unknown_model_is_404_with_ollamas_message(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="nope:7b", messages=QUESTION)
@@ -165,26 +182,34 @@ def test_unknown_model_is_404_with_ollamas_message(client: ollama.Client) -> Non
     assert err.value.status_code == 404
 
 
-@pytest.mark.parametrize("path,body,fragment", [
-    ("/api/chat", b"{not json", "invalid JSON"),
-    ("/api/chat", b"", "missing request body"),
-    ("/api/chat", b"[1, 2]", "JSON object"),
-    ("/api/chat", json.dumps({"messages": QUESTION}).encode(), "model is required"),
-    ("/api/chat", json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
-    ("/api/generate", json.dumps({"model": MODEL, "prompt": 5}).encode(), "prompt"),
-    ("/api/generate", json.dumps({"model": MODEL, "prompt": "x", "options": {"num_predict": "9"}}).encode(),
-     "num_predict"),
-    ("/api/generate", json.dumps({"model": MODEL, "prompt": "x", "format": "yaml"}).encode(), "format"),
-    ("/api/embed", json.dumps({"model": MODEL, "input": [1, 2]}).encode(), "input"),
-])
-def test_bad_bodies_are_400_with_a_readable_error(double: Service, control: OllamaDoubleControl,
-                                                   path: str, body: bytes, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "path,body,fragment",
+    [
+        ("/api/chat", b"{not json", "invalid JSON"),
+        ("/api/chat", b"", "missing request body"),
+        ("/api/chat", b"[1, 2]", "JSON object"),
+        ("/api/chat", json.dumps({"messages": QUESTION}).encode(), "model is required"),
+        ("/api/chat", json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
+        ("/api/generate", json.dumps({"model": MODEL, "prompt": 5}).encode(), "prompt"),
+        (
+            "/api/generate",
+            json.dumps({"model": MODEL, "prompt": "x", "options": {"num_predict": "9"}}).encode(),
+            "num_predict",
+        ),
+        ("/api/generate", json.dumps({"model": MODEL, "prompt": "x", "format": "yaml"}).encode(), "format"),
+        ("/api/embed", json.dumps({"model": MODEL, "input": [1, 2]}).encode(), "input"),
+    ],
+)
+def test_bad_bodies_are_400_with_a_readable_error(
+    double: Service, control: OllamaDoubleControl, path: str, body: bytes, fragment: str
+) -> None:
     response = httpx.post(double.url + path, content=body)
     assert response.status_code == 400
     assert fragment in response.json()["error"]
 
 
 # --- embeddings --------------------------------------------------------------------------------
+
 
 def test_embed_is_deterministic_normalised_and_counts_tokens(client: ollama.Client) -> None:
     one = client.embed(model=MODEL, input="Why is the sky blue?")
@@ -205,6 +230,7 @@ def test_legacy_embeddings_endpoint(client: ollama.Client) -> None:
 
 
 # --- models: list, ps, show, version ------------------------------------------------------------
+
 
 def test_list_shows_start_models_with_details(client: ollama.Client) -> None:
     models = {m.model: m for m in client.list().models}
@@ -242,8 +268,8 @@ def test_version_and_root(double: Service, control: OllamaDoubleControl) -> None
 
 # --- blobs and create --------------------------------------------------------------------------
 
-def test_blob_head_and_upload_check_the_digest(double: Service, control: OllamaDoubleControl,
-                                               tmp_path: Path) -> None:
+
+def test_blob_head_and_upload_check_the_digest(double: Service, control: OllamaDoubleControl, tmp_path: Path) -> None:
     data = b"adapter weights"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     assert httpx.head(f"{double.url}/api/blobs/{digest}").status_code == 404
@@ -257,16 +283,25 @@ def test_blob_head_and_upload_check_the_digest(double: Service, control: OllamaD
     assert control.stats()["blobs"] == {digest: len(data)}
 
 
-def test_create_from_uploaded_gguf_then_use_it(client: ollama.Client, control: OllamaDoubleControl,
-                                               tmp_path: Path) -> None:
+def test_create_from_uploaded_gguf_then_use_it(
+    client: ollama.Client, control: OllamaDoubleControl, tmp_path: Path
+) -> None:
     gguf = write_tiny_gguf(tmp_path / "model.gguf", architecture="llama", size_label="135M", file_type=3)
     digest = client.create_blob(gguf)
     assert digest == "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
 
-    statuses = [p.status for p in client.create(
-        model="tuned:v1", files={"model.gguf": digest}, template="{{ .Prompt }}",
-        system="You are terse.", parameters={"temperature": 0.2, "stop": ["<|im_end|>"]},
-        license="Apache-2.0", stream=True)]
+    statuses = [
+        p.status
+        for p in client.create(
+            model="tuned:v1",
+            files={"model.gguf": digest},
+            template="{{ .Prompt }}",
+            system="You are terse.",
+            parameters={"temperature": 0.2, "stop": ["<|im_end|>"]},
+            license="Apache-2.0",
+            stream=True,
+        )
+    ]
     assert statuses[0] == "parsing GGUF" and statuses[-1] == "success"
     assert f"using existing layer {digest}" in statuses and "writing manifest" in statuses
 
@@ -298,8 +333,14 @@ def test_create_from_a_model_with_adapter_and_quantize(client: ollama.Client, tm
     adapter = tmp_path / "adapter.gguf"
     write_tiny_gguf(adapter, file_type=1)
     digest = client.create_blob(adapter)
-    done = client.create(model="with-lora", from_=MODEL, adapters={"adapter.gguf": digest},
-                         quantize="q4_K_M", messages=[{"role": "user", "content": "hello"}], stream=False)
+    done = client.create(
+        model="with-lora",
+        from_=MODEL,
+        adapters={"adapter.gguf": digest},
+        quantize="q4_K_M",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=False,
+    )
     assert done.status == "success"
     details = {m.model: m for m in client.list().models}["with-lora:latest"].details
     assert details.parent_model == MODEL and details.quantization_level == "Q4_K_M"
@@ -347,7 +388,9 @@ def test_pull_streams_progress_and_adds_the_model(client: ollama.Client) -> None
     progress = list(client.pull("qwen2.5:0.5b", stream=True))
     assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
     downloads = [p for p in progress if p.total]
-    assert downloads and all(p.completed <= p.total for p in downloads) and downloads[-1].completed == downloads[-1].total
+    assert (
+        downloads and all(p.completed <= p.total for p in downloads) and downloads[-1].completed == downloads[-1].total
+    )
     assert "qwen2.5:0.5b" in {m.model for m in client.list().models}
     assert client.pull("tinyllama", stream=False).status == "success"
     assert client.generate(model="tinyllama:latest", prompt="hi").done
@@ -364,6 +407,7 @@ def test_reset_restores_the_start_state(client: ollama.Client, control: OllamaDo
 
 # --- the async client --------------------------------------------------------------------------
 
+
 async def test_async_client_chat_generate_and_stream(aclient: ollama.AsyncClient) -> None:
     reply = await aclient.chat(model=MODEL, messages=QUESTION)
     parts = [p async for p in await aclient.chat(model=MODEL, messages=QUESTION, stream=True)]
@@ -374,8 +418,7 @@ async def test_async_client_chat_generate_and_stream(aclient: ollama.AsyncClient
 
 async def test_async_client_models_and_embeddings(aclient: ollama.AsyncClient, tmp_path: Path) -> None:
     digest = await aclient.create_blob(write_tiny_gguf(tmp_path / "m.gguf"))
-    statuses = [p.status async for p in await aclient.create(model="async-made", files={"m.gguf": digest},
-                                                              stream=True)]
+    statuses = [p.status async for p in await aclient.create(model="async-made", files={"m.gguf": digest}, stream=True)]
     assert statuses[-1] == "success"
     assert "async-made:latest" in {m.model for m in (await aclient.list()).models}
     assert (await aclient.show("async-made")).details.parameter_size == "135M"

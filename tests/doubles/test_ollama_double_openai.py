@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import httpx
-import ollama
 import openai
 import pytest
 
-from tests.doubles.conftest import TOKENS
-from testkit.ollama.text import WORDS, count_prompt_tokens
+import ollama
 from testkit.ollama import OllamaDoubleControl
+from testkit.ollama.text import WORDS, count_prompt_tokens
 from testkit.processes import Service
+from tests.doubles.conftest import TOKENS
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -42,8 +42,9 @@ def test_chat_completion_matches_the_native_answer(oai: openai.OpenAI, native: o
 
 
 def test_chat_stream_with_usage_ends_with_a_usage_chunk(oai: openai.OpenAI) -> None:
-    chunks = list(oai.chat.completions.create(model=MODEL, messages=QUESTION, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True})
+    )
     *tokens, finish, usage = chunks
     assert len(tokens) == TOKENS
     assert all(c.object == "chat.completion.chunk" and c.choices[0].finish_reason is None for c in tokens)
@@ -73,8 +74,7 @@ def test_max_tokens_gives_finish_reason_length(oai: openai.OpenAI) -> None:
 
 
 def test_response_format_json_object(oai: openai.OpenAI) -> None:
-    reply = oai.chat.completions.create(model=MODEL, messages=QUESTION,
-                                        response_format={"type": "json_object"})
+    reply = oai.chat.completions.create(model=MODEL, messages=QUESTION, response_format={"type": "json_object"})
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
@@ -82,16 +82,20 @@ def test_completions_stream_and_whole(oai: openai.OpenAI, native: ollama.Client)
     whole = oai.completions.create(model=MODEL, prompt="Once upon a time")
     assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
     assert whole.choices[0].text == native.generate(model=MODEL, prompt="Once upon a time").response
-    parts = list(oai.completions.create(model=MODEL, prompt="Once upon a time", stream=True,
-                                        stream_options={"include_usage": True}))
+    parts = list(
+        oai.completions.create(
+            model=MODEL, prompt="Once upon a time", stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(p.choices[0].text for p in parts if p.choices) == whole.choices[0].text
     assert parts[-1].usage.completion_tokens == TOKENS
     capped = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4)
     assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 4
 
 
-def test_embeddings_float_and_base64_agree_with_native(oai: openai.OpenAI, native: ollama.Client,
-                                                       control: OllamaDoubleControl) -> None:
+def test_embeddings_float_and_base64_agree_with_native(
+    oai: openai.OpenAI, native: ollama.Client, control: OllamaDoubleControl
+) -> None:
     default = oai.embeddings.create(model=MODEL, input=["sky", "grass"])  # the client asks for base64
     assert control.last_body("/v1/embeddings")["encoding_format"] == "base64"
     floats = oai.embeddings.create(model=MODEL, input="sky", encoding_format="float")

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.observability.access_log import ACCESS_LOGGER
 from gateway.observability.logs import JsonFormatter
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from testkit.processes import Service
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 MODEL = "smollm2:135m"
 
@@ -36,9 +36,10 @@ def control(double: Service) -> Iterator[OllamaDoubleControl]:
 
 @pytest.fixture(scope="module")
 def gateway(double: Service) -> Iterator[Service]:
-    with running_gateway([("ollama", double.url)], env={"GATEWAY_MAX_BODY_BYTES": "65536",
-                                                          "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "2",
-                                                          "GATEWAY_TOTAL_TIMEOUT_S": "5"}) as service:
+    with running_gateway(
+        [("ollama", double.url)],
+        env={"GATEWAY_MAX_BODY_BYTES": "65536", "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "2", "GATEWAY_TOTAL_TIMEOUT_S": "5"},
+    ) as service:
         yield service
 
 
@@ -56,10 +57,14 @@ def aclient(gateway: Service) -> openai.AsyncOpenAI:
 def rsa_keys() -> tuple[str, str]:
     """A fresh RSA key pair (private PEM, public PEM) for forging and verifying RS256 tokens."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return pem, public
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from gateway.model_routes.assign import bucket, choose
 from gateway.model_routes.spec import RouteSpec
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.processes import Service
 from testkit.vllm import VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_stats
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 USERS = [f"user-{i}" for i in range(40)]
@@ -22,14 +22,17 @@ USERS = [f"user-{i}" for i in range(40)]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[Service, Service]]:
-    with running_vllm_double() as vllm, \
-            running_gateway([{"kind": "vllm", "url": vllm.url, "name": "vllm"}]) as gateway:
+    with running_vllm_double() as vllm, running_gateway([{"kind": "vllm", "url": vllm.url, "name": "vllm"}]) as gateway:
         yield gateway, vllm
 
 
 def ab_route(base: str, stable: str, canary: str, canary_weight: int) -> dict:
-    return {"variants": [{"model": base, "adapter": stable, "weight": 100 - canary_weight},
-                         {"model": base, "adapter": canary, "weight": canary_weight}]}
+    return {
+        "variants": [
+            {"model": base, "adapter": stable, "weight": 100 - canary_weight},
+            {"model": base, "adapter": canary, "weight": canary_weight},
+        ]
+    }
 
 
 def chat(gateway: Service, model: str, user: str) -> httpx.Response:

@@ -13,9 +13,9 @@ import pytest
 
 from gateway.adapters.registry import AdapterBaseMismatch, AdapterNotFound, AdapterRegistry, AdapterSpec
 from gateway.state.redis import RedisState
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.processes import REPO_ROOT, Service, redis_service
 from testkit.vllm import VLLM_BASE, running_vllm_double
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 DIGEST = "ab" * 32
@@ -30,20 +30,31 @@ def redis() -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def gateway(redis) -> Iterator[Service]:
-    with running_vllm_double() as double, running_gateway(
-            [{"kind": "vllm", "url": double.url}], env={"REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}) as gw:
+    with (
+        running_vllm_double() as double,
+        running_gateway(
+            [{"kind": "vllm", "url": double.url}], env={"REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
+        ) as gw,
+    ):
         yield gw
 
 
 def cli(redis: Service, *args: str) -> subprocess.CompletedProcess:
     env = {"REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "gateway", "adapters", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "adapters", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def put(gateway: Service, name: str, body: dict, headers: dict | None = None) -> httpx.Response:
-    return httpx.put(f"{gateway.url}/admin/adapters/{name}", json=body, headers=ADMIN if headers is None else headers,
-                     timeout=10)
+    return httpx.put(
+        f"{gateway.url}/admin/adapters/{name}", json=body, headers=ADMIN if headers is None else headers, timeout=10
+    )
 
 
 def spec(**changes) -> dict:
@@ -67,14 +78,17 @@ def test_register_list_show_remove_over_http(gateway):
     assert "orders:v1" not in {m["id"] for m in models}
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    (spec(digest="not-a-digest"), "digest"),
-    (spec(files={"onnx": "/x"}), "files"),
-    (spec(files={}), "files"),
-    (spec(version=0), "version"),
-    ({"digest": DIGEST, "files": {"peft": "/x"}}, "base"),
-    (spec(colour="red"), "colour"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (spec(digest="not-a-digest"), "digest"),
+        (spec(files={"onnx": "/x"}), "files"),
+        (spec(files={}), "files"),
+        (spec(version=0), "version"),
+        ({"digest": DIGEST, "files": {"peft": "/x"}}, "base"),
+        (spec(colour="red"), "colour"),
+    ],
+)
 def test_mistakes_are_clear_400s_in_openais_shape(gateway, body, field):
     r = put(gateway, "bad", body)
     assert r.status_code == 400, r.text

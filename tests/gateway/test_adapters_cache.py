@@ -10,18 +10,22 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.processes import Service, wait_until
 from testkit.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server) -> Iterator[tuple[Service, Service]]:
-    with running_vllm_double() as vllm, running_gateway(
+    with (
+        running_vllm_double() as vllm,
+        running_gateway(
             [{"kind": "vllm", "url": vllm.url, "name": "vllm"}],
-            env={"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}) as gateway:
+            env={"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"},
+        ) as gateway,
+    ):
         yield gateway, vllm
 
 

@@ -16,11 +16,11 @@ import pytest
 
 from gateway.model_routes.assign import bucket, choose
 from gateway.model_routes.spec import RouteSpec
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import SMOLLM2_ALIAS, smollm2_gguf
+from testkit.processes import Service, wait_until
+from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.support.llama_cpp_server import start_llama_cpp
 from tests.support.lora_gguf import write_random_lora
-from testkit.processes import Service, wait_until
 
 pytestmark = pytest.mark.slow  # a real llama-server with SmolLM2
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -82,12 +82,19 @@ def test_the_server_applies_every_adapter_unless_the_request_lists_them(server):
     """The measured behaviour the driver is built on (see gateway/backends/llamacpp.py)."""
     base = direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}])
     assert direct(server, None) != base  # no `lora` field: both adapters applied
-    assert direct(server, [{"id": 0, "scale": 1.0}]) == direct(server, [{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}])
+    assert direct(server, [{"id": 0, "scale": 1.0}]) == direct(
+        server, [{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}]
+    )
 
 
 def test_each_adapter_is_served_alone_and_the_base_with_none(gateway, server):
-    wait_until(lambda: {"alpha", "beta"} <= {m["id"] for m in httpx.get(
-        gateway.url + "/v1/models", headers=ADMIN).json()["data"]}, timeout=15, what="adapters routed")
+    wait_until(
+        lambda: (
+            {"alpha", "beta"} <= {m["id"] for m in httpx.get(gateway.url + "/v1/models", headers=ADMIN).json()["data"]}
+        ),
+        timeout=15,
+        what="adapters routed",
+    )
     alpha = direct(server, [{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}])
     beta = direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}])
     base = direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}])
@@ -100,8 +107,9 @@ def test_each_adapter_is_served_alone_and_the_base_with_none(gateway, server):
 
 def test_streams_carry_the_adapter_and_its_public_name(gateway, server):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
-    chunks = list(client.chat.completions.create(model="beta", messages=PROMPT, temperature=0, max_tokens=12,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="beta", messages=PROMPT, temperature=0, max_tokens=12, stream=True)
+    )
     assert {c.model for c in chunks} == {"beta"}
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}])
@@ -117,8 +125,13 @@ def test_an_adapter_of_another_base_or_not_loaded_is_not_routed_here(gateway):
 
 def test_a_client_cannot_pick_adapters_itself(gateway, server):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
-    answer = client.chat.completions.create(model=SMOLLM2_ALIAS, messages=PROMPT, temperature=0, max_tokens=12,
-                                            extra_body={"lora": [{"id": 0, "scale": 1.0}]})
+    answer = client.chat.completions.create(
+        model=SMOLLM2_ALIAS,
+        messages=PROMPT,
+        temperature=0,
+        max_tokens=12,
+        extra_body={"lora": [{"id": 0, "scale": 1.0}]},
+    )
     assert answer.choices[0].message.content == direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}])
 
 
@@ -145,17 +158,27 @@ def test_two_versions_of_one_adapter_split_a_route_on_one_server(gateway, server
     """v1 and v2 of `support` (the alpha and beta files) on one llama-server: each user stays on a variant,
     each answer comes from that variant's adapter alone, and the one process maps the base model once."""
     for version, path in ((1, files["alpha"]), (2, files["beta"])):
-        body = {"base": SMOLLM2_ALIAS, "version": version, "digest": sha256(path),
-                "files": {"gguf": f"/adapters/{path.name}"}}
+        body = {
+            "base": SMOLLM2_ALIAS,
+            "version": version,
+            "digest": sha256(path),
+            "files": {"gguf": f"/adapters/{path.name}"},
+        }
         put = httpx.put(f"{gateway.url}/admin/adapters/support:v{version}", json=body, headers=ADMIN)
         assert put.status_code == 200, put.text
-    route = {"variants": [{"model": SMOLLM2_ALIAS, "adapter": "support:v1", "weight": 50},
-                          {"model": SMOLLM2_ALIAS, "adapter": "support:v2", "weight": 50}]}
+    route = {
+        "variants": [
+            {"model": SMOLLM2_ALIAS, "adapter": "support:v1", "weight": 50},
+            {"model": SMOLLM2_ALIAS, "adapter": "support:v2", "weight": 50},
+        ]
+    }
     assert httpx.put(f"{gateway.url}/admin/routes/support", json=route, headers=ADMIN, timeout=30).status_code == 200
     ids = {Path(e["path"]).name: e["id"] for e in httpx.get(server.url + "/lora-adapters", timeout=10).json()}
     chosen = {"support:v1": ids[files["alpha"].name], "support:v2": ids[files["beta"].name]}
-    lora = {variant: [{"id": i, "scale": 1.0 if i == own else 0.0} for i in sorted(ids.values())]
-            for variant, own in chosen.items()}
+    lora = {
+        variant: [{"id": i, "scale": 1.0 if i == own else 0.0} for i in sorted(ids.values())]
+        for variant, own in chosen.items()
+    }
     expected = {variant: direct(server, entries) for variant, entries in lora.items()}
     assert expected["support:v1"] != expected["support:v2"]
 

@@ -35,10 +35,10 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import SMOLLM2_ALIAS, smollm2_gguf
-from tests.support.llama_cpp_server import rss_bytes, start_llama_cpp
 from testkit.processes import free_port, wait_until
+from tests.support.gateway import ADMIN_KEY, running_gateway
+from tests.support.llama_cpp_server import rss_bytes, start_llama_cpp
 from trainer import converter
 from trainer.checks import exact_match
 from trainer.config import RunConfig, load_config
@@ -49,9 +49,14 @@ from trainer.stages import evaluate_stage, export_stage, prepare_stage, push_sta
 # beside the rest: this comparison runs on request (`SLM_ADAPTER_E2E=1 pytest THIS_FILE -s`), and its
 # numbers are in bench/README.md ("LoRA adapters"). CI runs the driver against a real llama-server with
 # two LoRA files in tests/gateway/test_adapters_llamacpp.py.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400),
-              pytest.mark.skipif(not os.environ.get("SLM_ADAPTER_E2E"),
-                                 reason="trains two adapters on CPU (~35 min): set SLM_ADAPTER_E2E=1 to run it")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(5400),
+    pytest.mark.skipif(
+        not os.environ.get("SLM_ADAPTER_E2E"),
+        reason="trains two adapters on CPU (~35 min): set SLM_ADAPTER_E2E=1 to run it",
+    ),
+]
 EXAMPLES = Path(__file__).resolve().parents[2] / "trainer" / "examples"
 TASKS = {"orders": "order_json", "reviews": "review_json"}
 HELD_OUT = 32  # every held-out row (eval_fraction 0.1 of 320): one differing answer is 3 points
@@ -63,10 +68,22 @@ NO_CACHE = {"X-Gateway-Cache": "off"}
 
 
 def _config(task: str, runs: Path, adapters_dir: Path, gateway_url: str) -> RunConfig:
-    return load_config(EXAMPLES / TASKS[task] / "config.yaml", {
-        "output_dir": str(runs / task), "export.quantizations": ["q8_0"], "export.serve": "q8_0",
-        "evaluation.max_examples": 8, "push.targets": ["llamacpp"],
-        "push.adapters": {"name": task, "base": SMOLLM2_ALIAS, "dir": str(adapters_dir), "gateway_url": gateway_url}})
+    return load_config(
+        EXAMPLES / TASKS[task] / "config.yaml",
+        {
+            "output_dir": str(runs / task),
+            "export.quantizations": ["q8_0"],
+            "export.serve": "q8_0",
+            "evaluation.max_examples": 8,
+            "push.targets": ["llamacpp"],
+            "push.adapters": {
+                "name": task,
+                "base": SMOLLM2_ALIAS,
+                "dir": str(adapters_dir),
+                "gateway_url": gateway_url,
+            },
+        },
+    )
 
 
 def _trained(cfg: RunConfig) -> None:
@@ -81,11 +98,18 @@ def _trained(cfg: RunConfig) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[dict]:
     converter.ensure()
-    runs = Path(os.environ["SLM_ADAPTER_RUNS"]) if os.environ.get("SLM_ADAPTER_RUNS") else tmp_path_factory.mktemp("runs")
+    runs = (
+        Path(os.environ["SLM_ADAPTER_RUNS"]) if os.environ.get("SLM_ADAPTER_RUNS") else tmp_path_factory.mktemp("runs")
+    )
     adapters_dir = tmp_path_factory.mktemp("adapters")
     llama_port = free_port()
-    with pytest.MonkeyPatch.context() as env, running_gateway([{"kind": "llamacpp", "url": f"http://127.0.0.1:{llama_port}", "name": "llamacpp"}],
-                         env={"GATEWAY_TOTAL_TIMEOUT_S": "120", "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "60"}) as gateway:
+    with (
+        pytest.MonkeyPatch.context() as env,
+        running_gateway(
+            [{"kind": "llamacpp", "url": f"http://127.0.0.1:{llama_port}", "name": "llamacpp"}],
+            env={"GATEWAY_TOTAL_TIMEOUT_S": "120", "GATEWAY_FIRST_TOKEN_TIMEOUT_S": "60"},
+        ) as gateway,
+    ):
         env.setenv("GATEWAY_ADMIN_KEY", ADMIN_KEY)  # what push reads to register the adapters
         cfgs = {task: _config(task, runs, adapters_dir, gateway.url) for task in TASKS}
         for cfg in cfgs.values():
@@ -96,8 +120,11 @@ def stack(tmp_path_factory) -> Iterator[dict]:
         server = start_llama_cpp(smollm2_gguf(), alias=SMOLLM2_ALIAS, loras=loras, port=llama_port, parallel=4)
         try:
             client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
-            wait_until(lambda: set(TASKS) <= {m.id for m in client.models.list().data}, timeout=30,
-                       what="the gateway routes both adapters")
+            wait_until(
+                lambda: set(TASKS) <= {m.id for m in client.models.list().data},
+                timeout=30,
+                what="the gateway routes both adapters",
+            )
             yield {"gateway": gateway, "client": client, "server": server, "cfgs": cfgs}
         finally:
             server.stop()
@@ -110,8 +137,9 @@ def _rows(cfg: RunConfig) -> list[list[dict]]:
 
 
 def _answer(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int) -> str:
-    answer = client.chat.completions.create(model=model, messages=messages[:-1], temperature=0, max_tokens=max_tokens,
-                                            extra_headers=NO_CACHE)
+    answer = client.chat.completions.create(
+        model=model, messages=messages[:-1], temperature=0, max_tokens=max_tokens, extra_headers=NO_CACHE
+    )
     assert answer.model == model
     return answer.choices[0].message.content or ""
 
@@ -120,15 +148,22 @@ def _score(answers: list[str], rows: list[list[dict]]) -> float:
     return sum(exact_match(a, r[-1]["content"]) for a, r in zip(answers, rows, strict=True)) / len(rows)
 
 
-def _answers(clients: dict[str, openai.OpenAI], rows: dict[str, list], cfgs: dict[str, RunConfig],
-             workers: int) -> dict[str, list[str]]:
+def _answers(
+    clients: dict[str, openai.OpenAI], rows: dict[str, list], cfgs: dict[str, RunConfig], workers: int
+) -> dict[str, list[str]]:
     """Every held-out row of both tasks, interleaved (orders, reviews, orders, ...), `workers` at a time;
     `clients[task]` answers `task` (the gateway for both, or that task's merged-model server)."""
     jobs = [(task, i) for i in range(HELD_OUT) for task in TASKS]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        answers = list(pool.map(lambda job: _answer(clients[job[0]], job[0], rows[job[0]][job[1]],
-                                                    cfgs[job[0]].evaluation.max_new_tokens), jobs))
-    return {task: [a for (t, _), a in zip(jobs, answers) if t == task] for task in TASKS}
+        answers = list(
+            pool.map(
+                lambda job: _answer(
+                    clients[job[0]], job[0], rows[job[0]][job[1]], cfgs[job[0]].evaluation.max_new_tokens
+                ),
+                jobs,
+            )
+        )
+    return {task: [a for (t, _), a in zip(jobs, answers, strict=False) if t == task] for task in TASKS}
 
 
 def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stack):
@@ -142,8 +177,10 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
             began = time.perf_counter()  # what switching costs where each variant is its own model (Ollama)
             servers[task] = start_llama_cpp(cfg.output_dir / "export" / "model-q8_0.gguf", alias=task, parallel=4)
             load_s.append(time.perf_counter() - began)
-        direct = {task: openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-                  for task, server in servers.items()}
+        direct = {
+            task: openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            for task, server in servers.items()
+        }
         merged = {mode: _answers(direct, rows, cfgs, n) for mode, n in MODES.items()}  # asked the same way
         merged_rss = sum(rss_bytes(server) for server in servers.values())
     finally:
@@ -155,17 +192,21 @@ def test_each_route_scores_like_its_merged_model_interleaved_and_concurrent(stac
         return {mode: {task: _score(answers[mode][task], rows[task]) for task in TASKS} for mode in MODES}
 
     def agree(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict[str, int]:
-        return {task: sum(x == y for x, y in zip(a[task], b[task])) for task in TASKS}
+        return {task: sum(x == y for x, y in zip(a[task], b[task], strict=False)) for task in TASKS}
 
     adapter_scores, merged_scores = scores(adapter), scores(merged)
     first, second = MODES
-    print(f"\nexact match on {HELD_OUT} held-out rows each, both tasks interleaved: adapters through the gateway "
-          f"{adapter_scores}, merged q8_0 models {merged_scores}; answers equal to the merged model's "
-          f"{ {mode: agree(adapter[mode], merged[mode]) for mode in MODES} }; answers equal {first} and "
-          f"{second}: adapters {agree(adapter[first], adapter[second])}, merged {agree(merged[first], merged[second])}")
-    print(f"RSS: one llama-server, Q4_1 base + 2 f16 adapters: {adapter_rss / 2**20:.0f} MiB; "
-          f"two llama-servers with merged q8_0 models: {merged_rss / 2**20:.0f} MiB; "
-          f"starting a merged-model server took {', '.join(f'{s:.1f}' for s in load_s)} s")
+    print(
+        f"\nexact match on {HELD_OUT} held-out rows each, both tasks interleaved: adapters through the gateway "
+        f"{adapter_scores}, merged q8_0 models {merged_scores}; answers equal to the merged model's "
+        f"{ {mode: agree(adapter[mode], merged[mode]) for mode in MODES} }; answers equal {first} and "
+        f"{second}: adapters {agree(adapter[first], adapter[second])}, merged {agree(merged[first], merged[second])}"
+    )
+    print(
+        f"RSS: one llama-server, Q4_1 base + 2 f16 adapters: {adapter_rss / 2**20:.0f} MiB; "
+        f"two llama-servers with merged q8_0 models: {merged_rss / 2**20:.0f} MiB; "
+        f"starting a merged-model server took {', '.join(f'{s:.1f}' for s in load_s)} s"
+    )
     for mode in MODES:
         for task in TASKS:
             assert abs(adapter_scores[mode][task] - merged_scores[mode][task]) <= 0.05, (mode, task)
@@ -185,8 +226,9 @@ def test_the_base_model_answers_without_any_adapter(stack):
 
 def _ttft(client: openai.OpenAI, model: str, messages: list[dict]) -> float:
     began = time.perf_counter()
-    stream = client.chat.completions.create(model=model, messages=messages[:-1], temperature=0, max_tokens=8,
-                                            stream=True, extra_headers=NO_CACHE)
+    stream = client.chat.completions.create(
+        model=model, messages=messages[:-1], temperature=0, max_tokens=8, stream=True, extra_headers=NO_CACHE
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             elapsed = time.perf_counter() - began
@@ -202,8 +244,10 @@ def test_switching_adapter_per_request_costs_little_time_to_first_token(stack):
     fixed = [_ttft(client, "orders", rows["orders"][i % HELD_OUT]) for i in range(n)]
     alternating = [_ttft(client, task, rows[task][i % HELD_OUT]) for i in range(n // 2) for task in TASKS]
     fixed_ms, alternating_ms = statistics.median(fixed) * 1000, statistics.median(alternating) * 1000
-    print(f"\nTTFT median over {n} streamed requests through the gateway: fixed adapter {fixed_ms:.0f} ms, "
-          f"adapter alternating per request {alternating_ms:.0f} ms")
+    print(
+        f"\nTTFT median over {n} streamed requests through the gateway: fixed adapter {fixed_ms:.0f} ms, "
+        f"adapter alternating per request {alternating_ms:.0f} ms"
+    )
     assert alternating_ms < 2 * fixed_ms + 250  # no reload per switch: the same order of magnitude
 
 

@@ -11,10 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.processes import Service, wait_until
-from testkit.vllm import (VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_restart,
-                                vllm_stats)
+from testkit.vllm import VLLM_BASE, peft_folder, register_adapter, running_vllm_double, vllm_restart, vllm_stats
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -44,13 +43,15 @@ def doubles() -> Iterator[tuple[Service, Service]]:
 @pytest.fixture(scope="module")
 def gateway(doubles) -> Iterator[Service]:
     a, b = doubles
-    with running_gateway([{"kind": "vllm", "url": a.url, "name": "vllm-a"},
-                          {"kind": "vllm", "url": b.url, "name": "vllm-b"}]) as service:
+    with running_gateway(
+        [{"kind": "vllm", "url": a.url, "name": "vllm-a"}, {"kind": "vllm", "url": b.url, "name": "vllm-b"}]
+    ) as service:
         yield service
 
 
 def holder(doubles, version: str) -> tuple[Service, str]:
-    held = [(d, n) for d, n in zip(doubles, ("vllm-a", "vllm-b")) if version in vllm_stats(d.url)["loaded"]]
+    named = zip(doubles, ("vllm-a", "vllm-b"), strict=True)
+    held = [(d, n) for d, n in named if version in vllm_stats(d.url)["loaded"]]
     assert len(held) == 1, f"{version} is held by {[n for _, n in held]}"
     return held[0]
 
@@ -116,9 +117,16 @@ def test_removed_adapters_are_unloaded_and_no_longer_served(gateway, doubles, tm
 
 
 def test_a_clear_503_when_no_replica_can_take_another_adapter(tmp_path):
-    with running_vllm_double() as a, running_vllm_double() as b, \
-            running_gateway([{"kind": "vllm", "url": a.url, "name": "a", "max_adapters": 1},
-                             {"kind": "vllm", "url": b.url, "name": "b", "max_adapters": 1}]) as gateway:
+    with (
+        running_vllm_double() as a,
+        running_vllm_double() as b,
+        running_gateway(
+            [
+                {"kind": "vllm", "url": a.url, "name": "a", "max_adapters": 1},
+                {"kind": "vllm", "url": b.url, "name": "b", "max_adapters": 1},
+            ]
+        ) as gateway,
+    ):
         for name in ("first", "second", "third"):
             register(gateway, name, peft_folder(tmp_path, name))
         ask(gateway, "first")

@@ -9,15 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from gateway.adapters.leases import AdapterLeases
 from gateway.state.redis import RedisState
-from tests.support.gateway import ADMIN_KEY, start_gateway
 from testkit.processes import Service, wait_until
 from testkit.vllm import peft_folder, register_adapter, running_vllm_double, vllm_stats
+from tests.support.gateway import ADMIN_KEY, start_gateway
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 WORDS = 80  # a stream of 80 words, 0.05 s apart: 4 s on one version
@@ -45,8 +44,9 @@ def serves(gateway: Service, model: str) -> bool:
 
 
 def ask(gateway: Service, model: str) -> str:
-    answer = client(gateway).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                                     max_tokens=2)
+    answer = client(gateway).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     return answer.choices[0].message.content
 
 
@@ -59,8 +59,7 @@ def test_a_replaced_version_stays_loaded_while_another_gateway_still_streams_on_
     a, b, vllm = stack
     old = register(a, "drains", peft_folder(tmp_path, "drains-v1"))
     wait_until(lambda: serves(b, "drains"), timeout=10, what="gateway b routes the adapter")
-    stream = client(b).chat.completions.create(model="drains", stream=True,
-                                               messages=[{"role": "user", "content": "x"}])
+    stream = client(b).chat.completions.create(model="drains", stream=True, messages=[{"role": "user", "content": "x"}])
     chunks = iter(stream)
     first = next(chunks)  # gateway b now streams on the old version
     new = register(a, "drains", peft_folder(tmp_path, "drains-v2"))  # a sees the old version stale at once
@@ -75,8 +74,11 @@ def test_a_replaced_version_stays_loaded_while_another_gateway_still_streams_on_
     wait_until(lambda: old in vllm_stats(vllm.url)["unloads"], timeout=10, what="old version unloaded once drained")
     assert old not in vllm_stats(vllm.url)["loaded"]
     for gateway in (a, b):
-        wait_until(lambda g=gateway: ask(g, "drains").startswith(f"{new}:"), timeout=10,
-                   what="the new version answers on both gateways")
+        wait_until(
+            lambda g=gateway: ask(g, "drains").startswith(f"{new}:"),
+            timeout=10,
+            what="the new version answers on both gateways",
+        )
 
 
 def test_it_is_unloaded_only_after_the_last_gateway_with_traffic_finished(stack, tmp_path):
@@ -84,15 +86,20 @@ def test_it_is_unloaded_only_after_the_last_gateway_with_traffic_finished(stack,
     a, b, vllm = stack
     old = register(a, "both", peft_folder(tmp_path, "both-v1"))
     wait_until(lambda: serves(b, "both"), timeout=10, what="gateway b routes the adapter")
-    short = client(a).chat.completions.create(model="both", stream=True, max_tokens=20,
-                                              messages=[{"role": "user", "content": "x"}])
-    long = iter(client(b).chat.completions.create(model="both", stream=True,
-                                                  messages=[{"role": "user", "content": "y"}]))
+    short = client(a).chat.completions.create(
+        model="both", stream=True, max_tokens=20, messages=[{"role": "user", "content": "x"}]
+    )
+    long = iter(
+        client(b).chat.completions.create(model="both", stream=True, messages=[{"role": "user", "content": "y"}])
+    )
     next(long)
     register(a, "both", peft_folder(tmp_path, "both-v2"))
     assert len("".join(c.choices[0].delta.content or "" for c in short if c.choices).split()) == 21
-    wait_until(lambda: vllm_stats(vllm.url)["in_flight"].get(old) == 1, timeout=10,
-               what="a's stream ended on the server: only b's holds the old version")
+    wait_until(
+        lambda: vllm_stats(vllm.url)["in_flight"].get(old) == 1,
+        timeout=10,
+        what="a's stream ended on the server: only b's holds the old version",
+    )
     began = time.monotonic()
     while time.monotonic() - began < 1.5:  # a runs its discovery (every second) meanwhile and finds it stale
         assert old not in vllm_stats(vllm.url)["unloads"], "unloaded while gateway b still streamed on it"

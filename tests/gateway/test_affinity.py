@@ -21,13 +21,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.replicas.affinity import affinity_key
 from gateway.backends.base import Backend
-from gateway.replicas.build import build_pool
-from gateway.replicas.pool import BackendPool, Lease
 from gateway.errors import BackendUnavailable, ModelNotFound, NoHealthyBackend
 from gateway.observability.metrics import GatewayMetrics
 from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.replicas.affinity import affinity_key
+from gateway.replicas.build import build_pool
+from gateway.replicas.pool import BackendPool, Lease
 from gateway.settings import Settings
 from testkit.processes import REPO_ROOT, free_port
 
@@ -61,12 +61,16 @@ async def models_server() -> AsyncIterator[tuple[str, dict[str, list[str]]]]:
     await runner.cleanup()
 
 
-async def make_pool(server: tuple[str, dict[str, list[str]]], replicas: dict[str, list[str]],
-                    **settings: Any) -> BackendPool:
+async def make_pool(
+    server: tuple[str, dict[str, list[str]]], replicas: dict[str, list[str]], **settings: Any
+) -> BackendPool:
     base, served = server
     served.update(replicas)
-    cfg = Settings(_env_file=None, backends=[{"kind": "openai", "url": f"{base}/{name}", "name": name}
-                                             for name in replicas], **settings)
+    cfg = Settings(
+        _env_file=None,
+        backends=[{"kind": "openai", "url": f"{base}/{name}", "name": name} for name in replicas],
+        **settings,
+    )
     pool = build_pool(cfg, GatewayMetrics(CollectorRegistry()))
     await pool.refresh()
     return pool
@@ -118,8 +122,15 @@ async def test_every_gateway_process_picks_the_same_replica(models_server) -> No
     here = " ".join([await route_once(pool, key_of(i)) for i in range(100)])
     for seed, order in (("1", ["c", "a", "b"]), ("2", ["b", "c", "a"])):
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", PICKS_SCRIPT, *order], capture_output=True, text=True,
-            timeout=60, cwd=REPO_ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+            subprocess.run,
+            [sys.executable, "-c", PICKS_SCRIPT, *order],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
         assert out.stdout.strip() == here
     await pool.aclose()
 
@@ -140,8 +151,9 @@ def test_the_key_ignores_later_turns_and_separates_conversations() -> None:
     one = affinity_key(chat(sys_prompt, ("user", "doc A")), 1024)
     assert one == affinity_key(chat(sys_prompt, ("user", "doc A"), ("assistant", "x"), ("user", "more")), 1024)
     assert one != affinity_key(chat(sys_prompt, ("user", "doc B")), 1024)
-    assert affinity_key(CompletionRequest(model=MODEL, prompt="p" * 100 + "x"), 100) == \
-        affinity_key(CompletionRequest(model=MODEL, prompt="p" * 100 + "y"), 100)
+    assert affinity_key(CompletionRequest(model=MODEL, prompt="p" * 100 + "x"), 100) == affinity_key(
+        CompletionRequest(model=MODEL, prompt="p" * 100 + "y"), 100
+    )
     assert affinity_key(EmbeddingRequest(model=MODEL, input="hi"), 1024) is None
 
 
@@ -152,8 +164,9 @@ async def test_least_in_flight_stays_the_default_and_ignores_the_key(models_serv
 
 
 async def test_the_policy_can_be_chosen_per_model(models_server) -> None:
-    pool = await make_pool(models_server, {"a": [MODEL, "other"], "b": [MODEL, "other"]},
-                           routing_policies={MODEL: "prefix_affinity"})
+    pool = await make_pool(
+        models_server, {"a": [MODEL, "other"], "b": [MODEL, "other"]}, routing_policies={MODEL: "prefix_affinity"}
+    )
     assert len({await route_once(pool, key_of(2)) for _ in range(10)}) == 1
     assert len({await route_once(pool, key_of(2), "other") for _ in range(10)}) == 2
     # an explicit policy (what a route will carry) wins over the settings
@@ -164,8 +177,14 @@ async def test_the_policy_can_be_chosen_per_model(models_server) -> None:
 @pytest.mark.parametrize("memory", [0, 16_384])
 @pytest.mark.parametrize("factor", [1.0, 1.25, 2.0])
 async def test_no_replica_takes_more_than_factor_times_the_mean(models_server, factor: float, memory: int) -> None:
-    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY,
-                           affinity_load_factor=factor, affinity_move_factor=factor, affinity_memory=memory)
+    pool = await make_pool(
+        models_server,
+        {"a": [MODEL], "b": [MODEL], "c": [MODEL]},
+        **AFFINITY,
+        affinity_load_factor=factor,
+        affinity_move_factor=factor,
+        affinity_memory=memory,
+    )
     held: list[Lease] = []
     for _ in range(24):  # one hot conversation: every request wants the same replica
         lease, _ = await route(pool, key_of(7))
@@ -189,6 +208,7 @@ def home_of(i: int, names: list[str]) -> str:
     from types import SimpleNamespace
 
     from gateway.replicas.affinity import pick_bounded
+
     chosen = pick_bounded(key_of(i), [SimpleNamespace(name=n, in_flight=0) for n in names], lambda r: True, 1.25)
     assert chosen is not None
     return chosen.name
@@ -198,8 +218,9 @@ async def test_a_conversation_the_bound_moved_stays_where_it_was_served(models_s
     # Two conversations with the same home arrive together: the bound (factor 1) sends the second to the
     # other replica, which now holds its prompt. Its later turns go there, not home to compute it again.
     pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0)
-    ring_only = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0,
-                                affinity_memory=0)
+    ring_only = await make_pool(
+        models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY, affinity_load_factor=1.0, affinity_memory=0
+    )
     first, second = [i for i in range(100) if home_of(i, ["a", "b"]) == "a"][:2]
     for p in (pool, ring_only):
         hold, name = await route(p, key_of(first))
@@ -217,12 +238,12 @@ def test_a_placed_conversation_moves_only_above_the_move_factor() -> None:
     from types import SimpleNamespace
 
     from gateway.replicas.affinity import Placements, pick_bounded
+
     replicas = {n: SimpleNamespace(name=n, in_flight=0) for n in ("a", "b", "c")}
     placements = Placements(100)
     placements.served(key_of(1), "a")
     replicas["a"].in_flight = 2  # 2 of 2 in flight: above 1.25 x the mean, within 2 x
-    pick = lambda move: pick_bounded(key_of(1), list(replicas.values()), lambda r: True, 1.25,  # noqa: E731
-                                     placements, move).name
+    pick = lambda move: pick_bounded(key_of(1), list(replicas.values()), lambda r: True, 1.25, placements, move).name
     assert pick(3.0) == "a"  # stays with its prompt cache
     placements.served(key_of(1), "a")
     assert pick(1.25) != "a"  # moved: its replica is over the bound
@@ -231,8 +252,14 @@ def test_a_placed_conversation_moves_only_above_the_move_factor() -> None:
 
 @pytest.mark.parametrize("memory", [0, 16_384])
 async def test_an_open_circuit_falls_through(models_server, memory: int) -> None:
-    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL]}, **AFFINITY,
-                           breaker_failures=1, breaker_reset_s=0.3, affinity_memory=memory)
+    pool = await make_pool(
+        models_server,
+        {"a": [MODEL], "b": [MODEL]},
+        **AFFINITY,
+        breaker_failures=1,
+        breaker_reset_s=0.3,
+        affinity_memory=memory,
+    )
     home = await route_once(pool, key_of(3))
     broken = {home}
 
@@ -279,8 +306,9 @@ async def test_models_missing_on_a_replica_or_everywhere(models_server) -> None:
 
 @pytest.mark.parametrize("memory", [0, 2_000])
 async def test_memory_stays_bounded_however_many_conversations(models_server, memory: int) -> None:
-    pool = await make_pool(models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY,
-                           affinity_memory=memory)
+    pool = await make_pool(
+        models_server, {"a": [MODEL], "b": [MODEL], "c": [MODEL]}, **AFFINITY, affinity_memory=memory
+    )
     for i in range(200):  # warm up: rings, metric series, interpreter caches
         await route_once(pool, key_of(i))
     tracemalloc.start()

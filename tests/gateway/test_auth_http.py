@@ -33,16 +33,27 @@ def hs_sign(msg: bytes, secret: str = JWT_SECRET) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(rsa_keys):
-    s = PolicyStack.start(GATEWAY_JWT_ALGORITHMS='["HS256", "RS256"]', GATEWAY_JWT_PUBLIC_KEY=rsa_keys[1],
-                          GATEWAY_JWT_ISSUER=ISSUER, GATEWAY_JWT_AUDIENCE=AUDIENCE)
+    s = PolicyStack.start(
+        GATEWAY_JWT_ALGORITHMS='["HS256", "RS256"]',
+        GATEWAY_JWT_PUBLIC_KEY=rsa_keys[1],
+        GATEWAY_JWT_ISSUER=ISSUER,
+        GATEWAY_JWT_AUDIENCE=AUDIENCE,
+    )
     yield s
     s.stop()
 
 
 def claims(**extra) -> dict:
     now = int(time.time())
-    return {"sub": "partner-42", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300,
-            "scope": "inference", **extra}
+    return {
+        "sub": "partner-42",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+        "scope": "inference",
+        **extra,
+    }
 
 
 def chat(stack, headers: dict[str, str], **body) -> httpx.Response:
@@ -72,8 +83,7 @@ def test_bad_credentials_are_401(stack, rsa_keys):
         "unknown key": {"Authorization": "Bearer sk-" + "A" * 43},
         "malformed token": {"Authorization": "Bearer eyJhbGciOi.not-base64!.x"},
         "alg none": {"Authorization": "Bearer " + forge({"alg": "none", "typ": "JWT"}, claims())},
-        "HS/RS key confusion": {"Authorization": "Bearer " + forge(hs, claims(),
-                                                                   lambda m: hs_sign(m, public_pem))},
+        "HS/RS key confusion": {"Authorization": "Bearer " + forge(hs, claims(), lambda m: hs_sign(m, public_pem))},
         "bad signature": {"Authorization": "Bearer " + forge(hs, claims(), lambda m: hs_sign(m, "not-the-secret"))},
         "expired": {"Authorization": "Bearer " + forge(hs, claims(iat=now - 900, exp=now - 600), hs_sign)},
         "not yet valid": {"Authorization": "Bearer " + forge(hs, claims(nbf=now + 600), hs_sign)},
@@ -154,6 +164,8 @@ def test_admin_api_never_shows_secrets_and_validates_input(stack):
     assert shown["rpm"] == 7 and "key" not in shown
     patched = httpx.patch(f"{stack.url}/admin/keys/{created['id']}", json={"rpm": 9, "tpm": 500}, headers=admin)
     assert patched.json()["rpm"] == 9 and patched.json()["tpm"] == 500
-    assert httpx.post(f"{stack.url}/admin/keys", json={"name": "x", "scopes": ["root"]}, headers=admin).status_code == 400
+    assert (
+        httpx.post(f"{stack.url}/admin/keys", json={"name": "x", "scopes": ["root"]}, headers=admin).status_code == 400
+    )
     assert httpx.post(f"{stack.url}/admin/keys", json={"name": "x", "rpm": 0}, headers=admin).status_code == 400
     assert httpx.get(f"{stack.url}/admin/keys/key_nope", headers=admin).status_code == 404

@@ -46,11 +46,24 @@ async def test_minted_token_round_trips_with_scopes_and_models():
     assert got["exp"] - got["iat"] == 60
 
 
-@pytest.mark.parametrize("case", ["malformed", "alg_none", "bad_signature", "expired", "not_yet_valid",
-                                  "missing_exp", "future_iat", "oversized", "unlisted_alg", "no_subject"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "malformed",
+        "alg_none",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "missing_exp",
+        "future_iat",
+        "oversized",
+        "unlisted_alg",
+        "no_subject",
+    ],
+)
 async def test_bad_hs_tokens_are_refused(case):
     now = int(time.time())
-    sign = lambda msg: hmac.new(SECRET.encode(), msg, hashlib.sha256).digest()  # noqa: E731
+    sign = lambda msg: hmac.new(SECRET.encode(), msg, hashlib.sha256).digest()
     hs = {"alg": "HS256", "typ": "JWT"}
     token = {
         "malformed": "not.a.jwt",
@@ -93,8 +106,9 @@ async def test_rs256_public_key_and_key_confusion_attack(rsa_keys):
     verifier = JwtVerifier(JwtConfig(algorithms=("RS256",), public_key=public_pem))
     assert (await verifier.verify(jwt.encode(claims(), private_pem, algorithm="RS256")))["sub"] == "key_1"
     # The attacker HMAC-signs with the (public) PEM and says HS256: refused by the pinned list.
-    confused = forge({"alg": "HS256", "typ": "JWT"}, claims(),
-                     lambda m: hmac.new(public_pem.encode(), m, hashlib.sha256).digest())
+    confused = forge(
+        {"alg": "HS256", "typ": "JWT"}, claims(), lambda m: hmac.new(public_pem.encode(), m, hashlib.sha256).digest()
+    )
     with pytest.raises(TokenInvalid, match="algorithm"):
         await verifier.verify(confused)
     # Even with HS256 also allowed, HS tokens verify only against the secret, never the PEM.
@@ -116,14 +130,15 @@ def test_config_refuses_unusable_settings():
 def jwks_server():
     """A real HTTP server publishing an EC public key as a JWKS, like an identity provider."""
     private = ec.generate_private_key(ec.SECP256R1())
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     public = jwk.construct(pem, "ES256").public_key().to_dict()
     body = json.dumps({"keys": [{**public, "kid": "idp-1", "alg": "ES256", "use": "sig"}]}).encode()
     hits = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             hits.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -149,14 +164,19 @@ async def test_es256_via_jwks_url(jwks_server):
         assert (await verifier.verify(token))["sub"] == "key_1"
         assert (await verifier.verify(token))["sub"] == "key_1"
         assert len(hits) == 1  # cached after the first fetch
-        other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        other = (
+            ec.generate_private_key(ec.SECP256R1())
+            .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            .decode()
+        )
         with pytest.raises(TokenInvalid):
-            await verifier.verify(jwt.encode(claims(iss="https://idp.example"), other, algorithm="ES256",
-                                             headers={"kid": "idp-1"}))
+            await verifier.verify(
+                jwt.encode(claims(iss="https://idp.example"), other, algorithm="ES256", headers={"kid": "idp-1"})
+            )
         with pytest.raises(TokenInvalid, match="does not publish"):
-            await verifier.verify(jwt.encode(claims(iss="https://idp.example"), pem, algorithm="ES256",
-                                             headers={"kid": "unknown"}))
+            await verifier.verify(
+                jwt.encode(claims(iss="https://idp.example"), pem, algorithm="ES256", headers={"kid": "unknown"})
+            )
     finally:
         await jwks.aclose()
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from gateway.access.key_lookup import CachedKeyLookup
-from gateway.access.keys import KeyInputError, KeyNotFound, KeySpec, MemoryKeyStore, RedisKeyStore, hash_secret, update_key
+from gateway.access.keys import (
+    KeyInputError,
+    KeyNotFound,
+    KeySpec,
+    MemoryKeyStore,
+    RedisKeyStore,
+    hash_secret,
+    update_key,
+)
 from gateway.state.redis import RedisState, RedisUnavailable
 from testkit.processes import redis_service
 

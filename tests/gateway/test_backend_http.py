@@ -37,8 +37,13 @@ def no_proxy_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def client(url: str, **kw: object) -> BackendHTTP:
-    return BackendHTTP(url, name="b", connect_timeout_s=kw.pop("connect_timeout_s", 1.0),  # type: ignore[arg-type]
-                       max_connections=kw.pop("max_connections", 4), **kw)  # type: ignore[arg-type]
+    return BackendHTTP(
+        url,
+        name="b",
+        connect_timeout_s=kw.pop("connect_timeout_s", 1.0),  # type: ignore[arg-type]
+        max_connections=kw.pop("max_connections", 4),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 async def lines(http: BackendHTTP, deadline: float | None = None) -> list[bytes]:
@@ -64,14 +69,25 @@ async def keep_alive_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             first, headers, body = await read_request(reader)
         except asyncio.IncompleteReadError:
             return
-        writer.write(answer(b"200 OK", orjson.dumps({
-            "line": first.decode(), "host": headers[b"host"].decode(), "body": body.decode(),
-            "content_type": headers.get(b"content-type", b"").decode(),
-            "accept_encoding": headers.get(b"accept-encoding", b"").decode()})))
+        writer.write(
+            answer(
+                b"200 OK",
+                orjson.dumps(
+                    {
+                        "line": first.decode(),
+                        "host": headers[b"host"].decode(),
+                        "body": body.decode(),
+                        "content_type": headers.get(b"content-type", b"").decode(),
+                        "accept_encoding": headers.get(b"accept-encoding", b"").decode(),
+                    }
+                ),
+            )
+        )
         await writer.drain()
 
 
 # -- plain calls ------------------------------------------------------------------------------------
+
 
 async def test_calls_share_one_kept_alive_connection_and_prefix_the_base_path() -> None:
     async with server(keep_alive_echo) as (url, accepted):
@@ -89,6 +105,7 @@ async def test_calls_share_one_kept_alive_connection_and_prefix_the_base_path() 
 
 def close_delimited(status: bytes, body: bytes) -> Handler:
     """Answers one request with a body that ends when the server closes the connection."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 " + status + b"\r\nconnection: close\r\n\r\n" + body)
@@ -108,15 +125,19 @@ async def test_an_answer_that_ends_with_its_connection_is_whole_and_the_connecti
     assert len(accepted) == 2
 
 
-@pytest.mark.parametrize(("status", "error", "message"), [
-    (b"404 Not Found", ReplicaLacksModel, "model 'x' not found"),
-    (b"429 Too Many Requests", BackendOverloaded, "slow down"),
-    (b"503 Service Unavailable", BackendOverloaded, "busy"),
-    (b"400 Bad Request", BackendClientError, "bad temperature"),
-    (b"500 Internal Server Error", BackendUnavailable, "boom"),
-])
-async def test_error_answers_become_the_matching_gateway_error(status: bytes, error: type[GatewayError],
-                                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (b"404 Not Found", ReplicaLacksModel, "model 'x' not found"),
+        (b"429 Too Many Requests", BackendOverloaded, "slow down"),
+        (b"503 Service Unavailable", BackendOverloaded, "busy"),
+        (b"400 Bad Request", BackendClientError, "bad temperature"),
+        (b"500 Internal Server Error", BackendUnavailable, "boom"),
+    ],
+)
+async def test_error_answers_become_the_matching_gateway_error(
+    status: bytes, error: type[GatewayError], message: str
+) -> None:
     async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_request(reader)
@@ -138,7 +159,7 @@ async def test_error_answers_become_the_matching_gateway_error(status: bytes, er
 async def test_a_body_cut_short_is_backend_unavailable_and_frees_its_connection_slot() -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"only\": ")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"only": ')
         await writer.drain()
 
     async with server(cut) as (url, accepted):
@@ -233,6 +254,7 @@ async def test_a_closed_client_refuses_calls_clearly() -> None:
 
 # -- streams ----------------------------------------------------------------------------------------
 
+
 async def test_stream_lines_arrive_as_they_are_sent() -> None:
     release = asyncio.Event()
 
@@ -285,6 +307,7 @@ def transport_abort(writer: asyncio.StreamWriter) -> None:
 
 def slow_lines(count: int, gap_s: float) -> Handler:
     """A chunked stream of `count` lines, `gap_s` apart, on every request of the connection."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_request(reader)
@@ -407,6 +430,7 @@ async def test_a_caller_timing_out_before_the_first_line_frees_the_connection() 
 
 # -- connect timeout --------------------------------------------------------------------------------
 
+
 async def test_a_backend_that_never_completes_the_tls_handshake_times_out() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
@@ -447,9 +471,11 @@ async def test_a_backend_that_never_accepts_the_connection_times_out() -> None:
 
 # -- a kept-alive connection the server closed --------------------------------------------------------
 
+
 def drops_second_request(how: str, requests: list[bytes]) -> Handler:
     """Answers the first request of each connection; on the second, closes the connection without a
     byte of answer, as a server whose keep-alive timeout fired just as the request arrived."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for n in range(2):
             _, _, body = await read_request(reader)
@@ -496,7 +522,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
         try:
             for i in range(3):
                 assert await http.json("POST", "/x", b"{}") == {}
-                await until(lambda: closed == i + 1)  # the server closed the idle connection
+                await until(lambda i=i: closed == i + 1)  # the server closed the idle connection
         finally:
             await http.aclose()
     assert len(accepted) == 3
@@ -513,7 +539,7 @@ async def test_no_second_try_once_the_answer_began() -> None:
         await writer.drain()
         await read_request(reader)
         requests += 1
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{\"partial")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"partial')
         await writer.drain()
 
     async with server(cuts_the_second) as (url, _):

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import BackendUnavailable
+from testkit.processes import free_port, python_service
 from tests.gateway.test_backend_http import client, keep_alive_echo, lines
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from testkit.processes import free_port, python_service
 from tests.support.raw_server import read_request, server
 from tests.support.tls import LocalCA, make_test_ca
 
@@ -36,9 +36,11 @@ def no_proxy_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- https ------------------------------------------------------------------------------------------
 
+
 @asynccontextmanager
 async def https_backend(ca: LocalCA) -> AsyncIterator[str]:
     """An aiohttp server with the test CA's certificate: a JSON route and an NDJSON stream route."""
+
     async def tags(_: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": "m:1"}]})
 
@@ -86,6 +88,7 @@ async def test_an_untrusted_certificate_is_a_clear_backend_unavailable(ca: Local
 
 # -- proxies from the environment -------------------------------------------------------------------
 
+
 @asynccontextmanager
 async def forward_proxy() -> AsyncIterator[tuple[str, list[bytes]]]:
     """A plain-HTTP forward proxy: records each request line it relays, one upstream call per request."""
@@ -108,8 +111,9 @@ async def forward_proxy() -> AsyncIterator[tuple[str, list[bytes]]]:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             up_writer.write(b"%s %s %s\r\n%s\r\n%s" % (method, path.encode(), version, kept, body))
             head = await up_reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
             writer.write(head + await up_reader.readexactly(length))
             await writer.drain()
             up_writer.close()
@@ -172,8 +176,11 @@ uvicorn.run(build_app(models=["smollm2:135m"], knobs=Knobs()), host="127.0.0.1",
 def tls_ollama_double(ca: LocalCA) -> Iterator[str]:
     """The Ollama double (native API and its /v1 OpenAI API) served over https with the test CA's certificate."""
     port = free_port()
-    double = python_service("ollama-double-tls", ["-c", TLS_DOUBLE, str(port), str(ca.cert_file), str(ca.key_file)],
-                            port).start().wait_port()
+    double = (
+        python_service("ollama-double-tls", ["-c", TLS_DOUBLE, str(port), str(ca.cert_file), str(ca.key_file)], port)
+        .start()
+        .wait_port()
+    )
     try:
         yield f"https://127.0.0.1:{port}"
     finally:
@@ -182,12 +189,18 @@ def tls_ollama_double(ca: LocalCA) -> Iterator[str]:
 
 @pytest.mark.parametrize("kind", ["ollama", "openai"])
 def test_the_gateway_serves_from_an_https_backend_trusted_through_ssl_cert_file(
-        kind: str, tls_ollama_double: str, ca: LocalCA) -> None:
+    kind: str, tls_ollama_double: str, ca: LocalCA
+) -> None:
     with running_gateway([(kind, tls_ollama_double)], env={"SSL_CERT_FILE": str(ca.ca_file)}) as gw:
         sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
         plain = sdk.chat.completions.create(model="smollm2:135m", messages=[{"role": "user", "content": "hi"}])
-        streamed = "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
-            model="smollm2:135m", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in sdk.chat.completions.create(
+                model="smollm2:135m", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            if c.choices
+        )
     assert plain.choices[0].message.content and streamed == plain.choices[0].message.content
 
 
@@ -201,8 +214,9 @@ def test_the_gateway_refuses_an_untrusted_https_backend_clearly(tls_ollama_doubl
     assert "TLS certificate not trusted" in logs and "Traceback" not in logs
 
 
-async def test_https_proxy_from_the_environment_tunnels_to_an_https_backend(ca: LocalCA,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_https_proxy_from_the_environment_tunnels_to_an_https_backend(
+    ca: LocalCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with https_backend(ca) as url, forward_proxy() as (proxy, seen):
         monkeypatch.setenv("HTTPS_PROXY", proxy)
         http = client(url, ca_file=str(ca.ca_file))

@@ -15,14 +15,20 @@ class Clock:
 
 def make(threshold: int = 3, reset: float = 10.0) -> tuple[CircuitBreaker, Clock, list[CircuitState]]:
     clock, changes = Clock(), []
-    return CircuitBreaker(failure_threshold=threshold, reset_after_s=reset, clock=clock,
-                          on_change=changes.append), clock, changes
+    return (
+        CircuitBreaker(failure_threshold=threshold, reset_after_s=reset, clock=clock, on_change=changes.append),
+        clock,
+        changes,
+    )
 
 
 def test_opens_after_consecutive_failures_only() -> None:
     b, _, _ = make()
-    b.record_failure(); b.record_failure(); b.record_success()  # noqa: E702 - a success resets the count
-    b.record_failure(); b.record_failure()  # noqa: E702
+    b.record_failure()
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    b.record_failure()
     assert b.state is CircuitState.CLOSED and b.acquire()
     b.record_failure()
     assert b.state is CircuitState.OPEN and not b.acquire() and not b.available()

@@ -11,24 +11,42 @@ from gateway.state.redis import RedisState
 from gateway.state.write_behind import WriteBehind
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 8}
-ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
-                       "finish_reason": "stop"}],
-          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "tiny",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
 
 
-@pytest.mark.parametrize("change", [{"temperature": 0.1}, {"top_p": 0.5}, {"seed": 1}, {"max_tokens": 9},
-                                    {"stop": ["x"]}, {"tools": [{"type": "function"}]},
-                                    {"response_format": {"type": "json_object"}}, {"n": 2},
-                                    {"messages": [{"role": "user", "content": "hi!"}]}, {"user": "u2"},
-                                    {"presence_penalty": 1}, {"logit_bias": {"1": 2}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 0.1},
+        {"top_p": 0.5},
+        {"seed": 1},
+        {"max_tokens": 9},
+        {"stop": ["x"]},
+        {"tools": [{"type": "function"}]},
+        {"response_format": {"type": "json_object"}},
+        {"n": 2},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"user": "u2"},
+        {"presence_penalty": 1},
+        {"logit_bias": {"1": 2}},
+    ],
+)
 def test_every_field_changes_the_key(change):
     assert cache_key("chat", "tiny@sha256:a", BODY) != cache_key("chat", "tiny@sha256:a", {**BODY, **change})
 
 
 def test_key_ignores_framing_and_equivalent_spellings_but_not_model_version():
     base = cache_key("chat", "tiny@sha256:a", BODY)
-    assert base == cache_key("chat", "tiny@sha256:a", {**BODY, "stream": True, "stream_options": {"include_usage": True}})
+    assert base == cache_key(
+        "chat", "tiny@sha256:a", {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert base == cache_key("chat", "tiny@sha256:a", {**BODY, "temperature": 0.0, "top_k": None})
     assert base == cache_key("chat", "tiny@sha256:a", {**BODY, "model": "alias-of-tiny"})
     assert base != cache_key("chat", "tiny@sha256:b", BODY)
@@ -111,8 +129,13 @@ def test_cut_or_failed_stream_is_not_complete():
 
 
 def test_text_completion_replay():
-    answer = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "tiny",
-              "choices": [{"index": 0, "text": "abc", "logprobs": None, "finish_reason": "length"}]}
+    answer = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "tiny",
+        "choices": [{"index": 0, "text": "abc", "logprobs": None, "finish_reason": "length"}],
+    }
     chunks = parse_sse(list(replay_sse(answer)))
     assembler = StreamAssembler()
     for c in chunks:

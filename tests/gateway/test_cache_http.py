@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from testkit.ollama import OllamaDoubleControl
-from tests.support.policy_stack import MODEL, PolicyStack, chat_body
 from testkit.processes import wait_until
+from tests.support.policy_stack import MODEL, PolicyStack, chat_body
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,12 @@ def key(stack):
 
 
 def chat(stack, key, headers=None, **body) -> httpx.Response:
-    return httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(**body),
-                      headers={"X-API-Key": key, **(headers or {})}, timeout=10)
+    return httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        json=chat_body(**body),
+        headers={"X-API-Key": key, **(headers or {})},
+        timeout=10,
+    )
 
 
 def backend_calls(control) -> int:
@@ -104,8 +108,13 @@ def test_cached_answer_replays_as_a_stream_for_the_openai_client(stack, key, con
     wait_cached(stack, key, temperature=0, content="stream me later")
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key)
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": "stream me later"}], max_tokens=8, temperature=0,
-        stream=True, stream_options={"include_usage": True})
+        model=MODEL,
+        messages=[{"role": "user", "content": "stream me later"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     assert raw.headers["X-Cache"] == "HIT"
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -145,9 +154,14 @@ def test_failed_unary_answer_is_not_cached(stack, key, control):
 
 def cache_counts(stack) -> dict[str, float]:
     text = httpx.get(f"{stack.url}/metrics").text
-    return {result: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("gateway_cache_requests_total{") and f'result="{result}"' in line)
-            for result in ("hit", "miss", "bypass")}
+    return {
+        result: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("gateway_cache_requests_total{") and f'result="{result}"' in line
+        )
+        for result in ("hit", "miss", "bypass")
+    }
 
 
 def test_cache_metrics(stack, key):

@@ -6,10 +6,10 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import MODEL
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.ollama import OllamaDoubleControl
 from testkit.processes import Service, free_port
+from tests.gateway.conftest import MODEL
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 HI = [{"role": "user", "content": "hi"}]
@@ -26,8 +26,9 @@ def assert_openai_error(r: httpx.Response, status: int, *, param: str | None = N
     return err
 
 
-def post(gateway: Service, body: bytes | dict, path: str = "/v1/chat/completions",
-         headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    gateway: Service, body: bytes | dict, path: str = "/v1/chat/completions", headers: dict[str, str] | None = None
+) -> httpx.Response:
     headers = {**AUTH, "content-type": "application/json", **(headers or {})}
     if isinstance(body, dict):
         return httpx.post(gateway.url + path, json=body, headers=headers)
@@ -39,15 +40,18 @@ def test_malformed_json_is_400(gateway: Service, raw: bytes) -> None:
     assert_openai_error(post(gateway, raw), 400)
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"messages": HI}, "model"),
-    ({"model": MODEL}, "messages"),
-    ({"model": MODEL, "messages": []}, "messages"),
-    ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"model": MODEL, "messages": HI, "temperature": 9}, "temperature"),
-    ({"model": MODEL, "messages": HI, "max_tokens": 0}, "max_tokens"),
-    ({"model": MODEL, "messages": HI, "stream": "yes please"}, "stream"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": HI}, "model"),
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": HI, "temperature": 9}, "temperature"),
+        ({"model": MODEL, "messages": HI, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": HI, "stream": "yes please"}, "stream"),
+    ],
+)
 def test_schema_violation_names_the_field(gateway: Service, body: dict, param: str) -> None:
     err = assert_openai_error(post(gateway, body), 400, param=param)
     assert param.split(".")[0] in err["message"]
@@ -67,8 +71,10 @@ def test_chunked_body_over_cap_is_413(gateway: Service) -> None:
     def chunks():
         for _ in range(40):
             yield b"x" * 4096
-    r = httpx.post(gateway.url + "/v1/chat/completions", content=chunks(),
-                   headers={**AUTH, "content-type": "application/json"})
+
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions", content=chunks(), headers={**AUTH, "content-type": "application/json"}
+    )
     assert_openai_error(r, 413)
 
 
@@ -76,7 +82,7 @@ def test_chunked_body_over_cap_is_413(gateway: Service) -> None:
 def test_body_over_cap_is_413_on_every_route(gateway: Service, chunked: bool) -> None:
     """Routes other than inference go through FastAPI; the same cap and error shape apply there."""
     body = b'{"name": "' + b"x" * 70_000 + b'"}'
-    content = (body[i:i + 4096] for i in range(0, len(body), 4096)) if chunked else body
+    content = (body[i : i + 4096] for i in range(0, len(body), 4096)) if chunked else body
     r = httpx.post(gateway.url + "/admin/keys", content=content, headers={**AUTH, "content-type": "application/json"})
     assert_openai_error(r, 413)
     assert r.headers["x-request-id"]
@@ -99,8 +105,11 @@ def test_missing_and_wrong_key_are_401(gateway: Service) -> None:
     r = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HI})
     assert_openai_error(r, 401)
     assert r.headers["www-authenticate"].startswith("Bearer")
-    r = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HI},
-                   headers={"Authorization": "Bearer sk-wrong"})
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": HI},
+        headers={"Authorization": "Bearer sk-wrong"},
+    )
     assert_openai_error(r, 401)
 
 

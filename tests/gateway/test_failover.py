@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import MODEL
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from testkit.processes import Service, wait_until
+from tests.gateway.conftest import MODEL
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 HI = [{"role": "user", "content": "hi"}]
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -51,7 +51,7 @@ def test_killing_a_replica_mid_run_loses_no_plain_request(two_doubles: tuple[Ser
                 try:
                     r = client.chat.completions.create(model=MODEL, messages=HI)
                     assert r.choices[0].message.content
-                except BaseException as exc:  # noqa: BLE001 - every failure counts
+                except BaseException as exc:
                     failures.append(exc)
                 with lock:
                     done += 1
@@ -73,8 +73,12 @@ def test_killing_a_replica_mid_run_loses_no_plain_request(two_doubles: tuple[Ser
 
 
 def test_breaker_opens_fails_fast_then_half_opens_and_closes() -> None:
-    with running_ollama_double(tokens=4) as d, running_gateway(
-            [("ollama", d.url)], env={"GATEWAY_BREAKER_FAILURES": "2", "GATEWAY_BREAKER_RESET_S": "3"}) as gw:
+    with (
+        running_ollama_double(tokens=4) as d,
+        running_gateway(
+            [("ollama", d.url)], env={"GATEWAY_BREAKER_FAILURES": "2", "GATEWAY_BREAKER_RESET_S": "3"}
+        ) as gw,
+    ):
         control = OllamaDoubleControl(d.url)
         body = {"model": MODEL, "messages": HI}
         control.set(fail_next=3, fail_status=500)
@@ -86,7 +90,7 @@ def test_breaker_opens_fails_fast_then_half_opens_and_closes() -> None:
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "no_healthy_backend"
         assert control.calls("/api/chat") == before
-        circuit = lambda: httpx.get(gw.url + "/readyz").json()["backends"][d.url[7:]]["circuit"]  # noqa: E731
+        circuit = lambda: httpx.get(gw.url + "/readyz").json()["backends"][d.url[7:]]["circuit"]
         assert circuit() == "open"
         wait_until(lambda: circuit() == "half_open", timeout=5, what="circuit half-open")
         # the probe fails (one armed failure left): open again
@@ -127,19 +131,19 @@ def test_hung_replica_is_skipped_after_first_token_timeout(two_doubles: tuple[Se
 
 
 def test_hung_backend_never_holds_a_plain_request_past_the_total_timeout() -> None:
-    with running_ollama_double() as d, running_gateway(
-            [("ollama", d.url)], env={"GATEWAY_TOTAL_TIMEOUT_S": "1"}) as gw:
+    with running_ollama_double() as d, running_gateway([("ollama", d.url)], env={"GATEWAY_TOTAL_TIMEOUT_S": "1"}) as gw:
         control = OllamaDoubleControl(d.url)
         control.set(hang_next=1)
-        r = httpx.post(gw.url + "/v1/chat/completions", json={"model": MODEL, "messages": HI}, headers=AUTH,
-                       timeout=10)
+        r = httpx.post(gw.url + "/v1/chat/completions", json={"model": MODEL, "messages": HI}, headers=AUTH, timeout=10)
         assert r.status_code == 504 and r.json()["error"]["code"] == "backend_timeout"
         control.reset()
 
 
 def test_a_stream_still_going_at_the_total_timeout_ends_with_a_timeout_event() -> None:
-    with running_ollama_double(tokens=20, token_delay=0.2) as d, running_gateway(
-            [("ollama", d.url)], env={"GATEWAY_TOTAL_TIMEOUT_S": "1"}) as gw:
+    with (
+        running_ollama_double(tokens=20, token_delay=0.2) as d,
+        running_gateway([("ollama", d.url)], env={"GATEWAY_TOTAL_TIMEOUT_S": "1"}) as gw,
+    ):
         status, events = sse_events(gw, {"model": MODEL, "messages": HI, "stream": True})
     assert status == 200 and '"choices"' in events[0]  # tokens flowed before the deadline
     assert "[DONE]" not in events  # cut by the 1 s deadline (20 tokens 0.2 s apart take 4 s) ...

@@ -6,9 +6,15 @@ import asyncio
 
 import pytest
 
-from gateway.access.limits import (AnonymousLimiter, KeyLimits, KeyRateLimiter, RateLimited, estimate_tokens,
-                            seconds_to_next_month)
 from gateway.access.calendar import utc_date
+from gateway.access.limits import (
+    AnonymousLimiter,
+    KeyLimits,
+    KeyRateLimiter,
+    RateLimited,
+    estimate_tokens,
+    seconds_to_next_month,
+)
 from gateway.state.redis import RedisState
 from gateway.state.write_behind import WriteBehind
 from testkit.processes import redis_service
@@ -35,8 +41,9 @@ async def replicas(redis_server):
 
 async def test_rpm_is_one_limit_across_replicas(replicas):
     limits = KeyLimits(rpm=10)
-    results = await asyncio.gather(*[reserved(replicas[i % 2], "key_a", limits, 1, now=NOW) for i in range(25)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[reserved(replicas[i % 2], "key_a", limits, 1, now=NOW) for i in range(25)], return_exceptions=True
+    )
     granted = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, RateLimited)]
     assert len(granted) == 10 and len(refused) == 15
@@ -142,11 +149,14 @@ async def test_anonymous_limit_is_shared_through_redis(replicas):
 def test_utc_date_strings_follow_the_calendar_across_cached_days() -> None:
     from datetime import UTC, datetime
 
-    from gateway.access.calendar import utc_date
-
     # last second of January, first of February, and back: the per-day cache must not stick
-    for moment in ("2026-01-31T23:59:59", "2026-02-01T00:00:00", "2026-01-31T12:00:00", "2026-12-31T23:59:59",
-                   "2027-01-01T00:00:01"):
+    for moment in (
+        "2026-01-31T23:59:59",
+        "2026-02-01T00:00:00",
+        "2026-01-31T12:00:00",
+        "2026-12-31T23:59:59",
+        "2027-01-01T00:00:01",
+    ):
         ts = datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()
         assert utc_date("%Y-%m", ts) == moment[:7]
         assert utc_date("%Y-%m-%d", ts) == moment[:10]
@@ -157,8 +167,9 @@ async def test_concurrent_bursts_on_two_replicas_never_pass_the_limit(replicas):
     key = f"gw:rl:r:key_lc:{int(NOW // 60)}"
     results = []
     for _ in range(6):  # bursts of concurrent requests on both replicas, 300 in all
-        results += await asyncio.gather(*[reserved(replicas[i % 2], "key_lc", limits, 1, now=NOW) for i in range(50)],
-                                        return_exceptions=True)
+        results += await asyncio.gather(
+            *[reserved(replicas[i % 2], "key_lc", limits, 1, now=NOW) for i in range(50)], return_exceptions=True
+        )
     granted = [r for r in results if not isinstance(r, Exception)]
     assert all(isinstance(r, RateLimited) for r in results if isinstance(r, Exception))
     assert len(granted) == 200 == int(await replicas[0].redis.client.get(key))

@@ -25,9 +25,14 @@ def post(url: str, key: str) -> httpx.Response:
 async def test_rpm_is_one_limit_across_two_gateways(stack):
     key = stack.create_key(rpm=5)
     async with httpx.AsyncClient(timeout=10) as client:
-        responses = await asyncio.gather(*[
-            client.post(f"{stack.gateways[i % 2].url}/v1/chat/completions", json=chat_body(),
-                        headers={"X-API-Key": key}) for i in range(12)])
+        responses = await asyncio.gather(
+            *[
+                client.post(
+                    f"{stack.gateways[i % 2].url}/v1/chat/completions", json=chat_body(), headers={"X-API-Key": key}
+                )
+                for i in range(12)
+            ]
+        )
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 5 + [429] * 7
     refused = next(r for r in responses if r.status_code == 429)
@@ -68,7 +73,7 @@ def test_monthly_budget_exhaustion(stack):
     key = stack.create_key(monthly_token_budget=30)
     statuses = [post(stack.gateways[i % 2].url, key).status_code for i in range(6)]
     assert statuses[0] == 200 and statuses[-1] == 429
-    assert statuses.index(429) <= 3 and set(statuses[statuses.index(429):]) == {429}
+    assert statuses.index(429) <= 3 and set(statuses[statuses.index(429) :]) == {429}
     refused = post(stack.url, key)
     assert refused.json()["error"]["code"] == "token_budget_exhausted"
     assert int(refused.headers["Retry-After"]) >= 1
@@ -76,8 +81,11 @@ def test_monthly_budget_exhaustion(stack):
 
 def rpm_refusals_counted(stack: PolicyStack) -> float:
     text = "\n".join(httpx.get(f"{g.url}/metrics").text for g in stack.gateways)
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('gateway_rate_limited_total{kind="rpm"}'))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('gateway_rate_limited_total{kind="rpm"}')
+    )
 
 
 def test_unlimited_key_is_not_limited_and_metrics_count_refusals(stack):
@@ -95,8 +103,10 @@ def test_token_endpoint_limited_per_address_across_gateways():
     stack = PolicyStack.start(gateways=2, GATEWAY_ANONYMOUS_RPM="3")
     try:
         key = stack.create_key()
-        codes = [httpx.post(f"{stack.gateways[i % 2].url}/auth/token", headers={"X-API-Key": key}).status_code
-                 for i in range(5)]
+        codes = [
+            httpx.post(f"{stack.gateways[i % 2].url}/auth/token", headers={"X-API-Key": key}).status_code
+            for i in range(5)
+        ]
         assert codes == [200, 200, 200, 429, 429]
     finally:
         stack.stop()

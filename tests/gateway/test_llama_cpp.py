@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import SMOLLM2_ALIAS
 from testkit.processes import Service
+from tests.support.gateway import ADMIN_KEY, running_gateway
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

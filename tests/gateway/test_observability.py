@@ -15,9 +15,9 @@ from opentelemetry.trace import SpanKind
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.support.metrics import metric_value, sample_in
 from testkit.ollama import running_ollama_double
 from testkit.processes import Service, wait_until
+from tests.support.metrics import metric_value, sample_in
 
 MODEL = "smollm2:135m"
 ADMIN_KEY = "sk-test-observability-0123456789"
@@ -32,9 +32,12 @@ def double() -> Iterator[Service]:
 
 
 def settings_for(double: Service) -> Settings:
-    return Settings(backends=[{"kind": "ollama", "url": double.url, "name": "ollama-a"}],
-                    admin_key=ADMIN_KEY, discovery_interval_s=3600, sqlite_path=":memory:")
-
+    return Settings(
+        backends=[{"kind": "ollama", "url": double.url, "name": "ollama-a"}],
+        admin_key=ADMIN_KEY,
+        discovery_interval_s=3600,
+        sqlite_path=":memory:",
+    )
 
 
 @pytest.fixture
@@ -82,7 +85,9 @@ def test_a_chat_request_produces_a_trace_with_genai_attributes(traced: TestClien
     assert backend.attributes["gen_ai.system"] == "ollama"
     assert backend.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
     assert backend.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
-    assert list(backend.attributes["gen_ai.response.finish_reasons"]) == [response.json()["choices"][0]["finish_reason"]]
+    assert list(backend.attributes["gen_ai.response.finish_reasons"]) == [
+        response.json()["choices"][0]["finish_reason"]
+    ]
     server = found["POST /v1/chat/completions"]
     auth = found["gateway.auth"]
     assert {backend.context.trace_id, auth.context.trace_id} == {server.context.trace_id}
@@ -98,15 +103,16 @@ def test_a_streamed_request_records_usage_when_the_stream_ends(traced: TestClien
     with traced.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as response:
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    usage = json.loads(events[-2][len("data: "):])["usage"]
+    usage = json.loads(events[-2][len("data: ") :])["usage"]
     traced.app.state.tracing.provider.force_flush()
     backend = by_name(spans.get_finished_spans())[f"chat {MODEL}"]
     assert backend.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"] > 0
     assert backend.attributes["gen_ai.response.finish_reasons"]
 
 
-def test_access_log_is_one_json_line_per_request_with_ids(traced: TestClient, spans: InMemorySpanExporter,
-                                                           access_lines: io.StringIO) -> None:
+def test_access_log_is_one_json_line_per_request_with_ids(
+    traced: TestClient, spans: InMemorySpanExporter, access_lines: io.StringIO
+) -> None:
     response = traced.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-ID": "req-obs-1"})
     assert response.headers["x-request-id"] == "req-obs-1"
     (line,) = [r for r in logged(access_lines, 1) if r["path"] == "/v1/chat/completions"]
@@ -143,8 +149,9 @@ def test_without_an_exporter_nothing_is_traced(untraced: TestClient, access_line
     assert line["trace_id"] is None
 
 
-def test_every_route_gets_a_server_span_named_after_its_template(traced: TestClient,
-                                                                 spans: InMemorySpanExporter) -> None:
+def test_every_route_gets_a_server_span_named_after_its_template(
+    traced: TestClient, spans: InMemorySpanExporter
+) -> None:
     assert traced.get("/v1/models", headers=AUTH).status_code == 200
     assert traced.get("/admin/keys/key-that-does-not-exist", headers=AUTH).status_code == 404
     assert traced.get("/healthz").status_code == 200
@@ -171,17 +178,26 @@ def test_feedback_for_a_request_no_gateway_kept(untraced: TestClient) -> None:
     unknown = untraced.post("/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up"}, headers=AUTH)
     assert unknown.status_code == 202
     assert unknown.json()["joined"] is False and unknown.json()["stored"] is True
-    assert metric_value(untraced, "gateway_feedback_total", model="unknown", variant="unknown", rating="up") == before + 1
-    named = untraced.post("/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up", "model": MODEL},
-                          headers=AUTH)
+    assert (
+        metric_value(untraced, "gateway_feedback_total", model="unknown", variant="unknown", rating="up") == before + 1
+    )
+    named = untraced.post(
+        "/v1/feedback", json={"request_id": "elsewhere-1", "rating": "up", "model": MODEL}, headers=AUTH
+    )
     assert named.status_code == 201
     assert metric_value(untraced, "gateway_feedback_total", model=MODEL, rating="up") >= 1
     not_served = untraced.post("/v1/feedback", json={"request_id": "x", "rating": "up", "model": "nope"}, headers=AUTH)
     assert not_served.status_code == 404
 
 
-@pytest.mark.parametrize("vote", [{"request_id": "r1", "rating": "meh"}, {"rating": "up"},
-                                  {"request_id": "r1", "rating": "up", "comment": "x" * 2001}])
+@pytest.mark.parametrize(
+    "vote",
+    [
+        {"request_id": "r1", "rating": "meh"},
+        {"rating": "up"},
+        {"request_id": "r1", "rating": "up", "comment": "x" * 2001},
+    ],
+)
 def test_bad_feedback_is_a_clear_400(untraced: TestClient, vote: dict) -> None:
     response = untraced.post("/v1/feedback", json=vote, headers=AUTH)
     assert response.status_code == 400
@@ -224,8 +240,11 @@ def test_start_up_leaves_its_heap_to_the_permanent_generation(double: Service) -
 
 def test_http_series_of_the_dashboards_are_exported(untraced: TestClient) -> None:
     """`http_requests_total` and `http_request_duration_seconds` (README, Grafana's latency panels)."""
-    ok = untraced.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                       json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    ok = untraced.post(
+        "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert ok.status_code == 200
     text = untraced.get("/metrics").text
     assert 'http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 1.0' in text

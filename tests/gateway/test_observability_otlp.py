@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
-                                                                    ExportTraceServiceResponse)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from testkit.ollama import running_ollama_double
 from testkit.processes import Service, free_port, python_service, wait_until
@@ -34,7 +36,7 @@ class Collector(ThreadingHTTPServer):
 class CollectorHandler(BaseHTTPRequestHandler):
     server: Collector
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
             self.send_error(404)
@@ -45,9 +47,14 @@ class CollectorHandler(BaseHTTPRequestHandler):
                 service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        self.server.spans.append({"name": span.name, "service": service,
-                                                  "trace_id": span.trace_id.hex(),
-                                                  "attributes": {a.key: a.value for a in span.attributes}})
+                        self.server.spans.append(
+                            {
+                                "name": span.name,
+                                "service": service,
+                                "trace_id": span.trace_id.hex(),
+                                "attributes": {a.key: a.value for a in span.attributes},
+                            }
+                        )
         payload = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -72,10 +79,15 @@ def collector() -> Iterator[Collector]:
 def gateway(collector: Collector) -> Iterator[Service]:
     with running_ollama_double(models=[MODEL], tokens=5) as double:
         port = free_port()
-        env = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_KEY": ADMIN_KEY,
-               "GATEWAY_BACKENDS": json.dumps([{"kind": "ollama", "url": double.url, "name": "ollama-a"}]),
-               "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
-               "OTEL_SERVICE_NAME": "gateway-under-test", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        env = {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+            "GATEWAY_BACKENDS": json.dumps([{"kind": "ollama", "url": double.url, "name": "ollama-a"}]),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+            "OTEL_SERVICE_NAME": "gateway-under-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
         service = python_service("gateway-otlp", ["-m", "gateway"], port, env).start()
         try:
             service.wait_http("/healthz")
@@ -85,9 +97,12 @@ def gateway(collector: Collector) -> Iterator[Service]:
 
 
 def test_spans_reach_an_otlp_collector(gateway: Service, collector: Collector) -> None:
-    response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                          headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "otlp-1"},
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "otlp-1"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200, response.text
 
     def backend_span() -> dict[str, Any] | None:
@@ -99,13 +114,22 @@ def test_spans_reach_an_otlp_collector(gateway: Service, collector: Collector) -
     assert span["service"] == "gateway-under-test"
     assert span["attributes"]["gen_ai.request.model"].string_value == MODEL
     assert span["attributes"]["gen_ai.usage.output_tokens"].int_value == response.json()["usage"]["completion_tokens"]
-    wait_until(lambda: any(s["name"] == "POST /v1/chat/completions" and s["trace_id"] == span["trace_id"]
-                           for s in list(collector.spans)), timeout=20, what="server span in the same trace")
+    wait_until(
+        lambda: any(
+            s["name"] == "POST /v1/chat/completions" and s["trace_id"] == span["trace_id"]
+            for s in list(collector.spans)
+        ),
+        timeout=20,
+        what="server span in the same trace",
+    )
 
 
 def test_the_process_logs_one_json_line_per_request(gateway: Service) -> None:
-    response = httpx.get(gateway.url + "/v1/models", headers={"Authorization": f"Bearer {ADMIN_KEY}",
-                                                              "X-Request-ID": "otlp-json-log"}, timeout=10)
+    response = httpx.get(
+        gateway.url + "/v1/models",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "otlp-json-log"},
+        timeout=10,
+    )
     assert response.status_code == 200
 
     def access_line() -> dict[str, Any] | None:

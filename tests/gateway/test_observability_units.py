@@ -12,33 +12,43 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, Tracer
 
-from gateway.observability.access_log import AccessRecord, RecentRequests
-from gateway.observability.logs import JsonFormatter
-from gateway.protocol.structured import StreamedAnswer, check_answer, unary_answer
 from gateway.backends.http import BackendHTTP
 from gateway.errors import BackendUnavailable
-from gateway.observability.tracing import (DISABLED, backend_span, current_trace_id, exporter_from_env,
-                             record_usage)
+from gateway.observability.access_log import AccessRecord, RecentRequests
+from gateway.observability.logs import JsonFormatter
+from gateway.observability.tracing import DISABLED, backend_span, current_trace_id, exporter_from_env, record_usage
+from gateway.protocol.structured import StreamedAnswer, check_answer, unary_answer
 from testkit.processes import free_port
 
-SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
-    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-    "required": ["name", "age"]}}}
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "person",
+        "schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        },
+    },
+}
 
 
-@pytest.mark.parametrize(("response_format", "answer", "expected"), [
-    (None, "anything", None),
-    ({"type": "text"}, "{", None),
-    ({"type": "json_object"}, '{"a": 1}', "valid"),
-    ({"type": "json_object"}, '{"a": 1', "invalid"),
-    ({"type": "json_object"}, "[1, 2]", "invalid"),
-    ({"type": "json_object"}, "Sure! Here is JSON: {}", "invalid"),
-    (SCHEMA, '{"name": "Ada", "age": 36}', "valid"),
-    (SCHEMA, '{"name": "Ada", "age": "36"}', "invalid"),
-    (SCHEMA, '{"name": "Ada"}', "invalid"),
-    (SCHEMA, "not json", "invalid"),
-    ({"type": "json_schema", "json_schema": {"schema": {"type": 12}}}, "{}", None),  # the caller's broken schema
-])
+@pytest.mark.parametrize(
+    ("response_format", "answer", "expected"),
+    [
+        (None, "anything", None),
+        ({"type": "text"}, "{", None),
+        ({"type": "json_object"}, '{"a": 1}', "valid"),
+        ({"type": "json_object"}, '{"a": 1', "invalid"),
+        ({"type": "json_object"}, "[1, 2]", "invalid"),
+        ({"type": "json_object"}, "Sure! Here is JSON: {}", "invalid"),
+        (SCHEMA, '{"name": "Ada", "age": 36}', "valid"),
+        (SCHEMA, '{"name": "Ada", "age": "36"}', "invalid"),
+        (SCHEMA, '{"name": "Ada"}', "invalid"),
+        (SCHEMA, "not json", "invalid"),
+        ({"type": "json_schema", "json_schema": {"schema": {"type": 12}}}, "{}", None),  # the caller's broken schema
+    ],
+)
 def test_check_answer(response_format: dict | None, answer: str, expected: str | None) -> None:
     assert check_answer(response_format, answer) == expected
 
@@ -68,7 +78,9 @@ def test_unary_answer() -> None:
 
 def test_json_formatter_merges_dicts_and_wraps_text() -> None:
     formatter = JsonFormatter()
-    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, {"event": "request", "status": 200}, None, None)
+    record = logging.LogRecord(
+        "gateway.access", logging.INFO, __file__, 1, {"event": "request", "status": 200}, None, None
+    )
     line = json.loads(formatter.format(record))
     assert line["event"] == "request" and line["status"] == 200 and line["level"] == "info"
     text = logging.LogRecord("gateway", logging.WARNING, __file__, 1, "backend %s slow", ("b1",), None)
@@ -120,13 +132,17 @@ async def test_client_spans_send_traceparent_upstream(memory_tracer: tuple[Trace
         await http.aclose()
         await runner.cleanup()
     (span,) = exporter.get_finished_spans()
-    assert seen["traceparent"].split("-")[1:3] == [format(span.context.trace_id, "032x"),
-                                                   format(span.context.span_id, "016x")]
+    assert seen["traceparent"].split("-")[1:3] == [
+        format(span.context.trace_id, "032x"),
+        format(span.context.span_id, "016x"),
+    ]
     assert span.attributes["url.full"] == f"http://127.0.0.1:{port}/api/chat", "query strings stay out of traces"
     assert span.attributes["http.response.status_code"] == 200
 
 
-async def test_client_span_of_a_refused_connection_is_an_error(memory_tracer: tuple[Tracer, InMemorySpanExporter]) -> None:
+async def test_client_span_of_a_refused_connection_is_an_error(
+    memory_tracer: tuple[Tracer, InMemorySpanExporter],
+) -> None:
     tracer, exporter = memory_tracer
     port = free_port()
     http = BackendHTTP(f"http://127.0.0.1:{port}", name="a", connect_timeout_s=1, max_connections=2)

@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 
+from testkit.ollama import OllamaDoubleControl
+from testkit.processes import wait_until
 from tests.gateway.conftest import MODEL
 from tests.support.gateway import ADMIN_KEY
-from testkit.ollama import OllamaDoubleControl
 from tests.support.metrics import sample
-from testkit.processes import wait_until
 
 HI = [{"role": "user", "content": "Say hi"}]
 
@@ -33,8 +33,9 @@ def test_chat_completion_matches_the_backend_answer(client: openai.OpenAI, contr
 
 def test_stream_chunks_done_and_usage(client: openai.OpenAI) -> None:
     plain = client.chat.completions.create(model=MODEL, messages=HI)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HI, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=HI, stream=True, stream_options={"include_usage": True})
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content  # the double is deterministic per prompt
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -43,8 +44,12 @@ def test_stream_chunks_done_and_usage(client: openai.OpenAI) -> None:
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(gateway) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                      json={"model": MODEL, "messages": HI, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": MODEL, "messages": HI, "stream": True},
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
@@ -62,8 +67,11 @@ def test_text_completion_plain_and_streamed(client: openai.OpenAI, control: Olla
     r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4)
     assert r.object == "text_completion" and len(r.choices[0].text.split()) == 4
     assert control.last_body("/api/generate")["prompt"] == "Once upon a time"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt="Once upon a time", max_tokens=4, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4, stream=True)
+        if c.choices
+    )
     assert streamed == r.choices[0].text
 
 
@@ -81,8 +89,9 @@ def test_models_lists_what_the_backend_serves(client: openai.OpenAI, control: Ol
 
 
 def test_ollama_options_and_keep_alive_pass_through(client: openai.OpenAI, control: OllamaDoubleControl) -> None:
-    client.chat.completions.create(model=MODEL, messages=HI, seed=7, stop=["\n"],
-                                   extra_body={"options": {"num_ctx": 4096}, "keep_alive": "10m"})
+    client.chat.completions.create(
+        model=MODEL, messages=HI, seed=7, stop=["\n"], extra_body={"options": {"num_ctx": 4096}, "keep_alive": "10m"}
+    )
     sent = control.last_body("/api/chat")
     assert sent["options"]["num_ctx"] == 4096 and sent["options"]["seed"] == 7
     assert sent["options"]["stop"] == ["\n"] and sent["keep_alive"] == "10m"
@@ -102,8 +111,12 @@ def test_untagged_name_means_latest_not_any_tag(client: openai.OpenAI) -> None:
 def test_client_disconnect_cancels_the_upstream_stream(gateway, control: OllamaDoubleControl) -> None:
     control.set(token_delay=0.2, tokens=50)
     headers = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "hangs-up-1"}
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=headers,
-                      json={"model": MODEL, "messages": HI, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        headers=headers,
+        json={"model": MODEL, "messages": HI, "stream": True},
+    ) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")  # one chunk arrived, then we hang up
     wait_until(lambda: control.stats()["streams"]["aborted"] >= 1, timeout=5, what="upstream stream aborted")
@@ -123,13 +136,18 @@ def test_client_disconnect_cancels_the_upstream_stream(gateway, control: OllamaD
 def test_in_flight_gauge_returns_to_zero(gateway, client: openai.OpenAI, control: OllamaDoubleControl) -> None:
     labels = {"model": MODEL, "backend": control.base_url.removeprefix("http://")}
     control.set(token_delay=0.3, tokens=20)
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                      json={"model": MODEL, "messages": HI, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": MODEL, "messages": HI, "stream": True},
+    ) as r:
         lines = r.iter_lines()  # keep the iterator: dropping it closes the response
         assert next(lines).startswith("data: ")
         assert sample(gateway.url, "gateway_requests_in_flight", **labels) == 1
     control.set(token_delay=0, fail_next=1, fail_status=500)
     with pytest.raises(openai.APIError):
         client.chat.completions.create(model=MODEL, messages=HI)
-    wait_until(lambda: sample(gateway.url, "gateway_requests_in_flight", **labels) == 0, timeout=5,
-               what="in-flight back to 0")
+    wait_until(
+        lambda: sample(gateway.url, "gateway_requests_in_flight", **labels) == 0, timeout=5, what="in-flight back to 0"
+    )

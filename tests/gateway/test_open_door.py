@@ -17,8 +17,9 @@ BASE_ENV = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_BACKENDS": "[]", "GATEWAY_LOG_
 
 def start(env: dict[str, str]) -> Service:
     port = free_port()
-    return python_service("gateway-door", ["-m", "gateway"], port,
-                          {**BASE_ENV, "GATEWAY_PORT": str(port), **env}).start_and_wait_http("/healthz")
+    return python_service(
+        "gateway-door", ["-m", "gateway"], port, {**BASE_ENV, "GATEWAY_PORT": str(port), **env}
+    ).start_and_wait_http("/healthz")
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +34,15 @@ def test_without_an_admin_key_the_gateway_prints_one_for_this_run_once(keyless: 
     assert len(keys) == 1, keyless.logs()
     json_lines = [line for line in keyless.logs().splitlines() if line.startswith("{")]
     assert json_lines and not any(keys[0] in line for line in json_lines)  # shown on stderr, never logged
-    made = httpx.post(f"{keyless.url}/admin/keys", json={"name": "first"},
-                      headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10)
+    made = httpx.post(
+        f"{keyless.url}/admin/keys", json={"name": "first"}, headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10
+    )
     assert made.status_code == 201 and made.json()["key"].startswith("sk-")
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-not-a-key-0123456789abcdef"},
-                                     {"X-Forwarded-For": "203.0.113.9"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer sk-not-a-key-0123456789abcdef"}, {"X-Forwarded-For": "203.0.113.9"}]
+)
 def test_without_an_admin_key_nobody_gets_in_without_one(keyless: Service, headers: dict[str, str]) -> None:
     for method, path in (("GET", "/admin/keys"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
         answer = httpx.request(method, f"{keyless.url}{path}", headers=headers, json={}, timeout=10)
@@ -48,9 +51,14 @@ def test_without_an_admin_key_nobody_gets_in_without_one(keyless: Service, heade
 
 
 def test_open_access_is_refused_on_an_address_other_machines_reach() -> None:
-    done = subprocess.run([sys.executable, "-m", "gateway"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=60, env={**BASE_ENV, "GATEWAY_AUTH": "none", "GATEWAY_HOST": "0.0.0.0",
-                                           "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**BASE_ENV, "GATEWAY_AUTH": "none", "GATEWAY_HOST": "0.0.0.0", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 2 and "GATEWAY_AUTH=none" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.support.policy_stack import ADMIN_KEY, PolicyStack, chat_body
 from testkit.processes import redis_service, wait_until
+from tests.support.policy_stack import ADMIN_KEY, PolicyStack, chat_body
 
 
 def durable(tmp_path) -> tuple[str, ...]:
@@ -29,16 +29,18 @@ def stack(tmp_path):
 
 def chat(stack, key, **body) -> httpx.Response:
     started = time.monotonic()
-    response = httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(**body),
-                          headers={"X-API-Key": key}, timeout=10)
+    response = httpx.post(
+        f"{stack.url}/v1/chat/completions", json=chat_body(**body), headers={"X-API-Key": key}, timeout=10
+    )
     assert time.monotonic() - started < 2.0, "a request hung on Redis"
     return response
 
 
 def redis_errors(stack) -> float:
     text = httpx.get(f"{stack.url}/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("gateway_redis_errors_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_redis_errors_total{")
+    )
 
 
 def test_redis_killed_then_restarted(stack, tmp_path):
@@ -64,11 +66,14 @@ def test_redis_killed_then_restarted(stack, tmp_path):
     assert admin.status_code == 503 and admin.json()["error"]["code"] == "redis_unavailable"
 
     stack.redis = redis_service(port, extra=durable(tmp_path)).start().wait_port()
-    wait_until(lambda: httpx.get(f"{stack.url}/readyz").json()["status"] == "ready", timeout=10,
-               what="readyz back to ready")
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/readyz").json()["status"] == "ready", timeout=10, what="readyz back to ready"
+    )
+
     # Redis is used again: the cache stores and hits, new keys can be created and used.
     def cached() -> bool:
         return chat(stack, known, temperature=0, content="after recovery").headers["X-Cache"] == "HIT"
+
     wait_until(cached, timeout=10, what="cache in use again")
     fresh = stack.create_key()
     assert chat(stack, fresh).status_code == 200
@@ -87,8 +92,9 @@ def test_stalled_redis_does_not_hang_requests(stack):
         assert time.monotonic() - started < 2.0
     finally:
         os.kill(stack.redis.proc.pid, signal.SIGCONT)
-    wait_until(lambda: httpx.get(f"{stack.url}/readyz").json()["status"] == "ready", timeout=10,
-               what="readyz back to ready")
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/readyz").json()["status"] == "ready", timeout=10, what="readyz back to ready"
+    )
 
 
 def test_without_redis_url_everything_runs_in_process():

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from testkit.ollama import start_ollama_double
-from tests.support.policy_stack import ADMIN_KEY, chat_body, gateway_env, start_gateway
 from testkit.processes import Service, find_binary, free_port, wait_until
+from tests.support.policy_stack import ADMIN_KEY, chat_body, gateway_env, start_gateway
 from tests.support.tls import make_test_ca
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -24,17 +25,38 @@ def redis_server(argv_tail: list[str], port: int) -> Service:
 def _tls_redis(tmp: Path) -> tuple[Service, str]:
     ca = make_test_ca(tmp)
     port = free_port()
-    server = redis_server(["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(ca.cert_file),
-                           "--tls-key-file", str(ca.key_file), "--tls-ca-cert-file", str(ca.ca_file),
-                           "--tls-auth-clients", "no"], port).start().wait_port()
+    server = (
+        redis_server(
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                str(port),
+                "--tls-cert-file",
+                str(ca.cert_file),
+                "--tls-key-file",
+                str(ca.key_file),
+                "--tls-ca-cert-file",
+                str(ca.ca_file),
+                "--tls-auth-clients",
+                "no",
+            ],
+            port,
+        )
+        .start()
+        .wait_port()
+    )
     return server, f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca.ca_file}"
 
 
 def _unix_redis(tmp: Path) -> tuple[Service, str]:
     socket = tmp / "redis.sock"
     port = free_port()  # the TCP port only tells the test when the server is up
-    server = redis_server(["--port", str(port), "--unixsocket", str(socket), "--unixsocketperm", "700"],
-                          port).start().wait_port()
+    server = (
+        redis_server(["--port", str(port), "--unixsocket", str(socket), "--unixsocketperm", "700"], port)
+        .start()
+        .wait_port()
+    )
     wait_until(socket.exists, timeout=5, what="redis unix socket")
     return server, f"unix://{socket}?db=0"
 

@@ -17,8 +17,8 @@ import pytest
 from gateway.model_routes.assign import bucket, choose
 from gateway.model_routes.spec import RouteSpec
 from testkit.ollama import OllamaDoubleControl, start_ollama_double
+from testkit.processes import redis_service, wait_until
 from tests.support.policy_stack import ADMIN_KEY, gateway_env, start_gateway
-from testkit.processes import Service, redis_service, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STABLE, CANARY, OTHER = "support:v3", "support:v4", "support:v5"
@@ -31,11 +31,19 @@ class Routes:
         self.redis = redis_service().start().wait_port()
         self.a = start_ollama_double(models=(STABLE, "smollm2:135m"), tokens=4)
         self.b = start_ollama_double(models=(CANARY, OTHER), tokens=4)
-        backends = [{"kind": "ollama", "url": self.a.url, "name": "a"}, {"kind": "ollama", "url": self.b.url, "name": "b"}]
-        self.env = gateway_env(redis_port=self.redis.port, backend_url=self.a.url,
-                               GATEWAY_BACKENDS=json.dumps(backends), GATEWAY_SHADOW_QUEUE="4",
-                               GATEWAY_TOTAL_TIMEOUT_S="20", GATEWAY_FIRST_TOKEN_TIMEOUT_S="10",
-                               GATEWAY_BREAKER_RESET_S="0.5")
+        backends = [
+            {"kind": "ollama", "url": self.a.url, "name": "a"},
+            {"kind": "ollama", "url": self.b.url, "name": "b"},
+        ]
+        self.env = gateway_env(
+            redis_port=self.redis.port,
+            backend_url=self.a.url,
+            GATEWAY_BACKENDS=json.dumps(backends),
+            GATEWAY_SHADOW_QUEUE="4",
+            GATEWAY_TOTAL_TIMEOUT_S="20",
+            GATEWAY_FIRST_TOKEN_TIMEOUT_S="10",
+            GATEWAY_BREAKER_RESET_S="0.5",
+        )
         self.gateways = [start_gateway(self.env), start_gateway(self.env)]
         self.control_b = OllamaDoubleControl(self.b.url)
 
@@ -49,12 +57,16 @@ class Routes:
 
     def put(self, name: str, route: dict[str, Any], gateway: int = 0) -> httpx.Response:
         """PUT the route, then wait until every replica serves it (each follows changes within a second)."""
-        response = httpx.put(f"{self.gateways[gateway].url}/admin/routes/{name}", json=route, headers=ADMIN,
-                             timeout=10)
+        response = httpx.put(f"{self.gateways[gateway].url}/admin/routes/{name}", json=route, headers=ADMIN, timeout=10)
         if response.status_code == 200:
             for other in self.gateways:
-                wait_until(lambda g=other: name in {m["id"] for m in httpx.get(
-                    f"{g.url}/v1/models", headers=ADMIN).json()["data"]}, timeout=3, what=f"{name} on {other.url}")
+                wait_until(
+                    lambda g=other: (
+                        name in {m["id"] for m in httpx.get(f"{g.url}/v1/models", headers=ADMIN).json()["data"]}
+                    ),
+                    timeout=3,
+                    what=f"{name} on {other.url}",
+                )
         return response
 
     def get(self, name: str, suffix: str = "") -> dict[str, Any]:
@@ -62,12 +74,16 @@ class Routes:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def chat(self, name: str, user: str, gateway: int = 0, headers: dict[str, str] | None = None,
-             **extra: Any) -> httpx.Response:
-        body = {"model": name, "user": user, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}],
-                **extra}
-        return httpx.post(f"{self.gateways[gateway].url}/v1/chat/completions", json=body,
-                          headers={**ADMIN, **(headers or {})}, timeout=30)
+    def chat(
+        self, name: str, user: str, gateway: int = 0, headers: dict[str, str] | None = None, **extra: Any
+    ) -> httpx.Response:
+        body = {"model": name, "user": user, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], **extra}
+        return httpx.post(
+            f"{self.gateways[gateway].url}/v1/chat/completions",
+            json=body,
+            headers={**ADMIN, **(headers or {})},
+            timeout=30,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +98,11 @@ def healthy_candidates(routes):
     """Double B healthy again, and no gateway still holding its circuit open from the last test."""
     routes.control_b.reset()
     for gateway in routes.gateways:
-        wait_until(lambda g=gateway: httpx.get(f"{g.url}/readyz").json()["backends"]["b"]["circuit"] != "open",
-                   timeout=5, what="circuit of double B not open")
+        wait_until(
+            lambda g=gateway: httpx.get(f"{g.url}/readyz").json()["backends"]["b"]["circuit"] != "open",
+            timeout=5,
+            what="circuit of double B not open",
+        )
     yield
     routes.control_b.reset()
 
@@ -107,11 +126,13 @@ def spec_of(route: dict[str, Any]) -> RouteSpec:
 
 
 def split(stable: int) -> RouteSpec:
-    return RouteSpec.model_validate({"variants": [{"model": STABLE, "weight": stable},
-                                                  {"model": CANARY, "weight": 100 - stable}]})
+    return RouteSpec.model_validate(
+        {"variants": [{"model": STABLE, "weight": stable}, {"model": CANARY, "weight": 100 - stable}]}
+    )
 
 
 # -- assignment --------------------------------------------------------------------------------
+
 
 def test_the_split_follows_the_weights_within_3_points_over_2000_users() -> None:
     served = Counter(choose(split(90), bucket("support", f"user-{i}")).served for i in range(2000))
@@ -128,8 +149,12 @@ def test_a_weight_change_from_10_to_20_percent_moves_only_about_10_percent_of_us
 
 
 def test_users_stick_to_their_variant_across_both_replicas_and_a_restart(routes) -> None:
-    assert routes.put("sticky", {"variants": [{"model": STABLE, "weight": 70},
-                                              {"model": CANARY, "weight": 30}]}).status_code == 200
+    assert (
+        routes.put(
+            "sticky", {"variants": [{"model": STABLE, "weight": 70}, {"model": CANARY, "weight": 30}]}
+        ).status_code
+        == 200
+    )
     users = [f"sticky-{i}" for i in range(40)]
 
     def seen(gateway: int) -> dict[str, str]:
@@ -140,14 +165,16 @@ def test_users_stick_to_their_variant_across_both_replicas_and_a_restart(routes)
 
     first = seen(0)
     assert set(first.values()) == {STABLE, CANARY}
-    assert first == {u: choose(spec_of(routes.get("sticky")), bucket("sticky", u)).served
-                     for u in users}, "the served variant is the documented bucket assignment"
+    assert first == {u: choose(spec_of(routes.get("sticky")), bucket("sticky", u)).served for u in users}, (
+        "the served variant is the documented bucket assignment"
+    )
     assert seen(1) == first
     routes.restart(1)
     assert seen(1) == first
 
 
 # -- the admin API ----------------------------------------------------------------------------
+
 
 def test_bad_routes_are_refused_naming_the_field(routes) -> None:
     uneven = routes.put("bad", {"variants": [{"model": STABLE, "weight": 60}, {"model": CANARY, "weight": 30}]})
@@ -162,11 +189,20 @@ def test_bad_routes_are_refused_naming_the_field(routes) -> None:
 
 
 def test_a_route_is_listed_as_a_model_and_an_admin_can_force_a_variant(routes) -> None:
-    assert routes.put("listed", {"variants": [{"model": STABLE, "weight": 100}, {"model": CANARY, "weight": 0}]},
-                      ).status_code == 200
+    assert (
+        routes.put(
+            "listed",
+            {"variants": [{"model": STABLE, "weight": 100}, {"model": CANARY, "weight": 0}]},
+        ).status_code
+        == 200
+    )
+
     def listed() -> list[dict[str, Any]]:  # on the other replica: within a second of the change
-        return [m for m in httpx.get(f"{routes.gateways[1].url}/v1/models", headers=ADMIN).json()["data"]
-                if m["id"] == "listed"]
+        return [
+            m
+            for m in httpx.get(f"{routes.gateways[1].url}/v1/models", headers=ADMIN).json()["data"]
+            if m["id"] == "listed"
+        ]
 
     started = time.monotonic()
     wait_until(lambda: bool(listed()), timeout=5, what="route seen by the other replica")
@@ -176,15 +212,22 @@ def test_a_route_is_listed_as_a_model_and_an_admin_can_force_a_variant(routes) -
     assert forced.headers["X-Model-Variant"] == CANARY
     assert routes.chat("listed", "anyone", 1, headers={"X-Gateway-Variant": "nope"}).status_code == 400
     user_key = httpx.post(f"{routes.gateways[0].url}/admin/keys", json={"name": "v"}, headers=ADMIN).json()["key"]
-    plain = httpx.post(f"{routes.gateways[1].url}/v1/chat/completions", timeout=10,
-                       json={"model": "listed", "messages": [{"role": "user", "content": "hi"}]},
-                       headers={"X-API-Key": user_key, "X-Gateway-Variant": CANARY})
+    plain = httpx.post(
+        f"{routes.gateways[1].url}/v1/chat/completions",
+        timeout=10,
+        json={"model": "listed", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-API-Key": user_key, "X-Gateway-Variant": CANARY},
+    )
     assert plain.headers["X-Model-Variant"] == STABLE, "only admin-scoped keys may force a variant"
 
 
 def test_variant_params_are_defaults_and_the_cache_key_is_the_variants(routes) -> None:
-    route = {"variants": [{"model": STABLE, "weight": 50, "params": {"temperature": 0}},
-                          {"model": CANARY, "weight": 50, "params": {"temperature": 0}}]}
+    route = {
+        "variants": [
+            {"model": STABLE, "weight": 50, "params": {"temperature": 0}},
+            {"model": CANARY, "weight": 50, "params": {"temperature": 0}},
+        ]
+    }
     assert routes.put("cached", route).status_code == 200
     users = {choose(spec_of(routes.get("cached")), bucket("cached", f"c-{i}")).served: f"c-{i}" for i in range(30)}
     first = routes.chat("cached", users[STABLE])
@@ -201,8 +244,7 @@ def test_variant_params_are_defaults_and_the_cache_key_is_the_variants(routes) -
 # -- the guard --------------------------------------------------------------------------------
 
 # TTFT is judged too, but on a shared 2-core host 20 samples of it are noise: these tests watch the other rules.
-GUARD = {"min_requests": 20, "max_error_rate_delta": 0.05, "max_format_failure_delta": 0.05,
-         "max_ttft_p95_ratio": 100}
+GUARD = {"min_requests": 20, "max_error_rate_delta": 0.05, "max_format_failure_delta": 0.05, "max_ttft_p95_ratio": 100}
 
 
 def drive(routes: Routes, name: str, until: Any, *, limit: int = 400, **extra: Any) -> Counter:
@@ -221,8 +263,12 @@ def rolled_back(routes: Routes, name: str) -> bool:
 
 
 def test_an_erroring_canary_is_rolled_back_within_its_minimum_sample_on_both_replicas(routes) -> None:
-    assert routes.put("errs", {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}],
-                               "guard": GUARD}).status_code == 200
+    assert (
+        routes.put(
+            "errs", {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}], "guard": GUARD}
+        ).status_code
+        == 200
+    )
     routes.control_b.set(fail_next=100_000, fail_status=500)
     drive(routes, "errs", lambda: rolled_back(routes, "errs"))
     (last, *_) = routes.get("errs", "/history")["history"]
@@ -234,13 +280,22 @@ def test_an_erroring_canary_is_rolled_back_within_its_minimum_sample_on_both_rep
     assert metric_sum(routes, 'gateway_rollbacks_total{reason="error_rate",route="errs"}') == 1
     # every replica sends the canary's users to the stable variant now
     for gateway in (0, 1):
-        wait_until(lambda g=gateway: all(routes.chat("errs", f"errs-{i}", g).headers["X-Model-Variant"] == STABLE
-                                         for i in range(10)), timeout=3, what=f"replica {gateway} rolled back")
+        wait_until(
+            lambda g=gateway: all(
+                routes.chat("errs", f"errs-{i}", g).headers["X-Model-Variant"] == STABLE for i in range(10)
+            ),
+            timeout=3,
+            what=f"replica {gateway} rolled back",
+        )
 
 
 def test_a_canary_that_breaks_the_json_format_is_rolled_back(routes) -> None:
-    assert routes.put("fmt", {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}],
-                              "guard": GUARD}).status_code == 200
+    assert (
+        routes.put(
+            "fmt", {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}], "guard": GUARD}
+        ).status_code
+        == 200
+    )
     routes.control_b.set(ignore_format=1)
     drive(routes, "fmt", lambda: rolled_back(routes, "fmt"), response_format={"type": "json_object"})
     reason = routes.get("fmt", "/history")["history"][0]["reason"]
@@ -249,20 +304,30 @@ def test_a_canary_that_breaks_the_json_format_is_rolled_back(routes) -> None:
 
 def test_a_healthy_canary_steps_to_100_percent_by_its_plan(routes) -> None:
     guard = {**GUARD, "min_requests": 5, "steps": [50, 100], "step_after_requests": 8}
-    assert routes.put("steps", {"variants": [{"model": STABLE, "weight": 90}, {"model": CANARY, "weight": 10}],
-                                "guard": guard}).status_code == 200
+    assert (
+        routes.put(
+            "steps", {"variants": [{"model": STABLE, "weight": 90}, {"model": CANARY, "weight": 10}], "guard": guard}
+        ).status_code
+        == 200
+    )
     drive(routes, "steps", lambda: routes.get("steps")["variants"][0]["model"] == CANARY)
     final = routes.get("steps")
     assert weights(final) == {CANARY: 100, STABLE: 0}
-    whys = [(h["why"], h["to"]["variants"][0]["weight"] if h["to"] else None)
-            for h in reversed(routes.get("steps", "/history")["history"])]
+    whys = [
+        (h["why"], h["to"]["variants"][0]["weight"] if h["to"] else None)
+        for h in reversed(routes.get("steps", "/history")["history"])
+    ]
     assert [w for w, _ in whys] == ["manual", "step", "promote"]
-    wait_until(lambda: metric_sum(routes, 'gateway_route_weight{route="steps",variant="support:v4"}') == 200,
-               timeout=3, what="both replicas show the canary at 100 %")  # each follows the change within 0.5 s
-    assert metric_sum(routes, "gateway_rollbacks_total{") == metric_sum(routes, 'gateway_rollbacks_total{reason')
+    wait_until(
+        lambda: metric_sum(routes, 'gateway_route_weight{route="steps",variant="support:v4"}') == 200,
+        timeout=3,
+        what="both replicas show the canary at 100 %",
+    )  # each follows the change within 0.5 s
+    assert metric_sum(routes, "gateway_rollbacks_total{") == metric_sum(routes, "gateway_rollbacks_total{reason")
 
 
 # -- fallbacks, shadow, stats, history --------------------------------------------------------
+
 
 def test_a_fallback_serves_when_every_replica_of_the_variant_fails(routes) -> None:
     assert routes.put("fb", {"variants": [{"model": CANARY, "weight": 100}], "fallbacks": [STABLE]}).status_code == 200
@@ -276,36 +341,51 @@ def test_a_fallback_serves_when_every_replica_of_the_variant_fails(routes) -> No
 
 def test_shadow_traffic_never_changes_the_answer_and_stays_bounded(routes) -> None:
     assert routes.put("plain", {"variants": [{"model": STABLE, "weight": 100}]}).status_code == 200
-    assert routes.put("mirrored", {"variants": [{"model": STABLE, "weight": 100}],
-                                   "shadow": {"model": CANARY, "percent": 100}}).status_code == 200
+    assert (
+        routes.put(
+            "mirrored", {"variants": [{"model": STABLE, "weight": 100}], "shadow": {"model": CANARY, "percent": 100}}
+        ).status_code
+        == 200
+    )
     alone = routes.chat("plain", "same-user", temperature=0.7, seed=3)
     mirrored = routes.chat("mirrored", "same-user", temperature=0.7, seed=3)
     assert mirrored.json()["choices"] == alone.json()["choices"] and mirrored.headers["X-Model-Variant"] == STABLE
-    wait_until(lambda: metric_sum(routes, 'gateway_shadow_requests_total{model="support:v4",result="ok",'
-                                          'route="mirrored"}') >= 1, timeout=5, what="shadow answered")
+    wait_until(
+        lambda: (
+            metric_sum(routes, 'gateway_shadow_requests_total{model="support:v4",result="ok",route="mirrored"}') >= 1
+        ),
+        timeout=5,
+        what="shadow answered",
+    )
     # A candidate that never answers: the queue (4) and the workers (2 per replica) fill, the rest is dropped,
     # and the clients' answers keep coming at once.
     routes.control_b.set(hang_next=100_000)
     started = time.monotonic()
     answers = [routes.chat("mirrored", f"load-{i}", i % 2) for i in range(30)]
     assert all(a.status_code == 200 for a in answers) and time.monotonic() - started < 15
-    assert metric_sum(routes, 'gateway_shadow_requests_total{model="support:v4",result="dropped",'
-                              'route="mirrored"}') >= 30 - 2 * (4 + 2)
+    assert metric_sum(
+        routes, 'gateway_shadow_requests_total{model="support:v4",result="dropped",route="mirrored"}'
+    ) >= 30 - 2 * (4 + 2)
 
 
 def test_stats_and_history_are_right(routes) -> None:
-    assert routes.put("stats", {"variants": [{"model": STABLE, "weight": 50},
-                                             {"model": CANARY, "weight": 50}]}).status_code == 200
+    assert (
+        routes.put(
+            "stats", {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}]}
+        ).status_code
+        == 200
+    )
     served: Counter = Counter()
     ids: dict[str, list[str]] = {}
     for i in range(24):
         answer = routes.chat("stats", f"s-{i}", i % 2)
         served[answer.headers["X-Model-Variant"]] += 1
         ids.setdefault(answer.headers["X-Model-Variant"], []).append(answer.headers["X-Request-ID"])
-    for i, request_id in enumerate(ids[CANARY][:3]):  # feedback reaches the replica that served it
+    for request_id in ids[CANARY][:3]:  # feedback reaches the replica that served it
         for gateway in routes.gateways:
-            vote = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": request_id, "rating": "down"},
-                              headers=ADMIN)
+            vote = httpx.post(
+                f"{gateway.url}/v1/feedback", json={"request_id": request_id, "rating": "down"}, headers=ADMIN
+            )
             if vote.status_code == 201:
                 break
         else:
@@ -319,8 +399,7 @@ def test_stats_and_history_are_right(routes) -> None:
     assert {m: seen[m]["requests"] for m in (STABLE, CANARY)} == dict(served)
     assert seen[STABLE]["errors"] == seen[CANARY]["errors"] == 0
     assert seen[STABLE]["ttft_p95_s"] is not None and seen[STABLE]["thumbs_down"] == 0
-    promoted = httpx.post(f"{routes.gateways[1].url}/admin/routes/stats/promote", json={"model": CANARY},
-                          headers=ADMIN)
+    promoted = httpx.post(f"{routes.gateways[1].url}/admin/routes/stats/promote", json={"model": CANARY}, headers=ADMIN)
     assert promoted.status_code == 200 and weights(promoted.json()) == {CANARY: 100, STABLE: 0}
     assert stats()[CANARY]["requests"] == 0, "stats count since the last change"
     back = httpx.post(f"{routes.gateways[0].url}/admin/routes/stats/rollback", headers=ADMIN)
@@ -330,16 +409,20 @@ def test_stats_and_history_are_right(routes) -> None:
     assert history[0]["who"] == "admin" and history[1]["from"]["variants"][0]["model"] == STABLE
     gone = httpx.delete(f"{routes.gateways[0].url}/admin/routes/stats", headers=ADMIN)
     assert gone.status_code == 200
-    wait_until(lambda: routes.chat("stats", "s-0", 1).status_code == 404, timeout=3,
-               what="the name is no route on the other replica either")
+    wait_until(
+        lambda: routes.chat("stats", "s-0", 1).status_code == 404,
+        timeout=3,
+        what="the name is no route on the other replica either",
+    )
 
 
 def test_the_cli_mirrors_the_admin_api(routes, tmp_path) -> None:
     env = {**os.environ, "GATEWAY_URL": routes.gateways[0].url, "GATEWAY_ADMIN_KEY": ADMIN_KEY}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway", "routes", *args], env=env, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "routes", *args], env=env, capture_output=True, text=True, timeout=30
+        )
 
     spec = tmp_path / "route.json"
     spec.write_text(json.dumps({"variants": [{"model": STABLE, "weight": 80}, {"model": CANARY, "weight": 20}]}))

@@ -12,8 +12,11 @@ SECRETS = {"GATEWAY_ADMIN_KEY": "sk-" + "a" * 32, "GATEWAY_JWT_SECRET": "j" * 32
 
 
 def test_backends_json_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEWAY_BACKENDS", '[{"kind": "ollama", "url": "http://ollama:11434/"},'
-                                           ' {"kind": "openai", "url": "http://vllm:8000/v1", "name": "vllm-a"}]')
+    monkeypatch.setenv(
+        "GATEWAY_BACKENDS",
+        '[{"kind": "ollama", "url": "http://ollama:11434/"},'
+        ' {"kind": "openai", "url": "http://vllm:8000/v1", "name": "vllm-a"}]',
+    )
     monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
     s = Settings(_env_file=None)
     assert [b.url for b in s.backends] == ["http://ollama:11434", "http://vllm:8000"]
@@ -21,9 +24,15 @@ def test_backends_json_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.redis_url == "redis://redis:6379/0" and s.port == 8000
 
 
-@pytest.mark.parametrize("backends", ['[{"kind": "tgi", "url": "http://x"}]', '[{"kind": "ollama", "url": "ftp://x"}]',
-                                      '[{"kind": "ollama", "url": "http://a:1"}, {"kind": "openai", "url": "http://a:1"}]',
-                                      "not json"])
+@pytest.mark.parametrize(
+    "backends",
+    [
+        '[{"kind": "tgi", "url": "http://x"}]',
+        '[{"kind": "ollama", "url": "ftp://x"}]',
+        '[{"kind": "ollama", "url": "http://a:1"}, {"kind": "openai", "url": "http://a:1"}]',
+        "not json",
+    ],
+)
 def test_bad_backends_are_refused(monkeypatch: pytest.MonkeyPatch, backends: str) -> None:
     monkeypatch.setenv("GATEWAY_BACKENDS", backends)
     with pytest.raises((ValidationError, SettingsError)):
@@ -47,6 +56,7 @@ def test_production_accepts_real_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_invalid_config_exits_with_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
+
     env = {"GATEWAY_BACKENDS": "[{]", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "invalid configuration" in r.stderr and "Traceback" not in r.stderr

@@ -15,8 +15,9 @@ from gateway.protocol.requests import ChatCompletionRequest
 from gateway.settings import BackendSpec, Settings
 from tests.support.raw_server import read_request, server
 
-REQ = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                            "stream": True})
+REQ = ChatCompletionRequest.model_validate(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+)
 
 
 def chunked(*writes: bytes) -> bytes:
@@ -27,7 +28,7 @@ def ndjson(*parts: dict) -> bytes:
     return b"".join(orjson.dumps(p) + b"\n" for p in parts)
 
 
-def replying(*bodies: bytes, gap_s: float = 0.0):  # noqa: ANN201
+def replying(*bodies: bytes, gap_s: float = 0.0):
     """A backend that answers one request with a chunked body written in `bodies` (one TCP write each)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -45,15 +46,21 @@ def replying(*bodies: bytes, gap_s: float = 0.0):  # noqa: ANN201
 
 
 TOKENS = [{"model": "m", "message": {"role": "assistant", "content": t}, "done": False} for t in ("a", "b", "c")]
-DONE = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
-        "prompt_eval_count": 4, "eval_count": 3}
+DONE = {
+    "model": "m",
+    "message": {"role": "assistant", "content": ""},
+    "done": True,
+    "done_reason": "stop",
+    "prompt_eval_count": 4,
+    "eval_count": 3,
+}
 
 
 def texts(batches: list[list[dict]]) -> str:
     return "".join(c["choices"][0]["delta"].get("content", "") for b in batches for c in b if c["choices"])
 
 
-async def collect(backend, req=REQ) -> tuple[list[list[dict]], Exception | None]:  # noqa: ANN001
+async def collect(backend, req=REQ) -> tuple[list[list[dict]], Exception | None]:
     batches: list[list[dict]] = []
     try:
         async for batch in backend.chat_stream(req, "m"):
@@ -145,8 +152,13 @@ def sse(*events: dict | str) -> bytes:
 
 
 def oa_chunk(text: str) -> dict:
-    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
 
 
 async def test_openai_sse_in_one_read_keeps_every_chunk_and_stops_at_done() -> None:
@@ -155,8 +167,16 @@ async def test_openai_sse_in_one_read_keeps_every_chunk_and_stops_at_done() -> N
         batches, error = await collect(openai_compat(url))
     assert error is None
     assert texts(batches) == "abc"
-    assert batches[-1] == [{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-                            "usage": {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}}]
+    assert batches[-1] == [
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3},
+        }
+    ]
 
 
 @pytest.mark.parametrize("bad", [{"error": {"message": "overloaded"}}, "{not json"])

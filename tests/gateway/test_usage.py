@@ -43,8 +43,10 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
         store.record("key_a", "other", 1, 1, day=D2.isoformat())
         store.record("key_b", "tiny", 100, 100, day=D2.isoformat())
         await WriteBehind(state, [store]).flush()
-        assert await store.query("key_a", D1, D2) == [UsageRow("2026-11-21", "tiny", 2, 17, 8),
-                                                      UsageRow("2026-11-22", "other", 1, 1, 1)]
+        assert await store.query("key_a", D1, D2) == [
+            UsageRow("2026-11-21", "tiny", 2, 17, 8),
+            UsageRow("2026-11-22", "other", 1, 1, 1),
+        ]
         port = svc.port
         svc.kill()
         store.record("key_a", "tiny", 4, 4, day=D1.isoformat())
@@ -53,7 +55,7 @@ async def test_usage_per_key_model_day_in_redis_and_through_an_outage(tmp_path):
         await loaded(state)  # a restarted Redis answers LOADING until its AOF is read back
         await WriteBehind(state, [store]).flush()
         assert (await store.query("key_a", D1, D1))[0] == UsageRow("2026-11-21", "tiny", 3, 21, 12)
-        assert 0 < await state.client.ttl(f"gw:usage:key_a:{D1.isoformat()}")
+        assert await state.client.ttl(f"gw:usage:key_a:{D1.isoformat()}") > 0
     finally:
         svc.stop()
         await state.close()
@@ -70,8 +72,9 @@ async def test_memory_usage_and_range_checks():
 
 
 def test_cost_and_break_even():
-    table = PriceTable(models={"tiny": ModelPrice(input_per_million=1.0, output_per_million=4.0)},
-                       gpu_monthly_usd=300.0)
+    table = PriceTable(
+        models={"tiny": ModelPrice(input_per_million=1.0, output_per_million=4.0)}, gpu_monthly_usd=300.0
+    )
     cost = table.hosted_cost("tiny", 1_000_000, 500_000)
     assert cost == pytest.approx(3.0)
     assert table.hosted_cost("unknown", 1_000_000, 0) == pytest.approx(0.15)

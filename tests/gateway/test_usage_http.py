@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.policy_stack import ADMIN_KEY, MODEL, PolicyStack, chat_body
 from testkit.processes import wait_until
+from tests.support.policy_stack import ADMIN_KEY, MODEL, PolicyStack, chat_body
 
 PRICE = '{"input_per_million": 2.0, "output_per_million": 8.0}'
 
@@ -30,16 +30,23 @@ def test_usage_matches_backend_reported_tokens(stack):
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key)
     reported = []
     for i in range(3):
-        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i} " * (i + 1)}],
-                                                max_tokens=4 + i)
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"q{i} " * (i + 1)}], max_tokens=4 + i
+        )
         reported.append((answer.usage.prompt_tokens, answer.usage.completion_tokens))
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "streamed"}],
-                                            max_tokens=6, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "streamed"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     last = list(stream)[-1]
     reported.append((last.usage.prompt_tokens, last.usage.completion_tokens))
     # A stream whose client did not ask for usage is still counted (the gateway asks on its behalf).
-    plain = httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(content="quiet", stream=True),
-                       headers={"X-API-Key": key})
+    plain = httpx.post(
+        f"{stack.url}/v1/chat/completions", json=chat_body(content="quiet", stream=True), headers={"X-API-Key": key}
+    )
     assert '"usage"' not in plain.text
     want_in = sum(p for p, _ in reported)
     want_out = sum(c for _, c in reported)
@@ -62,15 +69,22 @@ def test_usage_matches_backend_reported_tokens(stack):
 
 def test_usage_visibility(stack):
     key_a, key_b = stack.create_key(name="a"), stack.create_key(name="b")
-    assert httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(),
-                      headers={"X-API-Key": key_b}).status_code == 200
+    assert (
+        httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(), headers={"X-API-Key": key_b}).status_code
+        == 200
+    )
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     keys = httpx.get(f"{stack.url}/admin/keys", headers=admin).json()["data"]
     id_b = next(k["id"] for k in keys if k["name"] == "b")
     forbidden = httpx.get(f"{stack.url}/v1/usage", params={"key_id": id_b}, headers={"X-API-Key": key_a})
     assert forbidden.status_code == 403
-    wait_until(lambda: httpx.get(f"{stack.url}/v1/usage", params={"key_id": id_b}, headers=admin)
-               .json()["totals"]["requests"] == 1, timeout=5, what="admin sees key b's usage")
+    wait_until(
+        lambda: (
+            httpx.get(f"{stack.url}/v1/usage", params={"key_id": id_b}, headers=admin).json()["totals"]["requests"] == 1
+        ),
+        timeout=5,
+        what="admin sees key b's usage",
+    )
     assert usage(stack, key_a)["totals"]["requests"] == 0
     bad = httpx.get(f"{stack.url}/v1/usage", params={"start": "yesterday"}, headers={"X-API-Key": key_a})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
@@ -78,11 +92,14 @@ def test_usage_visibility(stack):
 
 def test_cost_metrics_exported(stack):
     key = stack.create_key()
-    assert httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(), headers={"X-API-Key": key}).status_code == 200
+    assert (
+        httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body(), headers={"X-API-Key": key}).status_code == 200
+    )
     text = httpx.get(f"{stack.url}/metrics").text
     assert "gateway_gpu_monthly_cost_usd 300.0" in text
-    cost = [line for line in text.splitlines()
-            if line.startswith(f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}}')]
+    cost = [
+        line for line in text.splitlines() if line.startswith(f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}}')
+    ]
     assert len(cost) == 1 and float(cost[0].rsplit(" ", 1)[1]) > 0
 
 
@@ -90,11 +107,13 @@ def test_policy_metrics_exist_before_traffic():
     stack = PolicyStack.start()
     try:
         text = httpx.get(f"{stack.url}/metrics").text
-        for series in (f'gateway_cache_requests_total{{model="{MODEL}",result="hit"}} 0.0',
-                       f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}} 0.0',
-                       'gateway_rate_limited_total{kind="budget"} 0.0',
-                       'gateway_redis_errors_total{operation="rate_limit"} 0.0',
-                       "gateway_gpu_monthly_cost_usd 0.0"):
+        for series in (
+            f'gateway_cache_requests_total{{model="{MODEL}",result="hit"}} 0.0',
+            f'gateway_hosted_api_cost_usd_total{{model="{MODEL}"}} 0.0',
+            'gateway_rate_limited_total{kind="budget"} 0.0',
+            'gateway_redis_errors_total{operation="rate_limit"} 0.0',
+            "gateway_gpu_monthly_cost_usd 0.0",
+        ):
             assert series in text, series
     finally:
         stack.stop()

@@ -8,8 +8,8 @@ import subprocess
 import httpx
 import pytest
 
-from tests.support.policy_stack import PolicyStack, chat_body
 from testkit.processes import wait_until
+from tests.support.policy_stack import PolicyStack, chat_body
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,11 @@ def worker_pids(parent: int) -> list[int]:
 
 
 def served(metrics: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("gateway_llm_requests_total{") and 'outcome="success"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("gateway_llm_requests_total{") and 'outcome="success"' in line
+    )
 
 
 def test_two_workers_serve_and_every_scrape_counts_both(stack) -> None:
@@ -35,8 +38,12 @@ def test_two_workers_serve_and_every_scrape_counts_both(stack) -> None:
     key = stack.create_key(rpm=1000)
     with httpx.Client(base_url=gateway.url, headers={"X-API-Key": key}, timeout=10) as client:
         for i in range(30):  # a new connection each: the kernel spreads them over both workers
-            response = httpx.post(f"{gateway.url}/v1/chat/completions", json=chat_body(content=f"n{i}"),
-                                  headers={"X-API-Key": key}, timeout=10)
+            response = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json=chat_body(content=f"n{i}"),
+                headers={"X-API-Key": key},
+                timeout=10,
+            )
             assert response.status_code == 200
         remaining = int(client.post("/v1/chat/completions", json=chat_body()).headers["X-RateLimit-Remaining"])
     assert remaining == 1000 - 31  # one limit in Redis, whichever worker counted

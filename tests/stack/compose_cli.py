@@ -27,8 +27,14 @@ BASE = REPO_ROOT / "docker-compose.yml"
 GPU = REPO_ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
-SECRET_NAMES = ("GATEWAY_ADMIN_KEY", "GATEWAY_JWT_SECRET", "GATEWAY_KEY_PEPPER", "REDIS_PASSWORD",
-                "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SECRET_NAMES = (
+    "GATEWAY_ADMIN_KEY",
+    "GATEWAY_JWT_SECRET",
+    "GATEWAY_KEY_PEPPER",
+    "REDIS_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 # ${NAME}, ${NAME:-default}, ${NAME:?error} but not the escaped $${NAME}.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -46,8 +52,9 @@ def compose_binary() -> list[str] | None:
     return [str(path)] if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def run_compose(args: Iterable[str], env: Mapping[str, str], files: Iterable[Path] = (BASE, GPU),
-                profiles: Iterable[str] = ("*",)) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    args: Iterable[str], env: Mapping[str, str], files: Iterable[Path] = (BASE, GPU), profiles: Iterable[str] = ("*",)
+) -> subprocess.CompletedProcess[str]:
     """Run `compose -f ... <args>` with `env` as the only .env, the repo as project dir."""
     binary = compose_binary()
     assert binary is not None, "no docker compose binary"

@@ -13,10 +13,21 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.stack.compose_cli import (BASE, GPU, SCHEMA, SECRET_NAMES, compose_binary, compose_config,
-                                 env_example, generated_env, referenced_variables, run_compose, yaml_model)
 from testkit.nginx_render import NGINX_DIR, render_template
 from testkit.processes import REPO_ROOT
+from tests.stack.compose_cli import (
+    BASE,
+    GPU,
+    SCHEMA,
+    SECRET_NAMES,
+    compose_binary,
+    compose_config,
+    env_example,
+    generated_env,
+    referenced_variables,
+    run_compose,
+    yaml_model,
+)
 
 needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
 PUBLISHING = {"nginx", "grafana", "jaeger"}  # the edge: API, dashboards, traces UI
@@ -75,8 +86,17 @@ def test_plain_up_leaves_the_optional_profiles_out(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     plain = set(done.stdout.split())
     assert plain.isdisjoint(OPTIONAL_PROFILES)
-    assert {"nginx", "gateway", "redis", "ollama", "ollama-init", "prometheus", "grafana",
-            "nginx-exporter", "redis-exporter"} <= plain
+    assert {
+        "nginx",
+        "gateway",
+        "redis",
+        "ollama",
+        "ollama-init",
+        "prometheus",
+        "grafana",
+        "nginx-exporter",
+        "redis-exporter",
+    } <= plain
 
 
 def test_optional_services_sit_in_their_profiles(services: dict[str, dict[str, Any]]) -> None:
@@ -276,7 +296,10 @@ def test_the_gateway_sees_client_addresses_through_nginx(model: dict[str, Any]) 
     services = model["services"]
     assert services["gateway"]["environment"].get("FORWARDED_ALLOW_IPS") == "*"
     # which is safe only because nothing but the internal network reaches the gateway ...
-    assert not services["gateway"].get("ports") and services["gateway"]["networks"] in (["internal"], {"internal": None})
+    assert not services["gateway"].get("ports") and services["gateway"]["networks"] in (
+        ["internal"],
+        {"internal": None},
+    )
     assert model["networks"]["internal"].get("internal") is True
     # ... and nginx replaces, never appends to, what a client sends
     conf = (NGINX_DIR / "api_server.conf").read_text()

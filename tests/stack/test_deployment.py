@@ -17,9 +17,17 @@ from typing import Any
 import pytest
 from pydantic import AliasChoices
 
-from tests.stack.compose_cli import (BASE, GPU, compose_binary, compose_config, env_example, generated_env,
-                                     make_env_module, run_compose)
 from testkit.processes import REPO_ROOT
+from tests.stack.compose_cli import (
+    BASE,
+    GPU,
+    compose_binary,
+    compose_config,
+    env_example,
+    generated_env,
+    make_env_module,
+    run_compose,
+)
 
 needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
 DOCKERFILES = sorted(p for p in REPO_ROOT.rglob("Dockerfile") if ".venv" not in p.parts and "shared" not in p.parts)
@@ -67,8 +75,9 @@ def compose_in(folder: Path) -> dict[str, Any]:
     binary = compose_binary()
     assert binary
     clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    done = subprocess.run([*binary, "config", "--format", "json"], cwd=folder, capture_output=True, text=True,
-                          env=clean, timeout=60)
+    done = subprocess.run(
+        [*binary, "config", "--format", "json"], cwd=folder, capture_output=True, text=True, env=clean, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -149,8 +158,9 @@ def test_compose_passes_every_setting_the_gateway_reads(services: dict[str, dict
     passed = set(services["gateway"]["environment"])
     assert not wanted - passed, f"the gateway reads, compose never passes: {sorted(wanted - passed)}"
     assert services["gateway"]["environment"].get("GATEWAY_WORKERS") == "1"
-    undocumented = {n for n in wanted - passed} | {n for n in passed if n.startswith("OTEL_") and n not in env_example()
-                                                   and n != "OTEL_SERVICE_NAME"}
+    undocumented = {n for n in wanted - passed} | {
+        n for n in passed if n.startswith("OTEL_") and n not in env_example() and n != "OTEL_SERVICE_NAME"
+    }
     assert not undocumented, undocumented
 
 
@@ -167,6 +177,7 @@ def test_monitoring_starts_without_waiting_for_the_gateways(services: dict[str, 
     def waits_for(name: str) -> set[str]:
         deps = set(services.get(name, {}).get("depends_on", {}))
         return deps | {d for dep in deps for d in waits_for(dep)}
+
     for name in ("prometheus", "grafana"):
         assert "gateway" not in waits_for(name) and "nginx" not in waits_for(name), (name, waits_for(name))
 

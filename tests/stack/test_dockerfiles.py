@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.compose_cli import BASE, compose_binary, compose_config, generated_env, yaml_model
 from testkit.processes import REPO_ROOT
+from tests.stack.compose_cli import BASE, compose_binary, compose_config, generated_env, yaml_model
 
-DOCKERFILES = sorted(p for p in REPO_ROOT.rglob("Dockerfile")
-                     if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts))
+DOCKERFILES = sorted(
+    p for p in REPO_ROOT.rglob("Dockerfile") if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts)
+)
 
 
 def hadolint() -> str:
@@ -39,8 +40,11 @@ def final_user(text: str) -> str:
 
 
 def test_every_image_we_build_has_a_dockerfile() -> None:
-    built = {Path(s["build"]["context"]) / s["build"].get("dockerfile", "Dockerfile")
-             for s in yaml_model([BASE])["services"].values() if "build" in s}
+    built = {
+        Path(s["build"]["context"]) / s["build"].get("dockerfile", "Dockerfile")
+        for s in yaml_model([BASE])["services"].values()
+        if "build" in s
+    }
     assert {(REPO_ROOT / p).resolve() for p in built} == {p.resolve() for p in DOCKERFILES}
 
 
@@ -101,8 +105,11 @@ def test_trainer_image_bakes_in_unsloth_and_llama_cpp() -> None:
 
 
 def test_build_context_never_carries_secrets() -> None:
-    rules = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert rules[0] == "**", "start from nothing and re-include what images need"
     reincluded = [r[1:] for r in rules if r.startswith("!")]
     assert all(not r.startswith((".env", ".venv", "nginx/tls", "tests")) for r in reincluded), reincluded
@@ -117,7 +124,9 @@ def base_dependency_closure() -> set[str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    todo = [Requirement(r) for r in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    todo = [
+        Requirement(r) for r in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
     seen: set[str] = set()
     while todo:
         req = todo.pop()

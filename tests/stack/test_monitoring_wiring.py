@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.stack.compose_cli import compose_binary, compose_config, generated_env, yaml_model
 from testkit.processes import REPO_ROOT
+from tests.stack.compose_cli import compose_binary, compose_config, generated_env, yaml_model
 
 PROMETHEUS_YML = REPO_ROOT / "prometheus" / "prometheus.yml"
 GRAFANA = REPO_ROOT / "grafana" / "provisioning"
@@ -69,8 +69,7 @@ def test_prometheus_scrapes_services_compose_runs(services: dict[str, dict[str, 
 @pytest.mark.skipif(not GRAFANA.exists(), reason="grafana/ is not in this tree yet")
 def test_grafana_loads_dashboards_from_where_compose_mounts_them(services: dict[str, dict[str, Any]]) -> None:
     mounts = mount_targets(services["grafana"])
-    providers = [p for f in (GRAFANA / "dashboards").glob("*.yml")
-                 for p in yaml.safe_load(f.read_text())["providers"]]
+    providers = [p for f in (GRAFANA / "dashboards").glob("*.yml") for p in yaml.safe_load(f.read_text())["providers"]]
     assert providers
     for provider in providers:
         path = provider["options"]["path"]

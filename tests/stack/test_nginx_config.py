@@ -11,15 +11,16 @@ import httpx
 import pytest
 
 from testkit.nginx_render import NGINX_DIR, UnrenderedPlaceholder, build_conf_dir, render_template
-from testkit.topology import loopback_nginx_values, start_nginx
 from testkit.processes import find_binary, free_port
+from testkit.topology import loopback_nginx_values, start_nginx
 
 TLS_TEMPLATE = NGINX_DIR / "tls" / "api-tls.conf.template.example"
 
 
 def nginx_test(conf: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([find_binary("nginx"), "-t", "-e", "stderr", "-c", str(conf)],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [find_binary("nginx"), "-t", "-e", "stderr", "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_renderer_repeats_the_server_line_and_keeps_nginx_variables() -> None:
@@ -51,13 +52,34 @@ def test_a_broken_config_fails_nginx_t(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_switch_serves_https_with_hsts(tmp_path: Path) -> None:
     public, status, tls = free_port(), free_port(), free_port()
-    conf = build_conf_dir(tmp_path / "nginx", loopback_nginx_values(public, status, tls),
-                          ["127.0.0.1:9"], extra_templates=[TLS_TEMPLATE])
+    conf = build_conf_dir(
+        tmp_path / "nginx", loopback_nginx_values(public, status, tls), ["127.0.0.1:9"], extra_templates=[TLS_TEMPLATE]
+    )
     certs = tmp_path / "nginx" / "tls"
     certs.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(certs / "tls.key"),
+            "-out",
+            str(certs / "tls.crt"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     nginx = start_nginx(conf, tls)
     try:
         # /metrics is answered by the edge itself, so no gateway is needed behind it.

@@ -7,9 +7,18 @@ import re
 
 import yaml
 
-from tests.support.grafana import (BUILTINS, DASHBOARD_DIR, GRAFANA_DIR, VARIABLE, all_datasource_uids,
-                                   dashboard_builder, load_dashboards, panel_queries, provisioned_datasource_uid,
-                                   variables)
+from tests.support.grafana import (
+    BUILTINS,
+    DASHBOARD_DIR,
+    GRAFANA_DIR,
+    VARIABLE,
+    all_datasource_uids,
+    dashboard_builder,
+    load_dashboards,
+    panel_queries,
+    provisioned_datasource_uid,
+    variables,
+)
 
 
 def test_committed_dashboards_are_what_the_generator_builds() -> None:
@@ -42,7 +51,7 @@ def test_dashboards_have_unique_uids_and_panel_ids_on_the_grid() -> None:
         assert len(ids) == len(set(ids)), name
         for panel in board["panels"]:
             grid = panel["gridPos"]
-            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{name}: {panel['title']}"
+            assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, f"{name}: {panel['title']}"
 
 
 def test_per_model_dashboard_has_model_and_backend_variables() -> None:
@@ -84,9 +93,15 @@ def test_rollouts_dashboard_puts_variants_of_one_route_side_by_side() -> None:
     (route,) = board["templating"]["list"]
     assert route["multi"] is False and route["includeAll"] is False  # one route at a time
     queries = panel_queries({"rollouts.json": board})
-    needed = {"gateway_llm_requests_total", "gateway_time_to_first_token_seconds_bucket",
-              "gateway_generation_tokens_total", "gateway_format_compliance_total", "gateway_feedback_total",
-              "gateway_route_weight", "gateway_rollbacks_total"}
+    needed = {
+        "gateway_llm_requests_total",
+        "gateway_time_to_first_token_seconds_bucket",
+        "gateway_generation_tokens_total",
+        "gateway_format_compliance_total",
+        "gateway_feedback_total",
+        "gateway_route_weight",
+        "gateway_rollbacks_total",
+    }
     assert needed <= {m for q in queries for m in re.findall(r"gateway_\w+", q.expr)}
     for query in queries:
         assert '"$route"' in query.expr, str(query)  # every panel follows the chosen route

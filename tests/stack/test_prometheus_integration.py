@@ -21,11 +21,10 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.support.grafana import PanelQuery, load_dashboards, panel_queries, substitute, variables
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from testkit.processes import Service, free_port, python_service, wait_until
-from tests.support.prometheus import (PROMETHEUS_DIR, PrometheusAPI, prometheus_service, render_config,
-                                      write_config)
+from tests.support.grafana import PanelQuery, load_dashboards, panel_queries, substitute, variables
+from tests.support.prometheus import PROMETHEUS_DIR, PrometheusAPI, prometheus_service, render_config, write_config
 
 ADMIN_KEY = "sk-prometheus-integration-0123456789"
 MODELS = ("smollm2:135m", "llama3.2:1b")
@@ -56,8 +55,14 @@ class Stack:
 def start_gateway(double_url: str) -> Service:
     port = free_port()
     backends = [{"kind": "ollama", "url": double_url, "name": name} for name in ("ollama-a", "ollama-b")]
-    env = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": json.dumps(backends),
-           "GATEWAY_ADMIN_KEY": ADMIN_KEY, "GATEWAY_BREAKER_FAILURES": "1000", "GATEWAY_LOG_LEVEL": "warning"}
+    env = {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_BACKENDS": json.dumps(backends),
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        "GATEWAY_BREAKER_FAILURES": "1000",
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
     return python_service("gateway", ["-m", "gateway"], port, env).start().wait_http("/healthz")
 
 
@@ -108,7 +113,7 @@ class Traffic:
         self.rounds = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         self.thread.start()
         return self
 
@@ -130,16 +135,23 @@ class Traffic:
         messages = [{"role": "user", "content": "hello"}]
         for model in MODELS:
             rid = f"it-{uuid.uuid4().hex[:12]}"
-            client.chat.completions.create(model=model, messages=messages, max_tokens=6,
-                                           extra_headers={"X-Request-ID": rid})
-            stream = client.chat.completions.create(model=model, messages=messages, max_tokens=6, stream=True,
-                                                    stream_options={"include_usage": True})
+            client.chat.completions.create(
+                model=model, messages=messages, max_tokens=6, extra_headers={"X-Request-ID": rid}
+            )
+            stream = client.chat.completions.create(
+                model=model, messages=messages, max_tokens=6, stream=True, stream_options={"include_usage": True}
+            )
             assert [chunk for chunk in stream]
-            client.chat.completions.create(model=model, messages=messages, max_tokens=6,
-                                           response_format={"type": "json_object"})
+            client.chat.completions.create(
+                model=model, messages=messages, max_tokens=6, response_format={"type": "json_object"}
+            )
             client.completions.create(model=model, prompt="once upon", max_tokens=4)
-            vote = httpx.post(url + "/v1/feedback", json={"request_id": rid, "rating": "up" if self.rounds % 3 else "down"},
-                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+            vote = httpx.post(
+                url + "/v1/feedback",
+                json={"request_id": rid, "rating": "up" if self.rounds % 3 else "down"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=10,
+            )
             assert vote.status_code == 201, vote.text
         self._routed_round(client, url)
         # one failover (first replica fails, the second answers) and one request no replica can serve
@@ -157,22 +169,40 @@ class Traffic:
         messages = [{"role": "user", "content": "hello"}]
         for n in range(4):
             user, rid = f"user-{self.rounds % 8}-{n}", f"it-route-{uuid.uuid4().hex[:12]}"
-            stream = client.chat.completions.create(model=ROUTE, messages=messages, max_tokens=6, stream=True,
-                                                    user=user, stream_options={"include_usage": True})
+            stream = client.chat.completions.create(
+                model=ROUTE,
+                messages=messages,
+                max_tokens=6,
+                stream=True,
+                user=user,
+                stream_options={"include_usage": True},
+            )
             assert [chunk for chunk in stream]
             answer = client.chat.completions.with_raw_response.create(
-                model=ROUTE, messages=messages, max_tokens=6, user=user, response_format={"type": "json_object"},
-                extra_headers={"X-Request-ID": rid})
+                model=ROUTE,
+                messages=messages,
+                max_tokens=6,
+                user=user,
+                response_format={"type": "json_object"},
+                extra_headers={"X-Request-ID": rid},
+            )
             assert answer.headers["X-Model-Variant"] in MODELS
-            vote = httpx.post(url + "/v1/feedback", json={"request_id": rid,
-                                                          "rating": "up" if n % 2 else "down"},
-                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+            vote = httpx.post(
+                url + "/v1/feedback",
+                json={"request_id": rid, "rating": "up" if n % 2 else "down"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=10,
+            )
             assert vote.status_code == 201, vote.text
 
 
 def annotation_queries(boards: dict[str, dict]) -> list[PanelQuery]:
-    return [PanelQuery(name, f"annotation {a['name']}", a["expr"])
-            for name, board in boards.items() for a in board["annotations"]["list"] if "expr" in a]
+    return [
+        PanelQuery(name, f"annotation {a['name']}", a["expr"])
+        for name, board in boards.items()
+        for a in board["annotations"]["list"]
+        if "expr" in a
+    ]
 
 
 def has_number(body: dict) -> bool:
@@ -190,8 +220,11 @@ def variable_values(stack: Stack, board: dict) -> dict[str, str]:
         match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
         assert match, f"variable {name}: unsupported query {query}"
         label, selector = match.group(2), substitute(match.group(1), values)
-        wait_until(lambda: bool(stack.prometheus.label_values(label, selector)), timeout=30,
-                   what=f"values of dashboard variable {name} ({query})")
+        wait_until(
+            lambda label=label, selector=selector: bool(stack.prometheus.label_values(label, selector)),
+            timeout=30,
+            what=f"values of dashboard variable {name} ({query})",
+        )
         found = stack.prometheus.label_values(label, selector)
         # Grafana escapes regex characters, then doubles the backslash for the PromQL string literal.
         values[name] = "(" + "|".join(re.escape(v).replace("\\", "\\\\") for v in found) + ")"
@@ -203,8 +236,11 @@ def metrics_in(expr: str) -> set[str]:
 
 
 def test_every_gateway_replica_is_scraped(stack: Stack) -> None:
-    wait_until(lambda: float(stack.prometheus.query('count(up{job="gateway"} == 1)')["data"]["result"][0]["value"][1]) == 2,
-               timeout=30, what="both gateway replicas scraped")
+    wait_until(
+        lambda: float(stack.prometheus.query('count(up{job="gateway"} == 1)')["data"]["result"][0]["value"][1]) == 2,
+        timeout=30,
+        what="both gateway replicas scraped",
+    )
     instances = {t["labels"]["instance"] for t in stack.prometheus.targets() if t["labels"]["job"] == "gateway"}
     assert instances == {f"127.0.0.1:{g.port}" for g in stack.gateways}
 
@@ -226,7 +262,9 @@ def test_every_dashboard_query_parses_and_returns_data(stack: Stack) -> None:
         deadline = time.monotonic() + 45
         missing = list(queries)
         while missing and time.monotonic() < deadline:
-            missing = [q for q in missing if not has_number(stack.prometheus.query(substitute(q.expr, values[q.dashboard])))]
+            missing = [
+                q for q in missing if not has_number(stack.prometheus.query(substitute(q.expr, values[q.dashboard])))
+            ]
             assert not traffic.errors, traffic.errors
         for query in queries:
             body = stack.prometheus.query(substitute(query.expr, values[query.dashboard]))
@@ -237,13 +275,20 @@ def test_every_dashboard_query_parses_and_returns_data(stack: Stack) -> None:
 
 
 def test_every_rule_expression_parses_and_evaluates(stack: Stack) -> None:
-    rules = [rule for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
-             for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    rules = [
+        rule
+        for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
     for rule in rules:
         body = stack.prometheus.query(rule["expr"])
         assert body["status"] == "success", f"{rule.get('alert') or rule.get('record')}: {body.get('error')}"
-    wait_until(lambda: all(r.get("lastEvaluation", "0001").startswith("20") for r in stack.prometheus.rules()),
-               timeout=30, what="every rule evaluated once")
+    wait_until(
+        lambda: all(r.get("lastEvaluation", "0001").startswith("20") for r in stack.prometheus.rules()),
+        timeout=30,
+        what="every rule evaluated once",
+    )
     loaded = stack.prometheus.rules()
     assert len(loaded) == len(rules)
     assert all(r["health"] == "ok" for r in loaded), [(r["name"], r.get("lastError")) for r in loaded]
@@ -251,10 +296,18 @@ def test_every_rule_expression_parses_and_evaluates(stack: Stack) -> None:
 
 def test_recording_rules_produce_series_for_live_traffic(stack: Stack) -> None:
     with Traffic(stack) as traffic:
-        wait_until(lambda: has_number(stack.prometheus.query("model:gateway_e2e_request_latency_seconds:p95_5m")),
-                   timeout=45, what="recorded p95 latency")
-        wait_until(lambda: has_number(stack.prometheus.query("model:gateway_llm_error_ratio:rate5m")),
-                   timeout=45, what="recorded error ratio")
+        wait_until(
+            lambda: has_number(stack.prometheus.query("model:gateway_e2e_request_latency_seconds:p95_5m")),
+            timeout=45,
+            what="recorded p95 latency",
+        )
+        wait_until(
+            lambda: has_number(stack.prometheus.query("model:gateway_llm_error_ratio:rate5m")),
+            timeout=45,
+            what="recorded error ratio",
+        )
     assert not traffic.errors, traffic.errors
-    models = {s["metric"]["model"] for s in stack.prometheus.query("model:gateway_llm_error_ratio:rate5m")["data"]["result"]}
+    models = {
+        s["metric"]["model"] for s in stack.prometheus.query("model:gateway_llm_error_ratio:rate5m")["data"]["result"]
+    }
     assert models == {*MODELS, ROUTE}  # a routed request counts under the route's name

@@ -38,8 +38,13 @@ def test_promtool_alert_unit_tests_pass() -> None:
 
 
 def alert_names() -> set[str]:
-    return {rule["alert"] for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"] if "alert" in rule}
+    return {
+        rule["alert"]
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -56,13 +61,22 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_the_alerts_operators_rely_on_exist() -> None:
-    required = {"GatewayHighErrorRate", "GatewayHighLatencyP95", "GatewayTTFTRegression", "GatewayCircuitOpen",
-                "GatewayBackendDown", "RedisDown", "GatewayFormatComplianceLow", "GatewayFeedbackSatisfactionDropping"}
+    required = {
+        "GatewayHighErrorRate",
+        "GatewayHighLatencyP95",
+        "GatewayTTFTRegression",
+        "GatewayCircuitOpen",
+        "GatewayBackendDown",
+        "RedisDown",
+        "GatewayFormatComplianceLow",
+        "GatewayFeedbackSatisfactionDropping",
+    }
     assert required <= alert_names()
 
 
 def test_shipped_config_discovers_gateway_replicas_by_dns() -> None:
     jobs = {job["job_name"]: job for job in yaml.safe_load(CONFIG_PATH.read_text())["scrape_configs"]}
     assert jobs["gateway"]["dns_sd_configs"] == [
-        {"names": ["gateway"], "type": "A", "port": 8000, "refresh_interval": "15s"}]
+        {"names": ["gateway"], "type": "A", "port": 8000, "refresh_interval": "15s"}
+    ]
     assert {"gateway", "nginx", "redis", "prometheus"} <= set(jobs)

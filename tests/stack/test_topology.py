@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.topology import MODEL, Topology, compose_nginx_environment, running_topology
 from testkit.ollama import OllamaDoubleControl
 from testkit.processes import wait_until
+from testkit.topology import MODEL, Topology, compose_nginx_environment, running_topology
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
 EDGE = compose_nginx_environment()
@@ -79,8 +79,11 @@ def test_request_id_security_headers_and_json_log(topo: Topology) -> None:
     assert mine.status_code == 200, mine.text
     assert mine.headers.get_list("X-Request-ID") == ["trace-abc.123"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
-    for name, value in {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-                        "Referrer-Policy": "no-referrer"}.items():
+    for name, value in {
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }.items():
         assert mine.headers[name] == value
     assert "Server" not in mine.headers or mine.headers["Server"] == "nginx"  # no version
     wait_until(lambda: "trace-abc.123" in entries_by_id(topo, {"trace-abc.123"}), timeout=5, what="log line")
@@ -109,7 +112,7 @@ def test_stream_passes_through_unbuffered(topo: Topology, control: OllamaDoubleC
     # is here while the double is still producing the remaining tokens, `delay` apart.
     assert len(arrivals) >= 8
     assert arrivals[0] < arrivals[-1] - 4 * delay, arrivals
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert sum(gap > delay / 2 for gap in gaps) >= 5, gaps
 
 
@@ -136,8 +139,11 @@ def test_oversized_body_is_refused_at_the_edge(topo: Topology) -> None:
     padding = "x" * (cap + 1024)
     rid = uuid.uuid4().hex
     with topo.client("127.0.0.16") as client:
-        response = client.post("/v1/chat/completions", headers={"X-Request-ID": rid},
-                               json={**CHAT, "messages": [{"role": "user", "content": padding}]})
+        response = client.post(
+            "/v1/chat/completions",
+            headers={"X-Request-ID": rid},
+            json={**CHAT, "messages": [{"role": "user", "content": padding}]},
+        )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "edge_body_too_large"
     wait_until(lambda: rid in entries_by_id(topo, {rid}), timeout=5, what="log line")
@@ -150,8 +156,11 @@ def test_body_under_the_edge_cap_reaches_the_gateway(topo: Topology) -> None:
     assert len(padding) < nginx_size(EDGE["NGINX_MAX_BODY"])
     rid = uuid.uuid4().hex
     with topo.client("127.0.0.17") as client:
-        response = client.post("/v1/chat/completions", headers={"X-Request-ID": rid},
-                               json={**CHAT, "messages": [{"role": "user", "content": padding}]})
+        response = client.post(
+            "/v1/chat/completions",
+            headers={"X-Request-ID": rid},
+            json={**CHAT, "messages": [{"role": "user", "content": padding}]},
+        )
     assert response.status_code == 413
     assert response.json()["error"]["code"] != "edge_body_too_large"
     wait_until(lambda: rid in entries_by_id(topo, {rid}), timeout=5, what="log line")

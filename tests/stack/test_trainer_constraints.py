@@ -58,19 +58,45 @@ def test_the_pinned_set_resolves_for_linux_x86_64_without_moving(tmp_path: Path)
     if not pypi_reachable():
         pytest.skip(f"PyPI ({INDEX}) unreachable: the trainer's pins are not resolved here")
     report = tmp_path / "report.json"
-    argv = [sys.executable, "-m", "pip", "--isolated", "install", "--dry-run", "--ignore-installed", "--quiet",
-            "--target", str(tmp_path / "t"), "--report", str(report), "--index-url", INDEX,
-            "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
-            *[f"--platform={p}" for p in PLATFORMS],
-            "-r", str(TRAINER / "requirements-image.txt"), "-c", str(TRAINER / "constraints.txt")]
-    cert = os.environ.get("PIP_CERT") or ("/etc/ssl/certs/ca-certificates.crt"
-                                          if Path("/etc/ssl/certs/ca-certificates.crt").exists() else None)
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--isolated",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--target",
+        str(tmp_path / "t"),
+        "--report",
+        str(report),
+        "--index-url",
+        INDEX,
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+        *[f"--platform={p}" for p in PLATFORMS],
+        "-r",
+        str(TRAINER / "requirements-image.txt"),
+        "-c",
+        str(TRAINER / "constraints.txt"),
+    ]
+    cert = os.environ.get("PIP_CERT") or (
+        "/etc/ssl/certs/ca-certificates.crt" if Path("/etc/ssl/certs/ca-certificates.crt").exists() else None
+    )
     if cert:
         argv += ["--cert", cert]  # --isolated ignores pip's config, a site CA included
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-                for i in json.loads(report.read_text())["install"]}
+    resolved = {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
     lock = pins(TRAINER / "constraints.txt")
     assert resolved == lock, {
         "moved or missing from the lock": {n: v for n, v in resolved.items() if lock.get(n) != v},

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.db import async_url, create_engine
 from gateway.store.schema import feedback, inferences
-from tests.support.gateway import ADMIN_KEY, start_gateway
 from testkit.processes import Service
+from tests.support.gateway import ADMIN_KEY, start_gateway
 
 MODEL = "smollm2:135m"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -22,12 +22,14 @@ T = TypeVar("T")
 
 def on_db(url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run `work` against the database at `url` (a DATABASE_URL), from a synchronous test."""
+
     async def run() -> T:
         engine = create_engine(async_url(url))
         try:
             return await work(engine)
         finally:
             await engine.dispose()
+
     return asyncio.run(run())
 
 
@@ -35,6 +37,7 @@ def inference_rows(url: str) -> list[dict[str, Any]]:
     async def read(engine: AsyncEngine) -> list[dict[str, Any]]:
         async with engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(select(inferences).order_by(inferences.c.id))]
+
     return on_db(url, read)
 
 
@@ -42,6 +45,7 @@ def feedback_rows(url: str) -> list[dict[str, Any]]:
     async def read(engine: AsyncEngine) -> list[dict[str, Any]]:
         async with engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(select(feedback).order_by(feedback.c.id))]
+
     return on_db(url, read)
 
 
@@ -58,7 +62,8 @@ def create_key(gateway: Service, name: str = "capture-test") -> tuple[str, str]:
 
 def chat(gateway: Service, key: str, content: str, *, model: str = MODEL, **extra: Any) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **extra}
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {key}"}, timeout=20)
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=20
+    )
     assert response.status_code == 200, response.text
     return response

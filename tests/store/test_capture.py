@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.ollama import running_ollama_double
+from testkit.processes import REPO_ROOT, Service, redis_service, wait_until
 from tests.store import support
 from tests.store.support import ADMIN, MODEL, chat, create_key, feedback_rows, inference_rows
 from tests.support.metrics import sample
-from testkit.ollama import running_ollama_double
-from testkit.processes import REPO_ROOT, Service, redis_service, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,10 @@ def redis() -> Iterator[Service]:
 
 
 @pytest.fixture
-def gateway_on(redis: Service):  # noqa: ANN201
+def gateway_on(redis: Service):
     def start(double: Service, database_url: str, **env: str) -> Service:
         return support.gateway_on(double, database_url, REDIS_URL=f"redis://127.0.0.1:{redis.port}/0", **env)
+
     return start
 
 
@@ -56,8 +57,9 @@ def stream_text(response: httpx.Response) -> str:
     return "".join(parts)
 
 
-def test_a_captured_answer_holds_what_the_trainer_and_judge_need(double: Service, database_url: str,
-                                                                 gateway_on) -> None:
+def test_a_captured_answer_holds_what_the_trainer_and_judge_need(
+    double: Service, database_url: str, gateway_on
+) -> None:
     gateway = gateway_on(double, database_url, GATEWAY_CAPTURE_PERCENT="100")
     try:
         key, key_id = create_key(gateway)
@@ -79,8 +81,7 @@ def test_a_captured_answer_holds_what_the_trainer_and_judge_need(double: Service
     assert second["answer"] == stream_text(streamed) and second["ttft_s"] is not None
 
 
-def test_capture_is_off_by_default_and_on_per_route_and_per_key(double: Service, database_url: str,
-                                                                gateway_on) -> None:
+def test_capture_is_off_by_default_and_on_per_route_and_per_key(double: Service, database_url: str, gateway_on) -> None:
     gateway = gateway_on(double, database_url)
     try:
         key, key_id = create_key(gateway)
@@ -105,13 +106,19 @@ def test_capture_is_off_by_default_and_on_per_route_and_per_key(double: Service,
         keyed.stop()
 
 
-def test_a_key_record_carries_its_own_capture_share(double: Service, database_url: str, gateway_on,
-                                                   redis: Service) -> None:
+def test_a_key_record_carries_its_own_capture_share(
+    double: Service, database_url: str, gateway_on, redis: Service
+) -> None:
     gateway = gateway_on(double, database_url)
     try:
-        made = subprocess.run([sys.executable, "-m", "gateway", "--json", "keys", "create", "--name", "watched",
-                               "--capture", "100"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"})
+        made = subprocess.run(
+            [sys.executable, "-m", "gateway", "--json", "keys", "create", "--name", "watched", "--capture", "100"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"},
+        )
         assert made.returncode == 0, made.stderr
         watched = json.loads(made.stdout)
         assert watched["capture_percent"] == 100
@@ -129,9 +136,14 @@ def test_a_key_record_carries_its_own_capture_share(double: Service, database_ur
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "capture_percent", refused.text
     finally:
         gateway.stop()
-    wrong = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--name", "w", "--capture", "101"],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-                           env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"})
+    wrong = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "create", "--name", "w", "--capture", "101"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"},
+    )
     assert wrong.returncode != 0 and "capture_percent must be a number from 0 to 100" in wrong.stderr
     assert "Traceback" not in wrong.stderr
 
@@ -140,8 +152,9 @@ def vote(gateway: Service, key: str, **body: Any) -> httpx.Response:
     return httpx.post(f"{gateway.url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
-def test_feedback_kinds_join_on_another_replica_and_unknown_requests_are_kept(double: Service, database_url: str,
-                                                                              gateway_on) -> None:
+def test_feedback_kinds_join_on_another_replica_and_unknown_requests_are_kept(
+    double: Service, database_url: str, gateway_on
+) -> None:
     if database_url.startswith("sqlite"):
         pytest.skip("two replicas share a database only on Postgres")
     a = gateway_on(double, database_url, GATEWAY_CAPTURE_PERCENT="100")
@@ -158,8 +171,11 @@ def test_feedback_kinds_join_on_another_replica_and_unknown_requests_are_kept(do
         assert vote(b, key, request_id=request_id, comment="wrong sum").json()["kinds"] == ["comment"]
         unknown = vote(b, key, request_id="never-captured-1", rating="up")
         assert unknown.status_code == 202 and unknown.json()["stored"] is True
-        for bad in ({"request_id": request_id, "score": 1.5}, {"request_id": request_id},
-                    {"request_id": request_id, "kind": "correction", "rating": "up"}):
+        for bad in (
+            {"request_id": request_id, "score": 1.5},
+            {"request_id": request_id},
+            {"request_id": request_id, "kind": "correction", "rating": "up"},
+        ):
             refused = vote(b, key, **bad)
             assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
         assert sample(b.url, "gateway_feedback_total", model=MODEL, rating="down") == 1
@@ -174,9 +190,13 @@ def test_feedback_kinds_join_on_another_replica_and_unknown_requests_are_kept(do
 
 
 def test_erasure_by_key_and_retention(double: Service, database_url: str, gateway_on) -> None:
-    gateway = gateway_on(double, database_url, GATEWAY_CAPTURE_PERCENT="100",
-                         GATEWAY_CAPTURE_RETENTION_DAYS="0.00005",  # ~4 s
-                         GATEWAY_CAPTURE_RETENTION_INTERVAL_S="0.5")
+    gateway = gateway_on(
+        double,
+        database_url,
+        GATEWAY_CAPTURE_PERCENT="100",
+        GATEWAY_CAPTURE_RETENTION_DAYS="0.00005",  # ~4 s
+        GATEWAY_CAPTURE_RETENTION_INTERVAL_S="0.5",
+    )
     try:
         key, key_id = create_key(gateway, "leaving")
         other, other_id = create_key(gateway, "staying")
@@ -187,8 +207,14 @@ def test_erasure_by_key_and_retention(double: Service, database_url: str, gatewa
         erased = httpx.delete(f"{gateway.url}/admin/inferences", params={"key_id": key_id}, headers=ADMIN)
         assert erased.status_code == 200 and erased.json()["deleted"] == {"inferences": 1, "feedback": 1}
         assert [r["key_id"] for r in inference_rows(database_url)] == [other_id]
-        assert httpx.delete(f"{gateway.url}/admin/inferences", params={"key_id": key_id},
-                            headers={"Authorization": f"Bearer {other}"}).status_code == 403
+        assert (
+            httpx.delete(
+                f"{gateway.url}/admin/inferences",
+                params={"key_id": key_id},
+                headers={"Authorization": f"Bearer {other}"},
+            ).status_code
+            == 403
+        )
         wait_until(lambda: inference_rows(database_url) == [], timeout=20, what="retention deleting old rows")
         log = gateway.logs()
     finally:

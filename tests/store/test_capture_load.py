@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from testkit.ollama import running_ollama_double
+from testkit.processes import Service, wait_until
 from tests.store.support import ADMIN, MODEL, inference_rows
 from tests.support.gateway import running_gateway
 from tests.support.metrics import sample
-from testkit.ollama import running_ollama_double
 from tests.support.postgres import Postgres, running_postgres
-from testkit.processes import Service, wait_until
 
 CLIENTS = 50
 PHASE_S = 4.0
@@ -37,8 +37,14 @@ def double() -> Iterator[Service]:
         yield service
 
 
-async def client_loop(client: httpx.AsyncClient, phase: list[str], latencies: dict[str, list[float]],
-                      errors: list[str], stop: asyncio.Event, n: int) -> None:
+async def client_loop(
+    client: httpx.AsyncClient,
+    phase: list[str],
+    latencies: dict[str, list[float]],
+    errors: list[str],
+    stop: asyncio.Event,
+    n: int,
+) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": f"client {n}"}], "max_tokens": 8}
     while not stop.is_set():
         started = time.perf_counter()
@@ -57,14 +63,21 @@ def p95(values: list[float]) -> float:
 
 async def test_fifty_clients_while_postgres_goes_down_and_comes_back(double: Service, own_postgres: Postgres) -> None:
     url = own_postgres.url
-    env = {"DATABASE_URL": url, "GATEWAY_CAPTURE_PERCENT": "100", "GATEWAY_CAPTURE_QUEUE": "100",
-           "GATEWAY_CAPTURE_RETRY_S": "0.2", "GATEWAY_CACHE_ENABLED": "false", "GATEWAY_LOG_LEVEL": "warning"}
+    env = {
+        "DATABASE_URL": url,
+        "GATEWAY_CAPTURE_PERCENT": "100",
+        "GATEWAY_CAPTURE_QUEUE": "100",
+        "GATEWAY_CAPTURE_RETRY_S": "0.2",
+        "GATEWAY_CACHE_ENABLED": "false",
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
     with running_gateway([("ollama", double.url)], env=env) as gateway:
         phase, latencies, errors, stop = ["up"], {}, [], asyncio.Event()
         limits = httpx.Limits(max_connections=CLIENTS)
         async with httpx.AsyncClient(base_url=gateway.url, headers=ADMIN, timeout=30, limits=limits) as client:
-            tasks = [asyncio.create_task(client_loop(client, phase, latencies, errors, stop, n))
-                     for n in range(CLIENTS)]
+            tasks = [
+                asyncio.create_task(client_loop(client, phase, latencies, errors, stop, n)) for n in range(CLIENTS)
+            ]
             await asyncio.sleep(PHASE_S)
             phase[0] = "down"
             await asyncio.to_thread(own_postgres.stop)
@@ -82,11 +95,14 @@ async def test_fifty_clients_while_postgres_goes_down_and_comes_back(double: Ser
     rows = await asyncio.to_thread(inference_rows, url)
     after = [r for r in rows if r["created_at"] >= restarted_at]
     counts = {k: len(v) for k, v in latencies.items()}
-    print(f"\ncapture under load: {CLIENTS} clients, requests {counts}, errors {len(errors)}, "
-          + ", ".join(f"{k} p50 {statistics.median(v) * 1000:.1f} ms p95 {p95(v) * 1000:.1f} ms"
-                      for k, v in latencies.items())
-          + f"; written {written:.0f}, dropped {dropped:.0f} (while down {dropped_while_down:.0f}), "
-          f"rows {len(rows)}, after restart {len(after)}")
+    print(
+        f"\ncapture under load: {CLIENTS} clients, requests {counts}, errors {len(errors)}, "
+        + ", ".join(
+            f"{k} p50 {statistics.median(v) * 1000:.1f} ms p95 {p95(v) * 1000:.1f} ms" for k, v in latencies.items()
+        )
+        + f"; written {written:.0f}, dropped {dropped:.0f} (while down {dropped_while_down:.0f}), "
+        f"rows {len(rows)}, after restart {len(after)}"
+    )
     assert errors == [], errors[:5]
     assert dropped_while_down and dropped_while_down > 0, "an outage longer than the queue drops, counted"
     assert after, "capture resumed by itself after the restart"

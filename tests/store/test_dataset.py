@@ -14,18 +14,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.db import migrate
 from gateway.store.queries import add_feedback, insert_inferences
-from tests.store.support import on_db
 from testkit.processes import REPO_ROOT
+from tests.store.support import on_db
 
 NOW = datetime.now(UTC)
 
 
-def inference(rid: str, question: str, answer: str, *, hours_ago: float, route: str = "support",
-              outcome: str = "success") -> dict[str, Any]:
-    return {"request_id": rid, "created_at": NOW - timedelta(hours=hours_ago), "route": route, "model": route,
-            "variant": "smollm2:135m", "key_id": "k1", "endpoint": "chat", "outcome": outcome,
-            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
-            "params": {"max_tokens": 16}, "answer": answer, "cache_hit": False}
+def inference(
+    rid: str, question: str, answer: str, *, hours_ago: float, route: str = "support", outcome: str = "success"
+) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "created_at": NOW - timedelta(hours=hours_ago),
+        "route": route,
+        "model": route,
+        "variant": "smollm2:135m",
+        "key_id": "k1",
+        "endpoint": "chat",
+        "outcome": outcome,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
+        "params": {"max_tokens": 16},
+        "answer": answer,
+        "cache_hit": False,
+    }
 
 
 # (request id, question, answer, hours ago, feedback [(kind, value, text)])
@@ -49,21 +60,42 @@ def seed(url: str) -> None:
         await migrate(engine)
         rows = []
         for rid, q, a, hours, _ in TRAFFIC:
-            row = inference(rid, q, a, hours_ago=hours, route="other" if rid == "r-other-route" else "support",
-                            outcome="backend_error" if rid == "r-failed" else "success")
+            row = inference(
+                rid,
+                q,
+                a,
+                hours_ago=hours,
+                route="other" if rid == "r-other-route" else "support",
+                outcome="backend_error" if rid == "r-failed" else "success",
+            )
             rows.append(row)
         await insert_inferences(engine, rows)
         for rid, _, _, hours, notes in TRAFFIC:
             for i, (kind, value, text) in enumerate(notes):
-                await add_feedback(engine, request_id=rid, kind=kind, value=value, text=text, key_id="k1",
-                                   at=NOW - timedelta(hours=hours) + timedelta(minutes=1 + i))
+                await add_feedback(
+                    engine,
+                    request_id=rid,
+                    kind=kind,
+                    value=value,
+                    text=text,
+                    key_id="k1",
+                    at=NOW - timedelta(hours=hours) + timedelta(minutes=1 + i),
+                )
+
     on_db(url, work)
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
-    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -75,8 +107,20 @@ def read(path: Path) -> list[dict[str, Any]]:
 def test_dataset_from_the_database_and_from_an_export(database_url: str, tmp_path: Path) -> None:
     seed(database_url)
     out = tmp_path / "db.jsonl"
-    run("trainer", "dataset", "--database-url", database_url, "--route", "support", "--since", "30d",
-        "--out", str(out), "--heldout", "0.25")
+    run(
+        "trainer",
+        "dataset",
+        "--database-url",
+        database_url,
+        "--route",
+        "support",
+        "--since",
+        "30d",
+        "--out",
+        str(out),
+        "--heldout",
+        "0.25",
+    )
     train, held = read(out), read(tmp_path / "db.heldout.jsonl")
     report = json.loads((tmp_path / "db.report.json").read_text())
     by_id = {r["request_id"]: r for r in train + held}
@@ -85,16 +129,34 @@ def test_dataset_from_the_database_and_from_an_export(database_url: str, tmp_pat
     assert by_id["r-corrected"]["messages"][0] == {"role": "system", "content": "Be brief."}
     assert by_id["r-failed"]["messages"][-1]["content"] == "no boom" and by_id["r-dup-old"]["source"] == "rated_up"
     assert [r["request_id"] for r in held] == ["r-newest"], "the newest share is held out"
-    prompts = lambda rows: {json.dumps(r["messages"][:-1]) for r in rows}  # noqa: E731
+    prompts = lambda rows: {json.dumps(r["messages"][:-1]) for r in rows}
     assert not prompts(train) & prompts(held)
-    assert report["reasons"] == {"correction": 2, "rated_up": 2, "scored": 2, "rated_down": 1, "low_score": 1,
-                                 "no_signal": 1}
+    assert report["reasons"] == {
+        "correction": 2,
+        "rated_up": 2,
+        "scored": 2,
+        "rated_down": 1,
+        "low_score": 1,
+        "no_signal": 1,
+    }
     assert report["duplicates_dropped"] == 1 and report["train"] == 4 and report["heldout"] == 1
 
     dump = tmp_path / "dump.jsonl"
     run("gateway", "export", "--out", str(dump), env={"DATABASE_URL": database_url})
     assert len(read(dump)) == len(TRAFFIC)
     again = tmp_path / "file.jsonl"
-    run("trainer", "dataset", "--from-file", str(dump), "--route", "support", "--since", "30d",
-        "--out", str(again), "--heldout", "0.25")
+    run(
+        "trainer",
+        "dataset",
+        "--from-file",
+        str(dump),
+        "--route",
+        "support",
+        "--since",
+        "30d",
+        "--out",
+        str(again),
+        "--heldout",
+        "0.25",
+    )
     assert read(again) == train and read(tmp_path / "file.heldout.jsonl") == held

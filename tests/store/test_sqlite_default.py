@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import Settings
+from testkit.ollama import running_ollama_double
 from tests.store.support import MODEL, chat
 from tests.support.gateway import ADMIN_KEY, running_gateway
-from testkit.ollama import running_ollama_double
 
 
 def test_the_default_file_is_under_xdg_data_home_else_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,8 +23,9 @@ def test_the_default_file_is_under_xdg_data_home_else_home(tmp_path: Path, monke
     assert Settings(_env_file=None).sqlite_path == str(tmp_path / "xdg" / "slm-stack" / "gateway.db")
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert Settings(_env_file=None).sqlite_path == str(tmp_path / "home" / ".local" / "share" / "slm-stack" /
-                                                       "gateway.db")
+    assert Settings(_env_file=None).sqlite_path == str(
+        tmp_path / "home" / ".local" / "share" / "slm-stack" / "gateway.db"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GATEWAY_SQLITE_PATH", "here.db")  # a relative path: from the working directory, resolved
     assert Settings(_env_file=None).sqlite_path == str(tmp_path / "here.db")
@@ -35,16 +36,27 @@ def test_the_default_file_is_under_xdg_data_home_else_home(tmp_path: Path, monke
 def test_two_gateways_and_the_export_command_share_the_default_file(tmp_path: Path) -> None:
     data_home = tmp_path / "data"
     env = {"XDG_DATA_HOME": str(data_home), "GATEWAY_CAPTURE_PERCENT": "100"}
-    with running_ollama_double(tokens=4) as double, running_gateway([("ollama", double.url)], env=env) as first, \
-            running_gateway([("ollama", double.url)], env=env) as second:
+    with (
+        running_ollama_double(tokens=4) as double,
+        running_gateway([("ollama", double.url)], env=env) as first,
+        running_gateway([("ollama", double.url)], env=env) as second,
+    ):
         ids = {chat(g, ADMIN_KEY, f"hello from {n}").headers["x-request-id"] for n, g in enumerate((first, second))}
         (tmp_path / "elsewhere").mkdir()
         exported: list[dict] = []
         for _ in range(20):  # each gateway writes after its answer, in the background
-            done = subprocess.run([sys.executable, "-m", "gateway", "export"], cwd=tmp_path / "elsewhere",
-                                  capture_output=True, text=True, timeout=60,
-                                  env={**os.environ, "XDG_DATA_HOME": str(data_home),
-                                       "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", "export"],
+                cwd=tmp_path / "elsewhere",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={
+                    **os.environ,
+                    "XDG_DATA_HOME": str(data_home),
+                    "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                },
+            )
             assert done.returncode == 0, done.stderr
             exported = [json.loads(line) for line in done.stdout.splitlines()]
             if len(exported) == 2:

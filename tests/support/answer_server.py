@@ -21,24 +21,36 @@ def build_app(table: dict[str, dict[str, str]]) -> web.Application:
     calls: list[dict] = []
 
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
-                                                             for m in table]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"} for m in table]}
+        )
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
         model = body.get("model")
         if model not in table:
-            return web.json_response({"error": {"message": f"model {model!r} not found", "type": "not_found"}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"message": f"model {model!r} not found", "type": "not_found"}}, status=404
+            )
         prompt = body["messages"][-1]["content"]
         calls.append({k: v for k, v in body.items() if k != "messages"} | {"prompt": prompt})
         content = table[model].get(prompt, UNKNOWN)
-        return web.json_response({
-            "id": f"answer-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split()),
-                      "total_tokens": len(prompt.split()) + len(content.split())},
-        })
+        return web.json_response(
+            {
+                "id": f"answer-{time.time_ns()}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(content.split()),
+                    "total_tokens": len(prompt.split()) + len(content.split()),
+                },
+            }
+        )
 
     async def recorded(_: web.Request) -> web.Response:
         return web.json_response(calls)

@@ -20,17 +20,29 @@ def backend_list(*specs: tuple[str, str] | dict[str, Any]) -> str:
     return json.dumps(out)
 
 
-def start_gateway(backends: Sequence[tuple[str, str] | dict[str, Any]], *, env: dict[str, str] | None = None,
-                  port: int | None = None, timeout: float = 30.0) -> Service:
+def start_gateway(
+    backends: Sequence[tuple[str, str] | dict[str, Any]],
+    *,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 30.0,
+) -> Service:
     port = port or free_port()
     full_env = {
-        "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_BACKENDS": backend_list(*backends),
-        "GATEWAY_ADMIN_KEY": ADMIN_KEY, "GATEWAY_DISCOVERY_INTERVAL_S": "1", "GATEWAY_LOG_LEVEL": "info",
-        "REDIS_URL": "", **(env or {}),
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_BACKENDS": backend_list(*backends),
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        "GATEWAY_DISCOVERY_INTERVAL_S": "1",
+        "GATEWAY_LOG_LEVEL": "info",
+        "REDIS_URL": "",
+        **(env or {}),
     }
     if not full_env["REDIS_URL"]:
         del full_env["REDIS_URL"]
-    service = python_service("gateway", ["-m", "gateway"], port, env=full_env).start_and_wait_http("/healthz", timeout=timeout)
+    service = python_service("gateway", ["-m", "gateway"], port, env=full_env).start_and_wait_http(
+        "/healthz", timeout=timeout
+    )
     return service
 
 

@@ -36,9 +36,12 @@ def load_dashboards() -> dict[str, dict[str, Any]]:
 
 
 def panel_queries(dashboards: dict[str, dict[str, Any]]) -> list[PanelQuery]:
-    return [PanelQuery(name, panel["title"], target["expr"])
-            for name, board in dashboards.items() for panel in board["panels"]
-            for target in panel.get("targets", [])]
+    return [
+        PanelQuery(name, panel["title"], target["expr"])
+        for name, board in dashboards.items()
+        for panel in board["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def variables(board: dict[str, Any]) -> dict[str, str]:
@@ -81,5 +84,3 @@ def all_datasource_uids(node: Any) -> list[str]:
         for value in node:
             found += all_datasource_uids(value)
     return found
-
-

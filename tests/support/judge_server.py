@@ -36,12 +36,20 @@ async def chat(request: web.Request) -> web.Response:
     match = _ANSWER.search(prompt)
     garbled = match is not None and "garble" in match.group(1)
     content = "I cannot grade this." if garbled else json.dumps({"score": score, "reason": f"rule gave {score}"})
-    return web.json_response({
-        "id": f"judge-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 8,
-                  "total_tokens": len(prompt.split()) + 8},
-    })
+    return web.json_response(
+        {
+            "id": f"judge-{time.time_ns()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": 8,
+                "total_tokens": len(prompt.split()) + 8,
+            },
+        }
+    )
 
 
 def main() -> None:

@@ -9,12 +9,35 @@ from testkit.llama_server import llama_server_binary
 from testkit.processes import Service, free_port
 
 
-def llama_cpp_service(model: Path, *, alias: str, loras: Sequence[Path] = (), port: int | None = None,
-                      n_ctx: int = 2048, parallel: int = 2, threads: int = 2) -> Service:
+def llama_cpp_service(
+    model: Path,
+    *,
+    alias: str,
+    loras: Sequence[Path] = (),
+    port: int | None = None,
+    n_ctx: int = 2048,
+    parallel: int = 2,
+    threads: int = 2,
+) -> Service:
     """A not yet started llama-server; `--lora-init-without-apply` as the compose service runs it."""
     port = port or free_port()
-    argv = [str(llama_server_binary()), "-m", str(model), "--alias", alias, "--host", "127.0.0.1",
-            "--port", str(port), "--ctx-size", str(n_ctx), "--parallel", str(parallel), "--threads", str(threads)]
+    argv = [
+        str(llama_server_binary()),
+        "-m",
+        str(model),
+        "--alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(n_ctx),
+        "--parallel",
+        str(parallel),
+        "--threads",
+        str(threads),
+    ]
     for lora in loras:
         argv += ["--lora", str(lora)]
     if loras:

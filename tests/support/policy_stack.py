@@ -1,9 +1,9 @@
 """A real gateway process (or two) in front of the Ollama double, with a real redis-server.
 
-    stack = PolicyStack.start(gateways=2)        # redis + double + 2 gateways sharing that redis
-    key = stack.create_key(rpm=5)                # through the admin API, returns the plain key
-    stack.gateways[0].url ...
-    stack.stop()
+stack = PolicyStack.start(gateways=2)        # redis + double + 2 gateways sharing that redis
+key = stack.create_key(rpm=5)                # through the admin API, returns the plain key
+stack.gateways[0].url ...
+stack.stop()
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ def gateway_env(*, redis_port: int | None, backend_url: str, **extra: str) -> di
     env = {
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_BACKENDS": json.dumps([{"kind": "ollama", "url": backend_url, "name": "double"}]),
-        "GATEWAY_ADMIN_KEY": ADMIN_KEY, "GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_KEY_PEPPER": PEPPER,
-        "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_REDIS_RETRY_S": "1",
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "GATEWAY_KEY_PEPPER": PEPPER,
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_REDIS_RETRY_S": "1",
         # Generous: on a loaded 2-core host a 0.25 s deadline falls back to per-process counting, which the
         # outage tests (test_redis_down.py, with their own short timeout) are about, and no other test is.
         "GATEWAY_REDIS_TIMEOUT_S": "2",
@@ -41,7 +44,9 @@ def gateway_env(*, redis_port: int | None, backend_url: str, **extra: str) -> di
 
 def start_gateway(env: dict[str, str], timeout: float = 30.0) -> Service:
     port = free_port()
-    service = python_service("gateway", ["-m", "gateway"], port, env={**env, "GATEWAY_PORT": str(port)}).start_and_wait_http("/healthz", timeout=timeout)
+    service = python_service(
+        "gateway", ["-m", "gateway"], port, env={**env, "GATEWAY_PORT": str(port)}
+    ).start_and_wait_http("/healthz", timeout=timeout)
     return service
 
 
@@ -52,8 +57,15 @@ class PolicyStack:
     gateways: list[Service] = field(default_factory=list)
 
     @classmethod
-    def start(cls, *, gateways: int = 1, with_redis: bool = True, redis_extra: tuple[str, ...] = (),
-              double_knobs: dict[str, Any] | None = None, **env: str) -> "PolicyStack":
+    def start(
+        cls,
+        *,
+        gateways: int = 1,
+        with_redis: bool = True,
+        redis_extra: tuple[str, ...] = (),
+        double_knobs: dict[str, Any] | None = None,
+        **env: str,
+    ) -> PolicyStack:
         redis = redis_service(extra=redis_extra).start().wait_port() if with_redis else None
         double = start_ollama_double(**(double_knobs or {"tokens": 8}))
         stack = cls(redis, double)

@@ -47,8 +47,13 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run(_as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), *args]), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            _as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), *args]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -59,8 +64,11 @@ class Postgres:
         self._ctl("-m", mode, "-w", "stop")
 
     def create_database(self, name: str) -> str:
-        subprocess.run(_as_server_user([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                                        "postgres", name]), check=True, timeout=30)
+        subprocess.run(
+            _as_server_user([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]),
+            check=True,
+            timeout=30,
+        )
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
 
@@ -72,9 +80,14 @@ def running_postgres() -> Iterator[Postgres]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(data, "postgres")
-    subprocess.run(_as_server_user([pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                                    "-E", "UTF8", "--locale=C.UTF-8"]), check=True, stdout=subprocess.DEVNULL,
-                   timeout=120)
+    subprocess.run(
+        _as_server_user(
+            [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
     pg = Postgres(data_dir=data, port=free_port())
     pg.start()
     try:

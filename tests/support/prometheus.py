@@ -16,8 +16,9 @@ PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 CONFIG_PATH = PROMETHEUS_DIR / "prometheus.yml"
 
 
-def render_config(*, gateway_targets: list[str], self_port: int, interval: str = "1s",
-                  dead_port: int | None = None) -> dict[str, Any]:
+def render_config(
+    *, gateway_targets: list[str], self_port: int, interval: str = "1s", dead_port: int | None = None
+) -> dict[str, Any]:
     """The shipped config with only its targets (and, for speed, its intervals) swapped for loopback.
 
     The gateway's DNS service discovery becomes static loopback targets; the exporters, which do not
@@ -47,8 +48,12 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
 
 
 def prometheus_service(config_path: Path, port: int) -> Service:
-    argv = [find_binary("prometheus"), f"--config.file={config_path}",
-            f"--storage.tsdb.path={config_path.parent / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+    argv = [
+        find_binary("prometheus"),
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={config_path.parent / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     return Service(name="prometheus", argv=argv, port=port, cwd=config_path.parent)
 
 

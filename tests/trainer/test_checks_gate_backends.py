@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
-import ollama
 import pytest
 
+import ollama
 from trainer.backends import Capabilities, choose_backend
 from trainer.checks import exact_match, json_schema, json_valid, run_checks
 from trainer.config import GateConfig
@@ -13,8 +13,12 @@ from trainer.errors import BackendError, PushError
 from trainer.evaluate import ModelScores, gate_decision
 from trainer.push import next_version, with_retries
 
-SCHEMA = {"type": "object", "required": ["product", "quantity"], "additionalProperties": False,
-          "properties": {"product": {"type": "string"}, "quantity": {"type": "integer"}}}
+SCHEMA = {
+    "type": "object",
+    "required": ["product", "quantity"],
+    "additionalProperties": False,
+    "properties": {"product": {"type": "string"}, "quantity": {"type": "integer"}},
+}
 
 
 def test_checks():
@@ -26,8 +30,13 @@ def test_checks():
     assert not json_schema('{"product": "mug", "quantity": "2"}', SCHEMA)
     assert not json_schema('{"product": "mug", "quantity": 2, "extra": 1}', SCHEMA)
     assert not json_schema("not json", SCHEMA)
-    result = run_checks(["exact_match", "json_valid", "json_schema", "stops_on_eos"], output='{"product": "mug"}',
-                        reference='{"product": "mug", "quantity": 1}', stopped_on_eos=False, schema=SCHEMA)
+    result = run_checks(
+        ["exact_match", "json_valid", "json_schema", "stops_on_eos"],
+        output='{"product": "mug"}',
+        reference='{"product": "mug", "quantity": 1}',
+        stopped_on_eos=False,
+        schema=SCHEMA,
+    )
     assert result == {"exact_match": False, "json_valid": True, "json_schema": False, "stops_on_eos": False}
 
 
@@ -48,24 +57,30 @@ def test_gate_needs_both_lower_loss_and_a_higher_primary_score():
     assert not gate_decision(_scores(1.0, 0.5), _scores(1.0, 0.5), GateConfig(), "exact_match").passed
 
 
-@pytest.mark.parametrize("requested,four_bit,caps,expected", [
-    ("auto", False, Capabilities(cuda=True, unsloth=True, bitsandbytes=True), "unsloth"),
-    ("auto", False, Capabilities(cuda=True, unsloth=False, bitsandbytes=True), "peft"),
-    ("auto", False, Capabilities(cuda=False, unsloth=True, bitsandbytes=False), "peft"),
-    ("peft", False, Capabilities(cuda=True, unsloth=True, bitsandbytes=True), "peft"),
-    ("auto", True, Capabilities(cuda=True, unsloth=False, bitsandbytes=True), "peft"),
-    ("unsloth", True, Capabilities(cuda=True, unsloth=True, bitsandbytes=False), "unsloth"),
-])
+@pytest.mark.parametrize(
+    "requested,four_bit,caps,expected",
+    [
+        ("auto", False, Capabilities(cuda=True, unsloth=True, bitsandbytes=True), "unsloth"),
+        ("auto", False, Capabilities(cuda=True, unsloth=False, bitsandbytes=True), "peft"),
+        ("auto", False, Capabilities(cuda=False, unsloth=True, bitsandbytes=False), "peft"),
+        ("peft", False, Capabilities(cuda=True, unsloth=True, bitsandbytes=True), "peft"),
+        ("auto", True, Capabilities(cuda=True, unsloth=False, bitsandbytes=True), "peft"),
+        ("unsloth", True, Capabilities(cuda=True, unsloth=True, bitsandbytes=False), "unsloth"),
+    ],
+)
 def test_backend_choice(requested, four_bit, caps, expected):
     assert choose_backend(requested, four_bit, caps) == expected
 
 
-@pytest.mark.parametrize("requested,four_bit,caps,message", [
-    ("unsloth", False, Capabilities(cuda=False, unsloth=True, bitsandbytes=False), "CUDA is not available"),
-    ("unsloth", False, Capabilities(cuda=True, unsloth=False, bitsandbytes=False), "the unsloth package"),
-    ("auto", True, Capabilities(cuda=False, unsloth=False, bitsandbytes=True), "needs a CUDA GPU"),
-    ("peft", True, Capabilities(cuda=True, unsloth=True, bitsandbytes=False), "needs the bitsandbytes package"),
-])
+@pytest.mark.parametrize(
+    "requested,four_bit,caps,message",
+    [
+        ("unsloth", False, Capabilities(cuda=False, unsloth=True, bitsandbytes=False), "CUDA is not available"),
+        ("unsloth", False, Capabilities(cuda=True, unsloth=False, bitsandbytes=False), "the unsloth package"),
+        ("auto", True, Capabilities(cuda=False, unsloth=False, bitsandbytes=True), "needs a CUDA GPU"),
+        ("peft", True, Capabilities(cuda=True, unsloth=True, bitsandbytes=False), "needs the bitsandbytes package"),
+    ],
+)
 def test_backend_refusals_say_what_is_missing(requested, four_bit, caps, message):
     with pytest.raises(BackendError, match=message):
         choose_backend(requested, four_bit, caps)

@@ -18,8 +18,9 @@ EXAMPLE = REPO / "trainer" / "examples" / "order_json" / "config.yaml"
 
 
 def _config(tmp_path: Path, **sections) -> Path:
-    return write_config(tmp_path / "run.yaml", source="some/hub-model", data_paths=["data.jsonl"], output_dir="out",
-                        **sections)
+    return write_config(
+        tmp_path / "run.yaml", source="some/hub-model", data_paths=["data.jsonl"], output_dir="out", **sections
+    )
 
 
 def test_example_config_validates_and_resolves_paths_against_its_folder():
@@ -100,8 +101,9 @@ def test_digest_changes_with_training_fields_only(tmp_path):
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_reports_a_bad_config_in_one_line_without_a_traceback(tmp_path):
@@ -134,12 +136,32 @@ def test_cli_flags_become_config_overrides(tmp_path, monkeypatch):
     from trainer.cli import _overrides, _parser
 
     monkeypatch.chdir(tmp_path)
-    args = _parser().parse_args(["train", "--config", "run.yaml", "--max-steps", "3", "--data", "a.jsonl",
-                                 "--data", "b.jsonl", "--backend", "peft", "--set", "lora.r=8",
-                                 "--set", "gate.min_score=0.5"])
-    assert _overrides(args) == {"training.max_steps": 3, "training.backend": "peft", "lora.r": 8,
-                                "gate.min_score": 0.5,
-                                "data.paths": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]}
+    args = _parser().parse_args(
+        [
+            "train",
+            "--config",
+            "run.yaml",
+            "--max-steps",
+            "3",
+            "--data",
+            "a.jsonl",
+            "--data",
+            "b.jsonl",
+            "--backend",
+            "peft",
+            "--set",
+            "lora.r=8",
+            "--set",
+            "gate.min_score=0.5",
+        ]
+    )
+    assert _overrides(args) == {
+        "training.max_steps": 3,
+        "training.backend": "peft",
+        "lora.r": 8,
+        "gate.min_score": 0.5,
+        "data.paths": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+    }
     cfg = load_config(_config(tmp_path), _overrides(args))
     assert cfg.training.max_steps == 3 and cfg.lora.r == 8 and cfg.data.paths[1] == tmp_path / "b.jsonl"
 

@@ -14,7 +14,9 @@ from trainer.errors import ExportError
 def _fake_sdist(path):
     with tarfile.open(path, "w:gz") as tar:
         data = b"print('not llama.cpp')\n"
-        info = tarfile.TarInfo(f"llama_cpp_python-{converter.LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/convert_hf_to_gguf.py")
+        info = tarfile.TarInfo(
+            f"llama_cpp_python-{converter.LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/convert_hf_to_gguf.py"
+        )
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     return path

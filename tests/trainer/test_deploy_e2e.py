@@ -24,9 +24,9 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import start_llama_server
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from tests.support.gateway import ADMIN_KEY, running_gateway
 from trainer.config import DeployConfig
 from trainer.manifest import list_versions
 from trainer.stages import push_stage
@@ -40,20 +40,36 @@ MAX_REQUESTS = 400
 def _deploy_config(cfg, tmp_path, double_url: str, gateway_url: str):
     """The trained run, pushing into a fresh output folder (so versions start at v1) with a deploy section."""
     out = tmp_path / "out"
-    for rel in ("data/prepare_report.json", "train_summary.json", "eval/report.json", "eval/summary.md",
-                "export/export.json"):
+    for rel in (
+        "data/prepare_report.json",
+        "train_summary.json",
+        "eval/report.json",
+        "eval/summary.md",
+        "export/export.json",
+    ):
         if (cfg.output_dir / rel).exists():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(cfg.output_dir / rel, out / rel)
     for entry in json.loads((cfg.output_dir / "export" / "export.json").read_text())["files"].values():
         shutil.copy(cfg.output_dir / "export" / entry["file"], out / "export" / entry["file"])
-    deploy = {"route": ROUTE, "canary_percent": 10, "steps": [50, 100], "step_after_requests": STEP_AFTER,
-              # A small sample so the guard judges the canary here; TTFT on two shared cores is noisy.
-              "guard": {"min_requests": STEP_AFTER, "max_ttft_p95_ratio": 10.0},
-              "gateway_url": gateway_url, "admin_key_env": "E2E_GATEWAY_ADMIN_KEY", "model_wait_s": 60}
-    return cfg.model_copy(update={
-        "output_dir": out, "ollama": cfg.ollama.model_copy(update={"host": double_url, "retry_backoff_s": 0}),
-        "deploy": DeployConfig.model_validate(deploy)})
+    deploy = {
+        "route": ROUTE,
+        "canary_percent": 10,
+        "steps": [50, 100],
+        "step_after_requests": STEP_AFTER,
+        # A small sample so the guard judges the canary here; TTFT on two shared cores is noisy.
+        "guard": {"min_requests": STEP_AFTER, "max_ttft_p95_ratio": 10.0},
+        "gateway_url": gateway_url,
+        "admin_key_env": "E2E_GATEWAY_ADMIN_KEY",
+        "model_wait_s": 60,
+    }
+    return cfg.model_copy(
+        update={
+            "output_dir": out,
+            "ollama": cfg.ollama.model_copy(update={"host": double_url, "retry_backoff_s": 0}),
+            "deploy": DeployConfig.model_validate(deploy),
+        }
+    )
 
 
 def _route(gateway_url: str) -> dict:
@@ -67,15 +83,15 @@ def test_v2_goes_out_as_a_canary_and_its_plan_promotes_it(order_json_run, tmp_pa
     served = cfg.output_dir / "export" / results["export"]["files"][cfg.export.serve]["file"]
     servers = [start_llama_server(served, alias=f"{cfg.ollama.model}:v{n}", n_ctx=512) for n in (1, 2)]
     try:
-        with running_ollama_double() as double, \
-                running_gateway([("openai", s.url) for s in servers]) as gateway:
+        with running_ollama_double() as double, running_gateway([("openai", s.url) for s in servers]) as gateway:
             monkeypatch.setenv("E2E_GATEWAY_ADMIN_KEY", ADMIN_KEY)
             run = _deploy_config(cfg, tmp_path, double.url, gateway.url)
             first, second = push_stage(run), push_stage(run)
             _check_pushes(first, second, double.url, run)
             answers = _traffic_until_promoted(gateway.url, cfg)
-            history = httpx.get(f"{gateway.url}/admin/routes/{ROUTE}/history",
-                                headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["history"]
+            history = httpx.get(
+                f"{gateway.url}/admin/routes/{ROUTE}/history", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ).json()["history"]
     finally:
         for server in servers:
             server.stop()
@@ -91,8 +107,10 @@ def _check_pushes(first: dict, second: dict, double_url: str, run) -> None:
     assert first["deploy"]["action"] == "created" and first["deploy"]["model"] == "order-json:v1"
     assert [(v["model"], v["weight"]) for v in first["deploy"]["variants"]] == [("order-json:v1", 100)]
     assert second["deploy"]["action"] == "canary" and second["deploy"]["stable"] == "order-json:v1"
-    assert [(v["model"], v["weight"]) for v in second["deploy"]["variants"]] == [("order-json:v1", 90),
-                                                                                  ("order-json:v2", 10)]
+    assert [(v["model"], v["weight"]) for v in second["deploy"]["variants"]] == [
+        ("order-json:v1", 90),
+        ("order-json:v2", 10),
+    ]
     assert second["deploy"]["guard"]["steps"] == [50, 100]
     assert second["deploy"]["guard"]["step_after_requests"] == STEP_AFTER
     created = OllamaDoubleControl(double_url).stats()["created"]
@@ -107,17 +125,25 @@ def _traffic_until_promoted(gateway_url: str, cfg) -> list[tuple[str, str]]:
     started = time.monotonic()
     for n in range(MAX_REQUESTS):
         raw = client.chat.completions.with_raw_response.create(
-            model=ROUTE, user=f"shopper-{n}", temperature=0, max_tokens=cfg.evaluation.max_new_tokens,
-            messages=[{"role": "system", "content": cfg.data.system_prompt},
-                      {"role": "user", "content": f"Please send {n % 5 + 1} blue mugs, size M."}])
+            model=ROUTE,
+            user=f"shopper-{n}",
+            temperature=0,
+            max_tokens=cfg.evaluation.max_new_tokens,
+            messages=[
+                {"role": "system", "content": cfg.data.system_prompt},
+                {"role": "user", "content": f"Please send {n % 5 + 1} blue mugs, size M."},
+            ],
+        )
         answer = raw.parse()
         assert raw.headers["X-Model-Variant"] == answer.model
         answers.append((answer.model, answer.choices[0].message.content))
         variants = _route(gateway_url)["variants"]
         if variants[0]["model"] == "order-json:v2" and variants[0]["weight"] == 100:
             return answers
-    raise AssertionError(f"v2 not promoted after {MAX_REQUESTS} requests ({time.monotonic() - started:.0f}s); "
-                         f"route now {_route(gateway_url)}")
+    raise AssertionError(
+        f"v2 not promoted after {MAX_REQUESTS} requests ({time.monotonic() - started:.0f}s); "
+        f"route now {_route(gateway_url)}"
+    )
 
 
 def _check_history(history: list[dict]) -> None:

@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.trainer.test_deploy_push import _config
 from trainer.config import load_config
 from trainer.manifest import list_versions
@@ -32,8 +32,9 @@ def stack():
 
 
 def _admin(gateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, gateway.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10,
-                         **kwargs)
+    return httpx.request(
+        method, gateway.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10, **kwargs
+    )
 
 
 def test_versions_land_on_the_route_and_the_gateway_serves_both(tmp_path, stack, monkeypatch):
@@ -58,16 +59,19 @@ def test_versions_land_on_the_route_and_the_gateway_serves_both(tmp_path, stack,
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
     for model in ("orders:v1", "orders:v2"):  # an admin key may pick the variant, to test the canary
         raw = client.chat.completions.with_raw_response.create(
-            model="orders", messages=[{"role": "user", "content": "2 red mugs"}],
-            extra_headers={"X-Gateway-Variant": model})
+            model="orders",
+            messages=[{"role": "user", "content": "2 red mugs"}],
+            extra_headers={"X-Gateway-Variant": model},
+        )
         assert raw.headers["X-Model-Variant"] == model and raw.parse().model == model
     assert "orders" in {m.id for m in client.models.list().data}
 
 
 def _cli(*args: str, key: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TEST_DEPLOY_KEY": key}
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _error_line(done: subprocess.CompletedProcess) -> str:
@@ -84,8 +88,10 @@ def test_the_gateways_refusals_are_one_line_and_the_version_stays_pushed(tmp_pat
     assert OllamaDoubleControl(double.url).stats()["created"] == {}  # refused before anything was pushed
 
     (tmp_path / "blind").mkdir()
-    with running_ollama_double(models=("other:v1",)) as elsewhere, \
-            running_gateway([("ollama", elsewhere.url)]) as blind:  # serves another Ollama than push uses
+    with (
+        running_ollama_double(models=("other:v1",)) as elsewhere,
+        running_gateway([("ollama", elsewhere.url)]) as blind,
+    ):  # serves another Ollama than push uses
         config = str(_config(tmp_path / "blind", double.url, blind.url, model_wait_s=0))
         line = _error_line(_cli("push", "--config", config, key=ADMIN_KEY))
     assert "gateway refused PUT /admin/routes/orders (404)" in line and "orders:v1" in line

@@ -62,8 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, status: int, message: str, param: str | None = None) -> None:
-        self._answer(status, {"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                        "code": None}})
+        self._answer(
+            status, {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+        )
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -103,11 +104,23 @@ def stack() -> Iterator[tuple[Any, AdminAPI]]:
 
 
 def _config(tmp_path: Path, double_url: str, admin_url: str, **deploy: Any) -> Path:
-    path = write_config(tmp_path / "run.yaml", source="x/y", data_paths=["d.jsonl"], output_dir=str(tmp_path / "out"),
-                        ollama={"host": double_url, "model": "orders", "retries": 1, "retry_backoff_s": 0},
-                        deploy={"route": "orders", "canary_percent": 10, "steps": [50, 100], "step_after_requests": 20,
-                                "gateway_url": admin_url, "admin_key_env": "TEST_DEPLOY_KEY", "model_wait_s": 5,
-                                **deploy})
+    path = write_config(
+        tmp_path / "run.yaml",
+        source="x/y",
+        data_paths=["d.jsonl"],
+        output_dir=str(tmp_path / "out"),
+        ollama={"host": double_url, "model": "orders", "retries": 1, "retry_backoff_s": 0},
+        deploy={
+            "route": "orders",
+            "canary_percent": 10,
+            "steps": [50, 100],
+            "step_after_requests": 20,
+            "gateway_url": admin_url,
+            "admin_key_env": "TEST_DEPLOY_KEY",
+            "model_wait_s": 5,
+            **deploy,
+        },
+    )
     out = tmp_path / "out"
     (out / "export").mkdir(parents=True)
     _fake_earlier_stages(out, _tiny_gguf(out / "export" / "model-q4_k_m.gguf", fill=0.5))
@@ -124,13 +137,23 @@ def test_first_push_creates_the_route_and_the_second_becomes_a_10_percent_canary
     assert admin.routes["orders"]["variants"] == [{"model": "orders:v1", "weight": 100, "params": {}, "adapter": None}]
     second = push_stage(cfg)
     puts = [body for method, _, body in admin.received if method == "PUT"]
-    assert puts[-1]["variants"] == [{"model": "orders:v1", "weight": 90, "params": {}, "adapter": None},
-                                    {"model": "orders:v2", "weight": 10, "params": {}, "adapter": None}]
+    assert puts[-1]["variants"] == [
+        {"model": "orders:v1", "weight": 90, "params": {}, "adapter": None},
+        {"model": "orders:v2", "weight": 10, "params": {}, "adapter": None},
+    ]
     assert puts[-1]["guard"] == {"steps": [50, 100], "step_after_requests": 20}
     assert second["deploy"] | {"variants": None} == {
-        "route": "orders", "gateway_url": admin.url, "model": "orders:v2", "action": "canary", "stable": "orders:v1",
-        "replaced": [], "route_version": 2, "updated_at": 1.0, "variants": None,
-        "guard": {"steps": [50, 100], "step_after_requests": 20}}
+        "route": "orders",
+        "gateway_url": admin.url,
+        "model": "orders:v2",
+        "action": "canary",
+        "stable": "orders:v1",
+        "replaced": [],
+        "route_version": 2,
+        "updated_at": 1.0,
+        "variants": None,
+        "guard": {"steps": [50, 100], "step_after_requests": 20},
+    }
     created = OllamaDoubleControl(double.url).stats()["created"]
     assert {"orders:v1", "orders:v2"} <= set(created) and "orders:latest" not in created  # latest never moved
     assert [m["deploy"]["model"] for m in list_versions(cfg.output_dir)] == ["orders:v1", "orders:v2"]
@@ -142,16 +165,21 @@ def _cli(*args: str, key: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TEST_DEPLOY_KEY"}
     if key is not None:
         env["TEST_DEPLOY_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_missing_or_wrong_key_fails_before_anything_is_pushed(tmp_path, stack):
     double, admin = stack
     config = str(_config(tmp_path, double.url, admin.url))
-    for key, message in ((None, "$TEST_DEPLOY_KEY (deploy.admin_key_env); it is not set"),
-                         ("sk-wrong", "gateway refused GET /admin/routes (401): invalid API key; "
-                                      "is $TEST_DEPLOY_KEY an admin-scoped key")):
+    for key, message in (
+        (None, "$TEST_DEPLOY_KEY (deploy.admin_key_env); it is not set"),
+        (
+            "sk-wrong",
+            "gateway refused GET /admin/routes (401): invalid API key; is $TEST_DEPLOY_KEY an admin-scoped key",
+        ),
+    ):
         done = _cli("push", "--config", config, key=key)
         assert done.returncode == 2, done.stderr
         (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -176,8 +204,10 @@ def test_a_refused_route_change_leaves_the_version_pushed_and_deploy_retries_it(
     done = _cli("push", "--config", config, key=KEY)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert "gateway refused PUT /admin/routes/orders (422): variant weights must sum to 100, got 110 (field variants)" \
+    assert (
+        "gateway refused PUT /admin/routes/orders (422): variant weights must sum to 100, got 110 (field variants)"
         in line
+    )
     assert "orders:v1 stays pushed in Ollama" in line and "deploy --config ... --version 1" in line
     assert "orders:v1" in OllamaDoubleControl(double.url).stats()["created"]
     (manifest,) = list_versions(tmp_path / "out")

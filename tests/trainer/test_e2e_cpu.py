@@ -15,10 +15,10 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import start_llama_server
 from testkit.ollama import OllamaDoubleControl, running_ollama_double
 from testkit.processes import wait_until
+from tests.support.gateway import ADMIN_KEY, running_gateway
 from trainer.config import RunConfig
 from trainer.data import read_prepared
 from trainer.encoding import render
@@ -45,9 +45,11 @@ def test_tuned_model_beats_the_base_on_held_out_data(pipeline):
     assert tuned["scores"]["json_schema"] > base["scores"]["json_schema"]
     assert tuned["scores"]["stops_on_eos"] == 1.0
     assert report["gate"]["passed"], report["gate"]["reasons"]
-    print(f"\nCPU training: {train['tokens_per_s']} tokens/s over {train['steps']} steps ({train['wall_s']}s); "
-          f"eval loss {base['eval_loss']} -> {tuned['eval_loss']}, exact match "
-          f"{base['scores']['exact_match']} -> {tuned['scores']['exact_match']}")
+    print(
+        f"\nCPU training: {train['tokens_per_s']} tokens/s over {train['steps']} steps ({train['wall_s']}s); "
+        f"eval loss {base['eval_loss']} -> {tuned['eval_loss']}, exact match "
+        f"{base['scores']['exact_match']} -> {tuned['scores']['exact_match']}"
+    )
 
 
 def test_export_writes_quantised_ggufs_an_adapter_and_a_modelfile(pipeline):
@@ -86,8 +88,9 @@ def _merged_greedy(cfg: RunConfig, prompts: list[list[dict]]) -> list[str]:
     merged = cfg.output_dir / "export" / "merged"
     tok = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged)
-    gens = greedy_generate(model, tok, [encode_prompt(tok, m) for m in prompts],
-                           max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=1)
+    gens = greedy_generate(
+        model, tok, [encode_prompt(tok, m) for m in prompts], max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=1
+    )
     return [g.text for g in gens]
 
 
@@ -105,9 +108,13 @@ def test_llama_cpp_serves_the_gguf_with_the_merged_models_greedy_answers(pipelin
         served = []
         for context in contexts:
             # The same prompt text PyTorch saw (rendered by the tokenizer's template), decoded greedily.
-            answer = client.completions.create(model="order-json", prompt=render(tok, context, generation_prompt=True),
-                                               max_tokens=cfg.evaluation.max_new_tokens, temperature=0,
-                                               stop=["<|im_end|>"])
+            answer = client.completions.create(
+                model="order-json",
+                prompt=render(tok, context, generation_prompt=True),
+                max_tokens=cfg.evaluation.max_new_tokens,
+                temperature=0,
+                stop=["<|im_end|>"],
+            )
             served.append(answer.choices[0].text)
     finally:
         server.stop()
@@ -140,10 +147,14 @@ def test_push_registers_the_model_with_ollama_and_the_gateway_serves_it(pipeline
     with running_gateway([("ollama", double.url)]) as gateway:
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=2, timeout=30)
         wanted = f"{cfg.ollama.model}:latest"
-        wait_until(lambda: wanted in {m.id for m in client.models.list().data}, timeout=30,
-                   what=f"gateway lists {wanted}")
-        answer = client.chat.completions.create(model=f"{cfg.ollama.model}:latest", temperature=0,
-                                                messages=[{"role": "user", "content": "Send 2 red mugs."}])
+        wait_until(
+            lambda: wanted in {m.id for m in client.models.list().data}, timeout=30, what=f"gateway lists {wanted}"
+        )
+        answer = client.chat.completions.create(
+            model=f"{cfg.ollama.model}:latest",
+            temperature=0,
+            messages=[{"role": "user", "content": "Send 2 red mugs."}],
+        )
         assert answer.choices[0].message.content and answer.model.startswith(cfg.ollama.model)
     chat_calls = OllamaDoubleControl(double.url).stats()["bodies"].get("/api/chat", [])
     assert any(body.get("model", "").startswith(cfg.ollama.model) for body in chat_calls)

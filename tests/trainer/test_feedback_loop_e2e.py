@@ -36,11 +36,11 @@ import openai
 import pytest
 import yaml
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.llama import start_llama_server
-from tests.support.metrics import sample
 from testkit.ollama import running_ollama_double
 from testkit.processes import REPO_ROOT, Service, free_port, wait_until
+from tests.support.gateway import ADMIN_KEY, running_gateway
+from tests.support.metrics import sample
 from trainer.checks import exact_match
 from trainer.config import load_config
 
@@ -63,18 +63,26 @@ def _orders() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return plain, sized
 
 
-def _config(tmp_path: Path, name: str, *, paths: list[Path], out: Path, double: Service, gateway: Service,
-            **changes: Any) -> Path:
+def _config(
+    tmp_path: Path, name: str, *, paths: list[Path], out: Path, double: Service, gateway: Service, **changes: Any
+) -> Path:
     """The example's config with this run's data, output, Ollama, gateway and `changes` (section -> fields)."""
     raw = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
     raw["data"].update(paths=[str(p) for p in paths], format="auto")
     raw["export"] = {"quantizations": ["q4_k_m"], "serve": "q4_k_m", "adapter_gguf": False}
     raw["ollama"].update(host=double.url, retry_backoff_s=0)
-    raw["deploy"] = {"route": ROUTE, "canary_percent": 10, "steps": [50, 100], "step_after_requests": STEP_AFTER,
-                     # A small sample so the guard judges the canary here; TTFT on two shared cores is noisy.
-                     "guard": {"min_requests": STEP_AFTER, "max_ttft_p95_ratio": 10.0},
-                     "gateway_url": gateway.url, "admin_key_env": "LOOP_GATEWAY_ADMIN_KEY", "model_wait_s": 180,
-                     "timeout_s": 120}
+    raw["deploy"] = {
+        "route": ROUTE,
+        "canary_percent": 10,
+        "steps": [50, 100],
+        "step_after_requests": STEP_AFTER,
+        # A small sample so the guard judges the canary here; TTFT on two shared cores is noisy.
+        "guard": {"min_requests": STEP_AFTER, "max_ttft_p95_ratio": 10.0},
+        "gateway_url": gateway.url,
+        "admin_key_env": "LOOP_GATEWAY_ADMIN_KEY",
+        "model_wait_s": 180,
+        "timeout_s": 120,
+    }
     raw["output_dir"] = str(out)
     for section, fields in changes.items():
         raw[section] = {**raw.get(section, {}), **fields}
@@ -99,11 +107,12 @@ class ServeWhenExported(threading.Thread):
                 info = self.out / "export" / "export.json"
                 if info.exists():
                     served = json.loads(info.read_text())["served"]
-                    self.server = start_llama_server(self.out / "export" / served, alias=self.alias, port=self.port,
-                                                     n_ctx=512)
+                    self.server = start_llama_server(
+                        self.out / "export" / served, alias=self.alias, port=self.port, n_ctx=512
+                    )
                     return
                 time.sleep(1)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+        except BaseException as exc:
             self.error = exc
 
     def stop(self) -> None:
@@ -115,8 +124,14 @@ class ServeWhenExported(threading.Thread):
 
 
 def _trainer(*args: str, out: Path | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=3000, env={**os.environ, "LOOP_GATEWAY_ADMIN_KEY": ADMIN_KEY})
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        env={**os.environ, "LOOP_GATEWAY_ADMIN_KEY": ADMIN_KEY},
+    )
     if done.returncode != 0:
         compared = out / "eval" / "deployed.json" if out else None
         scores = ""
@@ -137,8 +152,12 @@ def _json_out(done: subprocess.CompletedProcess) -> dict[str, Any]:
 def _ask(client: openai.OpenAI, user: str, prompt: str) -> tuple[str, str, str]:
     """(request id, variant, answer) of one order sent through the route."""
     raw = client.chat.completions.with_raw_response.create(
-        model=ROUTE, user=user, temperature=0, max_tokens=40,
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
+        model=ROUTE,
+        user=user,
+        temperature=0,
+        max_tokens=40,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+    )
     answer = raw.parse()
     return raw.headers["X-Request-ID"], raw.headers["X-Model-Variant"], answer.choices[0].message.content or ""
 
@@ -149,8 +168,11 @@ def _users_give_feedback(gateway: Service, client: openai.OpenAI, traffic: list[
     for n, row in enumerate(traffic):
         request_id, variant, text = _ask(client, f"shopper-{n}", row["prompt"])
         assert variant == f"{ROUTE}:v1"
-        body = ({"request_id": request_id, "rating": "up"} if exact_match(text, row["completion"])
-                else {"request_id": request_id, "kind": "correction", "correction": row["completion"]})
+        body = (
+            {"request_id": request_id, "rating": "up"}
+            if exact_match(text, row["completion"])
+            else {"request_id": request_id, "kind": "correction", "correction": row["completion"]}
+        )
         response = httpx.post(f"{gateway.url}/v1/feedback", json=body, headers=ADMIN, timeout=10)
         assert response.status_code == 201, response.text  # joined to the captured answer
         given["rating" if "rating" in body else "correction"] += 1
@@ -186,49 +208,91 @@ def test_corrections_from_traffic_train_a_v2_that_beats_v1_and_is_promoted(tmp_p
     v2_server = ServeWhenExported(tmp_path / "v2", f"{ROUTE}:v2", ports[2])
     started = time.monotonic()
     try:
-        with running_ollama_double() as double, running_gateway(
-                [("openai", f"http://127.0.0.1:{port}") for port in ports.values()],
-                env={"DATABASE_URL": database}) as gateway:
+        with (
+            running_ollama_double() as double,
+            running_gateway(
+                [("openai", f"http://127.0.0.1:{port}") for port in ports.values()], env={"DATABASE_URL": database}
+            ) as gateway,
+        ):
             monkeypatch.setenv("LOOP_GATEWAY_ADMIN_KEY", ADMIN_KEY)
             # 1. v1, weak on purpose; deployed on the route, whose answers are then captured.
-            v1 = load_config(_config(tmp_path, "v1", paths=[v1_data], out=tmp_path / "v1", double=double,
-                                     gateway=gateway, training={"max_steps": V1_STEPS}, data={"eval_fraction": 0.15},
-                                     evaluation={"max_examples": 4},
-                                     gate={"min_loss_improvement": 0.0, "min_score_gain": 0.0, "min_score": 0.0}))
+            v1 = load_config(
+                _config(
+                    tmp_path,
+                    "v1",
+                    paths=[v1_data],
+                    out=tmp_path / "v1",
+                    double=double,
+                    gateway=gateway,
+                    training={"max_steps": V1_STEPS},
+                    data={"eval_fraction": 0.15},
+                    evaluation={"max_examples": 4},
+                    gate={"min_loss_improvement": 0.0, "min_score_gain": 0.0, "min_score": 0.0},
+                )
+            )
             for stage in (prepare_stage, train_stage, evaluate_stage, export_stage):
                 stage(v1)
             served = json.loads((v1.output_dir / "export" / "export.json").read_text())["served"]
-            servers.append(start_llama_server(v1.output_dir / "export" / served, alias=f"{ROUTE}:v1",
-                                              port=ports[1], n_ctx=512))
+            servers.append(
+                start_llama_server(v1.output_dir / "export" / served, alias=f"{ROUTE}:v1", port=ports[1], n_ctx=512)
+            )
             # force: v1 is weak on purpose; whether it beats the base on its few own held-out rows is not the point
             assert push_stage(v1, force=True)["deploy"]["action"] == "created"
             route = httpx.get(f"{gateway.url}/admin/routes/{ROUTE}", headers=ADMIN, timeout=10).json()
             spec = {k: route[k] for k in ("variants", "fallbacks", "shadow", "guard")} | {"capture": {"percent": 100}}
-            assert httpx.put(f"{gateway.url}/admin/routes/{ROUTE}", json=spec, headers=ADMIN,
-                             timeout=10).status_code == 200
+            assert (
+                httpx.put(f"{gateway.url}/admin/routes/{ROUTE}", json=spec, headers=ADMIN, timeout=10).status_code
+                == 200
+            )
             v1_done = time.monotonic()
 
             # 2. Traffic with feedback.
             client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
             given = _users_give_feedback(gateway, client, traffic)
             assert given["correction"] >= TRAFFIC // 4, f"v1 was not weak enough to need corrections: {given}"
-            wait_until(lambda: sample(gateway.url, "gateway_capture_written_total") == TRAFFIC, timeout=30,
-                       what="every answer captured")
+            wait_until(
+                lambda: sample(gateway.url, "gateway_capture_written_total") == TRAFFIC,
+                timeout=30,
+                what="every answer captured",
+            )
 
             # 3. dataset -> run: v2 on v1's rows and the corrected traffic, gated against the deployed v1.
             dataset = tmp_path / "dataset.jsonl"
-            report = _json_out(_trainer("dataset", "--database-url", database, "--route", ROUTE, "--since", "1d",
-                                        "--heldout", "0.25", "--out", str(dataset)))
+            report = _json_out(
+                _trainer(
+                    "dataset",
+                    "--database-url",
+                    database,
+                    "--route",
+                    ROUTE,
+                    "--since",
+                    "1d",
+                    "--heldout",
+                    "0.25",
+                    "--out",
+                    str(dataset),
+                )
+            )
             assert report["reasons"]["correction"] == given["correction"] and report["heldout"] == TRAFFIC // 4
-            v2_config = _config(tmp_path, "v2", paths=[v1_data, dataset], out=tmp_path / "v2", double=double,
-                                gateway=gateway, training={"max_steps": V2_STEPS},
-                                data={"eval_paths": [str(dataset.with_name("dataset.heldout.jsonl"))],
-                                      "min_eval_examples": 4},
-                                evaluation={"max_examples": 16, "baseline": f"route:{ROUTE}"},
-                                # The gate that matters here is against the deployed v1; the one against the
-                                # base model only needs v2 to be better at all.
-                                gate={"min_loss_improvement": 0.0, "min_score_gain": 0.0, "min_score": 0.0,
-                                      "deployed_min_score_gain": 0.0})
+            v2_config = _config(
+                tmp_path,
+                "v2",
+                paths=[v1_data, dataset],
+                out=tmp_path / "v2",
+                double=double,
+                gateway=gateway,
+                training={"max_steps": V2_STEPS},
+                data={"eval_paths": [str(dataset.with_name("dataset.heldout.jsonl"))], "min_eval_examples": 4},
+                evaluation={"max_examples": 16, "baseline": f"route:{ROUTE}"},
+                # The gate that matters here is against the deployed v1; the one against the
+                # base model only needs v2 to be better at all.
+                gate={
+                    "min_loss_improvement": 0.0,
+                    "min_score_gain": 0.0,
+                    "min_score": 0.0,
+                    "deployed_min_score_gain": 0.0,
+                },
+            )
             v2_server.start()
             run = _json_out(_trainer("run", "--config", str(v2_config), out=tmp_path / "v2"))
             v2_done = time.monotonic()
@@ -245,8 +309,9 @@ def test_corrections_from_traffic_train_a_v2_that_beats_v1_and_is_promoted(tmp_p
 
             # 4. The guard steps v2 up on live traffic and promotes it.
             later = _promoted(gateway, client, [r["prompt"] for r in sized[TRAFFIC:]])
-            history = httpx.get(f"{gateway.url}/admin/routes/{ROUTE}/history", headers=ADMIN,
-                                timeout=10).json()["history"]
+            history = httpx.get(f"{gateway.url}/admin/routes/{ROUTE}/history", headers=ADMIN, timeout=10).json()[
+                "history"
+            ]
     finally:
         v2_server.stop()
         for server in servers:
@@ -256,15 +321,22 @@ def test_corrections_from_traffic_train_a_v2_that_beats_v1_and_is_promoted(tmp_p
     print(f"promotion: {sum(later.values())} requests, served by {later}")
 
 
-def _print_numbers(given: dict[str, int], report: dict[str, Any], run: dict[str, Any], total_s: float,
-                   v1_s: float, v2_s: float) -> None:
+def _print_numbers(
+    given: dict[str, int], report: dict[str, Any], run: dict[str, Any], total_s: float, v1_s: float, v2_s: float
+) -> None:
     vs = run["push"]["vs_deployed"]
     base_eval = run["evaluate"]
-    print(f"\nv1: {V1_ROWS} rows without sizes, {V1_STEPS} steps ({v1_s:.0f}s to deployed); "
-          f"traffic {TRAFFIC}: {given['correction']} corrections, {given['rating']} thumbs up")
+    print(
+        f"\nv1: {V1_ROWS} rows without sizes, {V1_STEPS} steps ({v1_s:.0f}s to deployed); "
+        f"traffic {TRAFFIC}: {given['correction']} corrections, {given['rating']} thumbs up"
+    )
     print(f"dataset: train {report['train']} ({report['train_by_reason']}), held out {report['heldout']}")
-    print(f"v2: {V2_STEPS} steps on {run['prepare']['train']} rows ({v2_s:.0f}s for dataset + run); "
-          f"PyTorch on the held-out rows: base {base_eval['base']['scores']} -> v2 {base_eval['tuned']['scores']}")
-    print(f"through the gateway on {vs['rows']} held-out rows (greedy, Q4_K_M): "
-          f"v1 {vs['deployed']['scores']} vs v2 {vs['new']['scores']}; gate passed: {vs['gate']['passed']}")
+    print(
+        f"v2: {V2_STEPS} steps on {run['prepare']['train']} rows ({v2_s:.0f}s for dataset + run); "
+        f"PyTorch on the held-out rows: base {base_eval['base']['scores']} -> v2 {base_eval['tuned']['scores']}"
+    )
+    print(
+        f"through the gateway on {vs['rows']} held-out rows (greedy, Q4_K_M): "
+        f"v1 {vs['deployed']['scores']} vs v2 {vs['new']['scores']}; gate passed: {vs['gate']['passed']}"
+    )
     print(f"total {total_s:.0f}s")

@@ -12,16 +12,37 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(3600),
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "trainer" / "examples" / "order_json" / "config.yaml"
 
 
 def _stage(stage: str, out: Path, backend: str, *extra: str) -> None:
     # A fresh process per stage, as a user runs them: Unsloth must be imported before transformers.
-    done = subprocess.run([sys.executable, "-m", "trainer", stage, "--config", str(EXAMPLE), "--output-dir", str(out),
-                           "--backend", backend, *extra], cwd=REPO, capture_output=True, text=True, timeout=3000)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            stage,
+            "--config",
+            str(EXAMPLE),
+            "--output-dir",
+            str(out),
+            "--backend",
+            backend,
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -44,5 +65,13 @@ def test_unsloth_trains_evaluates_and_exports_the_example_and_is_compared_with_p
     export = json.loads((tmp_path / "unsloth" / "export" / "export.json").read_text())
     assert {"f16", "q8_0", "q4_k_m", "adapter"} <= set(export["files"])
     # The numbers for the issue note (same model, data, LoRA and batch settings on both backends).
-    print("\n" + json.dumps({b: {k: s[k] for k in ("tokens_per_s", "peak_gpu_gib", "wall_s", "last_loss")}
-                             for b, s in summaries.items()}, indent=2))
+    print(
+        "\n"
+        + json.dumps(
+            {
+                b: {k: s[k] for k in ("tokens_per_s", "peak_gpu_gib", "wall_s", "last_loss")}
+                for b, s in summaries.items()
+            },
+            indent=2,
+        )
+    )

@@ -40,11 +40,16 @@ def _fake_earlier_stages(out: Path, model_file: Path, *, gate_passed: bool = Tru
     """What prepare, train, evaluate and export leave behind, so push runs alone and fast."""
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)
-    (out / "data" / "prepare_report.json").write_text(json.dumps(
-        {"data_sha256": "ab" * 32, "train": 10, "eval": 2, "bad_rows": [], "duplicates": 0}))
-    scores = lambda loss, em: {"eval_loss": loss, "perplexity": 2.0, "scores": {"exact_match": em}}  # noqa: E731
-    report = {"base": scores(2.0, 0.0), "tuned": scores(0.5, 0.9), "primary_check": "exact_match",
-              "gate": {"passed": gate_passed, "reasons": [] if gate_passed else ["exact_match 0 does not beat 0"]}}
+    (out / "data" / "prepare_report.json").write_text(
+        json.dumps({"data_sha256": "ab" * 32, "train": 10, "eval": 2, "bad_rows": [], "duplicates": 0})
+    )
+    scores = lambda loss, em: {"eval_loss": loss, "perplexity": 2.0, "scores": {"exact_match": em}}
+    report = {
+        "base": scores(2.0, 0.0),
+        "tuned": scores(0.5, 0.9),
+        "primary_check": "exact_match",
+        "gate": {"passed": gate_passed, "reasons": [] if gate_passed else ["exact_match 0 does not beat 0"]},
+    }
     (out / "eval" / "report.json").write_text(json.dumps(report))
     (out / "eval" / "summary.md").write_text("# Evaluation\n")
     write_export(out, model_file)
@@ -52,11 +57,22 @@ def _fake_earlier_stages(out: Path, model_file: Path, *, gate_passed: bool = Tru
 
 
 def write_export(out: Path, model_file: Path) -> dict:
-    info = {"served": model_file.name, "template": TEMPLATE, "system": "Reply with JSON.",
-            "parameters": {"temperature": 0, "stop": ["<|im_end|>"]},
-            "files": {"q4_k_m": {"file": model_file.name, "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-                                 "bytes": model_file.stat().st_size}},
-            "timings_s": {"convert": 1.0}, "total_s": 1.0, "converter": "llama-cpp-python==0.3.36"}
+    info = {
+        "served": model_file.name,
+        "template": TEMPLATE,
+        "system": "Reply with JSON.",
+        "parameters": {"temperature": 0, "stop": ["<|im_end|>"]},
+        "files": {
+            "q4_k_m": {
+                "file": model_file.name,
+                "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+                "bytes": model_file.stat().st_size,
+            }
+        },
+        "timings_s": {"convert": 1.0},
+        "total_s": 1.0,
+        "converter": "llama-cpp-python==0.3.36",
+    }
     (out / "export").mkdir(parents=True, exist_ok=True)
     (out / "export" / "export.json").write_text(json.dumps(info))
     return info
@@ -69,8 +85,13 @@ def double():
 
 
 def _cfg(tmp_path: Path, host: str, **overrides):
-    path = write_config(tmp_path / "run.yaml", source="x/y", data_paths=["d.jsonl"], output_dir=str(tmp_path / "out"),
-                        ollama={"host": host, "model": "orders", "retries": 1, "retry_backoff_s": 0})
+    path = write_config(
+        tmp_path / "run.yaml",
+        source="x/y",
+        data_paths=["d.jsonl"],
+        output_dir=str(tmp_path / "out"),
+        ollama={"host": host, "model": "orders", "retries": 1, "retry_backoff_s": 0},
+    )
     return load_config(path, overrides)
 
 
@@ -106,8 +127,13 @@ def test_push_uploads_once_creates_versions_and_moves_latest(tmp_path, double):
     assert (cfg.output_dir / "versions" / "v2" / "summary.md").exists()
     table = format_versions(manifests)
     assert "orders:v1" in table and "orders:v2" in table and "exact_match 0.00 -> 0.90" in table
-    done = subprocess.run([sys.executable, "-m", "trainer", "list", "--config", str(tmp_path / "run.yaml")],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "list", "--config", str(tmp_path / "run.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "orders:v2" in done.stdout
 
 
@@ -169,8 +195,11 @@ def test_adapter_serving_creates_a_model_from_the_base_plus_the_adapter(tmp_path
     adapter = _tiny_gguf(export_dir / "adapter-f16.gguf", fill=0.01)
     _fake_earlier_stages(cfg.output_dir, model)
     info = json.loads((export_dir / "export.json").read_text())
-    info["files"]["adapter"] = {"file": adapter.name, "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
-                                "bytes": adapter.stat().st_size}
+    info["files"]["adapter"] = {
+        "file": adapter.name,
+        "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+        "bytes": adapter.stat().st_size,
+    }
     (export_dir / "export.json").write_text(json.dumps(info))
 
     manifest = push_stage(cfg)

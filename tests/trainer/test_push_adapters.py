@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import ADMIN_KEY, running_gateway
 from testkit.vllm import VLLM_BASE, running_vllm_double
+from tests.support.gateway import ADMIN_KEY, running_gateway
 from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
 from trainer.config import load_config
@@ -25,8 +25,11 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 def _trained(cfg, weights: bytes) -> str:
     """What train and export leave: a PEFT folder and the adapter GGUF in export.json. Returns the digest."""
-    model = _tiny_gguf(cfg.output_dir / "export" / "model-q4_k_m.gguf", fill=0.5) if not (
-        cfg.output_dir / "export" / "model-q4_k_m.gguf").exists() else cfg.output_dir / "export" / "model-q4_k_m.gguf"
+    model = (
+        _tiny_gguf(cfg.output_dir / "export" / "model-q4_k_m.gguf", fill=0.5)
+        if not (cfg.output_dir / "export" / "model-q4_k_m.gguf").exists()
+        else cfg.output_dir / "export" / "model-q4_k_m.gguf"
+    )
     _fake_earlier_stages(cfg.output_dir, model)
     peft = cfg.output_dir / "adapter"
     peft.mkdir(parents=True, exist_ok=True)
@@ -35,18 +38,28 @@ def _trained(cfg, weights: bytes) -> str:
     adapter = _tiny_gguf(cfg.output_dir / "export" / "adapter-f16.gguf", fill=len(weights))
     info_path = cfg.output_dir / "export" / "export.json"
     info = json.loads(info_path.read_text())
-    info["files"]["adapter"] = {"file": adapter.name, "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
-                                "bytes": adapter.stat().st_size}
+    info["files"]["adapter"] = {
+        "file": adapter.name,
+        "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+        "bytes": adapter.stat().st_size,
+    }
     info_path.write_text(json.dumps(info))
     return hashlib.sha256(weights).hexdigest()
 
 
 def _cfg(tmp_path: Path, gateway_url: str, targets: list[str]):
     (tmp_path / "out" / "export").mkdir(parents=True, exist_ok=True)
-    path = write_config(tmp_path / "run.yaml", source="x/y", data_paths=["d.jsonl"], output_dir=str(tmp_path / "out"),
-                        ollama={"host": "http://127.0.0.1:9", "model": "orders", "retries": 0},
-                        push={"targets": targets, "adapters": {"gateway_url": gateway_url, "base": VLLM_BASE,
-                                                               "dir": "shared-adapters"}})
+    path = write_config(
+        tmp_path / "run.yaml",
+        source="x/y",
+        data_paths=["d.jsonl"],
+        output_dir=str(tmp_path / "out"),
+        ollama={"host": "http://127.0.0.1:9", "model": "orders", "retries": 0},
+        push={
+            "targets": targets,
+            "adapters": {"gateway_url": gateway_url, "base": VLLM_BASE, "dir": "shared-adapters"},
+        },
+    )
     return load_config(path)
 
 
@@ -67,8 +80,11 @@ def test_push_publishes_adapters_for_llama_cpp_and_vllm_and_the_gateway_serves_t
         assert record["files"] == {"gguf": str(shared / f"{stem}.gguf"), "peft": str(shared / stem)}
 
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=20)
-        ask = lambda model: client.chat.completions.create(  # noqa: E731
-            model=model, messages=[{"role": "user", "content": "2 red mugs"}]).choices[0].message.content
+        ask = lambda model: (
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "2 red mugs"}])
+            .choices[0]
+            .message.content
+        )
         assert ask("orders").startswith(f"{stem}:")
 
         digest2 = _trained(cfg, b"weights of version two")
@@ -88,7 +104,12 @@ def test_push_without_an_admin_key_fails_clearly_before_registering(tmp_path, mo
 
 
 def test_adapter_targets_need_their_settings(tmp_path):
-    path = write_config(tmp_path / "run.yaml", source="x/y", data_paths=["d.jsonl"], output_dir=str(tmp_path / "o"),
-                        push={"targets": ["llamacpp"]})
+    path = write_config(
+        tmp_path / "run.yaml",
+        source="x/y",
+        data_paths=["d.jsonl"],
+        output_dir=str(tmp_path / "o"),
+        push={"targets": ["llamacpp"]},
+    )
     with pytest.raises(ConfigError, match="push.adapters"):
         load_config(path)

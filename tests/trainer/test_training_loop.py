@@ -17,8 +17,9 @@ from trainer.train import micro_batch_order, micro_batches_for_step, train
 
 def _cfg(tmp_path: Path, model_dir: Path, name: str, **overrides):
     data = write_jsonl(tmp_path / "orders.jsonl", order_rows(20))
-    path = write_config(tmp_path / f"{name}.yaml", source=str(model_dir), data_paths=[str(data)],
-                        output_dir=str(tmp_path / name))
+    path = write_config(
+        tmp_path / f"{name}.yaml", source=str(model_dir), data_paths=[str(data)], output_dir=str(tmp_path / name)
+    )
     return load_config(path, overrides)
 
 
@@ -35,8 +36,9 @@ def _losses(output_dir: Path) -> list[float]:
 def test_batch_order_is_a_pure_function_of_seed_and_epoch(tmp_path, tiny_model_dir):
     assert micro_batch_order(10, 3, seed=1, epoch=0) == micro_batch_order(10, 3, seed=1, epoch=0)
     assert micro_batch_order(10, 3, seed=1, epoch=0) != micro_batch_order(10, 3, seed=1, epoch=1)
-    cfg = _cfg(tmp_path, tiny_model_dir, "order", **{"training.gradient_accumulation_steps": 2,
-                                                     "training.batch_size": 3})
+    cfg = _cfg(
+        tmp_path, tiny_model_dir, "order", **{"training.gradient_accumulation_steps": 2, "training.batch_size": 3}
+    )
     seen = [i for step in range(4) for batch in micro_batches_for_step(step, 10, cfg) for i in batch]
     assert sorted(seen[:10]) == list(range(10))  # epoch 0 covers every example once, then epoch 1 starts
 

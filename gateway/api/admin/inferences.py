@@ -21,8 +21,11 @@ class StoreUnavailable(GatewayError):
 
 
 @router.delete("", summary="Delete every captured inference and feedback of one key")
-async def erase(request: Request, _: AdminDep,
-                key_id: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]) -> Response:
+async def erase(
+    request: Request,
+    _: AdminDep,
+    key_id: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")],
+) -> Response:
     try:
         deleted = await erase_key(store(request).engine, key_id)
     except Exception as exc:  # noqa: BLE001 - the database is down: say so, and the caller retries

@@ -23,8 +23,13 @@ class KeyLimitsBody(BaseModel):
     tpm: int | None = Field(None, ge=1, description="Tokens per minute; null = unlimited.")
     monthly_token_budget: int | None = Field(None, ge=1, description="Tokens per calendar month (UTC).")
     expires_at: float | None = Field(None, description="Unix time after which the key stops working.")
-    capture_percent: float | None = Field(None, ge=0, le=100, description="Share of this key's answers kept in "
-                                          "the inference log, in percent; null = the gateway's settings decide.")
+    capture_percent: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Share of this key's answers kept in "
+        "the inference log, in percent; null = the gateway's settings decide.",
+    )
 
 
 class CreateKeyBody(KeyLimitsBody):
@@ -43,10 +48,17 @@ class UpdateKeyBody(KeyLimitsBody):
 @router.post("", status_code=201, summary="Create a key; the plain key is in this answer only")
 async def create_key(request: Request, body: CreateKeyBody, _: AdminDep) -> Response:
     expires = body.expires_at or (time.time() + body.expires_in_days * 86400 if body.expires_in_days else None)
-    spec = KeySpec(name=body.name, owner=body.owner, scopes=frozenset(body.scopes),
-                   models=tuple(body.models) if body.models is not None else None, expires_at=expires,
-                   rpm=body.rpm, tpm=body.tpm, monthly_token_budget=body.monthly_token_budget,
-                   capture_percent=body.capture_percent)
+    spec = KeySpec(
+        name=body.name,
+        owner=body.owner,
+        scopes=frozenset(body.scopes),
+        models=tuple(body.models) if body.models is not None else None,
+        expires_at=expires,
+        rpm=body.rpm,
+        tpm=body.tpm,
+        monthly_token_budget=body.monthly_token_budget,
+        capture_percent=body.capture_percent,
+    )
     record, secret = await keys(request).create(spec)
     return json_response({"key": secret, **record.public_view()}, status_code=201)
 

@@ -45,8 +45,9 @@ async def _check_models(request: Request, name: str, spec: RouteSpec) -> None:
         try:
             await pool(request).resolve(model)
         except ModelNotFound:
-            raise ModelNotFound(f"route '{name}' names model '{model}', which no backend serves",
-                                param="variants") from None
+            raise ModelNotFound(
+                f"route '{name}' names model '{model}', which no backend serves", param="variants"
+            ) from None
 
 
 async def _changed(request: Request, route: StoredRoute | None) -> Response:
@@ -75,8 +76,7 @@ async def put_route(request: Request, name: RouteName, spec: RouteSpec, principa
 async def delete_route(request: Request, name: RouteName, principal: AdminDep) -> Response:
     store = route_store(request)
     current = await store.get(name)
-    return await _changed(request, await store.change(name, None, expected=current, who=_who(principal),
-                                                      why="manual"))
+    return await _changed(request, await store.change(name, None, expected=current, who=_who(principal), why="manual"))
 
 
 @router.post("/{name}/promote", summary="Send 100 % to one variant")
@@ -101,6 +101,11 @@ async def history(request: Request, name: RouteName, _: AdminDep) -> Response:
 async def stats(request: Request, name: RouteName, _: AdminDep) -> Response:
     route = await route_store(request).get(name)
     seen = await route_stats(request).read(name, route.version)
-    return json_response({"route": name, "version": route.version, "since": route.updated_at,
-                          "variants": {v.served: seen.get(v.served, VariantStats()).public()
-                                       for v in route.spec.variants}})
+    return json_response(
+        {
+            "route": name,
+            "version": route.version,
+            "since": route.updated_at,
+            "variants": {v.served: seen.get(v.served, VariantStats()).public() for v in route.spec.variants},
+        }
+    )

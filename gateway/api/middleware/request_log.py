@@ -42,6 +42,12 @@ class AccessLogMiddleware:
         finally:
             unbind_record(token)
             logged = status if done or status >= 500 else 499  # the answer never finished going out
-            self.access_log.write(scope, record, request_id=scope.get("state", {}).get("request_id"),
-                                  trace_id=trace_id, status=logged, latency_s=time.perf_counter() - started,
-                                  x_cache=x_cache)
+            self.access_log.write(
+                scope,
+                record,
+                request_id=scope.get("state", {}).get("request_id"),
+                trace_id=trace_id,
+                status=logged,
+                latency_s=time.perf_counter() - started,
+                x_cache=x_cache,
+            )

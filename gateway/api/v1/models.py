@@ -14,8 +14,10 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 @router.get("/models", summary="List models")
 async def list_models(request: Request, principal: PrincipalDep) -> Response:
     served = pool(request).models()
-    entries = [{"id": name, "object": "model", "created": 0, "owned_by": ",".join(sorted(replicas))}
-               for name, replicas in sorted(served.items())]
+    entries = [
+        {"id": name, "object": "model", "created": 0, "owned_by": ",".join(sorted(replicas))}
+        for name, replicas in sorted(served.items())
+    ]
     for alias, target in sorted(pool(request).aliases().items()):
         if target in served or f"{target}:latest" in served:
             entries.append({"id": alias, "object": "model", "created": 0, "owned_by": f"alias:{target}"})

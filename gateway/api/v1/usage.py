@@ -27,8 +27,13 @@ def _day(value: str | None, default: date, name: str) -> date:
 
 
 @router.get("/usage", summary="Usage and hosted-API cost estimate per model and day")
-async def usage_report(request: Request, principal: PrincipalDep, start: str | None = None, end: str | None = None,
-                       key_id: str | None = None) -> Response:
+async def usage_report(
+    request: Request,
+    principal: PrincipalDep,
+    start: str | None = None,
+    end: str | None = None,
+    key_id: str | None = None,
+) -> Response:
     own = principal.key_id or principal.subject
     if key_id is not None and key_id != own:
         principal.require_scope("admin")
@@ -43,15 +48,35 @@ async def usage_report(request: Request, principal: PrincipalDep, start: str | N
     data, requests, tokens_in, tokens_out, cost = [], 0, 0, 0, 0.0
     for row in rows:
         row_cost = table.hosted_cost(row.model, row.input_tokens, row.output_tokens)
-        data.append({"date": row.day, "model": row.model, "requests": row.requests,
-                     "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
-                     "hosted_api_cost_usd": round(row_cost, 8)})
-        requests, tokens_in, tokens_out, cost = (requests + row.requests, tokens_in + row.input_tokens,
-                                                 tokens_out + row.output_tokens, cost + row_cost)
-    return json_response({
-        "object": "usage", "key_id": key_id or own, "start": first.isoformat(), "end": last.isoformat(),
-        "data": data,
-        "totals": {"requests": requests, "input_tokens": tokens_in, "output_tokens": tokens_out,
-                   "hosted_api_cost_usd": round(cost, 8)},
-        "break_even": table.break_even(cost, requests),
-    })
+        data.append(
+            {
+                "date": row.day,
+                "model": row.model,
+                "requests": row.requests,
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+                "hosted_api_cost_usd": round(row_cost, 8),
+            }
+        )
+        requests, tokens_in, tokens_out, cost = (
+            requests + row.requests,
+            tokens_in + row.input_tokens,
+            tokens_out + row.output_tokens,
+            cost + row_cost,
+        )
+    return json_response(
+        {
+            "object": "usage",
+            "key_id": key_id or own,
+            "start": first.isoformat(),
+            "end": last.isoformat(),
+            "data": data,
+            "totals": {
+                "requests": requests,
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "hosted_api_cost_usd": round(cost, 8),
+            },
+            "break_even": table.break_even(cost, requests),
+        }
+    )

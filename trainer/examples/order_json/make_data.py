@@ -15,8 +15,19 @@ APPAREL = ["t-shirt", "hoodie", "jacket", "sweater", "cap", "scarf", "dress", "p
 GOODS = ["mug", "notebook", "backpack", "water bottle", "umbrella", "phone case", "tote bag", "lamp"]
 COLORS = ["red", "blue", "green", "black", "white", "yellow", "grey", "purple", "orange", "pink"]
 SIZES = ["XS", "S", "M", "L", "XL"]
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
-                9: "nine", 10: "ten", 12: "twelve"}
+NUMBER_WORDS = {
+    1: "one",
+    2: "two",
+    3: "three",
+    4: "four",
+    5: "five",
+    6: "six",
+    7: "seven",
+    8: "eight",
+    9: "nine",
+    10: "ten",
+    12: "twelve",
+}
 TEMPLATES = [
     "I'd like to order {qty} {color} {product}{plural}{size_phrase}.",
     "Please send me {qty} {product}{plural} in {color}{size_phrase}.",
@@ -36,7 +47,7 @@ NO_COLOR_TEMPLATES = [
 SIZE_PHRASES = [" in size {size}", ", size {size}", " (size {size})"]
 
 
-def one_example(rng: random.Random) -> dict:
+def one_example(rng: random.Random) -> dict[str, str]:
     apparel = rng.random() < 0.55
     product = rng.choice(APPAREL if apparel else GOODS)
     quantity = rng.choice([1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 12])
@@ -55,7 +66,8 @@ def one_example(rng: random.Random) -> dict:
 
 def main() -> None:
     rng = random.Random(7)
-    rows, seen = [], set()
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
     while len(rows) < 320:
         row = one_example(rng)
         if row["prompt"] not in seen:

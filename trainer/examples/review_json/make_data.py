@@ -13,10 +13,21 @@ import json
 import random
 from pathlib import Path
 
-PRODUCTS = ["headphones", "blender", "backpack", "kettle", "keyboard", "lamp", "jacket", "phone case",
-            "coffee grinder", "desk chair", "water bottle", "umbrella"]
-ASPECTS = ["build", "quality", "materials", "delivery", "shipping", "packaging", "price", "value for money",
-           "cost"]
+PRODUCTS = [
+    "headphones",
+    "blender",
+    "backpack",
+    "kettle",
+    "keyboard",
+    "lamp",
+    "jacket",
+    "phone case",
+    "coffee grinder",
+    "desk chair",
+    "water bottle",
+    "umbrella",
+]
+ASPECTS = ["build", "quality", "materials", "delivery", "shipping", "packaging", "price", "value for money", "cost"]
 POSITIVE = ["absolutely love", "am thrilled with", "really like", "am happy with"]
 NEGATIVE = ["absolutely hate", "am furious about", "dislike", "am disappointed with"]
 TEMPLATES = [
@@ -32,7 +43,7 @@ MIXED = [
 ]
 
 
-def one_example(rng: random.Random) -> dict:
+def one_example(rng: random.Random) -> dict[str, str]:
     product = rng.choice(PRODUCTS)
     aspect = rng.choice(ASPECTS)
     kind = rng.choice(["positive", "negative", "mixed"])
@@ -47,7 +58,8 @@ def one_example(rng: random.Random) -> dict:
 
 def main() -> None:
     rng = random.Random(11)
-    rows, seen = [], set()
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
     while len(rows) < 320:
         row = one_example(rng)
         if row["prompt"] not in seen:
