@@ -29,9 +29,17 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, gpu_monthly_usd: float = 0.0) -> None:
         self.registry = registry
+        self._answer_series(registry)
+        self._replica_series(registry)
+        self._access_series(registry, gpu_monthly_usd)
+        self._route_series(registry)
+        self._log_series(registry)
+        self._failure_series(registry)
+
+    def _answer_series(self, registry: CollectorRegistry) -> None:
+        """Requests and the answers they got."""
         mb = ("model", "backend")
         mbv = ("model", "backend", "variant")
-        # -- requests and answers
         self.requests = Counter(
             "gateway_llm_requests", "LLM requests by outcome.", (*mbv, "outcome"), registry=registry
         )
@@ -80,7 +88,9 @@ class GatewayMetrics:
             ("model", "variant", "result"),
             registry=registry,
         )
-        # -- replicas
+
+    def _replica_series(self, registry: CollectorRegistry) -> None:
+        """The replicas behind the gateway."""
         self.retries = Counter(
             "gateway_retries", "Attempts retried after a replica failed.", ("model",), registry=registry
         )
@@ -104,7 +114,9 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
-        # -- access: cache, limits, cost
+
+    def _access_series(self, registry: CollectorRegistry, gpu_monthly_usd: float) -> None:
+        """Access: the cache, limits, Redis, cost."""
         self.cache = Counter(
             "gateway_cache_requests", "Inference requests by cache result.", ("model", "result"), registry=registry
         )
@@ -127,7 +139,13 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
         self.gpu_monthly.set(gpu_monthly_usd)
-        # -- model routes (bounded by configuration, like the model label)
+        for kind in ("rpm", "tpm", "budget"):
+            self.rate_limited.labels(kind)
+        for op in REDIS_OPERATIONS:
+            self.redis_errors.labels(op)
+
+    def _route_series(self, registry: CollectorRegistry) -> None:
+        """Model routes (bounded by configuration, like the model label)."""
         self.route_fallbacks = Counter(
             "gateway_route_fallbacks", "Routed requests a fallback answered.", ("route", "model"), registry=registry
         )
@@ -157,7 +175,9 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        # -- feedback, the inference log, the judge
+
+    def _log_series(self, registry: CollectorRegistry) -> None:
+        """Feedback, the inference log, the judge."""
         self.feedback = Counter(
             "gateway_feedback",
             "User feedback on answers, by rating (up|down).",
@@ -212,7 +232,11 @@ class GatewayMetrics:
             ("source",),
             registry=registry,
         )
-        # -- the gateway's own failures (each also logged once, with its context)
+        for reason in ("queue_full", "rejected"):
+            self.capture_dropped.labels(reason)
+
+    def _failure_series(self, registry: CollectorRegistry) -> None:
+        """The gateway's own failures (each also logged once, with its context)."""
         self.internal_errors = Counter(
             "gateway_internal_errors",
             "Exceptions caught inside the gateway, by the "
@@ -220,12 +244,6 @@ class GatewayMetrics:
             ("component",),
             registry=registry,
         )
-        for kind in ("rpm", "tpm", "budget"):
-            self.rate_limited.labels(kind)
-        for op in REDIS_OPERATIONS:
-            self.redis_errors.labels(op)
-        for reason in ("queue_full", "rejected"):
-            self.capture_dropped.labels(reason)
         for source in ("usage", "limits", "route_stats"):
             self.dropped_writes.labels(source)
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
@@ -193,19 +194,24 @@ async def _relay(
         answer.elapsed_s = time.perf_counter() - started
         if text is not None:
             answer.text = text.text()
-        usage = answer.usage
-        record_usage(
-            span,
-            input_tokens=usage.get("prompt_tokens"),
-            output_tokens=usage.get("completion_tokens"),
-            finish_reasons=finish_reasons,
-        )
-        if answer.outcome != "success":
-            span.set_attribute("error.type", answer.outcome)
-        span.end()  # here, not later: the span's end is the stream's
+        _end_span(span, answer, finish_reasons)
         # Shielded: when the client hangs up, Starlette cancels this body's task group, and every await
         # here would be cancelled again before the upstream call is closed.
         await asyncio.shield(chunks.aclose())
+
+
+def _end_span(span: Span, answer: Answer, finish_reasons: list[str]) -> None:
+    """The backend span ends with the stream (not later), with the answer's usage and outcome."""
+    usage = answer.usage
+    record_usage(
+        span,
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+        finish_reasons=finish_reasons,
+    )
+    if answer.outcome != "success":
+        span.set_attribute("error.type", answer.outcome)
+    span.end()
 
 
 async def _drain(chunks: ChunkStream, backend: str, failures: FailureLog) -> None:
