@@ -35,7 +35,7 @@ YOUNG_GC_THRESHOLD = 7_000
 def tune_collector() -> None:
     """After start-up: move what it built (modules, the app, pools) out of the cyclic collector's reach with
     `gc.freeze()`, as Python's gc docs advise for servers, so full collections stop walking it while every
-    request waits; and collect the young generation less often (measured: docs/benchmarks.md)."""
+    request waits; and collect the young generation less often (measured: bench/README.md)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
