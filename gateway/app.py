@@ -55,7 +55,15 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         finally:
             await services.stop()
 
-    app = FastAPI(title="slm-stack gateway", version="0.1.0", lifespan=lifespan)
+    public = services.settings.api_docs == "public"  # else the schema is the admins' (or nobody's), no /docs
+    app = FastAPI(
+        title="slm-stack gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if public else None,
+        docs_url="/docs" if public else None,
+        redoc_url=None,
+    )
     # What the routers reach through gateway/api/deps.py's accessors.
     state, s = app.state, services
     state.settings, state.metrics, state.tracing, state.redis = s.settings, s.metrics, s.tracing, s.redis
@@ -69,6 +77,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         keys.router, routes.router, adapters.router, inferences.router,
     ):  # fmt: skip
         app.include_router(router)
+    if services.settings.api_docs == "admin":
+        app.include_router(ops.schema_router)
     install_error_handlers(app)
     _install_middleware(app, services)
     return app

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.access.admission import Admission
 from gateway.access.authenticate import Authenticator
+from gateway.access.bounds import RequestBounds
 from gateway.access.cache import ResponseCache
 from gateway.access.charges import Charges
 from gateway.access.cost import PriceTable
@@ -135,6 +136,7 @@ class Services:
         self.recent = RecentRequests()
         self.pipeline = InferencePipeline(
             authenticator=self.authenticator,
+            bounds=RequestBounds(settings),
             targeting=Targeting(table=self.route_table, pool=self.pool),
             admission=Admission(
                 limiter=self.limiter,
@@ -142,6 +144,7 @@ class Services:
                 metrics=metrics,
                 cache_enabled=settings.cache_enabled,
                 default_max_tokens=settings.default_max_tokens_estimate,
+                cache_scope=settings.cache_scope,
                 tracer=self.tracing.tracer,
             ),
             caller=self.caller,

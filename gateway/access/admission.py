@@ -42,6 +42,7 @@ class Admitted:
     reservation: Reservation | None
     hit: bytes | None = None  # the stored answer, when the cache had it
     store_key: str = ""  # where a complete answer is stored ("": not stored)
+    prompt_tokens: int = 0  # the prompt's estimated tokens (charged when a stream's usage never comes)
     bypass: bool = True  # the cache took no part (X-Cache: BYPASS)
     headers: dict[str, str] = field(default_factory=dict)  # X-RateLimit-*
 
@@ -55,8 +56,10 @@ class Admission:
         metrics: GatewayMetrics,
         cache_enabled: bool = True,
         default_max_tokens: int = 256,
+        cache_scope: str = "key",
         tracer: Tracer = DISABLED.tracer,
     ) -> None:
+        self.cache_scope = cache_scope
         self.tracer = tracer
         self.limiter = limiter
         self.cache = cache
@@ -93,13 +96,14 @@ class Admission:
         cache_choice: str | None,
     ) -> Admitted:
         decision = self._decide(body, endpoint, cache_control, cache_choice)
-        key = cache_key(endpoint, version, body) if not decision.bypass else ""
+        key = cache_key(endpoint, version, body, self._scope(principal)) if not decision.bypass else ""
         limits = KeyLimits(principal.rpm, principal.tpm, principal.monthly_token_budget)
         read_key = key if decision.read else None
+        prompt_tokens = estimate_tokens(prompt_chars(body), 0, 0)
         if not limits.any:
             reservation, hit = None, await self.cache.read(read_key) if read_key else None
         else:
-            estimate = estimate_tokens(prompt_chars(body), getattr(req, "output_cap", 0), self.default_max_tokens)
+            estimate = prompt_tokens + (getattr(req, "output_cap", None) or self.default_max_tokens)
             if read_key is not None and not self.cache.redis.configured:  # the cache is this process's
                 reservation, _ = await self.limiter.reserve(principal.subject, limits, estimate)
                 hit = self.cache.memory_get(read_key)
@@ -107,12 +111,27 @@ class Admission:
                 reservation, hit = await self.limiter.reserve(principal.subject, limits, estimate, read_key)
         self.metrics.cache.labels(model, "hit" if hit is not None else "bypass" if decision.bypass else "miss").inc()
         return Admitted(
+            prompt_tokens=prompt_tokens,
             reservation=reservation,
             hit=hit,
             store_key=key if decision.write else "",
             bypass=decision.bypass,
             headers=reservation.headers() if reservation else {},
         )
+
+    def _scope(self, principal: Principal) -> str:
+        """Who shares this caller's cached answers (GATEWAY_CACHE_SCOPE)."""
+        if self.cache_scope == "shared":
+            return ""
+        if self.cache_scope == "owner" and principal.owner:
+            return "owner:" + principal.owner
+        return "key:" + (principal.key_id or principal.subject)
+
+    async def count_refused(self, principal: Principal) -> None:
+        """A request refused before admission (an unknown model) still counts against the caller's RPM
+        (RateLimited when it is over)."""
+        if principal.rpm:
+            await self.limiter.reserve(principal.subject, KeyLimits(rpm=principal.rpm), 0)
 
     def _decide(
         self, body: dict[str, Any], endpoint: str, cache_control: str | None, cache_choice: str | None

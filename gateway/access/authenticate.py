@@ -69,6 +69,7 @@ def principal_for_key(record: ApiKey) -> Principal:
         tpm=record.tpm,
         monthly_token_budget=record.monthly_token_budget,
         capture_percent=record.capture_percent,
+        owner=record.owner,
     )
 
 
@@ -163,6 +164,7 @@ class Authenticator:
                 tpm=base.tpm,
                 monthly_token_budget=base.monthly_token_budget,
                 capture_percent=base.capture_percent,
+                owner=base.owner,
             )
         return Principal(
             subject=f"jwt:{claims['sub']}", scopes=scopes, models=models, rpm=self.default_rpm, tpm=self.default_tpm

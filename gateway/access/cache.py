@@ -1,6 +1,7 @@
 """Exact-match response cache: key from the full normalised request, values in Redis.
 
-Key: blake2b over the request body as sorted-key JSON, with `model` replaced by the resolved
+Key: blake2b over the request body as sorted-key JSON and who may share the answer (by default the
+caller's key: `GATEWAY_CACHE_SCOPE`), with `model` replaced by the resolved
 model version (a LoRA adapter's name with its digest, `orders@sha256:...`: a new version registered
 under the same name is another key), `stream`/`stream_options` removed (they change the framing, not the answer,
 so a streamed request can be served from a stored answer), None values dropped and integral
@@ -56,14 +57,17 @@ def decide(
     return CacheDecision(read="no-cache" not in directives, write="no-store" not in directives)
 
 
-def cache_key(endpoint: str, model_version: str, body: Mapping[str, object]) -> str:
-    """A stable digest of everything that can change the answer."""
+def cache_key(endpoint: str, model_version: str, body: Mapping[str, object], scope: str = "") -> str:
+    """A stable digest of everything that can change the answer, and of who may see it (`scope`: a key, an
+    owner, or "" for everyone)."""
     normalised = {
         k: (int(v) if type(v) is float and v.is_integer() else v)  # 1.0 == 1
         for k, v in body.items()
         if v is not None and k not in FRAMING_FIELDS
     }
     normalised["model"] = model_version
+    if scope:
+        normalised["\x00scope"] = scope  # no request field has this name
     digest = hashlib.blake2b(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS), digest_size=20)
     return f"gw:cache:{endpoint}:{digest.hexdigest()}"
 

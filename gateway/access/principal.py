@@ -20,6 +20,7 @@ class Principal:
     tpm: int | None = None
     monthly_token_budget: int | None = None
     capture_percent: float | None = None  # the key's own capture share (gateway/pipeline/capture.py)
+    owner: str = ""  # the key's owner (a person or a team), "" when it names none
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:

@@ -1,14 +1,34 @@
-"""GET /healthz (the process is alive) and GET /readyz (it can serve: a backend replica answers)."""
+"""Probes and the schema: GET /healthz (the process is alive), GET /readyz (it can serve), both saying no
+more than that to anyone; GET /admin/health (what each part looks like, admin scope); GET /openapi.json
+(the API's schema: admin scope unless GATEWAY_API_DOCS=public)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import pool
+from gateway.api.deps import AdminDep, pool
 from gateway.api.responses import json_response
 
 router = APIRouter(tags=["ops"])
+schema_router = APIRouter()  # included when GATEWAY_API_DOCS=admin
+
+
+async def _readiness(request: Request) -> tuple[str, dict[str, Any]]:
+    """ready | degraded (Redis is away: the gateway serves from its fallbacks) | unready (no backend), and
+    the details behind it."""
+    replicas = pool(request).replicas
+    backends = {
+        r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)} for r in replicas
+    }
+    redis = request.app.state.redis
+    redis_ok = await redis.ping()
+    status = "unready" if not any(r.up for r in replicas) else "ready" if redis_ok else "degraded"
+    details = {"backends": backends, "redis": {"configured": redis.configured, "up": redis_ok,
+                                               "last_error": None if redis_ok else redis.last_error}}  # fmt: skip
+    return status, details
 
 
 @router.get("/healthz", summary="Liveness")
@@ -16,19 +36,19 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: at least one backend replica reachable")
+@router.get("/readyz", summary="Readiness: at least one backend replica reachable (details: /admin/health)")
 async def readyz(request: Request) -> Response:
-    replicas = pool(request).replicas
-    backends = {
-        r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)} for r in replicas
-    }
-    backend_ok = any(r.up for r in replicas)
-    redis = request.app.state.redis
-    redis_ok = await redis.ping()
-    status = "unready" if not backend_ok else "ready" if redis_ok else "degraded"
-    body = {
-        "status": status,
-        "backends": backends,
-        "redis": {"configured": redis.configured, "up": redis_ok, "last_error": None if redis_ok else redis.last_error},
-    }
-    return json_response(body, status_code=200 if status == "ready" else 503)
+    status, _ = await _readiness(request)
+    return json_response({"status": status}, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/admin/health", summary="Readiness with its details: each replica, its circuit and models, Redis")
+async def admin_health(request: Request, _: AdminDep) -> Response:
+    status, details = await _readiness(request)
+    return json_response({"status": status, **details})
+
+
+@schema_router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request, _: AdminDep) -> Response:
+    """The schema, for admin-scoped callers."""
+    return json_response(request.app.openapi())

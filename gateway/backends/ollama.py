@@ -46,6 +46,8 @@ class OllamaBackend(Backend):
 
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
+        self.max_output = settings.max_output_tokens
+        self.passthrough = frozenset(settings.passthrough_fields.get(self.kind, ()))
         self._http = BackendHTTP(
             spec.url,
             name=self.name,
@@ -70,8 +72,8 @@ class OllamaBackend(Backend):
             "model": model,
             "messages": tr.messages(req),
             "stream": stream,
-            "options": tr.options(req, req.output_cap),
-            **tr.passthrough(req),
+            "options": tr.options(req, self.max_output),
+            **tr.passthrough(req, self.passthrough),
         }
         fmt = tr.response_format(req)
         if fmt is not None:
@@ -187,8 +189,8 @@ class OllamaBackend(Backend):
         return {
             "model": model,
             "stream": stream,
-            "options": tr.options(req, req.output_cap),
-            **tr.generate_kwargs(req),
+            "options": tr.options(req, self.max_output),
+            **tr.generate_kwargs(req, self.passthrough),
             **(extra or {}),
         }
 
@@ -232,7 +234,8 @@ class OllamaBackend(Backend):
         body: dict[str, Any] = {
             "model": model,
             "input": req.texts(),
-            **{k: extra[k] for k in ("truncate", "keep_alive", "options") if k in extra},
+            **({"options": extra["options"]} if "options" in extra else {}),
+            **tr.passthrough(req, self.passthrough),
         }
         if req.dimensions:
             body["dimensions"] = req.dimensions

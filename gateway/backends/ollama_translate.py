@@ -1,20 +1,23 @@
-"""OpenAI request fields -> Ollama native API arguments, and Ollama answers -> OpenAI shapes."""
+"""OpenAI request fields -> Ollama native API arguments, and Ollama answers -> OpenAI shapes.
+
+A request's own Ollama `options` and extra fields arrive already checked (gateway/access/bounds.py); only
+the extra fields the settings let through for Ollama (`passthrough_fields`) are forwarded."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from gateway.errors import InvalidRequest
 from gateway.protocol.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
 
-# Ollama's own fields a client may send alongside OpenAI's, passed through as they are.
-PASSTHROUGH = ("keep_alive", "think")
 
 
-def options(req: SamplingFields, output_cap: int | None) -> dict[str, Any]:
-    """Ollama `options`: the client's own `options` object, then the OpenAI fields on top."""
+def options(req: ChatCompletionRequest | CompletionRequest, max_output: int) -> dict[str, Any]:
+    """Ollama `options`: the client's own `options` object, then the OpenAI fields on top. Tokens to
+    generate: the request's own, else `max_output` (Ollama's own default is to generate without end)."""
     extra = req.model_extra or {}
     given = extra.get("options") or {}
     if not isinstance(given, dict):
@@ -30,17 +33,19 @@ def options(req: SamplingFields, output_cap: int | None) -> dict[str, Any]:
         value = getattr(req, ours)
         if value is not None:
             opts[theirs] = value
-    if output_cap is not None:
-        opts["num_predict"] = output_cap
+    opts.setdefault("num_predict", max_output)
+    if req.output_cap is not None:
+        opts["num_predict"] = req.output_cap
     stop = req.stop_list()
     if stop:
         opts["stop"] = stop
     return opts
 
 
-def passthrough(req: SamplingFields) -> dict[str, Any]:
+def passthrough(req: BaseModel, allowed: frozenset[str]) -> dict[str, Any]:
+    """The request's extra fields the operator lets through to Ollama."""
     extra = req.model_extra or {}
-    return {k: extra[k] for k in PASSTHROUGH if k in extra}
+    return {k: v for k, v in extra.items() if k in allowed}
 
 
 def response_format(req: ChatCompletionRequest) -> str | dict[str, Any] | None:
@@ -127,12 +132,8 @@ def finish_reason(done_reason: str | None, has_tool_calls: bool) -> str:
     return "length" if done_reason == "length" else "stop"
 
 
-def generate_kwargs(req: CompletionRequest) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"prompt": req.single_prompt(), **passthrough(req)}
+def generate_kwargs(req: CompletionRequest, allowed: frozenset[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"prompt": req.single_prompt(), **passthrough(req, allowed)}
     if req.suffix:
         kwargs["suffix"] = req.suffix
-    extra = req.model_extra or {}
-    for key in ("raw", "system", "template"):
-        if key in extra:
-            kwargs[key] = extra[key]
     return kwargs

@@ -23,6 +23,9 @@ class OpenAICompatBackend(Backend):
 
     def __init__(self, spec: BackendSpec, settings: Settings) -> None:
         super().__init__(spec, settings)
+        self.max_output = settings.max_output_tokens
+        # The request's extra fields (beyond OpenAI's) that reach this kind of server; the rest are not sent.
+        self.passthrough = frozenset(settings.passthrough_fields.get(self.kind, ()))
         self._auth_headers = {"authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key else {}
         self._http = BackendHTTP(
             spec.url + "/v1",
@@ -39,9 +42,13 @@ class OpenAICompatBackend(Backend):
         await self._http.aclose()
 
     def _body(self, req: Any, model: str, stream: bool | None, extra: Extra = None) -> bytes:
-        """The request as this server takes it, with the gateway's `extra` fields last."""
-        body = req.model_dump(exclude_none=True, exclude=self.own_fields)
+        """The request as this server takes it, with the gateway's `extra` fields last. A generation that names
+        no token cap gets the gateway's maximum."""
+        unsent = self.own_fields | {name for name in (req.model_extra or ()) if name not in self.passthrough}
+        body = req.model_dump(exclude_none=True, exclude=unsent)
         body["model"] = model
+        if stream is not None and getattr(req, "output_cap", 0) is None:
+            body["max_tokens"] = self.max_output
         if stream is not None:
             body["stream"] = stream
         if stream:  # always ask for usage; the serving layer drops it if the client did not

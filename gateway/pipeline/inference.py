@@ -2,8 +2,10 @@
 to bottom. Each step is one call into the module that owns it:
 
   1. authenticate  who is calling (401, 403)                         gateway.access.authenticate
-  2. parse         the body as the endpoint's request model (400)     gateway.protocol.requests
+  2. parse         the body as the endpoint's request model, within   gateway.protocol.requests,
+                   what one request may ask for (400)                 gateway.access.bounds
   3. target        model or route -> sticky variant -> fallbacks      gateway.model_routes.targeting
+                   (an unknown model still costs a request of RPM)
   4. admit         limits reserved and the cache read, one round      gateway.access.admission
                    trip (429; a cache hit is replayed, step 8)
   5. call          a replica: deadline, failover, breaker, affinity,  gateway.replicas.call
@@ -33,9 +35,11 @@ from starlette.responses import Response
 
 from gateway.access.admission import Admission
 from gateway.access.authenticate import Authenticator
+from gateway.access.bounds import RequestBounds
 from gateway.access.charges import Charges
 from gateway.access.limits import Reservation
 from gateway.access.principal import Principal
+from gateway.errors import ModelNotFound
 from gateway.model_routes.stats import RouteStats
 from gateway.model_routes.targeting import Target, Targeting
 from gateway.observability.access_log import current_record
@@ -79,6 +83,7 @@ class Ticket:
     reservation: Reservation | None
     store_key: str  # where a complete answer is cached ("": nowhere)
     sampled: Sampled | None  # chosen for the inference log
+    prompt_tokens: int = 0  # the prompt's estimated tokens
 
 
 class InferencePipeline:
@@ -86,6 +91,7 @@ class InferencePipeline:
         self,
         *,
         authenticator: Authenticator,
+        bounds: RequestBounds,
         targeting: Targeting,
         admission: Admission,
         caller: ReplicaCaller,
@@ -99,6 +105,7 @@ class InferencePipeline:
         failures: FailureLog,
     ) -> None:
         self.authenticator = authenticator
+        self.bounds = bounds
         self.targeting = targeting
         self.admission = admission
         self.caller = caller
@@ -119,11 +126,16 @@ class InferencePipeline:
         principal = await self.authenticator.authenticate(headers, scope="inference")
         record.key_id = principal.key_id
 
-        # 2. parse
+        # 2. parse, within what one request may ask for
         req: InferenceRequest = parse_request(await request.body(), endpoint.request)  # type: ignore[assignment]
+        self.bounds.check(req)
 
         # 3. target
-        target, req = await self.targeting.target(principal, req, client=headers.client, forced=headers.variant)
+        try:
+            target, req = await self.targeting.target(principal, req, client=headers.client, forced=headers.variant)
+        except ModelNotFound:
+            await self.admission.count_refused(principal)  # asking for unknown models is not free either
+            raise
         record.model = target.model  # for the access log and feedback, even when no backend is called
 
         # 4. admit
@@ -145,6 +157,7 @@ class InferencePipeline:
             target=target,
             reservation=admitted.reservation,
             store_key=admitted.store_key,
+            prompt_tokens=admitted.prompt_tokens,
             sampled=self.capture.sample(request_id, endpoint.name, principal, target, req),
         )
         if admitted.hit is not None:  # the cache answered: no replica is called, the stored answer is replayed
@@ -207,6 +220,7 @@ class InferencePipeline:
     def _book(self, ticket: Ticket, answer: Answer, verdict: str | None) -> None:
         """The in-memory part of settling: metrics, charges, route signals, capture."""
         target, route = ticket.target, ticket.target.route
+        answer.estimate_usage(ticket.prompt_tokens)  # a stream cut before its usage chunk is charged what it got
         try:
             current_record().settled(answer, route.name if route else None, route.version if route else None)
             self.metrics.observe_answer(target.public, answer, verdict)

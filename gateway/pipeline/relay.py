@@ -161,6 +161,9 @@ async def _relay(
                 for choice in choices or ():
                     if choice.get("finish_reason"):
                         finish_reasons.append(choice["finish_reason"])
+                    delta = choice.get("delta")
+                    if (delta.get("content") or delta.get("tool_calls")) if delta else choice.get("text"):
+                        answer.relayed += 1  # about one token each: what is charged if no usage comes
                 frames.append(b"data: " + dumps(chunk) + b"\n\n")
                 if watched:
                     if text is not None:

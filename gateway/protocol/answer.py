@@ -47,6 +47,16 @@ class Answer:
     text: str | None = None  # the answer's text, when a response_format asks for it to be checked
     response_format: Any = None
     answered: bool = True  # False: no replica answered (the reservation is given back, nothing is charged)
+    relayed: int = 0  # a stream's chunks that carried content, as they were relayed (about a token each)
+
+    def estimate_usage(self, prompt_tokens: int) -> None:
+        """A stream that ended without its usage chunk (the client hung up, the deadline passed, the backend
+        broke off) is charged what was streamed: `prompt_tokens` (the admission's estimate of the prompt) and
+        a token per content chunk relayed."""
+        if not self.usage and self.answered and self.relayed:
+            completion = self.relayed
+            self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                          "total_tokens": prompt_tokens + completion}
 
     def whole(self) -> dict[str, Any] | bytes | None:
         """The complete answer as a client got it (the JSON bytes sent, or the stream reassembled), or None

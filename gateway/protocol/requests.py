@@ -8,15 +8,21 @@ OpenAI's documented shape.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.protocol.schema_budget import check_schema_budget
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 M = TypeVar("M", bound=BaseModel)
+# Inputs whose cost to a backend is not linear in their size are bounded here (JSON schemas: schema_budget.py).
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 500
+MAX_TOOLS = 128
+StopSequence = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class _Open(BaseModel):
@@ -49,11 +55,20 @@ class SamplingFields(_Open):
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: StopSequence | list[StopSequence] | None = Field(
+        None, description=f"Up to {MAX_STOP_SEQUENCES} sequences of at most {MAX_STOP_CHARS} characters."
+    )
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are accepted, got {len(v)}")
+        return v
 
     @property
     def include_usage(self) -> bool:
@@ -68,9 +83,26 @@ class SamplingFields(_Open):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _bounded_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type") == "json_schema":
+            spec = v.get("json_schema")
+            check_schema_budget(spec.get("schema") if isinstance(spec, dict) else None, what="json_schema.schema")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _bounded_tool_schemas(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(v or ()):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict):
+                check_schema_budget(function.get("parameters"), what=f"tools[{i}].function.parameters")
+        return v
 
     @property
     def output_cap(self) -> int | None:

@@ -2,20 +2,97 @@
 
 The gateway counts valid/invalid answers per model (`gateway_format_compliance_total`) and per route
 variant (the rollout guard's format signal): a fine-tuned model that drifts from the JSON it was
-trained to emit shows up there before users complain. Checks run in a worker thread (`Verdicts`), so
-a large answer or schema never holds up the event loop.
+trained to emit shows up there before users complain.
+
+The work is bounded twice. A schema over the complexity budget never gets here (schema_budget.py
+refuses it with the request). A check runs in a worker thread (`Verdicts`), within a time budget: every
+keyword of the validator looks at the deadline, and `pattern`s run on the `regex` module with a timeout
+(Python's own `re` cannot be interrupted, and one pattern can backtrack for minutes). A check that runs
+out of time gives no verdict (it is counted, not guessed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from functools import lru_cache
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.protocols import Validator
 
 Verdict = Literal["valid", "invalid"]
+CHECK_BUDGET_S = 0.25  # one answer's check, at most
+# When the check running in this thread must stop (a context variable: each check sets its own).
+_DEADLINE: ContextVar[float] = ContextVar("format_check_deadline", default=float("inf"))
+
+
+class CheckOverBudget(Exception):
+    """The check ran out of time; the answer gets no verdict."""
+
+
+def _left() -> float:
+    left = _DEADLINE.get() - time.monotonic()
+    if left <= 0:
+        raise CheckOverBudget
+    return left
+
+
+def _timed(keyword: Callable[..., Any]) -> Callable[..., Iterator[ValidationError]]:
+    def run(validator: Validator, value: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+        _left()
+        result = keyword(validator, value, instance, schema)
+        if result is not None:
+            yield from result
+
+    return run
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return regex.search(pattern, text, timeout=_left()) is not None
+    except TimeoutError:
+        raise CheckOverBudget from None
+
+
+def _pattern(validator: Validator, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Validator, patterns: dict[str, Any], instance: Any,
+                        schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            if _search(pattern, name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+# JSON Schema 2020-12 (what OpenAI's structured outputs use), every keyword under the deadline.
+BudgetedValidator = validators.extend(
+    Draft202012Validator,
+    {**{name: _timed(keyword) for name, keyword in Draft202012Validator.VALIDATORS.items()},
+     "pattern": _pattern, "patternProperties": _pattern_properties},
+)
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Validator | None:
+    """The validator of a schema (None for a broken one: the caller's mistake, not the model's), built once
+    for the schemas in use."""
+    schema = json.loads(schema_json)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError:
+        return None
+    return BudgetedValidator(schema)
 
 
 def structured_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -25,11 +102,12 @@ def structured_format(response_format: dict[str, Any] | None) -> dict[str, Any] 
     return response_format
 
 
-def check_answer(response_format: dict[str, Any] | None, answer: str) -> Verdict | None:
+def check_answer(response_format: dict[str, Any] | None, answer: str, *,
+                 budget_s: float = CHECK_BUDGET_S) -> Verdict | None:
     """`valid`/`invalid` for a JSON-format request, None when the request asked for no format.
 
     json_object: the answer parses as a JSON object. json_schema: it also validates against the
-    schema (JSON Schema 2020-12, what OpenAI's structured outputs use).
+    schema. Raises CheckOverBudget when the validation takes longer than `budget_s`.
     """
     wanted = structured_format(response_format)
     if wanted is None:
@@ -43,12 +121,14 @@ def check_answer(response_format: dict[str, Any] | None, answer: str) -> Verdict
     schema = (wanted.get("json_schema") or {}).get("schema")
     if not isinstance(schema, dict):
         return "valid" if isinstance(document, dict) else "invalid"
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
-        # A broken schema is the caller's mistake, not the model's: it is not counted.
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if validator is None:  # a broken schema is the caller's mistake, not the model's: it is not counted
         return None
-    return "valid" if Draft202012Validator(schema).is_valid(document) else "invalid"
+    token = _DEADLINE.set(time.monotonic() + budget_s)
+    try:
+        return "valid" if validator.is_valid(document) else "invalid"
+    finally:
+        _DEADLINE.reset(token)
 
 
 def unary_answer(result: dict[str, Any]) -> str:
@@ -78,14 +158,24 @@ class StreamedAnswer:
 
 
 class Verdicts:
-    """Format verdicts computed off the event loop: at most `concurrency` checks at once, in threads."""
+    """Format verdicts computed off the event loop: at most `concurrency` checks at once, in threads, each
+    within `budget_s`. `on_over_budget` is called for each check that ran out of time."""
 
-    def __init__(self, concurrency: int = 2) -> None:
+    def __init__(self, concurrency: int = 2, *, budget_s: float = CHECK_BUDGET_S,
+                 on_over_budget: Callable[[], None] | None = None) -> None:
         self._slots = asyncio.Semaphore(concurrency)
+        self.budget_s = budget_s
+        self._on_over_budget = on_over_budget
 
     async def verdict(self, response_format: dict[str, Any] | None, answer: str | None) -> Verdict | None:
-        """`check_answer` in a worker thread; None when no format was asked for or there is no answer."""
+        """`check_answer` in a worker thread; None when no format was asked for, there is no answer, or the
+        check ran out of time."""
         if answer is None or structured_format(response_format) is None:
             return None
         async with self._slots:
-            return await asyncio.to_thread(check_answer, response_format, answer)
+            try:
+                return await asyncio.to_thread(check_answer, response_format, answer, budget_s=self.budget_s)
+            except CheckOverBudget:
+                if self._on_over_budget is not None:
+                    self._on_over_budget()
+                return None

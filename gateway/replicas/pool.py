@@ -98,6 +98,7 @@ class BackendPool:
         self._placements = Placements(settings.affinity_memory)  # prefix_affinity: where each recent key went
         self._last_refresh = 0.0
         self._refresh_lock = asyncio.Lock()
+        self._asked: asyncio.Future[None] | None = None  # the refresh an unknown model's requests wait for
         self._task: asyncio.Task[None] | None = None
 
     # -- discovery -------------------------------------------------------------------------
@@ -158,14 +159,23 @@ class BackendPool:
         return None
 
     async def resolve(self, name: str) -> str:
-        """Client-facing name or alias -> the model name the replicas know. Unknown -> refresh once."""
+        """Client-facing name or alias -> the model name the replicas know. Unknown: the replicas are asked
+        again (a model pushed a moment ago should not be a 404), at most once a second, one refresh shared by
+        every request waiting for it."""
         found = self._lookup(name)
-        if found is None and time.monotonic() - self._last_refresh > 1.0:
-            await self.refresh()  # a model pushed a moment ago should not be a 404
+        if found is None:
+            await self._refresh_shared()
             found = self._lookup(name)
         if found is None:
             raise ModelNotFound(f"The model '{name}' does not exist or no backend serves it", param="model")
         return found
+
+    async def _refresh_shared(self) -> None:
+        if self._asked is None or self._asked.done():
+            if time.monotonic() - self._last_refresh <= 1.0:
+                return
+            self._asked = asyncio.ensure_future(self.refresh())
+        await asyncio.shield(self._asked)
 
     def version(self, model: str) -> str:
         """`model` as the response cache keys it: with the digest of the adapter behind it when it is one, so

@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from gateway.settings.access import AccessSettings, ModelPrice
 from gateway.settings.replicas import BackendSpec, ReplicaSettings, RoutingPolicy
+from gateway.settings.requests import RequestSettings
 from gateway.settings.server import ServerSettings
 from gateway.settings.store import StoreSettings
 
@@ -26,6 +27,7 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "passwor
 SECTIONS = (
     ("Server", ServerSettings),
     ("Replicas and routing", ReplicaSettings),
+    ("What one request may ask for", RequestSettings),
     ("Access: keys, tokens, limits, cache, cost", AccessSettings),
     ("Inference log and capture", StoreSettings),
 )
@@ -40,7 +42,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(ServerSettings, ReplicaSettings, AccessSettings, StoreSettings):
+class Settings(ServerSettings, ReplicaSettings, RequestSettings, AccessSettings, StoreSettings):
     # Validation errors must not echo the input: it holds the secrets.
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings
 
@@ -59,6 +61,10 @@ class AccessSettings(BaseSettings):
         256, ge=1, description="Output tokens reserved against TPM/budget when a request sets no max_tokens."
     )
     cache_enabled: bool = Field(True, description="Exact-match response cache on or off.")
+    cache_scope: Literal["key", "owner", "shared"] = Field(
+        "key", description="Who shares cached answers: `key` (each API key its own: a key learns nothing of "
+        "what others asked), `owner` (the keys of one owner, e.g. a team), or `shared` (every caller: more hits, "
+        "but any key can tell from a cache hit that someone sent the same prompt).")
     cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer.")
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, description="Larger answers are not cached.")
     price_default: ModelPrice = Field(

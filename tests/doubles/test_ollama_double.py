@@ -16,9 +16,9 @@ import pytest
 
 import ollama
 from testkit.ollama import OllamaDoubleControl
-from testkit.ollama.text import WORDS, count_prompt_tokens
 from testkit.processes import Service
 from tests.doubles.conftest import MODEL, QUESTION, TOKENS, smollm2_gguf, write_tiny_gguf
+from tests.doubles.ollama_text import WORDS, count_prompt_tokens
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import pytest
 
 import ollama
 from testkit.ollama import OllamaDoubleControl, running_ollama_double, start_ollama_double
-from testkit.ollama.serving import QUEUE_FULL_MESSAGE
 from testkit.processes import REPO_ROOT, Service, wait_until
 from tests.doubles.conftest import MODEL, QUESTION
+from tests.doubles.ollama_serving import QUEUE_FULL_MESSAGE
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_start_helper_refuses_unknown_knobs() -> None:
 )
 def test_cli_rejects_bad_arguments_without_a_traceback(args: list[str], fragment: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "testkit.ollama.double", *args],
+        [sys.executable, "-m", "tests.doubles.ollama_double", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -10,9 +10,9 @@ import pytest
 
 import ollama
 from testkit.ollama import OllamaDoubleControl
-from testkit.ollama.text import WORDS, count_prompt_tokens
 from testkit.processes import Service
 from tests.doubles.conftest import TOKENS
+from tests.doubles.ollama_text import WORDS, count_prompt_tokens
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]

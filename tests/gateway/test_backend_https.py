@@ -164,8 +164,8 @@ async def test_no_proxy_exempts_a_backend(monkeypatch: pytest.MonkeyPatch) -> No
 
 TLS_DOUBLE = """
 import sys, uvicorn
-from testkit.ollama.double import build_app
-from testkit.ollama.state import Knobs
+from tests.doubles.ollama_double import build_app
+from tests.doubles.ollama_state import Knobs
 port, cert, key = sys.argv[1:4]
 uvicorn.run(build_app(models=["smollm2:135m"], knobs=Knobs()), host="127.0.0.1", port=int(port),
             ssl_certfile=cert, ssl_keyfile=key, log_level="warning")

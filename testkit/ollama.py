@@ -28,18 +28,18 @@ def start_ollama_double(
     timeout: float = 30.0,
     **knobs: Any,
 ) -> Service:
-    """Start `python -m testkit.ollama.double` and wait until it answers GET /api/version.
+    """Start `python -m tests.doubles.ollama_double` and wait until it answers GET /api/version.
 
     `knobs` are the double's start values (token_delay, tokens, fail_next, ...); an unknown
     name fails here rather than inside the process.
     """
-    from testkit.ollama.state import Knobs  # the knob names are the double's own
+    from tests.doubles.ollama_state import Knobs  # the knob names are the double's own
 
     unknown = sorted(set(knobs) - set(Knobs.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown Ollama double knob(s): {', '.join(unknown)}")
     port = port or free_port()
-    args = ["-m", "testkit.ollama.double", "--port", str(port), "--models", ",".join(models)]
+    args = ["-m", "tests.doubles.ollama_double", "--port", str(port), "--models", ",".join(models)]
     if embed_dim is not None:
         args += ["--embed-dim", str(embed_dim)]
     for name, value in knobs.items():

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from testkit.ollama.gguf import read_gguf_summary
-from testkit.ollama.serving import ApiError, json_response, read_json
-from testkit.ollama.state import (
+from tests.doubles.ollama_gguf import read_gguf_summary
+from tests.doubles.ollama_serving import ApiError, json_response, read_json
+from tests.doubles.ollama_state import (
     BlobInfo,
     DoubleState,
     ModelRecord,

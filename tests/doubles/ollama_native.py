@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from testkit.ollama.serving import (
+from tests.doubles.ollama_serving import (
     ApiError,
     Plan,
     StreamCut,
@@ -29,8 +29,8 @@ from testkit.ollama.serving import (
     tracked,
     wait_for_whole_answer,
 )
-from testkit.ollama.state import DoubleState, now_rfc3339, state_of
-from testkit.ollama.text import count_prompt_tokens, embedding_for
+from tests.doubles.ollama_state import DoubleState, now_rfc3339, state_of
+from tests.doubles.ollama_text import count_prompt_tokens, embedding_for
 
 NDJSON = "application/x-ndjson"
 THINKING = "Thinking about it."

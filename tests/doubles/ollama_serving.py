@@ -20,8 +20,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from testkit.ollama.state import DoubleState, ModelRecord, state_of
-from testkit.ollama.text import (
+from tests.doubles.ollama_state import DoubleState, ModelRecord, state_of
+from tests.doubles.ollama_text import (
     count_prompt_tokens,
     json_mode_tokens,
     plain_tokens,

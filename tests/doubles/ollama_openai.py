@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from testkit.ollama.native import check_messages, embed_inputs, embedding_fault, render_chat
-from testkit.ollama.serving import (
+from tests.doubles.ollama_native import check_messages, embed_inputs, embedding_fault, render_chat
+from tests.doubles.ollama_serving import (
     ApiError,
     Plan,
     StreamCut,
@@ -34,8 +34,8 @@ from testkit.ollama.serving import (
     tracked,
     wait_for_whole_answer,
 )
-from testkit.ollama.state import DoubleState, state_of
-from testkit.ollama.text import count_prompt_tokens, embedding_base64, embedding_for
+from tests.doubles.ollama_state import DoubleState, state_of
+from tests.doubles.ollama_text import count_prompt_tokens, embedding_base64, embedding_for
 
 SSE = "text/event-stream"
 FINGERPRINT = "fp_ollama"

@@ -43,12 +43,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from testkit.ollama import models as ollama_models
-from testkit.ollama import native as ollama_native
-from testkit.ollama import openai_api as ollama_openai
-from testkit.ollama.openai_api import openai_error
-from testkit.ollama.serving import ApiError, StreamCut, json_response
-from testkit.ollama.state import DoubleState, KnobError, Knobs, state_of
+from tests.doubles import ollama_models, ollama_native, ollama_openai
+from tests.doubles.ollama_openai import openai_error
+from tests.doubles.ollama_serving import ApiError, StreamCut, json_response
+from tests.doubles.ollama_state import DoubleState, KnobError, Knobs, state_of
 
 DEFAULT_MODELS = "smollm2:135m,llama3.2:1b"
 VERSION = "0.12.6"
@@ -157,7 +155,7 @@ class HideDeliberateCuts(logging.Filter):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m testkit.ollama.double", description="Serve a deterministic stand-in for Ollama's API."
+        prog="python -m tests.doubles.ollama_double", description="Serve a deterministic stand-in for Ollama's API."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
