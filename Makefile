@@ -8,7 +8,7 @@ LLAMA_CPP_PYTHON := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproj
 LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)-portable
 SYSTEM_BINS := redis-server nginx promtool prometheus pg_ctl
 
-.PHONY: test test-fast lint format system-deps venv up down destroy backup restore bench bench-workers bench-soak bench-model clean
+.PHONY: test test-fast lint format system-deps venv up down destroy tls backup restore bench bench-workers bench-soak bench-model clean
 
 ## test: install what is missing (apt as root, pip into .venv), lint, then run the whole suite
 test: system-deps venv lint
@@ -83,6 +83,14 @@ down:
 destroy:
 	@echo "destroy: deleting every volume of the stack (keys, usage, models, training runs)"
 	docker compose --profile '*' down -v --remove-orphans
+
+## tls: switch the edge to HTTPS with nginx/tls/tls.crt and tls.key (plain HTTP then redirects, unless
+## API_PLAIN_HTTP=serve); then `docker compose restart nginx`
+tls:
+	@test -f nginx/tls/tls.crt -a -f nginx/tls/tls.key || { echo "tls: put the certificate chain and key at nginx/tls/tls.crt and nginx/tls/tls.key first"; exit 2; }
+	cp nginx/tls/api-tls.conf.template.example nginx/templates/api-tls.conf.template
+	cp nginx/tls/plain-http-redirect.template.example nginx/templates/plain-http-redirect.template
+	@echo "tls: on at the next start of nginx (docker compose restart nginx); HTTPS on API_TLS_PORT"
 
 ## backup: one timestamped archive in backups/ (Redis snapshot, trainer manifests; MODELS=1 adds Ollama's models)
 backup:

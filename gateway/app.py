@@ -73,9 +73,17 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     state.store, state.pipeline, state.feedback = s.store, s.pipeline, s.feedback
 
     for router in (
-        inference.router, models.router, feedback.router, usage.router, token.router, ops.router,
-        keys.router, routes.router, adapters.router, inferences.router,
-    ):  # fmt: skip
+        inference.router,
+        models.router,
+        feedback.router,
+        usage.router,
+        token.router,
+        ops.router,
+        keys.router,
+        routes.router,
+        adapters.router,
+        inferences.router,
+    ):
         app.include_router(router)
     if services.settings.api_docs == "admin":
         app.include_router(ops.schema_router)

@@ -22,6 +22,7 @@ from gateway.access.usage import UsageStore
 from gateway.adapters.leases import AdapterLeases
 from gateway.adapters.registry import AdapterRegistry
 from gateway.model_routes.guard import Guardian
+from gateway.model_routes.ratings import Ratings
 from gateway.model_routes.stats import RouteStats
 from gateway.model_routes.store import RouteStore
 from gateway.model_routes.table import RouteTable
@@ -129,7 +130,7 @@ class Services:
         settings, metrics, failures = self.settings, self.metrics, self.failures
         self.store = StoreRuntime(settings, metrics, failures)
         self.writes = WriteBehind(self.redis, [self.limiter, self.usage, self.cache, self.route_stats])
-        verdicts = Verdicts()
+        verdicts = Verdicts(on_over_budget=metrics.format_over_budget.inc)
         self.shadow = ShadowMirror(
             caller=self.caller, metrics=metrics, failures=failures, verdicts=verdicts, capacity=settings.shadow_queue
         )
@@ -173,8 +174,8 @@ class Services:
             recent=self.recent,
             engine=self.store.engine,
             pool=self.pool,
-            route_stats=self.route_stats,
-            writes=self.writes,
+            ratings=Ratings(self.redis, self.route_stats),
+            limiter=self.limiter,
             metrics=metrics,
             failures=failures,
         )

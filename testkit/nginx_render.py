@@ -46,7 +46,7 @@ def build_conf_dir(
     The static files are symlinks to the repository's own, so nginx reads the shipped bytes.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("nginx.conf", "api_server.conf"):
+    for name in ("nginx.conf", "api_server.conf", "security_headers.conf"):
         (dest / name).symlink_to(NGINX_DIR / name)
     conf_d = dest / "conf.d"
     conf_d.mkdir()

@@ -34,14 +34,19 @@ def compose_nginx_environment() -> dict[str, str]:
     return {k: str(v) for k, v in services["nginx"]["environment"].items() if k.startswith("NGINX_")}
 
 
-def loopback_nginx_values(public_port: int, status_port: int, tls_port: int) -> dict[str, str]:
-    """Compose's values with only the addresses and ports swapped for loopback ones."""
+def loopback_nginx_values(
+    public_port: int, status_port: int, tls_port: int, *, plain_http: str = "redirect"
+) -> dict[str, str]:
+    """Compose's values with only the addresses and ports swapped for loopback ones (and `plain_http`: what
+    .env's API_PLAIN_HTTP would say)."""
     values = compose_nginx_environment()
     values.update(
         NGINX_RESOLVER="127.0.0.1",
         NGINX_PUBLIC_PORT=str(public_port),
         NGINX_STATUS_PORT=str(status_port),
         NGINX_TLS_PORT=str(tls_port),
+        NGINX_TLS_PUBLIC_PORT=str(tls_port),
+        NGINX_PLAIN_HTTP=plain_http,
     )
     return values
 

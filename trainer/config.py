@@ -227,6 +227,9 @@ class GuardOverrides(_Section):
     max_thumbs_down_delta: float | None = Field(
         default=None, ge=0, le=1, description="Canary thumbs-down share may exceed the stable one's by at most this."
     )
+    min_raters: int | None = Field(
+        default=None, ge=1, description="Distinct users who must have rated each variant before thumbs-down counts."
+    )
     step_after_s: float | None = Field(
         default=None, ge=0, description="Also step the canary after this many seconds without a breach (0 = unused)."
     )

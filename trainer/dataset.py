@@ -4,6 +4,7 @@ Input: captured inferences with their feedback, read from the gateway's database
 or from a dump written by `python -m gateway export` (`--from-file`, for a trainer without database
 access). Each row is judged by its feedback:
 
+- feedback the gateway could not tie to the request's sender (`role: unverified`) is ignored;
 - a correction (the answer it should have been) is the target, whatever the ratings say;
 - an answer rated up (its latest rating), or scored / judged at least `--min-score` on average, is a
   positive: the model's own answer is the target;
@@ -69,7 +70,9 @@ class Example:
 
 def judge_row(row: dict[str, Any], min_score: float) -> tuple[str, str | None]:
     """(why, target text): why is a reason taken (correction, rated_up, scored) or left out."""
-    notes = sorted(row.get("feedback") or [], key=lambda f: (str(f.get("created_at")), f.get("id") or 0))
+    # Feedback the gateway could not tie to the request's sender (`unverified`) never becomes a target.
+    trusted = [f for f in row.get("feedback") or [] if f.get("role") != "unverified"]
+    notes = sorted(trusted, key=lambda f: (str(f.get("created_at")), f.get("id") or 0))
     corrections = [f["text"] for f in notes if f.get("kind") == "correction" and f.get("text")]
     if corrections:
         return "correction", corrections[-1]

@@ -12,8 +12,12 @@ from gateway.errors import InvalidRequest
 from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, InferenceRequest
 from gateway.settings.requests import RequestSettings
 
-OPERATOR_FIELDS = {"keep_alive": "the operator's (OLLAMA_KEEP_ALIVE)", "lora": "chosen by the gateway (adapters)",
-                   "id_slot": "the server's (slot placement)", "slot_id": "the server's (slot placement)"}  # fmt: skip
+OPERATOR_FIELDS = {
+    "keep_alive": "the operator's (OLLAMA_KEEP_ALIVE)",
+    "lora": "chosen by the gateway (adapters)",
+    "id_slot": "the server's (slot placement)",
+    "slot_id": "the server's (slot placement)",
+}
 
 
 class RequestBounds:
@@ -28,8 +32,10 @@ class RequestBounds:
             for name in ("max_tokens", "max_completion_tokens"):
                 value = getattr(req, name, None)
                 if value is not None and value > self.max_output:
-                    raise InvalidRequest(f"{name} is {value}; this gateway generates at most {self.max_output} "
-                                         "tokens per request", param=name)  # fmt: skip
+                    raise InvalidRequest(
+                        f"{name} is {value}; this gateway generates at most {self.max_output} tokens per request",
+                        param=name,
+                    )
         extra = req.model_extra or {}
         for name, why in OPERATOR_FIELDS.items():
             if name in extra:
@@ -40,10 +46,13 @@ class RequestBounds:
     def _check_options(self, options: Any) -> None:
         if not isinstance(options, dict):
             raise InvalidRequest("options must be an object", param="options")
-        for name, value in options.items():
+        for name in options:
             if name not in self.ollama_options:
-                raise InvalidRequest(f"options.{name} cannot be set by a request (the operator sets it; accepted: "
-                                     f"{', '.join(sorted(self.ollama_options))})", param=f"options.{name}")  # fmt: skip
+                raise InvalidRequest(
+                    f"options.{name} cannot be set by a request (the operator sets it; accepted: "
+                    f"{', '.join(sorted(self.ollama_options))})",
+                    param=f"options.{name}",
+                )
         predict = options.get("num_predict")
         if predict is not None and (not _whole(predict) or not 1 <= predict <= self.max_output):
             raise InvalidRequest(f"options.num_predict must be 1 to {self.max_output}", param="options.num_predict")

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from gateway.errors import Forbidden
 
-# What a key or token may do: call the models, or also administer the gateway.
-SCOPES = frozenset({"inference", "admin"})
+# What a key or token may do: call the models (`inference`); rate and correct any answer, not only its own
+# (`reviewer`); administer the gateway (`admin`).
+SCOPES = frozenset({"inference", "reviewer", "admin"})
 
 
 @dataclass(frozen=True, slots=True)

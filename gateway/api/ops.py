@@ -26,8 +26,10 @@ async def _readiness(request: Request) -> tuple[str, dict[str, Any]]:
     redis = request.app.state.redis
     redis_ok = await redis.ping()
     status = "unready" if not any(r.up for r in replicas) else "ready" if redis_ok else "degraded"
-    details = {"backends": backends, "redis": {"configured": redis.configured, "up": redis_ok,
-                                               "last_error": None if redis_ok else redis.last_error}}  # fmt: skip
+    details = {
+        "backends": backends,
+        "redis": {"configured": redis.configured, "up": redis_ok, "last_error": None if redis_ok else redis.last_error},
+    }
     return status, details
 
 

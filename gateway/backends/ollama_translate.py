@@ -11,8 +11,7 @@ import orjson
 from pydantic import BaseModel
 
 from gateway.errors import InvalidRequest
-from gateway.protocol.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
-
+from gateway.protocol.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 
 def options(req: ChatCompletionRequest | CompletionRequest, max_output: int) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
     create = ksub.add_parser("create", help="create a key; the plain key is printed once")
     create.add_argument("--name", required=True)
     create.add_argument("--owner", default="")
-    create.add_argument("--scopes", default="inference", help="comma-separated: inference, admin")
+    create.add_argument("--scopes", default="inference", help="comma-separated: inference, reviewer, admin")
     _limit_args(create)
     ksub.add_parser("list", help="list keys (no secrets)")
     for name in ("show", "revoke"):

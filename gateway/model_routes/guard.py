@@ -59,6 +59,7 @@ def _breach(guard: Guard, stable: VariantStats, canary: VariantStats) -> dict[st
     votes = max(1, guard.min_requests // 10)
     if (
         min(stable.votes, canary.votes) >= votes
+        and min(stable.raters, canary.raters) >= guard.min_raters
         and canary.thumbs_down_share - stable.thumbs_down_share > guard.max_thumbs_down_delta
     ):
         return {
@@ -67,6 +68,8 @@ def _breach(guard: Guard, stable: VariantStats, canary: VariantStats) -> dict[st
             "canary": canary.thumbs_down_share,
             "stable_votes": stable.votes,
             "canary_votes": canary.votes,
+            "stable_raters": stable.raters,
+            "canary_raters": canary.raters,
             **sample,
         }
     return None

@@ -64,6 +64,13 @@ class Guard(BaseModel):
     max_format_failure_delta: float = Field(
         0.05, ge=0, le=1, description="Canary share of answers that break the requested JSON format, over the stable's."
     )
+    min_raters: int = Field(
+        3,
+        ge=1,
+        le=10_000,
+        description="Distinct users who must have rated each variant's answers before "
+        "the thumbs-down rule acts (so one caller cannot roll a canary back, or hold it up, alone).",
+    )
     max_thumbs_down_delta: float = Field(
         0.1,
         ge=0,

@@ -24,7 +24,9 @@ from gateway.state.redis import RedisState, text
 STATS_TTL_S = 30 * 86400
 # Upper bounds of the TTFT histogram: 1 ms to ~2 min, each 25 % above the last.
 TTFT_BOUNDS_S = tuple(0.001 * 1.25**i for i in range(53))
-SIGNALS = ("requests", "errors", "format_valid", "format_invalid", "thumbs_up", "thumbs_down")
+# thumbs_up/down count rated requests (a request's rating replaced, not added: ratings.py) and raters the
+# distinct users who rated the variant's answers.
+SIGNALS = ("requests", "errors", "format_valid", "format_invalid", "thumbs_up", "thumbs_down", "raters")
 MAX_PENDING_KEYS = 1000
 
 
@@ -36,6 +38,7 @@ class VariantStats:
     format_invalid: int = 0
     thumbs_up: int = 0
     thumbs_down: int = 0
+    raters: int = 0
     ttft: dict[int, int] = field(default_factory=dict)  # bucket index -> count
 
     @property
@@ -80,10 +83,11 @@ class VariantStats:
             "format_invalid": self.format_invalid,
             "thumbs_up": self.thumbs_up,
             "thumbs_down": self.thumbs_down,
+            "raters": self.raters,
         }
 
 
-def _key(route: str, version: int) -> str:
+def stats_key(route: str, version: int) -> str:
     return f"gw:rstat:{route}:{version}"
 
 
@@ -133,10 +137,12 @@ class RouteStats:
             counts[f"format_{format_verdict}"] = 1
         if ttft_s is not None and not error:
             counts[f"ttft:{bisect.bisect_left(TTFT_BOUNDS_S, ttft_s)}"] = 1
-        self._add(_key(route, version), variant, counts)
+        self._add(stats_key(route, version), variant, counts)
 
-    def record_feedback(self, route: str, version: int, variant: str, rating: str) -> None:
-        self._add(_key(route, version), variant, {f"thumbs_{rating}": 1})
+    def adjust(self, route: str, version: int, variant: str, counts: dict[str, int]) -> None:
+        """Add `counts` (signal -> amount, negative to take back) to a variant's signals (ratings.py, without
+        Redis; with it, ratings change the shared counts themselves)."""
+        self._add(stats_key(route, version), variant, counts)
 
     def _add(self, key: str, variant: str, counts: dict[str, int]) -> None:
         if key not in self._pending and len(self._pending) >= MAX_PENDING_KEYS and self.redis.configured:
@@ -170,7 +176,7 @@ class RouteStats:
         return restore
 
     async def read(self, route: str, version: int) -> dict[str, VariantStats]:
-        key = _key(route, version)
+        key = stats_key(route, version)
         if not self.redis.configured:
             return parse(dict(self._pending.get(key, {})))
         raw = await self.redis.run("routes", lambda r: r.hgetall(key))

@@ -37,6 +37,9 @@ class AccessRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cache: str | None = None
+    # Not logged: who sent the request (a key id, or a token's subject) and the user its rating counts as.
+    owner: str | None = None
+    rater: str | None = None
 
     def settled(self, answer: Answer, route: str | None, route_version: int | None) -> None:
         """What the request's answer adds to its line (a cache hit names no backend)."""
@@ -109,6 +112,7 @@ class AccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         fields = dict(vars(record))  # flat fields: no deep copy (asdict) on every request
+        del fields["owner"], fields["rater"]
         fields["cache"] = record.cache or (x_cache.lower() if x_cache else None)
         self.logger.info(
             {

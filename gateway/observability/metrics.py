@@ -88,6 +88,11 @@ class GatewayMetrics:
             ("model", "variant", "result"),
             registry=registry,
         )
+        self.format_over_budget = Counter(
+            "gateway_format_checks_over_budget",
+            "Answers whose JSON-format check ran out of its time budget (they get no verdict).",
+            registry=registry,
+        )
 
     def _replica_series(self, registry: CollectorRegistry) -> None:
         """The replicas behind the gateway."""

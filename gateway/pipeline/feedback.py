@@ -2,10 +2,16 @@
 `comment`, and `correction` (the answer the model should have given: a demonstration the trainer learns
 from). One body may carry several; each is kept as its own row in the store.
 
-The answer is found in this replica's memory of recent requests, else in the inference log (any
-replica captured it), else through the `model` the caller names. Feedback on a request found nowhere
-is still kept and counted (`joined: false`). A rating on a routed answer is also a signal for the
-route's guard. Comment and correction texts go to the database only, never to the log or a metric label.
+Feedback has an owner. The answer is found in this replica's memory of recent requests, else in the
+inference log (any replica captured it); only the key that made the request (or a `reviewer` or `admin`
+key) can rate or correct it. Anyone else's feedback, and feedback on a request found nowhere, is kept as
+`unverified` and changes nothing: no route signal, no metric of the model, never a training target. It
+is answered exactly like feedback on an unknown request (202, `joined: false`, model `unknown`), so it
+tells the sender nothing about other keys' requests.
+
+An answer has one rating: a new one replaces the old (ratings.py), and the route's guard counts rated
+requests and the distinct users behind them. Feedback costs a request of the sender's RPM. Comment and
+correction texts go to the database only, never to the log or a metric label.
 """
 
 from __future__ import annotations
@@ -17,15 +23,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.access.limits import KeyLimits, KeyRateLimiter
 from gateway.access.principal import Principal
-from gateway.model_routes.stats import RouteStats
+from gateway.model_routes.ratings import Ratings
 from gateway.observability.access_log import RecentRequests
 from gateway.observability.failures import FailureLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.protocol.feedback import FeedbackRequest
 from gateway.replicas.pool import BackendPool
-from gateway.state.write_behind import WriteBehind
-from gateway.store.queries import add_feedback, inference_of
+from gateway.state.redis import RedisUnavailable
+from gateway.store.queries import inference_of, keep_feedback
 
 log = logging.getLogger("gateway.feedback")
 UNKNOWN = "unknown"  # the metric label of feedback on a request no store knows
@@ -41,6 +48,12 @@ class Rated:
     route: str | None = None
     route_version: int | None = None
     joined: bool = True
+    owner: str | None = None  # who sent the request: the principal's subject (recent memory)
+    owner_key: str | None = None  # ... or its key id (the inference log)
+    rater: str | None = None  # the user the request's rating counts as
+
+
+NOWHERE = Rated(public=UNKNOWN, variant=UNKNOWN, joined=False)
 
 
 class FeedbackDesk:
@@ -50,31 +63,35 @@ class FeedbackDesk:
         recent: RecentRequests,
         engine: AsyncEngine,
         pool: BackendPool,
-        route_stats: RouteStats,
-        writes: WriteBehind,
+        ratings: Ratings,
+        limiter: KeyRateLimiter,
         metrics: GatewayMetrics,
         failures: FailureLog,
     ) -> None:
         self.recent = recent
         self.engine = engine
         self.pool = pool
-        self.route_stats = route_stats
-        self.writes = writes
+        self.ratings = ratings
+        self.limiter = limiter
         self.metrics = metrics
         self.failures = failures
 
     async def give(self, principal: Principal, body: FeedbackRequest) -> tuple[dict[str, Any], bool]:
-        """Record the feedback; returns the answer's body and whether it joined a known request."""
-        rated = await self._rated(body)
+        """Record the feedback; returns the answer's body and whether it joined a request of the sender's."""
+        if principal.rpm:  # RateLimited (429) when the sender is over its requests per minute
+            await self.limiter.reserve(principal.subject, KeyLimits(rpm=principal.rpm), 0)
+        rated = await self._rated(body, principal)
+        role = _role(principal, rated)
+        if role == "unverified":
+            rated = NOWHERE
         if body.rating is not None:
-            if rated.route is not None and rated.route_version is not None:  # the guard's thumbs signal
-                self.route_stats.record_feedback(rated.route, rated.route_version, rated.variant, body.rating)
-                await self.writes.flush()
-            self.metrics.feedback.labels(rated.public, rated.variant, body.rating).inc()
+            counted = role == "unverified" or await self._rate(body.request_id, body.rating, rated)
+            if counted:
+                self.metrics.feedback.labels(rated.public, rated.variant, body.rating).inc()
         kinds = [kind for kind, _, _ in body.items()]
         for kind in kinds:
             self.metrics.feedback_items.labels(kind).inc()
-        stored = await self._keep(body, principal.key_id)
+        stored = await self._keep(body, principal.key_id, role)
         log.info(
             {
                 "event": "feedback",
@@ -83,7 +100,7 @@ class FeedbackDesk:
                 "kinds": kinds,
                 "rating": body.rating,
                 "key_id": principal.key_id,
-                "joined": rated.joined,
+                "role": role,
                 "stored": stored,
             }
         )
@@ -99,7 +116,22 @@ class FeedbackDesk:
             answer["rating"] = body.rating
         return answer, rated.joined
 
-    async def _rated(self, body: FeedbackRequest) -> Rated:
+    async def _rate(self, request_id: str, rating: str, rated: Rated) -> bool:
+        """The request's rating (replacing one before); False when it is the same as before (nothing to count)."""
+        try:
+            change = await self.ratings.rate(
+                request_id,
+                rating,
+                route=rated.route,
+                version=rated.route_version,
+                variant=rated.variant,
+                rater=rated.rater or rated.owner or "-",
+            )
+        except RedisUnavailable:
+            return True  # logged and counted where it failed; the rating is still stored and counted here
+        return change != "same"
+
+    async def _rated(self, body: FeedbackRequest, principal: Principal) -> Rated:
         record = self.recent.record_of(body.request_id)
         if record is not None and record.model is not None:
             return Rated(
@@ -107,14 +139,17 @@ class FeedbackDesk:
                 variant=record.model,
                 route=record.route,
                 route_version=record.route_version,
+                owner=record.owner,
+                owner_key=record.key_id,
+                rater=record.rater,
             )
         found = await self._from_store(body.request_id)
         if found is not None:
             return found
-        if body.model is not None:
+        if body.model is not None and _role(principal, NOWHERE) != "unverified":
             model = await self.pool.resolve(body.model)  # 404 for a model the gateway does not serve
             return Rated(public=model, variant=model)
-        return Rated(public=UNKNOWN, variant=UNKNOWN, joined=False)
+        return NOWHERE
 
     async def _from_store(self, request_id: str) -> Rated | None:
         try:
@@ -126,17 +161,32 @@ class FeedbackDesk:
         if row is None:
             return None
         return Rated(
-            public=row["model"], variant=row["variant"], route=row["route"], route_version=row["route_version"]
+            public=row["model"],
+            variant=row["variant"],
+            route=row["route"],
+            route_version=row["route_version"],
+            owner_key=row["key_id"],
+            rater=row["key_id"],
         )
 
-    async def _keep(self, body: FeedbackRequest, key_id: str | None) -> bool:
+    async def _keep(self, body: FeedbackRequest, key_id: str | None, role: str) -> bool:
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
-                for kind, value, text in body.items():
-                    await add_feedback(
-                        self.engine, request_id=body.request_id, kind=kind, value=value, text=text, key_id=key_id
-                    )
+                await keep_feedback(self.engine, body.request_id, body.items(), key_id=key_id, role=role)
             return True
         except Exception as exc:  # noqa: BLE001 - still counted in metrics; the answer says it was not stored
             self.failures.record("feedback_store", exc)
             return False
+
+
+def _role(principal: Principal, rated: Rated) -> str:
+    """How the sender stands to the answer: `admin` and `reviewer` keys judge any answer; the `owner` is the
+    key that made the request; anyone else's feedback is `unverified`."""
+    if "admin" in principal.scopes:
+        return "admin"
+    if "reviewer" in principal.scopes:
+        return "reviewer"
+    mine = (rated.owner is not None and rated.owner == principal.subject) or (
+        rated.owner_key is not None and rated.owner_key == principal.key_id
+    )
+    return "owner" if rated.joined and mine else "unverified"

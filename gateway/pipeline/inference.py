@@ -124,11 +124,12 @@ class InferencePipeline:
 
         # 1. authenticate
         principal = await self.authenticator.authenticate(headers, scope="inference")
-        record.key_id = principal.key_id
+        record.key_id, record.owner = principal.key_id, principal.subject
 
         # 2. parse, within what one request may ask for
         req: InferenceRequest = parse_request(await request.body(), endpoint.request)  # type: ignore[assignment]
         self.bounds.check(req)
+        record.rater = getattr(req, "user", None) or principal.subject  # whose rating an answer's rating is
 
         # 3. target
         try:

@@ -55,8 +55,11 @@ class Answer:
         a token per content chunk relayed."""
         if not self.usage and self.answered and self.relayed:
             completion = self.relayed
-            self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                          "total_tokens": prompt_tokens + completion}
+            self.usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+            }
 
     def whole(self) -> dict[str, Any] | bytes | None:
         """The complete answer as a client got it (the JSON bytes sent, or the stream reassembled), or None

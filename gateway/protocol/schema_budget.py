@@ -22,8 +22,19 @@ MAX_PROPERTIES = 1_000  # object properties, counted over the expanded schema
 MAX_ENUM_VALUES = 1_000  # enum and const values, counted over the expanded schema
 
 # Keywords whose value is one subschema, a list of them, or a mapping of name -> subschema.
-ONE = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
-       "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+ONE = (
+    "additionalProperties",
+    "items",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "additionalItems",
+)
 MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 # Definitions ($defs) are not walked where they stand: they cost only where a $ref uses them.
 NAMED = ("properties", "patternProperties", "dependentSchemas")
@@ -82,8 +93,7 @@ def check_schema_budget(schema: Any, *, what: str) -> None:
             raise SchemaTooComplex(f"{what} nests deeper than {MAX_DEPTH} levels (references followed)")
         counts["nodes"] += 1
         if counts["nodes"] > MAX_NODES:
-            raise SchemaTooComplex(
-                f"{what} expands to more than {MAX_NODES} subschemas once its $refs are followed")
+            raise SchemaTooComplex(f"{what} expands to more than {MAX_NODES} subschemas once its $refs are followed")
         properties = node.get("properties")
         if isinstance(properties, dict):
             counts["properties"] += len(properties)

@@ -65,8 +65,9 @@ def _pattern(validator: Validator, pattern: str, instance: Any, schema: Any) -> 
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-def _pattern_properties(validator: Validator, patterns: dict[str, Any], instance: Any,
-                        schema: Any) -> Iterator[ValidationError]:
+def _pattern_properties(
+    validator: Validator, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in patterns.items():
@@ -78,8 +79,11 @@ def _pattern_properties(validator: Validator, patterns: dict[str, Any], instance
 # JSON Schema 2020-12 (what OpenAI's structured outputs use), every keyword under the deadline.
 BudgetedValidator = validators.extend(
     Draft202012Validator,
-    {**{name: _timed(keyword) for name, keyword in Draft202012Validator.VALIDATORS.items()},
-     "pattern": _pattern, "patternProperties": _pattern_properties},
+    {
+        **{name: _timed(keyword) for name, keyword in Draft202012Validator.VALIDATORS.items()},
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+    },
 )
 
 
@@ -102,8 +106,9 @@ def structured_format(response_format: dict[str, Any] | None) -> dict[str, Any] 
     return response_format
 
 
-def check_answer(response_format: dict[str, Any] | None, answer: str, *,
-                 budget_s: float = CHECK_BUDGET_S) -> Verdict | None:
+def check_answer(
+    response_format: dict[str, Any] | None, answer: str, *, budget_s: float = CHECK_BUDGET_S
+) -> Verdict | None:
     """`valid`/`invalid` for a JSON-format request, None when the request asked for no format.
 
     json_object: the answer parses as a JSON object. json_schema: it also validates against the
@@ -161,8 +166,13 @@ class Verdicts:
     """Format verdicts computed off the event loop: at most `concurrency` checks at once, in threads, each
     within `budget_s`. `on_over_budget` is called for each check that ran out of time."""
 
-    def __init__(self, concurrency: int = 2, *, budget_s: float = CHECK_BUDGET_S,
-                 on_over_budget: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        concurrency: int = 2,
+        *,
+        budget_s: float = CHECK_BUDGET_S,
+        on_over_budget: Callable[[], None] | None = None,
+    ) -> None:
         self._slots = asyncio.Semaphore(concurrency)
         self.budget_s = budget_s
         self._on_over_budget = on_over_budget

@@ -62,9 +62,11 @@ class AccessSettings(BaseSettings):
     )
     cache_enabled: bool = Field(True, description="Exact-match response cache on or off.")
     cache_scope: Literal["key", "owner", "shared"] = Field(
-        "key", description="Who shares cached answers: `key` (each API key its own: a key learns nothing of "
+        "key",
+        description="Who shares cached answers: `key` (each API key its own: a key learns nothing of "
         "what others asked), `owner` (the keys of one owner, e.g. a team), or `shared` (every caller: more hits, "
-        "but any key can tell from a cache hit that someone sent the same prompt).")
+        "but any key can tell from a cache hit that someone sent the same prompt).",
+    )
     cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer.")
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, description="Larger answers are not cached.")
     price_default: ModelPrice = Field(

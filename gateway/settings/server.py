@@ -32,5 +32,7 @@ class ServerSettings(BaseSettings):
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (413 above).")
     api_docs: Literal["off", "admin", "public"] = Field(
-        "admin", description="The API's OpenAPI schema at /openapi.json: for admin-scoped callers (`admin`), "
-        "nobody (`off`), or everyone with the /docs page too (`public`: it lists every admin path).")
+        "admin",
+        description="The API's OpenAPI schema at /openapi.json: for admin-scoped callers (`admin`), "
+        "nobody (`off`), or everyone with the /docs page too (`public`: it lists every admin path).",
+    )

@@ -43,23 +43,59 @@ async def add_feedback(
     text: str | None = None,
     key_id: str | None = None,
     source: str | None = None,
+    role: str | None = None,
     at: datetime | None = None,
 ) -> int:
     async with engine.begin() as conn:
-        result = await conn.execute(
-            insert(feedback)
-            .values(
-                request_id=request_id,
-                created_at=at or datetime.now(UTC),
-                kind=kind,
-                value=value,
-                text=text,
-                key_id=key_id,
-                source=source,
+        return await _insert_feedback(conn, request_id, kind, value, text, key_id, source, role, at)
+
+
+async def _insert_feedback(
+    conn: AsyncConnection,
+    request_id: str,
+    kind: str,
+    value: float | None,
+    text: str | None,
+    key_id: str | None,
+    source: str | None,
+    role: str | None,
+    at: datetime | None,
+) -> int:
+    row = dict(
+        request_id=request_id,
+        created_at=at or datetime.now(UTC),
+        kind=kind,
+        value=value,
+        text=text,
+        key_id=key_id,
+        source=source,
+        role=role,
+    )
+    result = await conn.execute(insert(feedback).values(**row).returning(feedback.c.id))
+    return int(result.scalar_one())
+
+
+async def keep_feedback(
+    engine: AsyncEngine,
+    request_id: str,
+    items: Sequence[tuple[str, float | None, str | None]],
+    *,
+    key_id: str | None,
+    role: str,
+) -> None:
+    """One feedback body's rows, in one transaction: (kind, value, text) each. A request has one rating: a new
+    one replaces the one before (whoever gave it; only its owner, a reviewer or an admin can)."""
+    async with engine.begin() as conn:
+        if any(kind == "rating" for kind, _, _ in items) and role != "unverified":
+            await conn.execute(
+                delete(feedback).where(
+                    feedback.c.request_id == request_id,
+                    feedback.c.kind == "rating",
+                    feedback.c.role.is_distinct_from("unverified"),
+                )
             )
-            .returning(feedback.c.id)
-        )
-        return int(result.scalar_one())
+        for kind, value, text in items:
+            await _insert_feedback(conn, request_id, kind, value, text, key_id, None, role, None)
 
 
 async def feedback_of(engine: AsyncEngine, request_id: str) -> list[dict[str, Any]]:

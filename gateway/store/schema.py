@@ -63,6 +63,9 @@ feedback = Table(
     Column("text", Text),  # comment, correction (the answer it should have been), judge's reason
     Column("key_id", String(64), index=True),  # who sent it (the judge: null)
     Column("source", String(200)),  # judge: the judge model
+    # owner (the key that made the request) | reviewer | admin | unverified (not tied to the sender) | null
+    # (recorded before feedback had owners)
+    Column("role", String(16)),
 )
 
 judge_runs = Table(
