@@ -160,3 +160,22 @@ def test_dataset_from_the_database_and_from_an_export(database_url: str, tmp_pat
         "0.25",
     )
     assert read(again) == train and read(tmp_path / "file.heldout.jsonl") == held
+
+
+def test_feedback_not_tied_to_the_requests_sender_never_becomes_a_target() -> None:
+    from trainer.dataset import judge_row
+
+    row = {"answer": "the model's answer", "outcome": "success"}
+    planted = {
+        "kind": "correction",
+        "text": "what another key wanted it to learn",
+        "role": "unverified",
+        "created_at": "2026-01-02",
+        "id": 2,
+    }
+    own = {"kind": "correction", "text": "the owner's correction", "role": "owner", "created_at": "2026-01-01", "id": 1}
+    assert judge_row({**row, "feedback": [own, planted]}, 0.5) == ("correction", "the owner's correction")
+    assert judge_row({**row, "feedback": [planted]}, 0.5) == ("no_signal", None)
+    down = {"kind": "rating", "value": 0.0, "role": "unverified", "created_at": "2026-01-03", "id": 3}
+    up = {"kind": "rating", "value": 1.0, "role": None, "created_at": "2026-01-01", "id": 1}  # before roles existed
+    assert judge_row({**row, "feedback": [up, down]}, 0.5) == ("rated_up", "the model's answer")
