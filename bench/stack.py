@@ -63,6 +63,7 @@ class MockOptions:
     token_delay_ms: float = 0.0
     first_token_ms: float = 0.0
     plain_delay_ms: float | None = None
+    content: str | None = None
 
     def args(self) -> list[str]:
         out = [
@@ -75,6 +76,8 @@ class MockOptions:
             "--first-token-ms",
             str(self.first_token_ms),
         ]
+        if self.content is not None:
+            out += ["--content", self.content]
         return out + (["--plain-delay-ms", str(self.plain_delay_ms)] if self.plain_delay_ms is not None else [])
 
 

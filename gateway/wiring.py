@@ -35,7 +35,7 @@ from gateway.pipeline.capture import Capture
 from gateway.pipeline.feedback import FeedbackDesk
 from gateway.pipeline.inference import InferencePipeline
 from gateway.pipeline.shadow import ShadowMirror
-from gateway.protocol.structured import Verdicts
+from gateway.pipeline.verdicts import Verdicts
 from gateway.replicas.build import build_pool
 from gateway.replicas.call import ReplicaCaller
 from gateway.settings import Settings
@@ -130,7 +130,7 @@ class Services:
         settings, metrics, failures = self.settings, self.metrics, self.failures
         self.store = StoreRuntime(settings, metrics, failures)
         self.writes = WriteBehind(self.redis, [self.limiter, self.usage, self.cache, self.route_stats])
-        verdicts = Verdicts(on_over_budget=metrics.format_over_budget.inc)
+        self.verdicts = verdicts = Verdicts(on_unjudged=lambda why: metrics.format_unjudged.labels(why).inc())
         self.shadow = ShadowMirror(
             caller=self.caller, metrics=metrics, failures=failures, verdicts=verdicts, capacity=settings.shadow_queue
         )
@@ -195,6 +195,7 @@ class Services:
         await self.route_table.aclose()
         await self.pool.aclose()
         await self.writes.flush()
+        self.verdicts.close()
         await self.redis.close()
         if self.jwks is not None:
             await self.jwks.aclose()

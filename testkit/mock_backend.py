@@ -6,7 +6,8 @@ number of tokens; `--token-delay-ms` spaces streamed tokens, `--first-token-ms` 
 first one, and a non-streamed answer waits `--plain-delay-ms` (default: as long as the stream
 would take; 0 lets a benchmark measure pure overhead on plain calls while streams keep gaps).
 A prompt containing `BENCH_FAIL` is answered 500, so a soak can mix in errors the backend
-caused. GET /_stats counts the inference calls it received (to verify cache hits).
+caused. `--content` sets a non-streamed answer's text (a document for format checks). GET /_stats
+counts the inference calls it received (to verify cache hits).
 
 Run alone: `python -m testkit.mock_backend --port 9000 --tokens 16 --token-delay-ms 1`.
 """
@@ -33,6 +34,7 @@ class MockConfig:
     token_delay_s: float = 0.0
     first_token_s: float = 0.0
     plain_delay_s: float | None = None
+    content: str | None = None  # a non-streamed answer's text (default: `tokens` words)
 
     @property
     def total_s(self) -> float:
@@ -65,7 +67,7 @@ class Answers:
     def __init__(self, cfg: MockConfig) -> None:
         self.cfg = cfg
         self.inference_calls = 0  # GET /_stats: lets a benchmark see whether a cache answered instead
-        text = "tok " * cfg.tokens
+        text = cfg.content if cfg.content is not None else "tok " * cfg.tokens
         self.models_openai = json.dumps(
             {"object": "list", "data": [{"id": cfg.model, "object": "model", "created": 0, "owned_by": "bench"}]}
         ).encode()
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--token-delay-ms", type=float, default=0.0)
     p.add_argument("--first-token-ms", type=float, default=0.0)
     p.add_argument("--plain-delay-ms", type=float, default=None)
+    p.add_argument("--content", default=None, help="a non-streamed answer's text (default: --tokens words)")
     args = p.parse_args(argv)
     delays = (args.token_delay_ms, args.first_token_ms, args.plain_delay_ms or 0.0)
     if args.tokens < 1 or min(delays) < 0:
@@ -317,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         token_delay_s=args.token_delay_ms / 1000,
         first_token_s=args.first_token_ms / 1000,
         plain_delay_s=None if args.plain_delay_ms is None else args.plain_delay_ms / 1000,
+        content=args.content,
     )
     install_fast_loop()
     try:

@@ -88,9 +88,11 @@ class GatewayMetrics:
             ("model", "variant", "result"),
             registry=registry,
         )
-        self.format_over_budget = Counter(
-            "gateway_format_checks_over_budget",
-            "Answers whose JSON-format check ran out of its time budget (they get no verdict).",
+        self.format_unjudged = Counter(
+            "gateway_format_checks_unjudged",
+            "Answers to JSON-format requests left without a verdict, by why: the check ran out of time (time),"
+            " too many checks were waiting (queue), the checking process died (failed).",
+            ("reason",),
             registry=registry,
         )
 

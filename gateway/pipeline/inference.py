@@ -48,6 +48,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import relay
 from gateway.pipeline.capture import Capture, Sampled
 from gateway.pipeline.shadow import ShadowMirror
+from gateway.pipeline.verdicts import Verdicts
 from gateway.protocol.answer import Answer, outcome_of
 from gateway.protocol.headers import RequestHeaders
 from gateway.protocol.requests import (
@@ -57,7 +58,6 @@ from gateway.protocol.requests import (
     InferenceRequest,
     parse_request,
 )
-from gateway.protocol.structured import Verdicts
 from gateway.replicas.call import CHAT, COMPLETION, EMBEDDINGS, Operation, ReplicaCaller
 from gateway.state.write_behind import WriteBehind
 

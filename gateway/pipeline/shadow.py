@@ -18,8 +18,9 @@ from typing import Any
 from gateway.background import cancel_and_wait
 from gateway.observability.failures import FailureLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.verdicts import Verdicts
 from gateway.protocol.requests import ChatCompletionRequest, GenerationRequest
-from gateway.protocol.structured import Verdicts, unary_answer
+from gateway.protocol.structured import unary_answer
 from gateway.replicas.call import CHAT, COMPLETION, ReplicaCaller
 
 log = logging.getLogger("gateway.shadow")

@@ -11,6 +11,7 @@ expanded again) and stops at the first limit crossed, so checking it is bounded 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -79,9 +80,18 @@ def check_schema_budget(schema: Any, *, what: str) -> None:
     """Raise SchemaTooComplex naming the limit `schema` crosses (`what` names the schema in the message)."""
     if not isinstance(schema, dict):
         return
-    size = len(orjson.dumps(schema))
-    if size > MAX_SCHEMA_BYTES:
-        raise SchemaTooComplex(f"{what} is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted")
+    serialized = orjson.dumps(schema)
+    if len(serialized) > MAX_SCHEMA_BYTES:
+        raise SchemaTooComplex(f"{what} is {len(serialized)} bytes; at most {MAX_SCHEMA_BYTES} are accepted")
+    problem = _over_budget(serialized)
+    if problem is not None:
+        raise SchemaTooComplex(f"{what} {problem}")
+
+
+@lru_cache(maxsize=128)
+def _over_budget(serialized: bytes) -> str | None:
+    """The limit a schema crosses, None within them; remembered, since clients send the same schemas."""
+    schema = orjson.loads(serialized)
     counts = {"nodes": 0, "properties": 0, "enum": 0}
     # Depth-first, each entry a subschema, its depth, and the schemas on its path (ids: a cycle guard).
     stack: list[tuple[Any, int, frozenset[int]]] = [(schema, 1, frozenset())]
@@ -90,19 +100,19 @@ def check_schema_budget(schema: Any, *, what: str) -> None:
         if not isinstance(node, dict):
             continue
         if depth > MAX_DEPTH:
-            raise SchemaTooComplex(f"{what} nests deeper than {MAX_DEPTH} levels (references followed)")
+            return f"nests deeper than {MAX_DEPTH} levels (references followed)"
         counts["nodes"] += 1
         if counts["nodes"] > MAX_NODES:
-            raise SchemaTooComplex(f"{what} expands to more than {MAX_NODES} subschemas once its $refs are followed")
+            return f"expands to more than {MAX_NODES} subschemas once its $refs are followed"
         properties = node.get("properties")
         if isinstance(properties, dict):
             counts["properties"] += len(properties)
             if counts["properties"] > MAX_PROPERTIES:
-                raise SchemaTooComplex(f"{what} has more than {MAX_PROPERTIES} object properties")
+                return f"has more than {MAX_PROPERTIES} object properties"
         enum = node.get("enum")
         counts["enum"] += (len(enum) if isinstance(enum, list) else 0) + ("const" in node)
         if counts["enum"] > MAX_ENUM_VALUES:
-            raise SchemaTooComplex(f"{what} has more than {MAX_ENUM_VALUES} enum and const values")
+            return f"has more than {MAX_ENUM_VALUES} enum and const values"
         here = path | {id(node)}
         ref = node.get("$ref")
         if isinstance(ref, str):
@@ -110,3 +120,4 @@ def check_schema_budget(schema: Any, *, what: str) -> None:
             if isinstance(target, dict) and id(target) not in here:  # a reference up the path is recursion
                 stack.append((target, depth + 1, here))
         stack.extend((child, depth + 1, here) for child in _children(node))
+    return None

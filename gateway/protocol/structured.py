@@ -5,15 +5,14 @@ variant (the rollout guard's format signal): a fine-tuned model that drifts from
 trained to emit shows up there before users complain.
 
 The work is bounded twice. A schema over the complexity budget never gets here (schema_budget.py
-refuses it with the request). A check runs in a worker thread (`Verdicts`), within a time budget: every
-keyword of the validator looks at the deadline, and `pattern`s run on the `regex` module with a timeout
-(Python's own `re` cannot be interrupted, and one pattern can backtrack for minutes). A check that runs
-out of time gives no verdict (it is counted, not guessed).
+refuses it with the request). A check runs within a time budget: every keyword of the validator looks
+at the deadline, and `pattern`s run on the `regex` module with a timeout (Python's own `re` cannot be
+interrupted, and one pattern can backtrack for minutes). A check that runs out of time gives no verdict
+(it is counted, not guessed). The pipeline runs checks away from the event loop (pipeline/verdicts.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Any, Literal
 
 import regex
 from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
 Verdict = Literal["valid", "invalid"]
@@ -88,15 +87,10 @@ BudgetedValidator = validators.extend(
 
 
 @lru_cache(maxsize=64)
-def _validator(schema_json: str) -> Validator | None:
-    """The validator of a schema (None for a broken one: the caller's mistake, not the model's), built once
-    for the schemas in use."""
-    schema = json.loads(schema_json)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
-        return None
-    return BudgetedValidator(schema)
+def _validator(schema_json: str) -> Validator:
+    """The validator of a schema, built once for the schemas in use. The schema is not checked against
+    the metaschema first (that costs more than most checks): a broken one fails when it is used."""
+    return BudgetedValidator(json.loads(schema_json))
 
 
 def structured_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -126,12 +120,13 @@ def check_answer(
     schema = (wanted.get("json_schema") or {}).get("schema")
     if not isinstance(schema, dict):
         return "valid" if isinstance(document, dict) else "invalid"
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    if validator is None:  # a broken schema is the caller's mistake, not the model's: it is not counted
-        return None
     token = _DEADLINE.set(time.monotonic() + budget_s)
     try:
-        return "valid" if validator.is_valid(document) else "invalid"
+        return "valid" if _validator(json.dumps(schema, sort_keys=True)).is_valid(document) else "invalid"
+    except CheckOverBudget:
+        raise
+    except Exception:  # noqa: BLE001 - a broken schema is the caller's mistake, not the model's: not counted
+        return None
     finally:
         _DEADLINE.reset(token)
 
@@ -160,32 +155,3 @@ class StreamedAnswer:
 
     def text(self) -> str:
         return "" if self._size > self.LIMIT else "".join(self._parts)
-
-
-class Verdicts:
-    """Format verdicts computed off the event loop: at most `concurrency` checks at once, in threads, each
-    within `budget_s`. `on_over_budget` is called for each check that ran out of time."""
-
-    def __init__(
-        self,
-        concurrency: int = 2,
-        *,
-        budget_s: float = CHECK_BUDGET_S,
-        on_over_budget: Callable[[], None] | None = None,
-    ) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
-        self.budget_s = budget_s
-        self._on_over_budget = on_over_budget
-
-    async def verdict(self, response_format: dict[str, Any] | None, answer: str | None) -> Verdict | None:
-        """`check_answer` in a worker thread; None when no format was asked for, there is no answer, or the
-        check ran out of time."""
-        if answer is None or structured_format(response_format) is None:
-            return None
-        async with self._slots:
-            try:
-                return await asyncio.to_thread(check_answer, response_format, answer, budget_s=self.budget_s)
-            except CheckOverBudget:
-                if self._on_over_budget is not None:
-                    self._on_over_budget()
-                return None

@@ -97,6 +97,8 @@ def test_the_openai_sdk_answers_through_nginx(stack: Stack) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip() and len(chunks) >= 3
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    as_json = admin.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"})
+    assert as_json.choices[0].message.content  # its format check runs in the gateway's checking process
 
 
 def test_a_key_made_with_the_cli_works_and_is_limited(stack: Stack) -> None:
@@ -124,23 +126,28 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
         return jobs
 
     jobs = poll("every Prometheus target up", all_up, 90, every_s=2)
+    def format_checked() -> Any:  # the JSON answer got a verdict inside the hardened container
+        series = prometheus(stack, "/api/v1/query?query=sum(gateway_format_compliance_total)")["result"]
+        return bool(series) and float(series[0]["value"][1]) >= 1 or Pending(f"series: {series}")
+
+    poll("a format verdict scraped", format_checked, 60, every_s=2)
     groups = prometheus(stack, "/api/v1/rules")["groups"]
     assert groups and sum(len(g["rules"]) for g in groups) > 0
     print(f"\nPrometheus targets up: {dict(jobs)}; {len(groups)} rule groups")
 
 
 def test_limits_settings_and_the_nginx_tmpfs_as_deployed(stack: Stack) -> None:
-    # Defect 1: conf.d is the tmpfs, owned by nginx's uid on any runc, and the template is in it.
+    # conf.d is the tmpfs, owned by nginx's uid on any runc, and the template is in it.
     assert stack.exec("nginx", "stat", "-c", "%u", "/etc/nginx/conf.d").strip() == "101"
     assert "gateway.conf" in stack.exec("nginx", "ls", "/etc/nginx/conf.d")
-    # Defect 9: open files for nginx and the gateways.
+    # Open files for nginx and the gateways.
     nofile = int(stack.env["NOFILE_LIMIT"])
     assert nofile > 1024 and int(stack.exec("nginx", "sh", "-c", "ulimit -n")) == nofile
     soft = stack.exec(
         "gateway", "python", "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     assert int(soft) == nofile
-    # Defect 8: settings compose passes reach the process (GATEWAY_WORKERS defaults to 1).
+    # Settings compose passes reach the process (GATEWAY_WORKERS defaults to 1).
     env = stack.exec("gateway", "env")
     assert "GATEWAY_WORKERS=1" in env.splitlines() and "OTEL_TRACES_SAMPLER=parentbased_traceidratio" in env
 
@@ -295,7 +302,7 @@ def test_backup_destroy_up_restore_keeps_keys_and_usage(stack: Stack) -> None:
 
 def test_down_v_leaves_no_container_network_or_volume(stack: Stack) -> None:
     assert stack.labelled("volume")
-    # Plain `down -v`, no profiles: the trainer's volume must go too (defect 7).
+    # Plain `down -v`, no profiles: the trainer's volume must go too.
     stack.compose("down", "-v")
     left = {k: stack.labelled(k) for k in ("container", "network", "volume")}
     assert left == {"container": [], "network": [], "volume": []}, left

@@ -90,7 +90,7 @@ def test_breaker_opens_fails_fast_then_half_opens_and_closes() -> None:
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "no_healthy_backend"
         assert control.calls("/api/chat") == before
-        circuit = lambda: httpx.get(gw.url + "/readyz").json()["backends"][d.url[7:]]["circuit"]
+        circuit = lambda: httpx.get(gw.url + "/admin/health", headers=AUTH).json()["backends"][d.url[7:]]["circuit"]
         assert circuit() == "open"
         wait_until(lambda: circuit() == "half_open", timeout=5, what="circuit half-open")
         # the probe fails (one armed failure left): open again

@@ -88,13 +88,15 @@ def test_models_lists_what_the_backend_serves(client: openai.OpenAI, control: Ol
     assert {m.id for m in client.models.list()} == served
 
 
-def test_ollama_options_and_keep_alive_pass_through(client: openai.OpenAI, control: OllamaDoubleControl) -> None:
+def test_allowed_ollama_options_pass_through_with_the_openai_fields(
+    client: openai.OpenAI, control: OllamaDoubleControl
+) -> None:
     client.chat.completions.create(
-        model=MODEL, messages=HI, seed=7, stop=["\n"], extra_body={"options": {"num_ctx": 4096}, "keep_alive": "10m"}
+        model=MODEL, messages=HI, seed=7, stop=["\n"], extra_body={"options": {"num_ctx": 4096, "top_k": 20}}
     )
     sent = control.last_body("/api/chat")
-    assert sent["options"]["num_ctx"] == 4096 and sent["options"]["seed"] == 7
-    assert sent["options"]["stop"] == ["\n"] and sent["keep_alive"] == "10m"
+    assert sent["options"]["num_ctx"] == 4096 and sent["options"]["top_k"] == 20 and sent["options"]["seed"] == 7
+    assert sent["options"]["stop"] == ["\n"] and "keep_alive" not in sent
 
 
 def test_json_response_format_becomes_ollama_format(client: openai.OpenAI, control: OllamaDoubleControl) -> None:

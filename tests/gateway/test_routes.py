@@ -99,7 +99,7 @@ def healthy_candidates(routes):
     routes.control_b.reset()
     for gateway in routes.gateways:
         wait_until(
-            lambda g=gateway: httpx.get(f"{g.url}/readyz").json()["backends"]["b"]["circuit"] != "open",
+            lambda g=gateway: httpx.get(f"{g.url}/admin/health", headers=ADMIN).json()["backends"]["b"]["circuit"] != "open",
             timeout=5,
             what="circuit of double B not open",
         )
@@ -443,13 +443,15 @@ def test_the_guard_judges_ttft_and_thumbs_relative_to_the_stable_variant() -> No
 
     guard = Guard(min_requests=10, max_ttft_p95_ratio=1.5, max_thumbs_down_delta=0.1)
     spec = split(90).model_copy(update={"guard": guard})
-    fast = VariantStats(requests=50, ttft={10: 50}, thumbs_up=5)
-    slow = VariantStats(requests=20, ttft={10: 10, 20: 10}, thumbs_up=5)  # p95 in bucket 20: ~9x bucket 10
+    fast = VariantStats(requests=50, ttft={10: 50}, thumbs_up=5, raters=5)
+    slow = VariantStats(requests=20, ttft={10: 10, 20: 10}, thumbs_up=5, raters=5)  # p95 in bucket 20: ~9x bucket 10
     verdict = judge(spec, {STABLE: fast, CANARY: slow}, age_s=0)
     assert verdict is not None and verdict.action == "rollback" and verdict.reason["signal"] == "ttft_p95"
     assert verdict.reason["canary"] == TTFT_BOUNDS_S[20] and verdict.reason["stable"] == TTFT_BOUNDS_S[10]
-    disliked = VariantStats(requests=20, ttft={10: 20}, thumbs_up=1, thumbs_down=4)
+    disliked = VariantStats(requests=20, ttft={10: 20}, thumbs_up=1, thumbs_down=4, raters=guard.min_raters)
     verdict = judge(spec, {STABLE: fast, CANARY: disliked}, age_s=0)
     assert verdict is not None and verdict.reason["signal"] == "thumbs_down"
+    one_rater = VariantStats(requests=20, ttft={10: 20}, thumbs_up=1, thumbs_down=4, raters=1)
+    assert judge(spec, {STABLE: fast, CANARY: one_rater}, age_s=0) is None, "votes of too few users do not act"
     too_few = VariantStats(requests=9, ttft={30: 9}, errors=9)
     assert judge(spec, {STABLE: fast, CANARY: too_few}, age_s=0) is None, "no verdict under the minimum sample"

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import multiprocessing
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from gateway.pipeline.verdicts import Verdicts
 from gateway.protocol.schema_budget import MAX_DEPTH, MAX_NODES, SchemaTooComplex, check_schema_budget
-from gateway.protocol.structured import CheckOverBudget, Verdicts, check_answer
+from gateway.protocol.structured import CheckOverBudget, check_answer
 
 
 def bomb(levels: int, fan_out: int = 2) -> dict[str, Any]:
@@ -70,10 +73,47 @@ def test_a_check_that_runs_out_of_time_stops_and_gives_no_verdict() -> None:
         check_answer(as_format(bomb(22)), '{"a": 1}', budget_s=0.1)  # never accepted; the check alone is bounded
 
 
-def test_verdicts_count_a_check_over_budget_and_return_none() -> None:
-    over: list[int] = []
-    verdicts = Verdicts(budget_s=0.05, on_over_budget=lambda: over.append(1))
-    backtracking = as_format({"type": "string", "pattern": "^(a|a)+$"})
-    assert asyncio.run(verdicts.verdict(backtracking, '"' + "a" * 40 + 'b"')) is None and over == [1]
+@pytest.fixture
+def unjudged() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def verdicts(unjudged: list[str]) -> Iterator[Verdicts]:
+    judge = Verdicts(budget_s=0.05, waiting=2, on_unjudged=unjudged.append)
+    yield judge
+    judge.close()
+
+
+def test_verdicts_come_from_a_child_process_and_a_check_over_budget_gets_none(
+    verdicts: Verdicts, unjudged: list[str]
+) -> None:
     checked = as_format({"type": "string", "pattern": "^a+b$"})
     assert asyncio.run(verdicts.verdict(checked, '"aab"')) == "valid"
+    assert asyncio.run(verdicts.verdict(checked, '"aa"')) == "invalid"
+    assert multiprocessing.active_children(), "no checking process"
+    backtracking = as_format({"type": "string", "pattern": "^(a|a)+$"})
+    assert asyncio.run(verdicts.verdict(backtracking, '"' + "a" * 40 + 'b"')) is None
+    assert unjudged == ["time"]
+    broken = as_format({"type": "no-such-type"})  # the caller's mistake: no verdict, and not counted
+    assert asyncio.run(verdicts.verdict(broken, "{}")) is None and unjudged == ["time"]
+
+
+def test_checks_past_the_waiting_limit_get_no_verdict(verdicts: Verdicts, unjudged: list[str]) -> None:
+    slow = as_format(bomb(22))  # each check runs its whole budget
+
+    async def burst() -> list[str | None]:
+        return await asyncio.gather(*(verdicts.verdict(slow, '{"a": 1}') for _ in range(5)))
+
+    assert asyncio.run(burst()) == [None] * 5
+    assert sorted(unjudged) == ["queue"] * 3 + ["time"] * 2
+
+
+def test_a_dead_checking_process_is_replaced(verdicts: Verdicts, unjudged: list[str]) -> None:
+    checked = as_format({"type": "object"})
+    assert asyncio.run(verdicts.verdict(checked, "{}")) == "valid"
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
+    assert asyncio.run(verdicts.verdict(checked, "{}")) is None and unjudged == ["failed"]
+    assert asyncio.run(verdicts.verdict(checked, "{}")) == "valid"

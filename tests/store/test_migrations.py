@@ -29,10 +29,17 @@ async def test_upgrade_from_empty(engine: AsyncEngine) -> None:
 async def test_upgrade_from_previous_revision_keeps_rows(engine: AsyncEngine) -> None:
     assert await migrate(engine, "0001") == "0001"
     assert "judge_runs" not in await _tables(engine)
-    await add_feedback(engine, request_id="r-old", kind="rating", value=1.0, at=datetime(2024, 1, 1, tzinfo=UTC))
+    async with engine.begin() as conn:  # a row as the first revision wrote it
+        await conn.execute(
+            text("INSERT INTO feedback (request_id, created_at, kind, value) VALUES (:r, :at, 'rating', 1.0)"),
+            {"r": "r-old", "at": datetime(2024, 1, 1, tzinfo=UTC)},
+        )
     assert await migrate(engine) == head_revision() != "0001"
     assert "judge_runs" in await _tables(engine)
-    assert [f["kind"] for f in await feedback_of(engine, "r-old")] == ["rating"]
+    kept = await feedback_of(engine, "r-old")
+    assert [(f["kind"], f["value"], f["role"]) for f in kept] == [("rating", 1.0, None)]
+    await add_feedback(engine, request_id="r-new", kind="rating", value=0.0, role="owner")
+    assert [f["role"] for f in await feedback_of(engine, "r-new")] == ["owner"]
 
 
 async def test_replicas_starting_together_migrate_once(database_url: str) -> None:
