@@ -126,6 +126,7 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
         return jobs
 
     jobs = poll("every Prometheus target up", all_up, 90, every_s=2)
+
     def format_checked() -> Any:  # the JSON answer got a verdict inside the hardened container
         series = prometheus(stack, "/api/v1/query?query=sum(gateway_format_compliance_total)")["result"]
         return bool(series) and float(series[0]["value"][1]) >= 1 or Pending(f"series: {series}")

@@ -99,7 +99,9 @@ def healthy_candidates(routes):
     routes.control_b.reset()
     for gateway in routes.gateways:
         wait_until(
-            lambda g=gateway: httpx.get(f"{g.url}/admin/health", headers=ADMIN).json()["backends"]["b"]["circuit"] != "open",
+            lambda g=gateway: (
+                httpx.get(f"{g.url}/admin/health", headers=ADMIN).json()["backends"]["b"]["circuit"] != "open"
+            ),
             timeout=5,
             what="circuit of double B not open",
         )
