@@ -125,13 +125,16 @@ def test_an_adapter_of_another_base_or_not_loaded_is_not_routed_here(gateway):
 
 def test_a_client_cannot_pick_adapters_itself(gateway, server):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
-    answer = client.chat.completions.create(
-        model=SMOLLM2_ALIAS,
-        messages=PROMPT,
-        temperature=0,
-        max_tokens=12,
-        extra_body={"lora": [{"id": 0, "scale": 1.0}]},
-    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=SMOLLM2_ALIAS,
+            messages=PROMPT,
+            temperature=0,
+            max_tokens=12,
+            extra_body={"lora": [{"id": 0, "scale": 1.0}]},
+        )
+    assert refused.value.body["param"] == "lora"  # type: ignore[index]
+    answer = client.chat.completions.create(model=SMOLLM2_ALIAS, messages=PROMPT, temperature=0, max_tokens=12)
     assert answer.choices[0].message.content == direct(server, [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}])
 
 
