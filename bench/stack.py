@@ -136,6 +136,7 @@ def start_gateway(
         "GATEWAY_KEY_PEPPER": secrets.token_urlsafe(32),
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_WORKERS": str(workers),
+        "GATEWAY_DRAIN_DELAY_S": "0",  # stopped at the end of a run, with no load balancer in front
         **(extra_env or {}),
     }
     if with_redis:

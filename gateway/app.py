@@ -15,6 +15,7 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 from gateway.api import ops, token
 from gateway.api.admin import adapters, inferences, keys, routes
+from gateway.api.drain import Drain
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware.body_limit import BodyLimitMiddleware
 from gateway.api.middleware.request_id import RequestIdMiddleware
@@ -45,11 +46,13 @@ def tune_collector() -> None:
 def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
     """`span_exporter` turns tracing on (tests pass an in-memory one); else OTEL_EXPORTER_OTLP_ENDPOINT does."""
     services = Services(settings or Settings(), span_exporter=span_exporter)
+    drain = Drain(services.settings.drain_delay_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await services.start()
         tune_collector()
+        drain.install()
         try:
             yield
         finally:
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     state.usage, state.prices, state.pool, state.adapters = s.usage, s.prices, s.pool, s.adapters
     state.route_store, state.route_table, state.route_stats = s.route_store, s.route_table, s.route_stats
     state.store, state.pipeline, state.feedback = s.store, s.pipeline, s.feedback
+    state.drain = drain
 
     for router in (
         inference.router,

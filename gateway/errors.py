@@ -10,6 +10,7 @@
     │   └── RateLimited               (429, Retry-After)
     ├── BackendClientError            (backend said 4xx: passed on as is; the replica is healthy)
     ├── NoHealthyBackend              (503, Retry-After: every replica's circuit is open)
+    │   └── ReplicasBusy              (503, Retry-After: every replica at its max_concurrency, queue timed out)
     └── UpstreamError                 (the replica failed: counts against its breaker, may fail over)
         ├── BackendUnavailable        (502: connect refused / reset / 5xx)
         ├── BackendOverloaded         (503: the backend's queue is full)
@@ -102,6 +103,12 @@ class NoHealthyBackend(GatewayError):
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+class ReplicasBusy(NoHealthyBackend):
+    """Every replica of the model is at its `max_concurrency`, and no slot freed within the queue timeout."""
+
+    code = "replicas_busy"
 
 
 class UpstreamError(GatewayError):

@@ -24,11 +24,15 @@ def start_ollama_double(
     *,
     models: Sequence[str] = DEFAULT_MODELS,
     port: int | None = None,
+    host: str = "127.0.0.1",
     embed_dim: int | None = None,
     timeout: float = 30.0,
     **knobs: Any,
 ) -> Service:
     """Start `python -m tests.doubles.ollama_double` and wait until it answers GET /api/version.
+
+    `host`: the loopback address it listens on (127.0.0.0/8: several doubles can share a port, as the
+    replicas behind one DNS name do).
 
     `knobs` are the double's start values (token_delay, tokens, fail_next, ...); an unknown
     name fails here rather than inside the process.
@@ -39,13 +43,14 @@ def start_ollama_double(
     if unknown:
         raise TypeError(f"unknown Ollama double knob(s): {', '.join(unknown)}")
     port = port or free_port()
-    args = ["-m", "tests.doubles.ollama_double", "--port", str(port), "--models", ",".join(models)]
+    args = ["-m", "tests.doubles.ollama_double", "--host", host, "--port", str(port), "--models", ",".join(models)]
     if embed_dim is not None:
         args += ["--embed-dim", str(embed_dim)]
     for name, value in knobs.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    service = python_service("ollama-double", args, port).start_and_wait_http("/api/version", timeout=timeout)
-    return service
+    service = python_service("ollama-double", args, port)
+    service.host = host
+    return service.start_and_wait_http("/api/version", timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -116,15 +116,16 @@ class Service:
     log_dir: Path | None = None
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    host: str = "127.0.0.1"  # the loopback address it listens on
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Service:
         log_dir = self.log_dir or Path(os.environ.get("TEST_LOG_DIR", "/tmp/slm-test-logs"))
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{self.name}-{self.port}.log"
+        self.log_path = log_dir / f"{self.name}-{self.host}-{self.port}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -138,7 +139,7 @@ class Service:
         return self
 
     def wait_port(self, timeout: float = 30.0) -> Service:
-        wait_until(lambda: port_open(self.port), timeout=timeout, what=self.name, proc=self.proc)
+        wait_until(lambda: port_open(self.port, self.host), timeout=timeout, what=self.name, proc=self.proc)
         return self
 
     def wait_http(self, path: str, timeout: float = 30.0) -> Service:

@@ -191,6 +191,12 @@ class OllamaConfig(_Section):
     adapter_base: str | None = Field(
         default=None, description="Base model's name in Ollama, for the FROM line of the adapter-only Modelfile."
     )
+    dns_servers: list[str] = Field(
+        default_factory=lambda: [s for s in os.environ.get("OLLAMA_DNS_SERVERS", "").split(",") if s],
+        description="DNS servers (host or host:port) that resolve `host` to its replicas; empty: the system's "
+        "resolver (default: $OLLAMA_DNS_SERVERS, comma-separated). Push and deploy publish a version on every "
+        "address the host resolves to.",
+    )
     retries: int = Field(default=3, ge=0, le=10, description="Retries for transient Ollama errors (5xx, connect).")
     retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles on each retry.")
     timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout for uploads and create.")

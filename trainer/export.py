@@ -114,6 +114,8 @@ def export(cfg: RunConfig) -> dict[str, Any]:
     converter.script("convert_hf_to_gguf.py")  # fail before the slow merge when the converter is missing
     out = cfg.output_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.gguf"):  # new files, not old ones rewritten: a pushed version's registry links them
+        old.unlink()
     timings: dict[str, float] = {}
     steps = ["merge", "convert", *cfg.export.quantizations, *(["adapter"] if cfg.export.adapter_gguf else [])]
     bar = tqdm(steps, desc="export", unit="step")

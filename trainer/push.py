@@ -14,78 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm import tqdm
-
 from trainer.adapter_push import ADAPTER_TARGETS, publish_adapter
 from trainer.config import RunConfig
-from trainer.errors import DeployError, GateRefused, PushError, StageOrderError
+from trainer.errors import DeployError, GateRefused, StageOrderError
 from trainer.export import load_export
 from trainer.manifest import local_versions, utc_iso, write_manifest
+from trainer.ollama_replicas import (
+    Blob,
+    OllamaVersion,
+    keep_in_registry,
+    publish,
+    replica_urls,
+    with_retries,
+)
 
 if TYPE_CHECKING:
-    import ollama
+    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CHUNK = 1 << 20
-
-
-def _transient(exc: Exception) -> bool:
-    import httpx
-
-    import ollama
-
-    if isinstance(exc, ollama.ResponseError):
-        return exc.status_code >= 500 or exc.status_code == 429
-    return isinstance(exc, (ConnectionError, httpx.TransportError))
-
-
-def with_retries(call: Callable[[], T], *, what: str, retries: int, backoff_s: float) -> T:
-    """Run `call`, retrying transient failures (5xx, 429, connection errors) with exponential backoff."""
-    import ollama
-
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except Exception as exc:  # classified right below: transient ones are retried, the rest re-raised
-            if not _transient(exc):
-                if isinstance(exc, ollama.ResponseError):
-                    raise PushError(f"{what}: Ollama refused it: {exc}") from None
-                raise
-            if attempt == retries:
-                raise PushError(f"{what} failed after {retries + 1} attempts: {exc}") from None
-            delay = backoff_s * 2**attempt
-            log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _file_chunks(path: Path, bar: tqdm) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            bar.update(len(block))
-            yield block
-
-
-def ensure_blob(client: ollama.Client, path: Path, digest: str) -> bool:
-    """Upload `path` as blob `digest` unless Ollama has it already; True if it was uploaded."""
-    import ollama
-
-    # The client has no call for HEAD /api/blobs (documented in Ollama's API), so use its request path.
-    try:
-        client._request_raw("HEAD", f"/api/blobs/{digest}")
-        return False
-    except ollama.ResponseError as exc:
-        if exc.status_code != 404:
-            raise
-    with tqdm(total=path.stat().st_size, desc=f"upload {path.name}", unit="B", unit_scale=True) as bar:
-        client._request_raw("POST", f"/api/blobs/{digest}", content=_file_chunks(path, bar))
-    return True
 
 
 def next_version(output_dir: Path, existing_tags: list[str], name: str) -> int:
@@ -132,6 +82,8 @@ def push(cfg: RunConfig, report: dict[str, Any], *, force: bool = False) -> dict
         forced=forced,
     )
     manifest["adapters"] = adapters
+    manifest["ollama"]["replicas"] = ollama_part.get("replicas", [])
+    manifest["ollama"]["registry"] = ollama_part.get("registry")  # what trainer.sync publishes from
     tag = ollama_part["tag"]
     failure: DeployError | GateRefused | None = None
     if cfg.deploy and tag:
@@ -192,8 +144,28 @@ def checked_against_deployed(cfg: RunConfig, tag: str, *, force: bool) -> tuple[
     )
 
 
+def ollama_version(cfg: RunConfig, info: dict[str, Any], version: int) -> OllamaVersion:
+    """The export `info` as Ollama version `version` (its files still in the export folder)."""
+    export_dir = cfg.output_dir / "export"
+    served = info["files"][cfg.export.serve]
+    adapter = info["files"].get("adapter") if cfg.ollama.adapter_base else None
+    return OllamaVersion(
+        name=cfg.ollama.model,
+        version=version,
+        model=Blob(export_dir / served["file"], served["sha256"]),
+        template=info["template"],
+        system=info["system"],
+        parameters=info["parameters"],
+        adapter=Blob(export_dir / adapter["file"], adapter["sha256"]) if adapter else None,
+        adapter_base=cfg.ollama.adapter_base,
+        latest=not cfg.deploy,  # with deploy, the route moves instead (trainer/deploy.py)
+    )
+
+
 def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
-    """Upload, create NAME:vN (and NAME-adapter:vN), move NAME:latest."""
+    """Upload, create NAME:vN (and NAME-adapter:vN), move NAME:latest: on every replica `ollama.host` resolves
+    to. The version is kept in the registry first (OUTPUT/versions/vN/), so a replica missed now, or started
+    later, gets it from `python -m trainer.sync`."""
     import ollama
 
     export_dir = cfg.output_dir / "export"
@@ -206,49 +178,39 @@ def push_to_ollama(cfg: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
         )
     o = cfg.ollama
     retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)
-    client = ollama.Client(host=o.host, timeout=o.timeout_s)
+    urls = replica_urls(o.host, o.dns_servers)
+    clients = {url: ollama.Client(host=url, timeout=o.timeout_s) for url in urls}
     try:
-        tags = retry(lambda: [m.model for m in client.list().models], "list models")
-        version = next_version(cfg.output_dir, tags, o.model)
-        tag, latest = f"{o.model}:v{version}", None if cfg.deploy else f"{o.model}:latest"
-        served = info["files"][cfg.export.serve]
-        digest = f"sha256:{served['sha256']}"
-        uploaded = retry(lambda: ensure_blob(client, export_dir / served["file"], digest), f"upload {served['file']}")
-        retry(
-            lambda: client.create(
-                model=tag,
-                files={served["file"]: digest},
-                template=info["template"],
-                system=info["system"],
-                parameters=info["parameters"],
-                stream=False,
-            ),
-            f"create {tag}",
+        tags = [
+            t
+            for url, c in clients.items()
+            for t in retry(lambda c=c: [m.model for m in c.list().models], f"list models at {url}")
+        ]
+        version = keep_in_registry(
+            cfg.output_dir, ollama_version(cfg, info, next_version(cfg.output_dir, tags, o.model))
         )
-        adapter_tag = None
-        if o.adapter_base and "adapter" in info["files"]:
-            adapter = info["files"]["adapter"]
-            adapter_digest = f"sha256:{adapter['sha256']}"
-            retry(lambda: ensure_blob(client, export_dir / adapter["file"], adapter_digest), "upload adapter")
-            adapter_tag = f"{o.model}-adapter:v{version}"
-            retry(
-                lambda: client.create(
-                    model=adapter_tag,
-                    from_=o.adapter_base,
-                    adapters={adapter["file"]: adapter_digest},
-                    template=info["template"],
-                    system=info["system"],
-                    parameters=info["parameters"],
-                    stream=False,
-                ),
-                f"create {adapter_tag}",
-            )
-        if latest:  # with deploy, the route moves instead (trainer/deploy.py)
-            retry(lambda: client.copy(tag, latest), f"tag {latest}")
+        uploaded = False
+        for url, client in clients.items():
+            uploaded = publish(client, version, retry) or uploaded
+            if version.latest:
+                retry(
+                    lambda client=client: client.copy(version.tag, f"{o.model}:latest"),
+                    f"tag {o.model}:latest at {url}",
+                )
     finally:
-        client.close()
-    log.info("pushed %s (and %s) to %s", tag, latest, o.host)
-    return {"version": version, "tag": tag, "latest": latest, "uploaded": uploaded, "adapter_tag": adapter_tag}
+        for client in clients.values():
+            client.close()
+    latest = f"{o.model}:latest" if version.latest else None
+    log.info("pushed %s (and %s) to %s", version.tag, latest, ", ".join(urls))
+    return {
+        "version": version.version,
+        "tag": version.tag,
+        "latest": latest,
+        "uploaded": uploaded,
+        "adapter_tag": version.adapter_tag,
+        "registry": version.record(),
+        "replicas": urls,
+    }
 
 
 def _mtime_iso(path: Path) -> str | None:

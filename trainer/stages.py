@@ -87,7 +87,8 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = Fa
     With evaluation.baseline route:NAME it is compared with the route's deployed variant first (afresh: the
     route may have changed since push), unless `force`."""
     from trainer.deploy import deploy_version
-    from trainer.manifest import list_versions, write_manifest
+    from trainer.manifest import list_versions, versions_dir, write_manifest
+    from trainer.ollama_replicas import OllamaVersion, ensure_on_replicas, with_retries
     from trainer.push import checked_against_deployed
 
     if cfg.deploy is None:
@@ -111,6 +112,12 @@ def deploy_stage(cfg: RunConfig, *, version: int | None = None, force: bool = Fa
             raise GateRefused(f"{refusal}; `--force` deploys v{chosen} anyway")
     elif force and manifest.get("vs_deployed") and not manifest["vs_deployed"]["gate"]["passed"]:
         manifest["vs_deployed"]["forced"] = True  # shipped although it lost at push
+    record = manifest["ollama"].get("registry")
+    if record:  # every replica has the version before the route sends traffic to it
+        o = cfg.ollama
+        kept = OllamaVersion.from_record(versions_dir(cfg.output_dir) / f"v{chosen}", chosen, record)
+        retry = lambda call, what: with_retries(call, what=what, retries=o.retries, backoff_s=o.retry_backoff_s)
+        manifest["ollama"]["replicas"] = ensure_on_replicas(o.host, o.dns_servers, kept, retry, timeout_s=o.timeout_s)
     manifest["deploy"] = deploy_version(cfg.deploy, tag)
     write_manifest(cfg.output_dir, chosen, manifest)
     return manifest["deploy"]

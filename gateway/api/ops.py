@@ -17,8 +17,8 @@ schema_router = APIRouter()  # included when GATEWAY_API_DOCS=admin
 
 
 async def _readiness(request: Request) -> tuple[str, dict[str, Any]]:
-    """ready | degraded (Redis is away: the gateway serves from its fallbacks) | unready (no backend), and
-    the details behind it."""
+    """ready | degraded (Redis is away: the gateway serves from its fallbacks) | unready (no backend) |
+    draining (SIGTERM arrived: gateway/api/drain.py), and the details behind it."""
     replicas = pool(request).replicas
     backends = {
         r.name: {"up": r.up, "circuit": r.breaker.state.name.lower(), "models": sorted(r.models)} for r in replicas
@@ -26,6 +26,8 @@ async def _readiness(request: Request) -> tuple[str, dict[str, Any]]:
     redis = request.app.state.redis
     redis_ok = await redis.ping()
     status = "unready" if not any(r.up for r in replicas) else "ready" if redis_ok else "degraded"
+    if request.app.state.drain.draining:  # shutting down: out of the load balancer's endpoints first
+        status = "draining"
     details = {
         "backends": backends,
         "redis": {"configured": redis.configured, "up": redis_ok, "last_error": None if redis_ok else redis.last_error},

@@ -97,6 +97,7 @@ class BackendHTTP:
         max_connections: int,
         headers: dict[str, str] | None = None,
         ca_file: str | None = None,
+        address: str | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -106,6 +107,7 @@ class BackendHTTP:
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
         self.ca_file = ca_file
+        self.address = address  # the one address of the URL's host to connect to (a replica found by DNS)
         self._headers = {"content-type": "application/json", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -122,6 +124,7 @@ class BackendHTTP:
                 headers=self._headers,
                 ca_file=self.ca_file,
                 trace_configs=[_reuse_tracking()],
+                address=self.address,
             )
         return self._session
 

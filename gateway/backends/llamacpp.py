@@ -40,6 +40,7 @@ class LlamaCppBackend(OpenAICompatBackend):
             spec.url,
             name=self.name,
             connect_timeout_s=settings.connect_timeout_s,
+            address=spec.address,
             max_connections=4,
             headers=self._auth_headers,
         )

@@ -52,6 +52,7 @@ class OllamaBackend(Backend):
             spec.url,
             name=self.name,
             connect_timeout_s=settings.connect_timeout_s,
+            address=spec.address,
             max_connections=settings.max_connections_per_backend,
         )
 

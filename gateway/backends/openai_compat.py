@@ -31,6 +31,7 @@ class OpenAICompatBackend(Backend):
             spec.url + "/v1",
             name=self.name,
             connect_timeout_s=settings.connect_timeout_s,
+            address=spec.address,
             max_connections=settings.max_connections_per_backend,
             headers=self._auth_headers,
         )

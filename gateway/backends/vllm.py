@@ -29,6 +29,7 @@ class VllmBackend(OpenAICompatBackend):
             spec.url,
             name=self.name,
             connect_timeout_s=settings.connect_timeout_s,
+            address=spec.address,
             max_connections=4,
             headers=self._auth_headers,
         )

@@ -9,7 +9,8 @@ answered. `multiprocess_mode` says how the workers' values combine when GATEWAY_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -120,6 +121,14 @@ class GatewayMetrics:
             ("backend",),
             registry=registry,
             multiprocess_mode="livemin",
+        )
+        self.waiting = Gauge(
+            "gateway_requests_waiting",
+            "Requests waiting in the gateway for a slot on a replica (every replica serving the model at its "
+            "max_concurrency): with gateway_requests_in_flight, the load to scale model servers on.",
+            ("model",),
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
     def _access_series(self, registry: CollectorRegistry, gpu_monthly_usd: float) -> None:
@@ -265,6 +274,18 @@ class GatewayMetrics:
         """Create the per-replica series at start-up so dashboards show them before any traffic."""
         self.circuit_state.labels(backend).set(0)
         self.backend_up.labels(backend).set(0)
+
+    def forget_backend(self, backend: str, models: Iterable[str]) -> None:
+        """A replica that left (DNS discovery no longer finds it): its gauges go, so a dashboard does not show
+        a replica that is gone as down. Its counters stay until the process restarts."""
+        for gauge, labels in (
+            (self.circuit_state, [(backend,)]),
+            (self.backend_up, [(backend,)]),
+            (self.in_flight, [(model, backend) for model in models]),
+        ):
+            for values in labels:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*values)
 
     def register_model(self, model: str, backend: str | None = None) -> None:
         """A model's series, before its first request (with the replica serving it, when one is named)."""

@@ -1,5 +1,6 @@
-"""The replicas, made from the settings: one driver per `GATEWAY_BACKENDS` entry (for the kinds that serve
-LoRA adapters, llama.cpp and vLLM, the driver behind its adapter plan), in one pool."""
+"""The replicas, made from the settings: one driver per `GATEWAY_BACKENDS` entry, or per address of a
+`discover: dns` entry (for the kinds that serve LoRA adapters, llama.cpp and vLLM, the driver behind its
+adapter plan), in one pool."""
 
 from __future__ import annotations
 
@@ -16,35 +17,48 @@ from gateway.backends.llamacpp import LlamaCppBackend
 from gateway.backends.vllm import VllmBackend
 from gateway.observability.failures import FailureLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.replicas.dns import AddressBook
 from gateway.replicas.pool import BackendPool
-from gateway.settings import Settings
+from gateway.settings import BackendSpec, Settings
 from gateway.state.redis import RedisState
 
 
-def build_backends(
-    settings: Settings,
-    *,
-    registry: AdapterRegistry,
-    leases: AdapterLeases,
-    failures: FailureLog,
-    tracer: Tracer | None = None,
-) -> list[Backend]:
-    """`tracer`: a client span for each backend HTTP call (tracing on), else None."""
-    held = HeldAdapters()  # what each vLLM replica of this pool holds, shared by their plans
-    backends: list[Backend] = []
-    for spec in settings.backends:
-        driver = DRIVERS[spec.kind](spec, settings)
-        if tracer is not None:
-            driver.trace_with(tracer)
-        backend: Backend = driver
+class BackendMaker:
+    """Makes the driver of one replica from its spec (for the kinds that serve LoRA adapters, llama.cpp and
+    vLLM, the driver behind its adapter plan): for the configured replicas at start, and for each address a
+    `discover: dns` backend resolves to later."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: AdapterRegistry,
+        leases: AdapterLeases,
+        failures: FailureLog,
+        tracer: Tracer | None = None,
+    ) -> None:
+        """`tracer`: a client span for each backend HTTP call (tracing on), else None."""
+        self.settings, self.registry, self.leases, self.failures, self.tracer = (
+            settings,
+            registry,
+            leases,
+            failures,
+            tracer,
+        )
+        self.held = HeldAdapters()  # what each vLLM replica of this pool holds, shared by their plans
+
+    def __call__(self, spec: BackendSpec) -> Backend:
+        driver = DRIVERS[spec.kind](spec, self.settings)
+        if self.tracer is not None:
+            driver.trace_with(self.tracer)
         if isinstance(driver, LlamaCppBackend):
-            backend = AdapterServing(driver, LlamaCppAdapters(driver, registry=registry))
-        elif isinstance(driver, VllmBackend):
-            backend = AdapterServing(
-                driver, VllmAdapters(driver, registry=registry, leases=leases, held=held, failures=failures)
+            return AdapterServing(driver, LlamaCppAdapters(driver, registry=self.registry))
+        if isinstance(driver, VllmBackend):
+            plan = VllmAdapters(
+                driver, registry=self.registry, leases=self.leases, held=self.held, failures=self.failures
             )
-        backends.append(backend)
-    return backends
+            return AdapterServing(driver, plan)
+        return driver
 
 
 def build_pool(
@@ -60,5 +74,6 @@ def build_pool(
     failures = failures or FailureLog(metrics)
     registry = registry or AdapterRegistry.for_redis(RedisState(None))
     leases = leases or AdapterLeases(RedisState(None), lease_s=settings.total_timeout_s + 60)
-    backends = build_backends(settings, registry=registry, leases=leases, failures=failures, tracer=tracer)
-    return BackendPool(settings, metrics, backends, failures=failures)
+    maker = BackendMaker(settings, registry=registry, leases=leases, failures=failures, tracer=tracer)
+    addresses = AddressBook(settings.dns_servers, timeout_s=settings.discovery_timeout_s)
+    return BackendPool(settings, metrics, maker, failures=failures, addresses=addresses)

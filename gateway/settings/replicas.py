@@ -32,6 +32,23 @@ class BackendSpec(BaseModel):
         description="`vllm` only: most adapters the gateway loads on this "
         "replica (its --max-cpu-loras); unset: no cap.",
     )
+    discover: Literal["static", "dns"] = Field(
+        "static",
+        description="`dns`: the URL's host names many replicas (a Kubernetes headless Service, "
+        "`docker compose --scale`); each address it resolves to is a replica of its own, with its own circuit, "
+        "requests in flight and model list, found again every GATEWAY_DNS_INTERVAL_S.",
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Requests the gateway sends one replica at once (Ollama's OLLAMA_NUM_PARALLEL); more "
+        "wait in the gateway, counted in gateway_requests_waiting (the autoscaling signal). Unset: no limit.",
+    )
+    address: str | None = Field(
+        None,
+        description="Connect to this IP address instead of resolving the URL's host; the URL keeps its host "
+        "for TLS and the Host header. DNS discovery sets it on each replica it finds.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -64,6 +81,23 @@ class ReplicaSettings(BaseSettings):
     breaker_reset_s: float = Field(10.0, gt=0, description="Seconds a circuit stays open before one probe.")
     discovery_interval_s: float = Field(15.0, gt=0, description="How often replicas' model lists are refreshed.")
     discovery_timeout_s: float = Field(3.0, gt=0, description="Timeout of one model-list call.")
+    dns_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often the hosts of `discover: dns` backends are resolved again (also at once, at "
+        "most once a second, after a connection to one of their replicas failed).",
+    )
+    dns_servers: list[str] = Field(
+        default_factory=list,
+        description='DNS servers that resolve `discover: dns` hosts, e.g. ["10.0.0.10", "127.0.0.1:8600"]; '
+        "empty: the system's resolver (/etc/hosts, /etc/resolv.conf and its search domains).",
+    )
+    queue_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request waits for a free slot on a replica with `max_concurrency`; then 503 "
+        "`replicas_busy` with Retry-After.",
+    )
     max_connections_per_backend: int = Field(256, ge=1, description="HTTP connection pool size per replica.")
     shadow_queue: int = Field(
         64,

@@ -36,3 +36,18 @@ class ServerSettings(BaseSettings):
         description="The API's OpenAPI schema at /openapi.json: for admin-scoped callers (`admin`), "
         "nobody (`off`), or everyone with the /docs page too (`public`: it lists every admin path).",
     )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, /readyz answers 503 at once and the gateway keeps serving new requests this "
+        "long, so load balancers and Kubernetes endpoints stop sending them before it stops listening.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="After the drain delay, requests and streams in flight get this long to finish before "
+        "they are cut; then the gateway writes what it holds (usage, capture) and exits. Kubernetes' "
+        "terminationGracePeriodSeconds must cover the delay plus this.",
+    )
