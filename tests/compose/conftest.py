@@ -58,6 +58,7 @@ def stack(engine: Engine) -> Iterator[Stack]:
         "API_BIND": "127.0.0.1",
         "API_PORT": str(api_port),
         "API_TLS_PORT": str(tls_port),
+        "MODEL_SYNC_INTERVAL_S": "5",  # a replica added under test catches up within seconds
     }
     s = Stack(engine, workdir, api_port, env)
     print(

@@ -138,24 +138,17 @@ class Stack:
 
 
 def stack_state(stack: Stack, replicas: int) -> str | Pending:
-    """'ok' once every started service is running and healthy (ollama-init exited 0)."""
+    """'ok' once every started service is running and healthy, with `replicas` gateways."""
     rows = stack.containers()
     bad = [
         f"{r['Service']} {r['State']} {r.get('Health', '')} exit {r.get('ExitCode')}"
         for r in rows
-        if (r["Service"] == "ollama-init" and r["State"] == "exited" and r.get("ExitCode"))
-        or (r["Service"] != "ollama-init" and r["State"] in ("exited", "dead"))
-        or r.get("Health") == "unhealthy"
+        if r["State"] in ("exited", "dead") or r.get("Health") == "unhealthy"
     ]
     if bad:
         raise AssertionError("failed: " + ", ".join(bad))
     healthy = [r["Service"] for r in rows if r["State"] == "running" and r.get("Health") in ("healthy", "")]
-    done_init = any(r["Service"] == "ollama-init" and r["State"] == "exited" for r in rows)
-    if (
-        healthy.count("gateway") >= replicas
-        and done_init
-        and all(r["Service"] in healthy or r["Service"] == "ollama-init" for r in rows)
-    ):
+    if healthy.count("gateway") >= replicas and all(r["Service"] in healthy for r in rows):
         return "ok"
     return Pending(", ".join(f"{r['Service']}:{r['State']}/{r.get('Health', '')}" for r in rows))
 
@@ -171,7 +164,7 @@ def images_needed(stack: Stack) -> tuple[set[str], set[str]]:
 def dockerfile_bases(workdir: Path) -> set[str]:
     """The images the project's Dockerfiles build FROM (stage names left out)."""
     bases: set[str] = set()
-    for dockerfile in workdir.rglob("Dockerfile"):
+    for dockerfile in [*workdir.rglob("Dockerfile"), *workdir.rglob("*.Dockerfile")]:
         stages: set[str] = set()
         for line in dockerfile.read_text().splitlines():
             words = line.split()

@@ -8,6 +8,7 @@ backup / destroy / up / restore, and `down -v`. Grafana, Jaeger and the trainer 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -19,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.compose.stack import MODEL, NOT_RUN, Pending, Stack, poll, stack_state
+from tests.compose.stack import MODEL, NOT_RUN, PROJECT, Pending, Stack, poll, stack_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 KEYS: dict[str, str] = {}  # name -> plain key, made by the CLI test, used by later ones
@@ -78,8 +79,7 @@ def test_make_up_starts_every_service_healthy(stack: Stack) -> None:
     rows = stack.containers()
     services = sorted({r["Service"] for r in rows})
     assert not set(NOT_RUN) & set(services)
-    init = [r for r in rows if r["Service"] == "ollama-init"]
-    assert init and init[0]["ExitCode"] == 0
+    assert [r for r in rows if r["Service"] == "model-sync" and r.get("Health") == "healthy"]
     print(f"\nmake up (env file, build, up --wait): {time.monotonic() - t0:.0f} s; running: {', '.join(services)}")
 
 
@@ -153,9 +153,10 @@ def test_limits_settings_and_the_nginx_tmpfs_as_deployed(stack: Stack) -> None:
     assert "GATEWAY_WORKERS=1" in env.splitlines() and "OTEL_TRACES_SAMPLER=parentbased_traceidratio" in env
 
 
-def test_ollama_init_does_not_pull_a_model_already_there(stack: Stack) -> None:
-    out = stack.compose("run", "--rm", "--no-deps", "ollama-init")
-    assert "already present" in out.stdout + out.stderr
+def test_model_sync_does_not_pull_a_model_already_there(stack: Stack) -> None:
+    args = ["--ollama-url=http://ollama:11434", "--runs=/runs", f"--pull={MODEL}", "--every=0"]
+    out = stack.compose("run", "--rm", "--no-deps", "model-sync", *args)
+    assert "pulled nothing" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def upstreams_since(stack: Stack, since: str) -> Counter[str]:
@@ -196,6 +197,154 @@ def test_three_replicas_all_serve(stack: Stack) -> None:
 
     seen = poll("requests on all three replicas", all_three, 60)
     print(f"\nscale 3: upstreams {dict(seen)}{note}")
+
+
+def admin_get(stack: Stack, path: str) -> Any:
+    key = stack.dotenv("GATEWAY_ADMIN_KEY")
+    r = httpx.get(f"http://127.0.0.1:{stack.api_port}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ollama_ips(stack: Stack) -> dict[str, str]:
+    """Running Ollama container id -> its address on the internal network."""
+    ids = stack.compose("ps", "-q", "ollama").stdout.split()
+    fmt = '{{(index .NetworkSettings.Networks "' + PROJECT + '_internal").IPAddress}}'
+    return {i: stack.engine.run("inspect", "-f", fmt, i).stdout.strip() for i in ids}
+
+
+def served_by(stack: Stack) -> Counter[str]:
+    """Answered requests per Ollama replica, summed over every gateway (each one's /metrics)."""
+    seen: Counter[str] = Counter()
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    for gateway in stack.compose("ps", "-q", "gateway").stdout.split():
+        text = stack.engine.run("exec", gateway, "python", "-c", script).stdout
+        for line in text.splitlines():
+            if line.startswith("gateway_llm_requests_total{") and 'outcome="success"' in line and "ollama@" in line:
+                backend = line.split('backend="', 1)[1].split('"', 1)[0]
+                seen[backend.removeprefix("ollama@")] += int(float(line.rsplit(" ", 1)[1]))
+    return seen
+
+
+def replicas_seen(stack: Stack) -> dict[str, list[str]]:
+    """What the gateway nginx picked sees: Ollama replica address -> its models, for replicas that are up."""
+    backends = admin_get(stack, "/admin/health")["backends"]
+    return {n.removeprefix("ollama@"): b["models"] for n, b in backends.items() if b["up"] and n.startswith("ollama@")}
+
+
+def every_gateway_sees(stack: Stack, ips: set[str]) -> Any:
+    views = [set(replicas_seen(stack)) for _ in range(9)]  # nginx spreads these over the gateways
+    return True if all(v == ips for v in views) else Pending(f"gateways see {views}, replicas are {ips}")
+
+
+def test_ollama_replicas_are_found_by_dns_and_one_stopped_under_load_loses_nothing(stack: Stack) -> None:
+    stack.compose("up", "-d", "--no-deps", "--wait", "--scale", "ollama=3", "ollama")
+    ips = ollama_ips(stack)
+    assert len(set(ips.values())) == 3
+    poll("every gateway seeing three Ollama replicas", lambda: every_gateway_sees(stack, set(ips.values())), 60)
+    before = served_by(stack)
+    for i in range(30):
+        assert chat_status(stack, KEYS["load"], f"spread {i} {time.time()}") == 200
+    spread = served_by(stack) - before
+    assert set(spread) == set(ips.values()) and min(spread.values()) >= 3, spread
+
+    results: list[int | str] = []
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t = time.time()
+            try:
+                results.append(chat_status(stack, KEYS["load"], f"stop-one {n} {i} {t}"))
+            except httpx.HTTPError as exc:
+                results.append(type(exc).__name__)
+            stop.wait(max(0.0, 0.4 - (time.time() - t)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    victim = sorted(ips)[0]
+    try:
+        poll("load flowing", lambda: len(results) >= 10, 30)
+        stack.engine.run("stop", "-t", "5", victim)
+        mark = len(results)
+        poll("40 requests after the stop", lambda: len(results) >= mark + 40, 90)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=60)
+    statuses = Counter(str(s) for s in results)
+    print(f"\nOllama x3, one stopped under load: {len(results)} requests, statuses {dict(statuses)}; spread {spread}")
+    assert set(statuses) == {"200"}, statuses
+    poll(
+        "the stopped replica dropped",
+        lambda: every_gateway_sees(stack, {ip for i, ip in ips.items() if i != victim}),
+        60,
+    )
+    stack.engine.run("rm", victim)  # gone for good: the next scale-up adds a new replica
+
+
+def test_an_ollama_replica_added_serves_within_a_dns_interval_and_gets_every_version(stack: Stack) -> None:
+    """A version in the trainer's registry (as push leaves it) goes to every replica in one model-sync round,
+    and to a replica started after that within the next one."""
+    version_dir = "/runs/orders/versions/v1"
+    blob = b"GGUF" + bytes(60)
+    manifest = {
+        "name": "orders",
+        "version": 1,
+        "ollama": {
+            "tag": "orders:v1",
+            "registry": {
+                "name": "orders",
+                "file": "model.gguf",
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "template": "{{ .Prompt }}",
+                "system": None,
+                "parameters": {"temperature": 0},
+                "adapter": None,
+                "adapter_base": None,
+                "latest": True,
+            },
+        },
+    }
+    write = (
+        "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
+        "(d / 'model.gguf').write_bytes(bytes.fromhex(sys.argv[2])); (d / 'manifest.json').write_text(sys.argv[3])"
+    )
+    stack.engine.run(
+        "run", "--rm", "--user", "10001:10001", "-v", f"{PROJECT}_trainer-runs:/runs", "--entrypoint", "python",
+        "slm-stack/model-sync:0.1.0", "-c", write, version_dir, blob.hex(), json.dumps(manifest),
+    )  # fmt: skip
+    args = ["--ollama-url=http://ollama:11434", "--runs=/runs", "--every=0"]
+    pushed = stack.compose("run", "--rm", "--no-deps", "model-sync", *args)
+    print(f"\nmodel-sync round: {(pushed.stdout + pushed.stderr).strip().splitlines()[-1]}")
+    running = set(ollama_ips(stack).values())
+    poll(
+        "orders:v1 on every running replica",
+        lambda: all("orders:v1" in m for m in replicas_seen(stack).values()) and set(replicas_seen(stack)) == running,
+        60,
+    )
+
+    stack.compose("up", "-d", "--no-deps", "--wait", "--scale", f"ollama={len(running) + 1}", "ollama")
+    started = time.monotonic()
+    new_ip = (set(ollama_ips(stack).values()) - running).pop()
+    before = served_by(stack)[new_ip]
+
+    def serving() -> Any:
+        for i in range(6):
+            chat_status(stack, KEYS["load"], f"newcomer {i} {time.time()}")
+        got = served_by(stack)[new_ip] - before
+        return got if got > 0 else Pending(f"nothing served by {new_ip} yet")
+
+    poll("the new replica serving", serving, 60, every_s=1)
+    serve_s = time.monotonic() - started
+    interval = 10.0  # GATEWAY_DNS_INTERVAL_S's default, which the stack keeps
+    poll("orders:v1 on the new replica", lambda: "orders:v1" in replicas_seen(stack).get(new_ip, []), 60)
+    synced_s = time.monotonic() - started
+    print(f"\nnew Ollama replica {new_ip}: serving after {serve_s:.1f} s, orders:v1 there after {synced_s:.1f} s")
+    assert serve_s < interval + 5, "the new replica served later than one DNS interval (plus its model discovery)"
 
 
 def test_a_redis_restart_under_load_fails_no_request(stack: Stack) -> None:

@@ -91,7 +91,7 @@ def test_plain_up_leaves_the_optional_profiles_out(env: dict[str, str]) -> None:
         "gateway",
         "redis",
         "ollama",
-        "ollama-init",
+        "model-sync",
         "prometheus",
         "grafana",
         "nginx-exporter",
@@ -160,7 +160,6 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
 
 
 def test_one_shot_services_do_not_restart(services: dict[str, dict[str, Any]]) -> None:
-    assert services["ollama-init"]["restart"] == "no"
     assert services["trainer"]["restart"] == "no"
 
 
@@ -174,7 +173,7 @@ def test_start_up_order_waits_for_health(services: dict[str, dict[str, Any]]) ->
             else:
                 assert not long_running(services[target]), f"{target} never completes"
     assert services["nginx"]["depends_on"]["gateway"]["condition"] == "service_healthy"
-    assert services["gateway"]["depends_on"]["ollama-init"]["condition"] == "service_completed_successfully"
+    assert services["gateway"]["depends_on"]["model-sync"]["condition"] == "service_healthy"
 
 
 def test_every_service_runs_unprivileged_and_hardened(services: dict[str, dict[str, Any]]) -> None:

@@ -30,7 +30,11 @@ from tests.stack.compose_cli import (
 )
 
 needs_compose = pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary installed")
-DOCKERFILES = sorted(p for p in REPO_ROOT.rglob("Dockerfile") if ".venv" not in p.parts and "shared" not in p.parts)
+DOCKERFILES = sorted(
+    p
+    for p in [*REPO_ROOT.rglob("Dockerfile"), *REPO_ROOT.rglob("*.Dockerfile")]
+    if ".venv" not in p.parts and "shared" not in p.parts
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +56,10 @@ def test_no_dockerfile_makes_buildkit_fetch_a_frontend(dockerfile: Path) -> None
 
 
 @needs_compose
-def test_ollama_init_pulls_only_a_missing_model_and_ollama_gets_the_proxy(services: dict[str, dict[str, Any]]) -> None:
-    init = services["ollama-init"]
-    script = " ".join(init["entrypoint"] + init["command"])
-    assert script.index("ollama show") < script.index("ollama pull") and "||" in script, script
+def test_model_sync_pulls_the_default_model_and_ollama_gets_the_proxy(services: dict[str, dict[str, Any]]) -> None:
+    sync = services["model-sync"]
+    assert "--pull=smollm2:135m" in sync["command"] and "--ready-file=/tmp/synced" in sync["command"]
+    assert any(v["target"] == "/runs" and v.get("read_only") for v in sync["volumes"])
     env = services["ollama"]["environment"]
     assert {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"} <= set(env) and "ollama" in env["NO_PROXY"]
 
@@ -67,7 +71,6 @@ def test_each_image_is_built_by_one_service(services: dict[str, dict[str, Any]])
         if "build" in svc:
             builders.setdefault(svc["image"], []).append(name)
     assert all(len(v) == 1 for v in builders.values()), builders
-    assert services["ollama-init"]["image"] == services["ollama"]["image"] and "build" not in services["ollama-init"]
 
 
 def compose_in(folder: Path) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from testkit.processes import REPO_ROOT
 from tests.stack.compose_cli import BASE, compose_binary, compose_config, generated_env, yaml_model
 
 DOCKERFILES = sorted(
-    p for p in REPO_ROOT.rglob("Dockerfile") if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts)
+    p
+    for p in [*REPO_ROOT.rglob("Dockerfile"), *REPO_ROOT.rglob("*.Dockerfile")]
+    if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts)
 )
 
 
