@@ -42,8 +42,10 @@ async def healthz() -> Response:
 
 @router.get("/readyz", summary="Readiness: at least one backend replica reachable (details: /admin/health)")
 async def readyz(request: Request) -> Response:
+    """503 while no replica answers or the process drains; 200 when `degraded` too: without Redis the gateway
+    still serves, and a load balancer that took every degraded gateway out would turn that into an outage."""
     status, _ = await _readiness(request)
-    return json_response({"status": status}, status_code=200 if status == "ready" else 503)
+    return json_response({"status": status}, status_code=503 if status in ("unready", "draining") else 200)
 
 
 @router.get("/admin/health", summary="Readiness with its details: each replica, its circuit and models, Redis")

@@ -196,9 +196,10 @@ def test_model_sync_gives_every_ollama_replica_the_trainers_versions() -> None:
     objects = render_set("default")
     sync = one(objects, "Deployment", f"{RELEASE}-model-sync")["spec"]["template"]["spec"]
     container = sync["containers"][0]
-    assert container["image"] == "slm-stack/trainer:0.1.0"
+    assert container["image"] == "slm-stack/model-sync:0.1.0"
     url = f"http://{RELEASE}-ollama-headless.{NAMESPACE}.svc.cluster.local:11434"
-    assert container["args"] == ["sync", "--ollama-url", url, "--runs", "/runs", "--every", "30"]
+    assert container["args"] == [f"--ollama-url={url}", "--runs=/runs", "--every=30", "--ready-file=/tmp/synced"]
+    assert "/tmp/synced" in " ".join(container["readinessProbe"]["exec"]["command"])
     (runs,) = [v for v in sync["volumes"] if v["name"] == "runs"]
     claim = one(objects, "PersistentVolumeClaim", runs["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]

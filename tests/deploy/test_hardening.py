@@ -32,7 +32,7 @@ NO_LIVENESS = {
     "model-sync": "serves no port and writes no heartbeat: a crash ends the process, which restarts it",
     "pull-models": "a wait loop after the pulls; its readiness (each model present) is what matters",
 }
-NO_READINESS = {"model-sync": NO_LIVENESS["model-sync"]}
+NO_READINESS: dict[str, str] = {}
 
 
 def all_rendered(tmp: Path) -> list[tuple[str, list[dict[str, Any]]]]:
