@@ -226,20 +226,20 @@ def publish(client: ollama.Client, version: OllamaVersion, retry: Retry[Any]) ->
         ),
         f"create {version.tag}",
     )
-    if version.adapter and version.adapter_tag:
-        adapter = version.adapter
-        retry(lambda: ensure_blob(client, adapter.path, adapter.digest), f"upload {version.adapter_tag}")
+    if version.adapter and version.adapter_tag and version.adapter_base:
+        adapter, adapter_tag, adapter_base = version.adapter, version.adapter_tag, version.adapter_base
+        retry(lambda: ensure_blob(client, adapter.path, adapter.digest), f"upload {adapter_tag}")
         retry(
             lambda: client.create(
-                model=version.adapter_tag,
-                from_=version.adapter_base,
+                model=adapter_tag,
+                from_=adapter_base,
                 adapters={adapter.path.name: adapter.digest},
                 template=version.template,
                 system=version.system,
                 parameters=version.parameters,
                 stream=False,
             ),
-            f"create {version.adapter_tag}",
+            f"create {adapter_tag}",
         )
     return uploaded
 
@@ -276,8 +276,12 @@ def ensure_on_replicas(
     urls = replica_urls(host, dns_servers)
     for url in urls:
         client = ollama.Client(host=url, timeout=timeout_s)
+
+        def listed(c: ollama.Client = client) -> list[Any]:
+            return list(c.list().models)
+
         try:
-            present = {m.model for m in retry(lambda c=client: c.list().models, f"list models at {url}")}
+            present = {m.model for m in retry(listed, f"list models at {url}")}
             if version.tag not in present:
                 publish(client, version, retry)
                 log.info("published %s on %s, which lacked it", version.tag, url)

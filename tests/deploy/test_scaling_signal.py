@@ -94,4 +94,5 @@ def test_the_scaled_objects_query_moves_with_the_gateways_queue(double, gateway,
     assert ends == ["data: [DONE]"] * BURST
     started = time.monotonic()
     wait_until(lambda: value(prometheus, query) == 0.0, timeout=15, what="the query back to 0")
-    print(f"\nscaling query {query!r}: 0 at rest, {BURST} under the burst, 0 again {time.monotonic() - started:.1f} s after")
+    settled = time.monotonic() - started
+    print(f"\nscaling query {query!r}: 0 at rest, {BURST} under the burst, 0 again {settled:.1f} s after")
