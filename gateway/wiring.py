@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from gateway.access.admission import Admission
 from gateway.access.authenticate import Authenticator
 from gateway.access.bounds import RequestBounds
+from gateway.access.budget_use import BudgetWatch
 from gateway.access.cache import ResponseCache
 from gateway.access.charges import Charges
 from gateway.access.cost import PriceTable
@@ -49,7 +50,12 @@ class Services:
         """`span_exporter` turns tracing on (tests pass an in-memory one); else OTEL_EXPORTER_OTLP_ENDPOINT does."""
         self.settings = settings
         self.registry = CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry, gpu_monthly_usd=settings.gpu_monthly_usd)
+        self.metrics = GatewayMetrics(
+            self.registry,
+            gpu_monthly_usd=settings.gpu_monthly_usd,
+            budget_warning=settings.budget_warning_ratio,
+            budget_critical=settings.budget_critical_ratio,
+        )
         self.failures = FailureLog(self.metrics)
         self.tracing = setup_tracing(exporter=span_exporter or exporter_from_env())
         self.redis = RedisState.from_url(
@@ -89,6 +95,14 @@ class Services:
             redis,
             on_limited=lambda kind: metrics.rate_limited.labels(kind).inc(),
             on_drop=metrics.dropped_writes.labels("limits").inc,
+        )
+        self.budgets = BudgetWatch(
+            self.keys,
+            self.limiter,
+            metrics,
+            self.failures,
+            interval_s=settings.budget_metric_interval_s,
+            max_keys=settings.budget_metric_max_keys,
         )
         self.cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
         self.usage = UsageStore(redis, on_drop=metrics.dropped_writes.labels("usage").inc)
@@ -186,11 +200,13 @@ class Services:
         await self.route_table.start()
         self.guardian.start()
         self.shadow.start()
+        await self.budgets.start()
         for model in self.pool.models():  # cache and cost series exist before the first request
             self.metrics.register_model(model)
 
     async def stop(self) -> None:
         await self.shadow.aclose()
+        await self.budgets.aclose()
         await self.guardian.aclose()
         await self.route_table.aclose()
         await self.pool.aclose()

@@ -37,7 +37,8 @@ from gateway.state.redis import RedisState, RedisUnavailable
 # ARGV: rpm, tpm, budget limits (0 = none), token estimate, minute-window ttl, month ttl.
 # Returns {verdict, rpm used, tpm used, budget used, [cached value or false]} where verdict 0 = allowed
 # (and reserved), 1 = rpm, 2 = tpm, 3 = budget exceeded. The cache read rides along so the whole
-# pre-call policy costs one round trip.
+# pre-call policy costs one round trip. A budget refusal marks the month (KEYS[3]..':x'): the budget alerts
+# call a key exhausted from its first refusal, though the last request's estimate left its count under it.
 RESERVE_LUA = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local est = tonumber(ARGV[4])
@@ -46,7 +47,10 @@ local t = tonumber(redis.call('GET', KEYS[2]) or '0')
 local b = tonumber(redis.call('GET', KEYS[3]) or '0')
 if rpm > 0 and r + 1 > rpm then return {1, r, t, b} end
 if tpm > 0 and t + est > tpm then return {2, r, t, b} end
-if budget > 0 and b + est > budget then return {3, r, t, b} end
+if budget > 0 and b + est > budget then
+  redis.call('SET', KEYS[3] .. ':x', 1, 'EX', ARGV[6])
+  return {3, r, t, b}
+end
 if rpm > 0 then r = redis.call('INCRBY', KEYS[1], 1); redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 if tpm > 0 then t = redis.call('INCRBY', KEYS[2], est); redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 if budget > 0 then b = redis.call('INCRBY', KEYS[3], est); redis.call('EXPIRE', KEYS[3], ARGV[6]) end
@@ -204,6 +208,7 @@ class KeyRateLimiter:
         if limits.tpm and t + est > limits.tpm:
             return 2, r, t, b
         if limits.monthly_token_budget and b + est > limits.monthly_token_budget:
+            self.local.add(keys[2] + ":x", 1)
             return 3, r, t, b
         return (
             0,
@@ -257,6 +262,23 @@ class KeyRateLimiter:
             self._pending[key] = self._pending.get(key, 0) + delta
         elif self._on_drop is not None:
             self._on_drop()
+
+    async def budget_used(self, subjects: list[str], *, now: float | None = None) -> dict[str, tuple[int, bool]]:
+        """Per subject: tokens used of this month's budget (reservations included) and whether a request was
+        refused for it this month; one round trip, or this process's own counts while Redis is away."""
+        month = utc_date("%Y-%m", time.time() if now is None else now)
+        counters = [f"gw:rl:b:{subject}:{month}" for subject in subjects]
+        keys = counters + [f"{key}:x" for key in counters]
+        if not subjects:
+            return {}
+        try:
+            if not self.redis.configured:
+                raise RedisUnavailable("no redis")
+            values: list[Any] = await self.redis.run("budget_read", lambda r: r.mget(keys))
+        except RedisUnavailable:
+            values = [self.local.get(key) for key in keys]
+        n = len(subjects)
+        return {s: (int(values[i] or 0), bool(values[n + i])) for i, s in enumerate(subjects)}
 
     @property
     def has_pending(self) -> bool:

@@ -2,7 +2,8 @@
 
 Names follow vLLM's (`time_to_first_token_seconds`, `e2e_request_latency_seconds`,
 `prompt_tokens_total`, ...) under a `gateway_` prefix. Labels stay bounded: `model`, `variant`,
-`backend` and `route` come from configuration and discovery, never from key ids or prompts. `model`
+`backend` and `route` come from configuration and discovery, never from prompts; key ids appear only in
+the budget series, bounded by GATEWAY_BUDGET_METRIC_MAX_KEYS. `model`
 is what the client asked for (a route's name, or the model itself) and `variant` the model that
 answered. `multiprocess_mode` says how the workers' values combine when GATEWAY_WORKERS > 1.
 """
@@ -28,7 +29,14 @@ REDIS_OPERATIONS = ("key_lookup", "rate_limit", "cache_get", "account", "ping")
 class GatewayMetrics:
     """Every gateway series, registered on `registry` when constructed."""
 
-    def __init__(self, registry: CollectorRegistry, *, gpu_monthly_usd: float = 0.0) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        gpu_monthly_usd: float = 0.0,
+        budget_warning: float = 0.8,
+        budget_critical: float = 0.95,
+    ) -> None:
         self.registry = registry
         self._answer_series(registry)
         self._replica_series(registry)
@@ -36,6 +44,7 @@ class GatewayMetrics:
         self._route_series(registry)
         self._log_series(registry)
         self._failure_series(registry)
+        self._budget_series(registry, budget_warning, budget_critical)
 
     def _answer_series(self, registry: CollectorRegistry) -> None:
         """Requests and the answers they got."""
@@ -262,6 +271,40 @@ class GatewayMetrics:
         )
         for source in ("usage", "limits", "route_stats"):
             self.dropped_writes.labels(source)
+
+    def _budget_series(self, registry: CollectorRegistry, warning: float, critical: float) -> None:
+        """Budget use of the keys that have one (gateway/access/budget_use.py), and the alert thresholds, so the
+        rules read them from the same settings as the gateway."""
+        self.budget_used = Gauge(
+            "gateway_key_budget_used_ratio",
+            "Share of this month's token budget a key has used (1 = exhausted); only keys with a budget, "
+            "at most GATEWAY_BUDGET_METRIC_MAX_KEYS of them, those nearest their budget.",
+            ("key", "name", "owner", "month"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.budget_unexported = Gauge(
+            "gateway_key_budget_keys_unexported",
+            "Keys with a budget left out of gateway_key_budget_used_ratio by its bound.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.budget_alert_ratio = Gauge(
+            "gateway_key_budget_alert_ratio",
+            "The shares of a monthly budget at which alerts fire, by level.",
+            ("level",),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        for level, ratio in (("warning", warning), ("critical", critical), ("exhausted", 1.0)):
+            self.budget_alert_ratio.labels(level).set(ratio)
+
+    def show_budget_use(self, rows: Iterable[tuple[str, str, str, float]], month: str, unexported: int) -> None:
+        """Replace the budget series with `rows` of (key id, name, owner, share used) for `month` (YYYY-MM)."""
+        self.budget_used.clear()
+        for key_id, name, owner, ratio in rows:
+            self.budget_used.labels(key_id, name, owner, month).set(ratio)
+        self.budget_unexported.set(unexported)
 
     def show_route_weights(self, routes: Mapping[str, Any]) -> None:
         """Every route's current weights (called whenever the routes are reloaded)."""

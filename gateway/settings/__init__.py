@@ -63,6 +63,11 @@ class Settings(ServerSettings, ReplicaSettings, RequestSettings, AccessSettings,
                 "GATEWAY_AUTH=none opens every endpoint to every caller: it is accepted only with "
                 f"GATEWAY_HOST on a loopback address (127.0.0.1, ::1), not {self.host!r}"
             )
+        if self.budget_warning_ratio >= self.budget_critical_ratio:
+            raise ValueError(
+                "GATEWAY_BUDGET_WARNING_RATIO must be below GATEWAY_BUDGET_CRITICAL_RATIO "
+                f"({self.budget_warning_ratio} >= {self.budget_critical_ratio})"
+            )
         if self.env == "production":
             if self.auth == "none":
                 raise ValueError("GATEWAY_AUTH=none is refused in production")

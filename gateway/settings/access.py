@@ -75,6 +75,22 @@ class AccessSettings(BaseSettings):
     )
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per-model hosted-API prices.")
     gpu_monthly_usd: float = Field(0.0, ge=0, description="Monthly cost of the GPU box, for the break-even volume.")
+    budget_metric_interval_s: float = Field(
+        30.0, gt=0, description="How often the share of its monthly budget each key has used is read for /metrics."
+    )
+    budget_metric_max_keys: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Most keys exported in gateway_key_budget_used_ratio (the ones nearest their budget); the "
+        "rest are counted in gateway_key_budget_keys_unexported.",
+    )
+    budget_warning_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of a monthly budget at which the key's team is warned."
+    )
+    budget_critical_ratio: float = Field(
+        0.95, gt=0, le=1, description="Share of a monthly budget at which the warning becomes critical."
+    )
 
     def jwt_problem(self) -> str | None:
         """Why the JWT settings cannot work, or None (checked at start-up, not on the first token)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,14 +18,25 @@ CONFIG_PATH = PROMETHEUS_DIR / "prometheus.yml"
 
 
 def render_config(
-    *, gateway_targets: list[str], self_port: int, interval: str = "1s", dead_port: int | None = None
+    *,
+    gateway_targets: list[str],
+    self_port: int,
+    interval: str = "1s",
+    dead_port: int | None = None,
+    alertmanager: str | None = None,
 ) -> dict[str, Any]:
     """The shipped config with only its targets (and, for speed, its intervals) swapped for loopback.
 
     The gateway's DNS service discovery becomes static loopback targets; the exporters, which do not
-    run here, point at a port nobody listens on, so their `up` series exist and read 0.
+    run here, point at a port nobody listens on, so their `up` series exist and read 0. Alerts go to
+    `alertmanager` (host:port), or nowhere.
     """
     config = yaml.safe_load(CONFIG_PATH.read_text())
+    if alertmanager is None:
+        config.pop("alerting")
+    else:
+        (target,) = config["alerting"]["alertmanagers"]
+        target["static_configs"] = [{"targets": [alertmanager]}]
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
     dead = f"127.0.0.1:{dead_port or free_port()}"
@@ -32,6 +44,8 @@ def render_config(
         if job["job_name"] == "gateway":
             job.pop("dns_sd_configs")
             job["static_configs"] = [{"targets": gateway_targets}]
+        elif job["job_name"] == "alertmanager" and alertmanager is not None:
+            job["static_configs"] = [{"targets": [alertmanager]}]
         elif job["job_name"] == "prometheus":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{self_port}"]}]
         else:
@@ -39,9 +53,15 @@ def render_config(
     return config
 
 
-def write_config(directory: Path, config: dict[str, Any]) -> Path:
-    """Write the rendered config next to a copy of rules/, so its relative rule_files still resolve."""
+def write_config(directory: Path, config: dict[str, Any], *, minutes_as_seconds: bool = False) -> Path:
+    """Write the rendered config next to a copy of rules/, so its relative rule_files still resolve.
+
+    `minutes_as_seconds`: every alert's `for` in minutes becomes as many seconds (time runs 60 times
+    faster for the alerts' durations; the rules' queries, windows and labels stay as shipped)."""
     shutil.copytree(PROMETHEUS_DIR / "rules", directory / "rules", dirs_exist_ok=True)
+    if minutes_as_seconds:
+        for path in (directory / "rules").glob("*.yml"):
+            path.write_text(re.sub(r"^(\s+for: )([0-9]+)m$", r"\g<1>\2s", path.read_text(), flags=re.MULTILINE))
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
