@@ -20,18 +20,18 @@ test: system-deps venv lint
 test-fast: system-deps venv
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-## lint: style (ruff), formatting (ruff format), types (mypy on gateway/ and trainer/), and the gateway's
+## lint: style (ruff), formatting (ruff format), types (mypy on gateway/, trainer/ and the dashboards), and the gateway's
 ## layers (import-linter contracts in pyproject.toml)
 lint: venv
-	$(BIN)/ruff check gateway trainer tests bench testkit scripts
-	$(BIN)/ruff format --check gateway trainer tests bench testkit scripts
+	$(BIN)/ruff check gateway trainer tests bench testkit scripts grafana
+	$(BIN)/ruff format --check gateway trainer tests bench testkit scripts grafana
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 ## format: apply ruff's fixes and formatting
 format: venv
-	$(BIN)/ruff check --fix gateway trainer tests bench testkit scripts
-	$(BIN)/ruff format gateway trainer tests bench testkit scripts
+	$(BIN)/ruff check --fix gateway trainer tests bench testkit scripts grafana
+	$(BIN)/ruff format gateway trainer tests bench testkit scripts grafana
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINS); do command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \

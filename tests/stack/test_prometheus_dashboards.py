@@ -8,15 +8,18 @@ import re
 import yaml
 
 from tests.support.grafana import (
+    ALERTS_ROW,
     BUILTINS,
     DASHBOARD_DIR,
     GRAFANA_DIR,
     VARIABLE,
+    alert_row_queries,
     all_datasource_uids,
     dashboard_builder,
     load_dashboards,
     panel_queries,
     provisioned_datasource_uid,
+    row_panels,
     variables,
 )
 
@@ -111,3 +114,35 @@ def test_rollouts_dashboard_puts_variants_of_one_route_side_by_side() -> None:
     assert "gateway_rollbacks_total" in annotation["expr"] and '"$route"' in annotation["expr"]
     assert annotation["datasource"]["uid"] == provisioned_datasource_uid()
     assert "{{reason}}" in annotation["textFormat"]
+
+
+def test_overview_has_an_alerts_row_with_firing_alerts_and_budget_use_per_key() -> None:
+    boards = load_dashboards()
+    overview = boards["overview.json"]
+    assert [p["title"] for p in overview["panels"] if p["type"] == "row"].count(ALERTS_ROW) == 1
+    panels = {panel["title"]: panel for panel in row_panels(overview, ALERTS_ROW)}
+    queries = alert_row_queries(boards)
+    assert {q.panel for q in queries} == set(panels)
+    by_expr = {q.expr: panels[q.panel] for q in queries}
+
+    firing = by_expr['ALERTS{alertstate="firing"}']
+    assert firing["type"] == "table"
+    (target,) = firing["targets"]
+    assert target["instant"] is True and target["format"] == "table"  # one row per alert, labels as columns
+    (organize,) = firing["transformations"]
+    shown = set(organize["options"]["indexByName"]) - set(organize["options"]["excludeByName"])
+    assert {"alertname", "severity", "model", "backend", "name", "owner"} <= shown
+
+    (budget_expr,) = [expr for expr in by_expr if "gateway_key_budget_used_ratio" in expr]
+    budget = by_expr[budget_expr]
+    assert budget["type"] in {"bargauge", "table"}
+    assert re.search(r"by \((?=[^)]*\bname\b)(?=[^)]*\bowner\b)[^)]*\)", budget_expr), budget_expr
+    defaults = budget["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "percentunit"
+    steps = [step["value"] for step in defaults["thresholds"]["steps"]]
+    assert steps == [None, 0.8, 0.95, 1.0]
+
+    assert 'count by (severity) (ALERTS{alertstate="firing"})' in by_expr
+    assert all(q.dashboard == "overview.json" for q in queries)
+    for name, board in boards.items():
+        assert name == "overview.json" or not row_panels(board, ALERTS_ROW), f"{name} has an Alerts row"

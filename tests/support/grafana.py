@@ -19,6 +19,8 @@ DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 # Grafana's built-in interval variables, with values that suit a 1 s scrape interval in tests.
 BUILTINS = {"$__rate_interval": "15s", "$__interval": "5s", "$__range": "10m"}
 VARIABLE = re.compile(r"\$(\w+)")
+OVERVIEW = "overview.json"
+ALERTS_ROW = "Alerts"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,30 @@ def panel_queries(dashboards: dict[str, dict[str, Any]]) -> list[PanelQuery]:
         PanelQuery(name, panel["title"], target["expr"])
         for name, board in dashboards.items()
         for panel in board["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def row_panels(board: dict[str, Any], row: str) -> list[dict[str, Any]]:
+    """The panels of an open row: those after the row titled `row`, up to the next row."""
+    panels: list[dict[str, Any]] = []
+    inside = False
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            inside = panel["title"] == row
+        elif inside:
+            panels.append(panel)
+    return panels
+
+
+def alert_row_queries(boards: dict[str, dict[str, Any]]) -> list[PanelQuery]:
+    """The queries of the overview's "Alerts" row (firing alerts, budget use per key). They only return
+    data while an alert fires or a key has a budget, so the live check of every other panel leaves them
+    out; a test with a real Alertmanager and a key over its budget checks these."""
+    board = boards[OVERVIEW]
+    return [
+        PanelQuery(OVERVIEW, panel["title"], target["expr"])
+        for panel in row_panels(board, ALERTS_ROW)
         for target in panel.get("targets", [])
     ]
 
