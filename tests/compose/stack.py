@@ -137,9 +137,15 @@ class Stack:
         return out.split()
 
 
+# Services that run once at start and exit 0 (compose waits for them: service_completed_successfully).
+ONE_SHOT = {"alertmanager-config"}
+
+
 def stack_state(stack: Stack, replicas: int) -> str | Pending:
     """'ok' once every started service is running and healthy, with `replicas` gateways."""
     rows = stack.containers()
+    done = [r for r in rows if r["Service"] in ONE_SHOT and r["State"] == "exited" and r.get("ExitCode") == 0]
+    rows = [r for r in rows if r not in done]
     bad = [
         f"{r['Service']} {r['State']} {r.get('Health', '')} exit {r.get('ExitCode')}"
         for r in rows

@@ -121,7 +121,8 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
         targets = prometheus(stack, "/api/v1/targets")["activeTargets"]
         jobs = Counter(t["labels"]["job"] for t in targets)
         down = [f"{t['labels']['job']} {t['scrapeUrl']} {t['lastError'][:60]}" for t in targets if t["health"] != "up"]
-        if down or jobs["gateway"] != replicas(stack) or not all(jobs[j] for j in ("nginx", "redis", "prometheus")):
+        wanted = ("nginx", "redis", "prometheus", "alertmanager")
+        if down or jobs["gateway"] != replicas(stack) or not all(jobs[j] for j in wanted):
             return Pending(f"jobs {dict(jobs)}, down: {down}")
         return jobs
 
@@ -134,7 +135,13 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
     poll("a format verdict scraped", format_checked, 60, every_s=2)
     groups = prometheus(stack, "/api/v1/rules")["groups"]
     assert groups and sum(len(g["rules"]) for g in groups) > 0
-    print(f"\nPrometheus targets up: {dict(jobs)}; {len(groups)} rule groups")
+    # Prometheus sends to the Alertmanager the project's renderer configured, which runs as its own user.
+    (active,) = prometheus(stack, "/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert active["url"].startswith("http://alertmanager:9093/")
+    checked = stack.exec("alertmanager", "amtool", "check-config", "/config/alertmanager.yml")
+    assert "SUCCESS" in checked and "receivers" in checked
+    assert stack.exec("alertmanager", "stat", "-c", "%u %a", "/config/alertmanager.yml").strip() == "65534 600"
+    print(f"\nPrometheus targets up: {dict(jobs)}; {len(groups)} rule groups; alerts to {active['url']}")
 
 
 def test_limits_settings_and_the_nginx_tmpfs_as_deployed(stack: Stack) -> None:

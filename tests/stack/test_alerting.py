@@ -34,6 +34,7 @@ from tests.support.alerting import (
     amtool,
     render_alertmanager_config,
 )
+from tests.support.grafana import alert_row_queries, load_dashboards, substitute
 from tests.support.policy_stack import ADMIN_KEY, gateway_env, start_gateway
 from tests.support.prometheus import PrometheusAPI, prometheus_service, render_config, write_config
 
@@ -45,6 +46,7 @@ GROUP_WAIT_S = 5  # a caused alert waits this long in its group, long enough for
 GROUP_INTERVAL_S = 2
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CAUSED = ("GatewayHighErrorRate", "GatewayHighLatencyP95", "GatewayTTFTRegression", "GatewayCircuitOpen")
+BACKEND_DOWN = "GatewayBackendDown"
 BUDGET_ALERTS = ("KeyBudgetWarning", "KeyBudgetCritical", "KeyBudgetExhausted")
 
 
@@ -185,6 +187,12 @@ def test_budget_warnings_reach_the_keys_team_once_per_threshold_and_no_other_tea
         )
         ((notification, _),) = stack.webhook.alerts("/team/search", alertname)
         arrivals[alertname] = notification.at - crossed
+    # The overview's Alerts row has data now: alerts fire and keys have budgets.
+    queries = alert_row_queries(load_dashboards())
+    assert len(queries) >= 2
+    for query in queries:
+        result = stack.prometheus.query(substitute(query.expr, {}))
+        assert result["status"] == "success" and result["data"]["result"], f"{query}: no data"
     time.sleep(GROUP_WAIT_S + 3 * GROUP_INTERVAL_S)  # room for a repeat or a stray one to arrive
 
     sent = Counter(a["labels"]["alertname"] for n in stack.webhook.received("/team/search") for a in n.alerts("firing"))
@@ -227,7 +235,9 @@ def test_a_backend_stopped_under_load_reaches_the_operators_and_the_alerts_it_ca
         os.kill(pid, signal.SIGSTOP)  # hung, not gone: connections open, nothing answers
         stopped = time.monotonic()
         wait_until(
-            lambda: any(a["labels"]["backend"] == "a" for _, a in stack.webhook.alerts("/operators", "GatewayBackendDown")),
+            lambda: any(
+                a["labels"]["backend"] == "a" for _, a in stack.webhook.alerts("/operators", "GatewayBackendDown")
+            ),
             timeout=90,
             what="GatewayBackendDown at the operators' receiver",
         )
@@ -269,7 +279,12 @@ def test_a_backend_stopped_under_load_reaches_the_operators_and_the_alerts_it_ca
 
 
 def test_a_canary_rolled_back_by_the_guard_reaches_the_operators(stack: AlertStack) -> None:
-    guard = {"min_requests": 20, "max_error_rate_delta": 0.05, "max_format_failure_delta": 0.05, "max_ttft_p95_ratio": 100}
+    guard = {
+        "min_requests": 20,
+        "max_error_rate_delta": 0.05,
+        "max_format_failure_delta": 0.05,
+        "max_ttft_p95_ratio": 100,
+    }
     route = {"variants": [{"model": STABLE, "weight": 50}, {"model": CANARY, "weight": 50}], "guard": guard}
     put = httpx.put(f"{stack.gateway.url}/admin/routes/orders", json=route, headers=ADMIN, timeout=10)
     assert put.status_code == 200, put.text

@@ -81,7 +81,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.lock:
                     receiver.notifications.append(Notification(self.path, time.monotonic(), body))
@@ -104,9 +104,7 @@ class WebhookReceiver:
 
     def alerts(self, path: str, alertname: str, status: str = "firing") -> list[tuple[Notification, dict[str, Any]]]:
         """Every (notification, alert) at `path` for `alertname` with `status`."""
-        return [
-            (n, a) for n in self.received(path) for a in n.alerts(status) if a["labels"]["alertname"] == alertname
-        ]
+        return [(n, a) for n in self.received(path) for a in n.alerts(status) if a["labels"]["alertname"] == alertname]
 
     def close(self) -> None:
         self.server.shutdown()
