@@ -75,11 +75,12 @@ $(K8S_TOOLS_STAMP): scripts/install_k8s_tools.py | $(STAMP)
 	$(BIN)/python scripts/install_k8s_tools.py --bin-dir $(BIN) --checkov-venv $(CHECKOV_VENV)
 	touch $@
 
-## up: write .env with generated secrets when there is none, build what changed, start the
+## up: write what is missing (.env with NOFILE_LIMIT fitted to the engine, each secret as a file in
+## secrets/; an older .env's secrets move into those files once), build what changed, start the
 ## stack and wait until every service is healthy. GPU=1 / GPU=0 switches the GPU override on or
 ## off for good (COMPOSE_FILE in .env), so later plain `docker compose` commands keep it.
 up:
-	@test -f .env || $(PY) scripts/make_env.py --output .env
+	@$(PY) scripts/make_env.py --setup
 	@if [ "$(GPU)" = 1 ]; then $(PY) scripts/make_env.py --gpu on .env; elif [ "$(GPU)" = 0 ]; then $(PY) scripts/make_env.py --gpu off .env; fi
 	docker compose up -d --build --wait
 

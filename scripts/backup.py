@@ -15,11 +15,17 @@ backup and a restore step.
   restored with `pg_restore --clean` into the freshly started service.
 - trainer: every run's version manifests (`*/versions/vN/manifest.json` in the trainer's volume).
 - ollama (only with --models, they are large): Ollama's model store (manifests and blobs).
+
+Secrets are not in the archive. API keys are stored as hashes peppered with secrets/gateway_key_pepper: the
+archive records a SHA-256 fingerprint of that pepper, and restore refuses an archive made under another one
+(copy the old installation's secrets/gateway_key_pepper into place first). The other secrets need not travel:
+the restored stack's own Redis and Postgres passwords work, JWTs are short-lived, Grafana is not backed up.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -30,9 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 FORMAT = 1
 DEADLINE_S = 300.0
+PEPPER = Path("secrets") / "gateway_key_pepper"  # from the project directory, as compose reads it
 
 
 class BackupError(RuntimeError):
@@ -67,8 +75,9 @@ def wait_for(what: str, ready: Callable[[], bool]) -> None:
 
 
 # ---- Redis ---------------------------------------------------------------------------------
-# The password stays out of argv: the container already has REDIS_PASSWORD in its environment.
-REDIS_CLI = ["sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"', "redis-cli"]
+# The password stays out of argv and out of every environment: redis-cli --askpass reads it from its
+# stdin, the service's secret file.
+REDIS_CLI = ["sh", "-c", 'exec redis-cli --askpass "$@" < /run/secrets/redis_password', "redis-cli"]
 
 # Runs in a one-off container of the redis service (its volume, user and password): load the
 # RDB with AOF off, switch AOF on (Redis rewrites the AOF from the loaded data), shut down.
@@ -78,20 +87,20 @@ umask 077
 cat > /data/restore.rdb.part
 rm -rf /data/appendonlydir /data/dump.rdb
 mv /data/restore.rdb.part /data/dump.rdb
-printf 'requirepass %s\n' "$REDIS_PASSWORD" > /tmp/auth.conf
+printf 'requirepass %s\n' "$(cat /run/secrets/redis_password)" > /tmp/auth.conf
 redis-server /tmp/auth.conf --dir /data --dbfilename dump.rdb --appendonly no --bind 127.0.0.1 \
   --daemonize yes --pidfile /tmp/redis.pid --logfile /tmp/redis.log
-export REDISCLI_AUTH="$REDIS_PASSWORD"
+redis_cli() { redis-cli --askpass "$@" < /run/secrets/redis_password; }
 i=0
-until redis-cli ping 2>/dev/null | grep -q PONG; do i=$((i+1)); [ $i -lt 600 ] || exit 3; sleep 0.5; done
-redis-cli config set appendonly yes >/dev/null
+until redis_cli ping 2>/dev/null | grep -q PONG; do i=$((i+1)); [ $i -lt 600 ] || exit 3; sleep 0.5; done
+redis_cli config set appendonly yes >/dev/null
 i=0
-until [ -f /data/appendonlydir/appendonly.aof.manifest ] && redis-cli info persistence |
-      grep -q '^aof_rewrite_in_progress:0' && redis-cli info persistence | grep -q '^aof_rewrite_scheduled:0'; do
+until [ -f /data/appendonlydir/appendonly.aof.manifest ] && redis_cli info persistence |
+      grep -q '^aof_rewrite_in_progress:0' && redis_cli info persistence | grep -q '^aof_rewrite_scheduled:0'; do
   i=$((i+1)); [ $i -lt 600 ] || exit 4; sleep 0.5
 done
-echo "keys: $(redis-cli dbsize)"
-redis-cli shutdown >/dev/null 2>&1 || true
+echo "keys: $(redis_cli dbsize)"
+redis_cli shutdown >/dev/null 2>&1 || true
 """
 
 
@@ -219,6 +228,25 @@ STORES = (
 )
 
 
+def pepper_fingerprint(path: Path = PEPPER) -> str | None:
+    """SHA-256 of the key pepper (a random secret: its hash tells nothing of it), None without the file."""
+    try:
+        return hashlib.sha256(path.read_bytes().removesuffix(b"\n")).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def check_pepper(meta: dict[str, Any], archive: Path, path: Path = PEPPER) -> None:
+    """Refuse to restore API keys hashed under another pepper: every one of them would stop working."""
+    wanted, here = meta.get("key_pepper_sha256"), pepper_fingerprint(path)
+    if wanted and "redis" in meta.get("stores", []) and wanted != here:
+        raise BackupError(
+            f"{archive}: its API keys were hashed with another key pepper than {path} "
+            f"({'missing' if here is None else 'a different one'}); put the backed-up installation's "
+            f"{path} in place (then `docker compose up -d --force-recreate gateway`) and restore again"
+        )
+
+
 def backup(output_dir: Path, models: bool) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +260,8 @@ def backup(output_dir: Path, models: bool) -> Path:
             (root / store.name).mkdir()
             print(f"backup: {store.name}: {store.backup(root / store.name)}", file=sys.stderr)
             done.append(store.name)
-        (root / "backup.json").write_text(json.dumps({"format": FORMAT, "created": stamp, "stores": done}))
+        meta = {"format": FORMAT, "created": stamp, "stores": done, "key_pepper_sha256": pepper_fingerprint()}
+        (root / "backup.json").write_text(json.dumps(meta))
         part = archive.with_suffix(".part")
         with tarfile.open(part, "w:gz") as tar:
             for path in sorted(root.iterdir()):
@@ -250,6 +279,7 @@ def restore(archive: Path) -> None:
         meta = json.loads((root / "backup.json").read_text())
         if meta.get("format") != FORMAT:
             raise BackupError(f"{archive}: backup format {meta.get('format')}, this script reads {FORMAT}")
+        check_pepper(meta, archive)
         # A fresh stack: create its containers and volumes (compose's, labelled) without starting them.
         compose(["up", "--no-start"])
         by_name = {s.name: s for s in STORES}

@@ -14,13 +14,12 @@ are both registered: NAME:vN stays on this version, NAME moves to the newest.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from trainer.backends import adapter_dir
-from trainer.config import RunConfig
+from trainer.config import RunConfig, secret_from_environment
 from trainer.errors import PushError, StageOrderError
 from trainer.export import sha256_file
 
@@ -72,7 +71,7 @@ def register(cfg: RunConfig, names: list[str], record: dict[str, Any]) -> None:
 
     a = cfg.push.adapters
     assert a is not None
-    key = os.environ.get(a.admin_key_env)
+    key = secret_from_environment(a.admin_key_env, PushError)
     if not key:
         raise PushError(f"${a.admin_key_env} is not set: registering an adapter needs an admin API key")
     with httpx.Client(

@@ -23,6 +23,24 @@ Quantization = Literal["q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k", "f16"]
 TaskCheck = Literal["exact_match", "json_valid", "json_schema", "stops_on_eos"]
 
 
+def secret_from_environment(name: str, error: type[Exception] = ConfigError) -> str | None:
+    """`name`'s value, or the contents of the file `name_FILE` names (one trailing line break dropped: the
+    convention of Docker secrets mounted at /run/secrets/...); None when neither is set. Both set, or the file
+    unreadable or empty: `error` naming the variable."""
+    value, path = os.environ.get(name, ""), os.environ.get(name + "_FILE", "")
+    if value and path:
+        raise error(f"${name} and ${name}_FILE are both set: give the key one way")
+    if not path:
+        return value or None
+    try:
+        text = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"${name}_FILE={path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if not text:
+        raise error(f"${name}_FILE={path}: the file is empty")
+    return text
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -278,7 +296,8 @@ class DeployConfig(_Section):
     admin_key_env: str = Field(
         default="GATEWAY_ADMIN_KEY",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Name of the environment variable holding an admin-scoped gateway key (never the key itself).",
+        description="Name of the environment variable holding an admin-scoped gateway key (never the key itself); "
+        "NAME_FILE naming a file with the key works too (a Docker secret).",
     )
     model_wait_s: float = Field(
         default=60.0,
@@ -317,7 +336,8 @@ class AdapterPushConfig(_Section):
     )
     admin_key_env: str = Field(
         default="GATEWAY_ADMIN_KEY",
-        description="Environment variable that holds an admin-scope API key for the gateway.",
+        description="Environment variable that holds an admin-scope API key for the gateway (or NAME_FILE, a file "
+        "holding it).",
     )
     name: str | None = Field(
         default=None,

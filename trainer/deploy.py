@@ -11,13 +11,12 @@ Every gateway refusal becomes one `DeployError` line; the version stays pushed i
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import httpx
 
-from trainer.config import DeployConfig
+from trainer.config import DeployConfig, secret_from_environment
 from trainer.errors import DeployError
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ SERVER_FIELDS = ("name", "version", "updated_at")  # set by the gateway, never s
 
 
 def admin_key(deploy: DeployConfig) -> str:
-    key = os.environ.get(deploy.admin_key_env, "")
+    key = secret_from_environment(deploy.admin_key_env, DeployError)
     if not key:
         raise DeployError(
             f"deploy needs an admin-scoped gateway key in ${deploy.admin_key_env} (deploy.admin_key_env); it is not set"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from gateway.cli.errors import CliError
 from gateway.cli.since import parse_since
 from gateway.jobs.judge import NothingToJudge, Outcome, run, skipped_text
 from gateway.settings import Settings
+from gateway.settings.files import secret_from_environment
 from gateway.store.db import create_engine, url_from_settings
 
 
@@ -26,7 +26,7 @@ def add_parser(parent: Any) -> None:
     p.add_argument("--rubric", type=Path, required=True, help="a text file: what a good answer is")
     p.add_argument("--judge-model", required=True, help="a route or model the gateway serves")
     p.add_argument("--gateway-url", default=None, help="default: $GATEWAY_URL, else the local gateway")
-    p.add_argument("--api-key", default=os.environ.get("GATEWAY_API_KEY", ""), help="default: $GATEWAY_API_KEY")
+    p.add_argument("--api-key", default=None, help="default: $GATEWAY_API_KEY, or the file $GATEWAY_API_KEY_FILE names")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-tokens", type=int, default=200, help="longest judge reply")
@@ -39,7 +39,7 @@ async def _judge(args: argparse.Namespace) -> Outcome:
     engine = create_engine(url_from_settings(Settings()))
     try:
         async with GatewayClient(
-            args.api_key,
+            args.api_key if args.api_key is not None else secret_from_environment("GATEWAY_API_KEY") or "",
             base_url=args.gateway_url or default_url(),
             timeout_s=args.timeout,
             connections=args.concurrency,

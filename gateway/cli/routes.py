@@ -1,7 +1,8 @@
 """`python -m gateway routes list|show|set|delete|promote|rollback|history|stats`: the admin API from a shell.
 
 It calls the gateway it runs beside (gateway/cli/client.py) with the bootstrap admin key
-(`GATEWAY_ADMIN_KEY`), so every change gets the API's checks (served models, weights) and history entry.
+(`GATEWAY_ADMIN_KEY`, or the file `GATEWAY_ADMIN_KEY_FILE` names), so every change gets the API's checks
+(served models, weights) and history entry.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 from gateway.cli.client import GatewayClient
 from gateway.cli.errors import CliError
+from gateway.settings.files import secret_from_environment
 
 
 def add_parser(parent: Any) -> None:
@@ -65,7 +66,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
 
 
 async def _call(method: str, path: str, body: Any) -> Any:
-    async with GatewayClient(os.environ.get("GATEWAY_ADMIN_KEY", "")) as gateway:
+    async with GatewayClient(secret_from_environment("GATEWAY_ADMIN_KEY") or "") as gateway:
         return await gateway.call(method, path, body)
 
 

@@ -1,19 +1,22 @@
 """Gateway configuration: environment variables (or `.env`), validated once at start-up.
 
 `Settings` is the sections below in one object; each field maps to `GATEWAY_<NAME>` unless an alias
-says otherwise (REDIS_URL, DATABASE_URL). The fields' descriptions and defaults are the only
-description of the settings: `python -m gateway.settings.reference` renders them into `.env.example`
-and docs/configuration.md.
+says otherwise (REDIS_URL, DATABASE_URL). The secrets also take `<NAME>_FILE`, a file holding the value
+(gateway/settings/files.py); the Redis and database passwords given apart are put into their URLs. The
+fields' descriptions and defaults are the only description of the settings:
+`python -m gateway.settings.reference` renders them into `.env.example` and docs/configuration.md.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.settings.access import AccessSettings, ModelPrice
+from gateway.settings.files import SecretFilesSource
 from gateway.settings.replicas import BackendSpec, ReplicaSettings, RoutingPolicy
 from gateway.settings.requests import RequestSettings
 from gateway.settings.server import ServerSettings
@@ -42,6 +45,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def with_password(url: str, password: str, url_name: str, password_name: str) -> str:
+    """`url` with `password` in its user part (percent-encoded); an error when the URL names one already."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"{password_name} is set: {url_name} must be a URL such as scheme://host:port/...")
+    if parts.password is not None:
+        raise ValueError(f"{url_name} names a password and {password_name} gives one too: give it one way")
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class Settings(ServerSettings, ReplicaSettings, RequestSettings, AccessSettings, StoreSettings):
     # Validation errors must not echo the input: it holds the secrets.
     model_config = SettingsConfigDict(
@@ -52,6 +67,40 @@ class Settings(ServerSettings, ReplicaSettings, RequestSettings, AccessSettings,
         hide_input_in_errors=True,
         env_ignore_empty=True,  # compose forwards unset tunables as "": they mean "use the default"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dotenv = dotenv_settings.env_vars if isinstance(dotenv_settings, DotEnvSettingsSource) else {}
+        files = SecretFilesSource(settings_cls, dotenv)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="after")
+    def _passwords_into_urls(self) -> Settings:
+        if self.redis_password is not None:
+            if not self.redis_url:
+                raise ValueError("GATEWAY_REDIS_PASSWORD is set but REDIS_URL is not")
+            self.redis_url = with_password(
+                self.redis_url, self.redis_password.get_secret_value(), "REDIS_URL", "GATEWAY_REDIS_PASSWORD"
+            )
+        if self.database_password is not None:
+            if self.database_url is None:
+                raise ValueError("GATEWAY_DATABASE_PASSWORD is set but DATABASE_URL is not")
+            self.database_url = SecretStr(
+                with_password(
+                    self.database_url.get_secret_value(),
+                    self.database_password.get_secret_value(),
+                    "DATABASE_URL",
+                    "GATEWAY_DATABASE_PASSWORD",
+                )
+            )
+        return self
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

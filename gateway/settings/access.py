@@ -33,6 +33,11 @@ class AccessSettings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
         description="redis://[:password@]host:port/db. Unset: in-process stores (development).",
     )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis password, put into REDIS_URL (which then names none) at start: the URL stays "
+        "free of secrets, the password can come from a file (GATEWAY_REDIS_PASSWORD_FILE).",
+    )
     redis_timeout_s: float = Field(0.25, gt=0, le=5, description="Socket timeout of every Redis call.")
     redis_retry_s: float = Field(3.0, gt=0, description="After a Redis failure, seconds before it is tried again.")
     jwt_algorithms: list[str] = Field(

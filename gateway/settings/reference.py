@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from gateway.settings import SECTIONS, Settings
+from gateway.settings.files import FILE_SETTINGS, SUFFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -28,12 +29,14 @@ BEGIN = "# >>> gateway settings: generated from gateway/settings/ by `python -m 
 END = "# <<< gateway settings"
 DOC_BEGIN = "<!-- settings: generated from gateway/settings/ by `python -m gateway.settings.reference --write` -->"
 DOC_END = "<!-- /settings -->"
-# Set by docker-compose.yml itself (or built there from the secrets), not taken from .env.
-SET_BY_COMPOSE = frozenset({"env", "host", "port", "backends", "redis_url", "database_url"})
+# Set by docker-compose.yml itself (the passwords as files of its secrets), not taken from .env.
+SET_BY_COMPOSE = frozenset(
+    {"env", "host", "port", "backends", "redis_url", "database_url", "redis_password", "database_password"}
+)
 # Defaults computed where the gateway runs (the SQLite file under the user's data folder).
 MACHINE_DEPENDENT = frozenset({"sqlite_path"})
-# The generated secrets at the top of .env.example (scripts/make_env.py fills them in).
-SECRETS = frozenset({"admin_key", "jwt_secret", "key_pepper"})
+# The generated secrets: files in secrets/ (scripts/make_env.py writes them), never values in .env.
+SECRETS = frozenset({"admin_key", "jwt_secret", "key_pepper", "redis_password", "database_password"})
 
 
 def env_name(name: str, info: FieldInfo) -> str:
@@ -96,7 +99,10 @@ def doc_tables() -> str:
         for name, info in items:
             default = default_text(name, info)
             shown = "(secret)" if name in SECRETS or name == "database_url" else f"`{default}`" if default else "unset"
-            lines.append(f"| `{env_name(name, info)}` | {_cell(shown)} | {_cell(info.description or '')} |")
+            variable = f"`{env_name(name, info)}`"
+            if name in FILE_SETTINGS:
+                variable += f" or `{FILE_SETTINGS[name]}{SUFFIX}`"
+            lines.append(f"| {variable} | {_cell(shown)} | {_cell(info.description or '')} |")
     lines += ["", DOC_END]
     return "\n".join(lines) + "\n"
 

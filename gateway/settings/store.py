@@ -24,6 +24,11 @@ class StoreSettings(BaseSettings):
         description="postgresql://user:password@host:5432/db. Unset: an embedded SQLite file "
         "(GATEWAY_SQLITE_PATH) on one host, the development default.",
     )
+    database_password: SecretStr | None = Field(
+        None,
+        description="Database password, put into DATABASE_URL (which then names none) at start: the URL stays "
+        "free of secrets, the password can come from a file (GATEWAY_DATABASE_PASSWORD_FILE).",
+    )
     sqlite_path: str = Field(
         default_factory=default_sqlite_path,
         description="The embedded database file when DATABASE_URL is unset (default: "

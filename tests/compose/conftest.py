@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import shutil
 import tempfile
 import time
@@ -23,7 +22,6 @@ from tests.compose.stack import (
     images_needed,
     provide_images,
 )
-from tests.stack.compose_cli import SECRET_NAMES
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +45,9 @@ def stack(engine: Engine) -> Iterator[Stack]:
         # What the stand-ins need and nothing else (../shared/standins/README.md).
         shutil.copy(STANDINS / "compose.standin-override.yml", workdir / "standin-override.yml")
         files.append("standin-override.yml")
-    # Containers cannot get more open files than the engine's own hard limit (20000 in some sandboxes).
-    nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]) if engine.private else 65536
+    # No NOFILE_LIMIT here: `make up` fits the one it writes into .env to the engine (scripts/make_env.py).
     env = {
         **engine.env,
-        "NOFILE_LIMIT": str(nofile),
         "COMPOSE_PROJECT_NAME": PROJECT,
         "COMPOSE_FILE": ":".join(files),
         "DOCKER_BUILDKIT": "0",
@@ -67,14 +63,11 @@ def stack(engine: Engine) -> Iterator[Stack]:
     )
     s.compose("--profile", "*", "down", "-v", "--remove-orphans", "-t", "2", check=False)  # an earlier run's leftovers
     s.volumes_before = set(engine.run("volume", "ls", "-q").stdout.split())
-    # Compose interpolates the whole file even to list images: throwaway secrets for that one call.
-    (workdir / ".env").write_text("".join(f"{k}=list-only-{k}\n" for k in SECRET_NAMES))
     t0 = time.monotonic()
     pulled, _built = images_needed(s)
     # The trainer's CUDA base has no stand-in and the trainer is not run here (NOT_RUN).
     bases = {b for b in dockerfile_bases(workdir) if not b.startswith("nvidia/cuda")}
     how = provide_images(s, pulled | bases)
-    (workdir / ".env").unlink()
     print(f"compose tier: images: {how} ({time.monotonic() - t0:.0f} s)")
     yield s
     s.compose("--profile", "*", "down", "-v", "--remove-orphans", "-t", "2", check=False, timeout=180)

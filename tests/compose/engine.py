@@ -58,6 +58,17 @@ class Engine:
             raise AssertionError(f"docker {' '.join(args)} -> {done.returncode}: {done.stderr.strip()[-800:]}")
         return done
 
+    def nofile_hard_limit(self) -> int | None:
+        """The private dockerd's own hard open-file limit (none of its containers may ask for more); None for
+        an engine we were given (its process may not be on this machine)."""
+        if self._proc is None:
+            return None
+        for line in Path(f"/proc/{self._proc.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                hard = line.split()[4]
+                return None if hard == "unlimited" else int(hard)
+        return None
+
     def stop(self) -> None:
         """Stop the private dockerd (its containers go with it); an engine we were given stays."""
         if self._proc is None:

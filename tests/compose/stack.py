@@ -121,6 +121,10 @@ class Stack:
                 return line.split("=", 1)[1]
         raise KeyError(name)
 
+    def secret(self, name: str) -> str:
+        """A secret `make up` wrote into secrets/ (the file compose mounts at /run/secrets/NAME)."""
+        return (self.workdir / "secrets" / name).read_text()
+
     def containers(self) -> list[dict[str, Any]]:
         out = self.compose("ps", "-a", "--format", "json").stdout.strip()
         if out.startswith("["):

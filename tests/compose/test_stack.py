@@ -71,10 +71,33 @@ def replicas(stack: Stack) -> int:
     return int(stack.dotenv("GATEWAY_REPLICAS"))
 
 
+SECRETS = (
+    "gateway_admin_key",
+    "gateway_jwt_secret",
+    "gateway_key_pepper",
+    "redis_password",
+    "postgres_password",
+    "grafana_admin_password",
+    "alert_webhook_url",  # filled in below before `make up`, as an operator would
+)
+RECEIVER_FILES = ("alert_webhook_url", "alert_slack_webhook_url", "alert_smtp_password", "alert_routes")
+# An operator's webhook, with a token in its path like a real one: Alertmanager is configured with it, and
+# nothing else may show it. Nothing listens there; the tier only checks the configuration.
+WEBHOOK_URL = f"http://alerts.example.invalid/hooks/{hashlib.sha256(b'compose tier').hexdigest()[:24]}"
+
+
 def test_make_up_starts_every_service_healthy(stack: Stack) -> None:
     t0 = time.monotonic()
+    (stack.workdir / "secrets").mkdir(mode=0o700, exist_ok=True)
+    (stack.workdir / "secrets" / "alert_webhook_url").write_text(WEBHOOK_URL)
+    (stack.workdir / "secrets" / "alert_webhook_url").chmod(0o644)
     stack.make("up")
     assert (stack.workdir / ".env").stat().st_mode & 0o777 == 0o600
+    assert (stack.workdir / "secrets").stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in (stack.workdir / "secrets").iterdir()) == sorted({*SECRETS, *RECEIVER_FILES})
+    assert stack.secret("alert_webhook_url") == WEBHOOK_URL  # make up kept what the operator wrote
+    env_text = (stack.workdir / ".env").read_text()
+    assert not [name for name in SECRETS if stack.secret(name) in env_text]
     poll("every service healthy", lambda: stack_state(stack, replicas(stack)), 240)
     rows = stack.containers()
     services = sorted({r["Service"] for r in rows})
@@ -83,12 +106,40 @@ def test_make_up_starts_every_service_healthy(stack: Stack) -> None:
     print(f"\nmake up (env file, build, up --wait): {time.monotonic() - t0:.0f} s; running: {', '.join(services)}")
 
 
+def secret_forms(value: str) -> set[str]:
+    """The value as it could appear: plain, percent-encoded (in a URL), base64 (in an auth header)."""
+    import base64
+    from urllib.parse import quote
+
+    return {value, quote(value, safe=""), base64.b64encode(value.encode()).decode()}
+
+
+def test_no_container_shows_a_secret_in_docker_inspect(stack: Stack) -> None:
+    """Environment, command, entrypoint, labels, mounts, health checks: whatever `docker inspect` shows of every
+    container of the stack holds none of the secrets; each service still has its own at /run/secrets."""
+    ids = stack.labelled("container")
+    assert len(ids) >= 8
+    shown = stack.engine.run("inspect", *ids).stdout
+    leaked = [name for name in SECRETS if any(form in shown for form in secret_forms(stack.secret(name)))]
+    assert not leaked, f"docker inspect shows {leaked}"
+    # ... nor the environment of any process in the containers that have a shell.
+    for service in ("gateway", "redis", "postgres", "redis-exporter"):
+        environ = stack.exec(service, "sh", "-c", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'")
+        assert environ.strip(), service
+        leaked = [name for name in SECRETS if stack.secret(name) in environ]
+        assert not leaked, f"{service}: a process environment holds {leaked}"
+    assert stack.exec("redis-exporter", "cat", "/run/secrets/redis_password") == stack.secret("redis_password")
+    mounted = stack.exec("gateway", "ls", "/run/secrets").split()
+    assert sorted(mounted) == sorted(set(SECRETS) - {"grafana_admin_password", "alert_webhook_url"})
+    print(f"\ndocker inspect of {len(ids)} containers: no secret; gateway mounts {mounted}")
+
+
 def test_the_openai_sdk_answers_through_nginx(stack: Stack) -> None:
     with pytest.raises(openai.AuthenticationError) as err:
         client(stack, "sk-not-a-key").models.list()
     assert err.value.status_code == 401
     assert httpx.get(f"{stack.base_url}/models", timeout=10).status_code == 401  # no key at all
-    admin = client(stack, stack.dotenv("GATEWAY_ADMIN_KEY"))
+    admin = client(stack, stack.secret("gateway_admin_key"))
     msgs: Any = [{"role": "user", "content": "Say hello in five words."}]
     plain = admin.chat.completions.create(model=MODEL, messages=msgs)
     assert plain.choices[0].message.content and plain.choices[0].finish_reason
@@ -140,6 +191,8 @@ def test_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> No
     assert active["url"].startswith("http://alertmanager:9093/")
     checked = stack.exec("alertmanager", "amtool", "check-config", "/config/alertmanager.yml")
     assert "SUCCESS" in checked and "receivers" in checked
+    # the operators' webhook from secrets/alert_webhook_url, in the file only Alertmanager reads
+    assert WEBHOOK_URL in stack.exec("alertmanager", "cat", "/config/alertmanager.yml")
     assert stack.exec("alertmanager", "stat", "-c", "%u %a", "/config/alertmanager.yml").strip() == "65534 600"
     print(f"\nPrometheus targets up: {dict(jobs)}; {len(groups)} rule groups; alerts to {active['url']}")
 
@@ -148,9 +201,11 @@ def test_limits_settings_and_the_nginx_tmpfs_as_deployed(stack: Stack) -> None:
     # conf.d is the tmpfs, owned by nginx's uid on any runc, and the template is in it.
     assert stack.exec("nginx", "stat", "-c", "%u", "/etc/nginx/conf.d").strip() == "101"
     assert "gateway.conf" in stack.exec("nginx", "ls", "/etc/nginx/conf.d")
-    # Open files for nginx and the gateways.
-    nofile = int(stack.env["NOFILE_LIMIT"])
-    assert nofile > 1024 and int(stack.exec("nginx", "sh", "-c", "ulimit -n")) == nofile
+    # Open files for nginx and the gateways: what `make up` wrote into .env, at most the engine's own limit.
+    nofile = int(stack.dotenv("NOFILE_LIMIT"))
+    engine_limit = stack.engine.nofile_hard_limit()
+    assert nofile > 1024 and (engine_limit is None or nofile == min(engine_limit, 65536)), (nofile, engine_limit)
+    assert int(stack.exec("nginx", "sh", "-c", "ulimit -n")) == nofile
     soft = stack.exec(
         "gateway", "python", "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
@@ -207,7 +262,7 @@ def test_three_replicas_all_serve(stack: Stack) -> None:
 
 
 def admin_get(stack: Stack, path: str) -> Any:
-    key = stack.dotenv("GATEWAY_ADMIN_KEY")
+    key = stack.secret("gateway_admin_key")
     r = httpx.get(f"http://127.0.0.1:{stack.api_port}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     assert r.status_code == 200, r.text
     return r.json()
@@ -389,7 +444,13 @@ def test_a_redis_restart_under_load_fails_no_request(stack: Stack) -> None:
             lambda: (
                 "PONG"
                 in stack.compose(
-                    "exec", "-T", "redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli ping', check=False
+                    "exec",
+                    "-T",
+                    "redis",
+                    "sh",
+                    "-c",
+                    "redis-cli --askpass ping < /run/secrets/redis_password",
+                    check=False,
                 ).stdout
             ),
             60,
@@ -452,6 +513,13 @@ def test_backup_destroy_up_restore_keeps_keys_and_usage(stack: Stack) -> None:
     stack.make("up")
     poll("every service healthy again", lambda: stack_state(stack, replicas(stack)), 240)
     assert chat_status(stack, key, "after destroy") == 401  # the fresh stack does not know it
+    # An archive is refused under another key pepper (its API-key hashes would all fail): nothing restored.
+    pepper = stack.workdir / "secrets" / "gateway_key_pepper"
+    kept = pepper.read_text()
+    pepper.write_text("another-installations-pepper-0123456789")
+    refused = stack.run(["make", "restore", f"BACKUP={archive}"], check=False)
+    pepper.write_text(kept)
+    assert refused.returncode != 0 and "another key pepper" in refused.stderr, refused.stderr[-600:]
     stack.make("restore", f"BACKUP={archive}")
     poll("the key working again", lambda: chat_status(stack, key, "restored") == 200, 30)
     assert json.loads(stack.exec("ollama", "cat", f"/runs/{manifest}")) == {"version": 1}

@@ -124,8 +124,18 @@ def make_env_module() -> Any:
     return module
 
 
+def generated_secrets() -> dict[str, str]:
+    """A value per secret, as `make up` would write each one into secrets/ (keyed by its old variable)."""
+    return {var: generate() for var, (_name, generate) in make_env_module().SECRETS.items()}
+
+
+def secret_files() -> dict[str, str]:
+    """Each secret's old variable -> its file name in secrets/ (and compose secret name)."""
+    return {var: name for var, (name, _generate) in make_env_module().SECRETS.items()}
+
+
 def generated_env() -> dict[str, str]:
-    """What `make up` would write to .env, as a mapping."""
+    """What `make up` would write to .env (no secret in it), as a mapping."""
     text = make_env_module().render_env(ENV_EXAMPLE.read_text())
     pairs = {}
     for line in text.splitlines():

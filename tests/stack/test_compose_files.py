@@ -24,8 +24,11 @@ from tests.stack.compose_cli import (
     compose_config,
     env_example,
     generated_env,
+    generated_secrets,
+    make_env_module,
     referenced_variables,
     run_compose,
+    secret_files,
     yaml_model,
 )
 
@@ -105,50 +108,92 @@ def test_optional_services_sit_in_their_profiles(services: dict[str, dict[str, A
     assert all(not s.get("profiles") for n, s in services.items() if n not in OPTIONAL_PROFILES)
 
 
-@needs_compose
-@pytest.mark.parametrize("secret", SECRET_NAMES)
-def test_compose_refuses_to_start_without_each_secret(env: dict[str, str], secret: str) -> None:
-    done = run_compose(["config", "--quiet"], {k: v for k, v in env.items() if k != secret})
-    assert done.returncode != 0
-    assert secret in done.stderr and "make up" in done.stderr
+# Which secrets each service mounts: exactly these, no more (a service gets only what it reads).
+SECRETS_OF = {
+    "gateway": {"gateway_admin_key", "gateway_jwt_secret", "gateway_key_pepper", "redis_password", "postgres_password"},
+    "trainer": {"gateway_admin_key"},
+    "redis": {"redis_password"},
+    "redis-exporter": {"redis_password"},
+    "postgres": {"postgres_password"},
+    "grafana": {"grafana_admin_password"},
+    "alertmanager-config": {"alert_webhook_url", "alert_slack_webhook_url", "alert_smtp_password", "alert_routes"},
+}
+# The variable through which each service reads a mounted secret (the image's or the gateway's *_FILE form).
+FILE_VARIABLES = {
+    "gateway": {
+        "GATEWAY_ADMIN_KEY_FILE": "gateway_admin_key",
+        "GATEWAY_JWT_SECRET_FILE": "gateway_jwt_secret",
+        "GATEWAY_KEY_PEPPER_FILE": "gateway_key_pepper",
+        "GATEWAY_REDIS_PASSWORD_FILE": "redis_password",
+        "GATEWAY_DATABASE_PASSWORD_FILE": "postgres_password",
+    },
+    "trainer": {"GATEWAY_ADMIN_KEY_FILE": "gateway_admin_key"},
+    "postgres": {"POSTGRES_PASSWORD_FILE": "postgres_password"},
+    "grafana": {"GF_SECURITY_ADMIN_PASSWORD__FILE": "grafana_admin_password"},
+    "alertmanager-config": {
+        "ALERT_WEBHOOK_URL_FILE": "alert_webhook_url",
+        "ALERT_SLACK_WEBHOOK_URL_FILE": "alert_slack_webhook_url",
+        "ALERT_SMTP_PASSWORD_FILE": "alert_smtp_password",
+        "ALERT_ROUTES_FILE": "alert_routes",
+    },
+}
 
 
-@needs_compose
-def test_compose_refuses_the_example_env_as_is() -> None:
-    done = run_compose(["config", "--quiet"], env_example())
-    assert done.returncode != 0 and "is not set" in done.stderr
+def mounted_secrets(service: dict[str, Any]) -> dict[str, str]:
+    """source -> path in the container, short or long syntax."""
+    out = {}
+    for entry in service.get("secrets") or []:
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        out[source] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return out
 
 
-def test_secrets_are_required_variables_never_literals() -> None:
+def test_every_secret_is_a_file_in_the_secrets_folder(model: dict[str, Any]) -> None:
+    declared = model["secrets"]
+    assert set(declared) == set(secret_files().values()) | set(make_env_module().RECEIVER_FILES)
+    for name, spec in declared.items():
+        assert Path(spec["file"]).as_posix().endswith(f"secrets/{name}"), spec
+        assert not spec.get("environment") and not spec.get("external"), name
+    assert "/secrets/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_each_service_mounts_only_the_secrets_it_reads(services: dict[str, dict[str, Any]]) -> None:
+    got = {name: set(mounted_secrets(s)) for name, s in services.items() if s.get("secrets")}
+    assert got == SECRETS_OF
+    for name, variables in FILE_VARIABLES.items():
+        environment = services[name].get("environment") or {}
+        paths = mounted_secrets(services[name])
+        for variable, secret in variables.items():
+            assert environment.get(variable) == paths[secret], (name, variable)
+
+
+def test_no_secret_is_a_compose_variable_or_a_literal() -> None:
     for path in (BASE, GPU):
         text = path.read_text()
-        for name, operators in referenced_variables(text).items():
-            if name in SECRET_NAMES:
-                assert operators == {":?"}, f"{path.name}: {name} must be ${{{name}:?...}} everywhere"
+        assert not set(referenced_variables(text)) & set(SECRET_NAMES), f"{path.name} interpolates a secret"
         for line in text.splitlines():
             key, sep, value = line.strip().partition(":")
-            # a *_FILE variable names where the secret file is mounted, not the secret
-            if (
-                sep
-                and re.search(r"PASSWORD|SECRET|PEPPER|TOKEN|_KEY$", key)
-                and not key.endswith("_FILE")
-                and value.strip()
-            ):
-                assert "${" in value or "$$" in value, f"{path.name}: literal secret in {line.strip()!r}"
+            if sep and re.search(r"PASSWORD|SECRET|PEPPER|TOKEN|_KEY$", key) and value.strip():
+                literal = "${" not in value and "$$" not in value and not value.strip().startswith("/run/secrets/")
+                assert not literal, f"{path.name}: a literal secret in {line.strip()!r}"
 
 
-def test_secret_values_come_from_the_env_file(services: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
-    if not compose_binary():
-        pytest.skip("interpolation needs the compose binary")
-    seen = 0
-    for service in services.values():
-        for key, value in (service.get("environment") or {}).items():
-            if key in SECRET_NAMES:
-                assert value == env[key]
-                seen += 1
-            if key == "REDIS_URL":
-                assert env["REDIS_PASSWORD"] in value
-    assert seen >= len(SECRET_NAMES)
+@needs_compose
+def test_no_secret_value_reaches_the_rendered_model() -> None:
+    """Whatever .env holds (even an old one with the secrets still in it), the model compose renders, and so
+    every container's environment, command and labels, carries none of them."""
+    values = generated_secrets()
+    rendered = run_compose(["config", "--format", "json"], {**generated_env(), **values})
+    assert rendered.returncode == 0, rendered.stderr
+    leaked = [name for name, value in values.items() if value in rendered.stdout]
+    assert not leaked, leaked
+
+
+@needs_compose
+def test_compose_accepts_the_example_env_as_is() -> None:
+    done = run_compose(["config", "--quiet"], env_example())
+    assert done.returncode == 0, done.stderr
 
 
 def test_every_variable_is_documented_in_the_env_example() -> None:
@@ -281,16 +326,17 @@ def test_redis_is_persistent_and_evicts_only_expiring_keys(services: dict[str, d
     command = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in command
     assert "--maxmemory-policy volatile-lru" in command
-    assert "requirepass" in command and "$$REDIS_PASSWORD" in command  # expanded in the container
+    assert "requirepass" in command and "/run/secrets/redis_password" in command  # read in the container
     check = " ".join(services["redis"]["healthcheck"]["test"])
-    assert "REDISCLI_AUTH" in check
+    assert "--askpass" in check and "< /run/secrets/redis_password" in check  # stdin: no argv, no environment
 
 
 def test_gateway_runs_in_production_mode_against_redis_and_ollama(services: dict[str, dict[str, Any]]) -> None:
     gateway = services["gateway"]
     environment = gateway["environment"]
     assert environment["GATEWAY_ENV"] == "production"
-    assert environment["REDIS_URL"].endswith("@redis:6379/0")
+    assert environment["REDIS_URL"] == "redis://redis:6379/0"  # the password comes from its file
+    assert environment["DATABASE_URL"] == "postgresql://slm@postgres:5432/slm"
     backends = json.loads(environment["GATEWAY_BACKENDS"])
     assert [b["url"] for b in backends] == ["http://ollama:11434"]
     if compose_binary():  # interpolated: ${GATEWAY_REPLICAS:-2} with the example's value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from gateway.settings import Settings
-from gateway.settings.reference import CONFIGURATION, ENV_EXAMPLE, SET_BY_COMPOSE, env_name, rendered
+from gateway.settings.reference import CONFIGURATION, ENV_EXAMPLE, SECRETS, SET_BY_COMPOSE, env_name, rendered
 
 
 def test_env_example_and_the_configuration_page_match_the_settings_fields() -> None:
@@ -18,5 +18,7 @@ def test_every_setting_is_in_the_configuration_page_and_the_offered_ones_in_the_
     env_text, doc_text = ENV_EXAMPLE.read_text(), CONFIGURATION.read_text()
     names = {name: env_name(name, info) for name, info in Settings.model_fields.items()}
     assert [v for v in names.values() if f"`{v}`" not in doc_text] == []
-    offered = [v for n, v in names.items() if n not in SET_BY_COMPOSE]
+    offered = [v for n, v in names.items() if n not in SET_BY_COMPOSE | SECRETS]
     assert [v for v in offered if not re.search(rf"^{v}=", env_text, re.M)] == []
+    # Secrets are files in secrets/ (compose passes their *_FILE forms): .env.example offers none of them.
+    assert [names[n] for n in SECRETS if re.search(rf"^{names[n]}(_FILE)?=", env_text, re.M)] == []

@@ -73,6 +73,8 @@ def seed(url: str) -> None:
 
 
 def judge(database_url: str, gateway: Service, rubric: Path, *extra: str) -> dict:
+    key_file = rubric.parent / "api_key"  # the key as a file (GATEWAY_API_KEY_FILE), the way a secret comes
+    key_file.write_text(ADMIN_KEY + "\n")
     done = subprocess.run(
         [
             sys.executable,
@@ -98,7 +100,7 @@ def judge(database_url: str, gateway: Service, rubric: Path, *extra: str) -> dic
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "DATABASE_URL": database_url, "GATEWAY_API_KEY": ADMIN_KEY},
+        env={**os.environ, "DATABASE_URL": database_url, "GATEWAY_API_KEY_FILE": str(key_file)},
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

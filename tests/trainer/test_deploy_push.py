@@ -188,6 +188,23 @@ def test_a_missing_or_wrong_key_fails_before_anything_is_pushed(tmp_path, stack)
     assert list_versions(tmp_path / "out") == []
 
 
+def test_the_admin_key_may_come_from_a_file_as_a_docker_secret(tmp_path, stack, monkeypatch):
+    double, admin = stack
+    key_file = tmp_path / "gateway_admin_key"
+    key_file.write_text(KEY + "\n")
+    monkeypatch.delenv("TEST_DEPLOY_KEY", raising=False)
+    monkeypatch.setenv("TEST_DEPLOY_KEY_FILE", str(key_file))
+    cfg = load_config(_config(tmp_path, double.url, admin.url))
+    assert push_stage(cfg)["deploy"]["action"] == "created"  # the admin API accepted the key from the file
+    monkeypatch.setenv("TEST_DEPLOY_KEY", KEY)
+    with pytest.raises(DeployError, match=r"\$TEST_DEPLOY_KEY and \$TEST_DEPLOY_KEY_FILE are both set"):
+        push_stage(cfg)
+    monkeypatch.delenv("TEST_DEPLOY_KEY")
+    key_file.unlink()
+    with pytest.raises(DeployError, match=r"\$TEST_DEPLOY_KEY_FILE=.*: cannot read it"):
+        push_stage(cfg)
+
+
 def test_a_server_without_the_route_api_is_never_taken_for_an_empty_gateway(tmp_path, stack, monkeypatch):
     double, _ = stack
     monkeypatch.setenv("TEST_DEPLOY_KEY", KEY)
