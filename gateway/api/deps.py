@@ -48,8 +48,18 @@ async def administrator(request: Request) -> Principal:
     return principal
 
 
+async def reviewer(request: Request) -> Principal:
+    """A caller who may read captured inferences: a `reviewer` key, or an `admin` one."""
+    principal = await authenticator(request).authenticate(RequestHeaders.of(request.scope))
+    current_record().key_id = principal.key_id
+    if "admin" not in principal.scopes:
+        principal.require_scope("reviewer")
+    return principal
+
+
 PrincipalDep = Annotated[Principal, Depends(authenticated)]
 AdminDep = Annotated[Principal, Depends(administrator)]
+ReviewerDep = Annotated[Principal, Depends(reviewer)]
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

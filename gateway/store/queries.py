@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -102,6 +103,83 @@ async def feedback_of(engine: AsyncEngine, request_id: str) -> list[dict[str, An
     async with engine.connect() as conn:
         rows = await conn.execute(select(feedback).where(feedback.c.request_id == request_id).order_by(feedback.c.id))
     return [dict(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceFilter:
+    """Which captured inferences to list; None everywhere is every one."""
+
+    route: str | None = None
+    variant: str | None = None
+    model: str | None = None
+    key_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    rating: Literal["up", "down"] | None = None  # its current rating (unverified ones do not count)
+    has_correction: bool | None = None  # a correction from its owner, a reviewer or an admin
+    format_failed: bool | None = None  # a format was asked for and the answer broke it
+    judge_below: float | None = None  # a judge scored it under this
+
+
+# The preview of an answer in a listing: enough to recognise it; the whole one is in the detail.
+PREVIEW_CHARS = 200
+SUMMARY = (
+    inferences.c.id,
+    inferences.c.request_id,
+    inferences.c.created_at,
+    inferences.c.route,
+    inferences.c.model,
+    inferences.c.variant,
+    inferences.c.key_id,
+    inferences.c.endpoint,
+    inferences.c.outcome,
+    inferences.c.finish_reason,
+    inferences.c.prompt_tokens,
+    inferences.c.completion_tokens,
+    inferences.c.latency_s,
+    inferences.c.ttft_s,
+    inferences.c.cache_hit,
+    inferences.c.format_valid,
+    func.substr(inferences.c.answer, 1, PREVIEW_CHARS).label("answer_preview"),
+)
+
+
+def _has_feedback(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    verified = or_(feedback.c.role.is_(None), feedback.c.role != "unverified")
+    return exists().where(feedback.c.request_id == inferences.c.request_id, verified, *conditions)
+
+
+def _conditions(f: InferenceFilter) -> list[ColumnElement[bool]]:
+    equal = {"route": f.route, "variant": f.variant, "model": f.model, "key_id": f.key_id}
+    where: list[ColumnElement[bool]] = [inferences.c[name] == value for name, value in equal.items() if value]
+    if f.since is not None:
+        where.append(inferences.c.created_at >= f.since)
+    if f.until is not None:
+        where.append(inferences.c.created_at < f.until)
+    if f.rating is not None:
+        where.append(_has_feedback(feedback.c.kind == "rating", feedback.c.value == (1.0 if f.rating == "up" else 0.0)))
+    if f.has_correction is not None:
+        corrected = _has_feedback(feedback.c.kind == "correction")
+        where.append(corrected if f.has_correction else ~corrected)
+    if f.format_failed is not None:
+        where.append(inferences.c.format_valid.is_(False) if f.format_failed else ~inferences.c.format_valid.is_(False))
+    if f.judge_below is not None:
+        judged = (feedback.c.request_id == inferences.c.request_id, feedback.c.kind == "judge")
+        where.append(exists().where(*judged, feedback.c.value < f.judge_below))
+    return where
+
+
+async def list_inferences(
+    engine: AsyncEngine, f: InferenceFilter, *, before_id: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Summaries of the captured inferences matching `f`, newest first (by capture order), after the one whose
+    id is `before_id` (the cursor of the previous page); the whole answer is in `inference_of`."""
+    query = select(*SUMMARY).where(*_conditions(f))
+    if before_id is not None:
+        query = query.where(inferences.c.id < before_id)
+    query = query.order_by(inferences.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
 
 
 async def erase_key(engine: AsyncEngine, key_id: str) -> dict[str, int]:

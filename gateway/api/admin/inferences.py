@@ -1,18 +1,25 @@
-"""/admin/inferences: erase everything the inference log holds of one API key (privacy requests)."""
+"""/admin/inferences: read the inference log (reviewers and admins), and erase everything it holds of one
+API key (admins; privacy requests)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from gateway.api.deps import AdminDep, store
+from gateway.api.deps import AdminDep, ReviewerDep, store
 from gateway.api.responses import json_response
-from gateway.errors import GatewayError
-from gateway.store.queries import erase_key
+from gateway.errors import ClientError, GatewayError, InvalidRequest
+from gateway.store.queries import InferenceFilter, erase_key, feedback_of, inference_of, list_inferences
 
 router = APIRouter(prefix="/admin/inferences", tags=["admin"])
+
+NAME = Annotated[str | None, Query(min_length=1, max_length=200)]
+KEY_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 
 
 class StoreUnavailable(GatewayError):
@@ -20,15 +27,122 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+class InferenceNotFound(ClientError):
+    status = 404
+    code = "inference_not_found"
+
+
+def unavailable(request: Request, what: str, exc: Exception) -> StoreUnavailable:
+    """The database is down: recorded, and said so (the caller retries)."""
+    store(request).failures.record(what, exc)
+    return StoreUnavailable(f"the inference store is unavailable ({type(exc).__name__}); retry later")
+
+
+def cursor_of(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"i{row_id}".encode()).decode().rstrip("=")
+
+
+def position(cursor: str | None) -> int | None:
+    """The row id a cursor points after; 400 naming `cursor` for one this API did not give."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if text.startswith("i") and text[1:].isdigit():
+            return int(text[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidRequest("cursor is not one this API returned (pass next_cursor as it came)", param="query.cursor")
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC (the log's times are UTC)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A row for the API: times as ISO 8601, the table's internal id left out (column names as plain str:
+    SQLAlchemy's are a str subclass orjson refuses as keys)."""
+    out = {str(k): v for k, v in row.items() if k != "id"}
+    if isinstance(out.get("created_at"), datetime):
+        out["created_at"] = out["created_at"].isoformat()
+    return out
+
+
+@router.get("", summary="List captured inferences, newest first, with filters and a cursor")
+async def listing(
+    request: Request,
+    _: ReviewerDep,
+    route: NAME = None,
+    variant: NAME = None,
+    model: NAME = None,
+    key_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601; captured at or after")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601; captured before")] = None,
+    rating: Annotated[Literal["up", "down"] | None, Query(description="its current rating")] = None,
+    has_correction: Annotated[bool | None, Query(description="a correction was written for it")] = None,
+    format_failed: Annotated[bool | None, Query(description="it broke the format the request asked for")] = None,
+    judge_below: Annotated[float | None, Query(ge=0, le=1, description="a judge scored it under this")] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    since, until = utc(since), utc(until)
+    if since is not None and until is not None and since >= until:
+        raise InvalidRequest("since must be before until", param="query.since")
+    wanted = InferenceFilter(
+        route=route,
+        variant=variant,
+        model=model,
+        key_id=key_id,
+        since=since,
+        until=until,
+        rating=rating,
+        has_correction=has_correction,
+        format_failed=format_failed,
+        judge_below=judge_below,
+    )
+    after = position(cursor)
+    try:
+        rows = await list_inferences(store(request).engine, wanted, before_id=after, limit=limit + 1)
+    except Exception as exc:  # noqa: BLE001 - the database is down: say so
+        raise unavailable(request, "list_inferences", exc) from None
+    page, more = rows[:limit], len(rows) > limit
+    return json_response(
+        {
+            "object": "list",
+            "data": [shown(row) for row in page],
+            "next_cursor": cursor_of(page[-1]["id"]) if more else None,
+        }
+    )
+
+
+@router.get("/{request_id}", summary="One captured inference: request, answer, timings, feedback and judge results")
+async def detail(
+    request: Request,
+    _: ReviewerDep,
+    request_id: Annotated[str, Path(min_length=1, max_length=128)],
+) -> Response:
+    engine = store(request).engine
+    try:
+        row = await inference_of(engine, request_id)
+        notes = await feedback_of(engine, request_id) if row is not None else []
+    except Exception as exc:  # noqa: BLE001 - the database is down: say so
+        raise unavailable(request, "inference_of", exc) from None
+    if row is None:
+        raise InferenceNotFound(f"no captured inference with request id {request_id!r}", param="request_id")
+    history = [shown(n) for n in notes if n["kind"] != "judge"]
+    judged = [shown(n) for n in notes if n["kind"] == "judge"]
+    return json_response({"object": "inference", **shown(row), "feedback": history, "judge": judged})
+
+
 @router.delete("", summary="Delete every captured inference and feedback of one key")
 async def erase(
     request: Request,
     _: AdminDep,
-    key_id: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")],
+    key_id: Annotated[str, Query(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)],
 ) -> Response:
     try:
         deleted = await erase_key(store(request).engine, key_id)
     except Exception as exc:  # noqa: BLE001 - the database is down: say so, and the caller retries
-        store(request).failures.record("erase_key", exc)
-        raise StoreUnavailable(f"the inference store is unavailable ({type(exc).__name__}); retry later") from None
+        raise unavailable(request, "erase_key", exc) from None
     return json_response({"object": "erasure", "key_id": key_id, "deleted": deleted})
