@@ -14,7 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 from gateway.api import ops, token
-from gateway.api.admin import adapters, inferences, keys, routes
+from gateway.api.admin import adapters, inferences, keys, review, routes
 from gateway.api.drain import Drain
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware.body_limit import BodyLimitMiddleware
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     state.authenticator, state.keys, state.key_lookup, state.tokens = s.authenticator, s.keys, s.key_lookup, s.tokens
     state.usage, state.prices, state.pool, state.adapters = s.usage, s.prices, s.pool, s.adapters
     state.route_store, state.route_table, state.route_stats = s.route_store, s.route_table, s.route_stats
-    state.store, state.pipeline, state.feedback = s.store, s.pipeline, s.feedback
+    state.store, state.pipeline, state.feedback, state.review = s.store, s.pipeline, s.feedback, s.review
     state.drain = drain
 
     for router in (
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         routes.router,
         adapters.router,
         inferences.router,
+        review.router,
     ):
         app.include_router(router)
     if services.settings.api_docs == "admin":

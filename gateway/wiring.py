@@ -35,6 +35,7 @@ from gateway.observability.tracing import exporter_from_env, setup_tracing
 from gateway.pipeline.capture import Capture
 from gateway.pipeline.feedback import FeedbackDesk
 from gateway.pipeline.inference import InferencePipeline
+from gateway.pipeline.review import ReviewQueue
 from gateway.pipeline.shadow import ShadowMirror
 from gateway.pipeline.verdicts import Verdicts
 from gateway.replicas.build import build_pool
@@ -184,6 +185,7 @@ class Services:
             metrics=metrics,
             failures=failures,
         )
+        self.review = ReviewQueue(self.store.engine, self.redis)
         self.feedback = FeedbackDesk(
             recent=self.recent,
             engine=self.store.engine,

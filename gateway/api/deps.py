@@ -23,6 +23,7 @@ from gateway.observability.access_log import current_record
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.feedback import FeedbackDesk
 from gateway.pipeline.inference import InferencePipeline
+from gateway.pipeline.review import ReviewQueue
 from gateway.protocol.headers import RequestHeaders
 from gateway.protocol.requests import parse_request
 from gateway.replicas.pool import BackendPool
@@ -104,6 +105,10 @@ def adapters(request: Request) -> AdapterRegistry:
 
 def store(request: Request) -> StoreRuntime:
     return request.app.state.store
+
+
+def review(request: Request) -> ReviewQueue:
+    return request.app.state.review
 
 
 def usage(request: Request) -> UsageStore:

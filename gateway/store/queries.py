@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, or_, select
+from sqlalchemy import ColumnElement, Select, case, delete, exists, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -178,6 +178,42 @@ async def list_inferences(
     if before_id is not None:
         query = query.where(inferences.c.id < before_id)
     query = query.order_by(inferences.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+# Why an answer is in the review queue, most urgent first.
+REVIEW_REASONS = ("thumbs_down", "format_failure", "low_judge_score", "sample")
+
+
+async def review_candidates(
+    engine: AsyncEngine, *, route: str | None, limit: int, judge_below: float, sample_every: int
+) -> list[dict[str, Any]]:
+    """Captured answers no reviewer or admin has given feedback on, most urgent first: a verified thumbs-down,
+    a broken format, a judge score under `judge_below`, then one in `sample_every` of the rest; newest first
+    within each. Each with `reason` (REVIEW_REASONS)."""
+    reviewed = _has_feedback(feedback.c.role.in_(("reviewer", "admin")))
+    down = _has_feedback(feedback.c.kind == "rating", feedback.c.value == 0.0)
+    broken = inferences.c.format_valid.is_(False)
+    judged_low = exists().where(
+        feedback.c.request_id == inferences.c.request_id, feedback.c.kind == "judge", feedback.c.value < judge_below
+    )
+    sampled = inferences.c.id % sample_every == 0
+    urgency = case((down, 0), (broken, 1), (judged_low, 2), else_=3)
+    reason = case(
+        (down, literal(REVIEW_REASONS[0])),
+        (broken, literal(REVIEW_REASONS[1])),
+        (judged_low, literal(REVIEW_REASONS[2])),
+        else_=literal(REVIEW_REASONS[3]),
+    )
+    query = (
+        select(*SUMMARY, reason.label("reason"))
+        .where(~reviewed, or_(down, broken, judged_low, sampled))
+        .order_by(urgency, inferences.c.id.desc())
+        .limit(limit)
+    )
+    if route is not None:
+        query = query.where(inferences.c.route == route)
     async with engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]
 
