@@ -207,7 +207,9 @@ def users_on(stack: PolicyStack, key: str, route: str, variant: str, prefix: str
 def test_one_user_cannot_roll_a_canary_back_but_enough_distinct_users_do(stack) -> None:
     spec = {
         "variants": [{"model": MODEL, "weight": 50}, {"model": OTHER_MODEL, "weight": 50}],
-        "guard": {"min_requests": 1, "max_thumbs_down_delta": 0.1, "min_raters": 3},
+        # The thumbs signal is under test; TTFT over a handful of samples on a shared host is noise that could
+        # roll the canary back on its own, so its rule is left out of reach.
+        "guard": {"min_requests": 1, "max_thumbs_down_delta": 0.1, "min_raters": 3, "max_ttft_p95_ratio": 100},
     }
     assert httpx.put(f"{stack.url}/admin/routes/steered", json=spec, headers=ADMIN, timeout=10).status_code == 200
     key = stack.create_key()
