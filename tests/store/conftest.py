@@ -1,4 +1,5 @@
-"""Store fixtures: one real Postgres per session, a fresh database per test, or a fresh SQLite file."""
+"""Store fixtures: one real Postgres per session, a fresh database per test, or a fresh SQLite file; the
+Ollama double and a Redis the store tests' gateways share within a module."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.db import async_url, create_engine
+from testkit.ollama import running_ollama_double
+from testkit.processes import Service, redis_service
 from tests.support.postgres import Postgres, running_postgres
 
 _names = itertools.count()
@@ -35,3 +38,17 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_engine(async_url(database_url))
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def double() -> Iterator[Service]:
+    with running_ollama_double(tokens=8) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[Service]:
+    """Keys and routes shared by a module's gateways (and kept across a gateway's restart)."""
+    service = redis_service().start().wait_port()
+    yield service
+    service.stop()

@@ -53,9 +53,12 @@ def gateway_on(double: Service, database_url: str, **env: str) -> Service:
     return start_gateway([("ollama", double.url)], env={"DATABASE_URL": database_url, **env})
 
 
-def create_key(gateway: Service, name: str = "capture-test") -> tuple[str, str]:
+def create_key(
+    gateway: Service, name: str = "capture-test", scopes: tuple[str, ...] = ("inference",)
+) -> tuple[str, str]:
     """(plain key, key id) made through the admin API."""
-    response = httpx.post(f"{gateway.url}/admin/keys", json={"name": name}, headers=ADMIN, timeout=10)
+    body = {"name": name, "scopes": list(scopes)}
+    response = httpx.post(f"{gateway.url}/admin/keys", json=body, headers=ADMIN, timeout=10)
     assert response.status_code == 201, response.text
     return response.json()["key"], response.json()["id"]
 

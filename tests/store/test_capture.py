@@ -8,31 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from testkit.ollama import running_ollama_double
-from testkit.processes import REPO_ROOT, Service, redis_service, wait_until
+from testkit.processes import REPO_ROOT, Service, wait_until
 from tests.store import support
 from tests.store.support import ADMIN, MODEL, chat, create_key, feedback_rows, inference_rows
 from tests.support.metrics import sample
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[Service]:
-    with running_ollama_double(tokens=8) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Service]:
-    """Keys and routes shared by the gateways (and kept across a gateway's restart)."""
-    service = redis_service().start().wait_port()
-    yield service
-    service.stop()
 
 
 @pytest.fixture

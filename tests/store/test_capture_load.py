@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from testkit.ollama import running_ollama_double
 from testkit.processes import Service, wait_until
 from tests.store.support import ADMIN, MODEL, inference_rows
 from tests.support.gateway import running_gateway
@@ -29,12 +28,6 @@ def own_postgres() -> Iterator[Postgres]:
     """Its own server: this test stops it."""
     with running_postgres() as pg:
         yield pg
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[Service]:
-    with running_ollama_double(tokens=8) as service:
-        yield service
 
 
 async def client_loop(

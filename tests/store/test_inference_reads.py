@@ -11,29 +11,9 @@ import httpx
 import pytest
 
 from gateway.store.queries import add_feedback
-from testkit.ollama import running_ollama_double
-from testkit.processes import Service, redis_service, wait_until
+from testkit.processes import Service, wait_until
 from tests.store import support
-from tests.store.support import ADMIN, MODEL, chat, inference_rows, on_db
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[Service]:
-    with running_ollama_double(tokens=8) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Service]:
-    service = redis_service().start().wait_port()
-    yield service
-    service.stop()
-
-
-def make_key(gateway: Service, name: str, scopes: list[str]) -> tuple[str, str]:
-    made = httpx.post(f"{gateway.url}/admin/keys", json={"name": name, "scopes": scopes}, headers=ADMIN, timeout=10)
-    assert made.status_code == 201, made.text
-    return made.json()["key"], made.json()["id"]
+from tests.store.support import ADMIN, MODEL, chat, create_key, inference_rows, on_db
 
 
 def get(gateway: Service, key: str, path: str, **params: Any) -> httpx.Response:
@@ -58,9 +38,9 @@ def logged(double: Service, redis: Service, database_url: str) -> Iterator[dict[
         double, database_url, GATEWAY_CAPTURE_PERCENT="100", REDIS_URL=f"redis://127.0.0.1:{redis.port}/0"
     )
     try:
-        a, a_id = make_key(gateway, "app-a", ["inference"])
-        b, b_id = make_key(gateway, "app-b", ["inference"])
-        reviewer, _ = make_key(gateway, "support-lead", ["reviewer"])
+        a, a_id = create_key(gateway, "app-a")
+        b, b_id = create_key(gateway, "app-b")
+        reviewer, _ = create_key(gateway, "support-lead", ("reviewer",))
         sent = [chat(gateway, a, f"question {i}").headers["x-request-id"] for i in range(5)]
         sent += [chat(gateway, b, f"other {i}").headers["x-request-id"] for i in range(2)]
         sent.append(chat(gateway, a, "as json", response_format={"type": "json_object"}).headers["x-request-id"])

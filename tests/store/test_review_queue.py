@@ -10,29 +10,9 @@ import httpx
 import pytest
 
 from gateway.store.queries import add_feedback
-from testkit.ollama import running_ollama_double
-from testkit.processes import Service, redis_service, wait_until
+from testkit.processes import Service, wait_until
 from tests.store import support
-from tests.store.support import ADMIN, chat, inference_rows, on_db
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[Service]:
-    with running_ollama_double(tokens=8) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Service]:
-    service = redis_service().start().wait_port()
-    yield service
-    service.stop()
-
-
-def make_key(gateway: Service, name: str, scopes: list[str]) -> str:
-    made = httpx.post(f"{gateway.url}/admin/keys", json={"name": name, "scopes": scopes}, headers=ADMIN, timeout=10)
-    assert made.status_code == 201, made.text
-    return str(made.json()["key"])
+from tests.store.support import ADMIN, chat, create_key, inference_rows, on_db
 
 
 def call(gateway: Service, key: str, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -53,7 +33,7 @@ def flagged(double: Service, redis: Service, database_url: str) -> Iterator[dict
         double, database_url, GATEWAY_CAPTURE_PERCENT="100", REDIS_URL=f"redis://127.0.0.1:{redis.port}/0"
     )
     try:
-        app = make_key(gateway, "app", ["inference"])
+        app, _ = create_key(gateway, "app")
         sent = [chat(gateway, app, f"question {i}").headers["x-request-id"] for i in range(21)]
         sent.append(chat(gateway, app, "as json", response_format={"type": "json_object"}).headers["x-request-id"])
         wait_until(lambda: len(inference_rows(database_url)) == len(sent), timeout=15, what="every answer captured")
@@ -65,8 +45,8 @@ def flagged(double: Service, redis: Service, database_url: str) -> Iterator[dict
             "sent": sent,
             "app": app,
             "url": database_url,
-            "r1": make_key(gateway, "lead-1", ["reviewer"]),
-            "r2": make_key(gateway, "lead-2", ["reviewer"]),
+            "r1": create_key(gateway, "lead-1", ("reviewer",))[0],
+            "r2": create_key(gateway, "lead-2", ("reviewer",))[0],
         }
     finally:
         gateway.stop()
