@@ -10,7 +10,7 @@ with running_ollama_double(tokens=8) as double:      # a Service on a free port
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -61,6 +61,22 @@ def running_ollama_double(**kwargs: Any) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+@contextlib.contextmanager
+def running_ollama_replicas(
+    addresses: Sequence[str], port: int, models_of: Callable[[str], Sequence[str]], **kwargs: Any
+) -> Iterator[dict[str, Service]]:
+    """One double per loopback address, all on `port` (the replicas a DNS name resolves to), each with
+    `models_of(address)`; address -> its service. Every one is stopped when the block ends."""
+    started: dict[str, Service] = {}
+    try:
+        for address in addresses:
+            started[address] = start_ollama_double(host=address, port=port, models=models_of(address), **kwargs)
+        yield started
+    finally:
+        for service in started.values():
+            service.stop()
 
 
 class OllamaDoubleControl:

@@ -218,9 +218,15 @@ class RedisKeyStore:
         return await self.find_by_hash(text(secret_hash)) if secret_hash else None
 
     async def list(self) -> list[ApiKey]:
-        ids = await self.redis.run("key_list", lambda r: r.smembers("gw:keys"))
-        records = [await self.get(text(i)) for i in sorted(ids)]
-        return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+        """Every key in three round trips (the ids, their hashes, the records), however many there are."""
+        ids = sorted(text(i) for i in await self.redis.run("key_list", lambda r: r.smembers("gw:keys")))
+        if not ids:
+            return []
+        hashes = await self.redis.run("key_list", lambda r: r.mget([f"gw:key:id:{i}" for i in ids]))
+        found = [text(h) for h in hashes if h]
+        raws = await self.redis.run("key_list", lambda r: r.mget([f"gw:key:h:{h}" for h in found])) if found else []
+        records = [ApiKey.from_json(raw) for raw in raws if raw]
+        return sorted(records, key=lambda r: r.created_at)
 
     async def save(self, record: ApiKey) -> None:
         async def write(r: Any) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from testkit.dns import DnsServer, running_dns
-from testkit.ollama import OllamaDoubleControl, start_ollama_double
+from testkit.ollama import OllamaDoubleControl, running_ollama_replicas
 from testkit.processes import Service, free_port, wait_until
 from tests.support.gateway import ADMIN_KEY, running_gateway
 
@@ -33,15 +33,12 @@ def port() -> int:
 @pytest.fixture(scope="module")
 def doubles(port: int) -> Iterator[dict[str, Service]]:
     """One double per address, all on one port; the third lacks ONLY_ON_SOME (replicas may differ)."""
-    started: dict[str, Service] = {}
-    try:
-        for address in ADDRESSES:
-            models = [MODEL] if address == ADDRESSES[2] else [MODEL, ONLY_ON_SOME]
-            started[address] = start_ollama_double(host=address, port=port, models=models, tokens=4)
+
+    def models_of(address: str) -> list[str]:
+        return [MODEL] if address == ADDRESSES[2] else [MODEL, ONLY_ON_SOME]
+
+    with running_ollama_replicas(ADDRESSES, port, models_of, tokens=4) as started:
         yield started
-    finally:
-        for service in started.values():
-            service.stop()
 
 
 @pytest.fixture(scope="module")

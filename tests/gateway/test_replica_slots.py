@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from testkit.ollama import OllamaDoubleControl, running_ollama_double
+from testkit.ollama import running_ollama_double
 from testkit.processes import Service, wait_until
 from tests.support.gateway import ADMIN_KEY, running_gateway
 
@@ -30,14 +30,6 @@ def gateway(double: Service) -> Iterator[Service]:
     backend = {"kind": "ollama", "url": double.url, "name": "ollama", "max_concurrency": 1}
     with running_gateway([backend], env={"GATEWAY_QUEUE_TIMEOUT_S": "3"}) as service:
         yield service
-
-
-@pytest.fixture
-def control(double: Service) -> Iterator[OllamaDoubleControl]:
-    control = OllamaDoubleControl(double.url)
-    control.reset()
-    yield control
-    control.reset()
 
 
 def waiting(gateway: Service) -> float:

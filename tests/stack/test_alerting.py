@@ -166,10 +166,12 @@ def test_budget_warnings_reach_the_keys_team_once_per_threshold_and_no_other_tea
     def drive_until(reached: float) -> list[int]:
         statuses = []
         for _ in range(100):
-            if stack.budget_ratio(search_id) >= reached:
+            before = stack.budget_ratio(search_id)
+            if before >= reached:
                 return statuses
             statuses.append(stack.chat(search_key, MODEL).status_code)
-            time.sleep(0.4)  # the share is read every 0.3 s
+            # each answered or refused request moves the share; wait for /metrics to show it
+            wait_until(lambda b=before: stack.budget_ratio(search_id) > b, timeout=10, what="the share moving")
         raise AssertionError(f"the search key never reached {reached}: {stack.budget_ratio(search_id)}")
 
     arrivals = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testkit.dns import DnsServer, running_dns
-from testkit.ollama import OllamaDoubleControl, start_ollama_double
+from testkit.ollama import OllamaDoubleControl, running_ollama_replicas
 from testkit.processes import Service, free_port, wait_until
 from tests.trainer.conftest import write_config
 from tests.trainer.test_push import _fake_earlier_stages, _tiny_gguf
@@ -33,15 +33,9 @@ def port() -> int:
 
 @pytest.fixture(scope="module")
 def doubles(port: int) -> Iterator[dict[str, Service]]:
-    started: dict[str, Service] = {}
-    try:
-        for address in ADDRESSES:
-            fresh = address == ADDRESSES[2]  # starts later, without even the base model
-            started[address] = start_ollama_double(host=address, port=port, models=[] if fresh else [BASE])
+    """The third replica starts later, without even the base model."""
+    with running_ollama_replicas(ADDRESSES, port, lambda a: [] if a == ADDRESSES[2] else [BASE]) as started:
         yield started
-    finally:
-        for service in started.values():
-            service.stop()
 
 
 @pytest.fixture(scope="module")
