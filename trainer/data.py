@@ -13,20 +13,18 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from gateway.protocol.training_rows import chat_messages, text_field
 from trainer.config import DataConfig
 from trainer.encoding import Messages, encode_conversation
 from trainer.errors import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -56,49 +54,27 @@ class PrepareReport:
         return out
 
 
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"field '{name}' must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"field '{name}' is empty")
-    return value
-
-
 def _from_messages(row: dict[str, Any]) -> Messages:
-    msgs = row["messages"]
-    if not isinstance(msgs, list) or not msgs:
-        raise ValueError("'messages' must be a non-empty list")
-    out = []
-    for i, m in enumerate(msgs, 1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} needs 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise ValueError(f"message {i} has role {m['role']!r}; expected one of {', '.join(ROLES)}")
-        if m["role"] == "system" and i != 1:
-            raise ValueError(f"message {i} is a system message; only the first message may be one")
-        out.append({"role": m["role"], "content": _text(m["content"], f"messages[{i}].content")})
-    if out[-1]["role"] != "assistant":
-        raise ValueError("the last message must be the assistant's answer")
-    turns = [m["role"] for m in out if m["role"] != "system"]
-    if any(a == b for a, b in pairwise(turns)) or turns[0] != "user":
-        raise ValueError("after the optional system message, roles must alternate user, assistant, user, ...")
-    return out
+    return chat_messages(row["messages"])
 
 
 def _from_prompt_completion(row: dict[str, Any]) -> Messages:
     return [
-        {"role": "user", "content": _text(row.get("prompt"), "prompt")},
-        {"role": "assistant", "content": _text(row.get("completion"), "completion")},
+        {"role": "user", "content": text_field(row.get("prompt"), "prompt")},
+        {"role": "assistant", "content": text_field(row.get("completion"), "completion")},
     ]
 
 
 def _from_alpaca(row: dict[str, Any]) -> Messages:
-    instruction = _text(row.get("instruction"), "instruction")
+    instruction = text_field(row.get("instruction"), "instruction")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise ValueError("field 'input' must be a string")
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row.get("output"), "output")}]
+    return [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": text_field(row.get("output"), "output")},
+    ]
 
 
 FORMATS = {

@@ -2,17 +2,8 @@
 
 Input: captured inferences with their feedback, read from the gateway's database (`--database-url`)
 or from a dump written by `python -m gateway export` (`--from-file`, for a trainer without database
-access). Each row is judged by its feedback:
-
-- feedback the gateway could not tie to the request's sender (`role: unverified`) is ignored;
-- a correction (the answer it should have been) is the target, whatever the ratings say;
-- an answer rated up (its latest rating), or scored / judged at least `--min-score` on average, is a
-  positive: the model's own answer is the target;
-- an answer rated down without a correction is left out, as is one with no signal, a low score, no
-  answer, or content the trainer's `messages` format cannot hold.
-
-Rows are deduplicated by prompt (a correction beats a positive; the newest wins), then split by time:
-the newest `--heldout` share is the held-out set, so no held-out prompt is in the training rows.
+access). Which answers become rows, and how they are deduplicated and split, is
+gateway/protocol/training_rows.py (the review console's dataset download uses the same code).
 Writes OUT (train), OUT's `.heldout.jsonl` sibling and a `.report.json` saying what was taken and why.
 """
 
@@ -20,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import re
 import sys
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from trainer.data import row_to_messages
+from gateway.protocol.training_rows import Example, build, jsonl, moment
 
-PRIORITY = {"correction": 2, "rated_up": 1, "scored": 1}
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -51,97 +38,9 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _time(value: Any) -> datetime:
-    at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Example:
-    request_id: str
-    at: datetime
-    why: str  # correction | rated_up | scored
-    messages: list[dict[str, str]]
-
-    @property
-    def prompt_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.messages[:-1], sort_keys=True).encode()).hexdigest()
-
-
-def judge_row(row: dict[str, Any], min_score: float) -> tuple[str, str | None]:
-    """(why, target text): why is a reason taken (correction, rated_up, scored) or left out."""
-    # Feedback the gateway could not tie to the request's sender (`unverified`) never becomes a target.
-    trusted = [f for f in row.get("feedback") or [] if f.get("role") != "unverified"]
-    notes = sorted(trusted, key=lambda f: (str(f.get("created_at")), f.get("id") or 0))
-    corrections = [f["text"] for f in notes if f.get("kind") == "correction" and f.get("text")]
-    if corrections:
-        return "correction", corrections[-1]
-    answer = row.get("answer")
-    if row.get("outcome") not in ("success", "cache_hit") or not answer:
-        return "no_answer", None
-    ratings = [f["value"] for f in notes if f.get("kind") == "rating" and f.get("value") is not None]
-    if ratings:
-        return ("rated_up", answer) if ratings[-1] >= 1 else ("rated_down", None)
-    scores = [f["value"] for f in notes if f.get("kind") in ("score", "judge") and f.get("value") is not None]
-    if scores:
-        return ("scored", answer) if sum(scores) / len(scores) >= min_score else ("low_score", None)
-    return "no_signal", None
-
-
-def to_example(row: dict[str, Any], min_score: float) -> tuple[str, Example | None]:
-    why, target = judge_row(row, min_score)
-    if target is None:
-        return why, None
-    prompt = row.get("messages")
-    if not isinstance(prompt, list):  # a text completion ({"prompt": ...})
-        text = (prompt or {}).get("prompt") if isinstance(prompt, dict) else None
-        prompt = [{"role": "user", "content": text}] if isinstance(text, str) else None
-    if not prompt:
-        return "unsupported_content", None
-    try:
-        messages = row_to_messages({"messages": [*prompt, {"role": "assistant", "content": target}]}, "messages", None)
-    except ValueError:
-        return "unsupported_content", None
-    return why, Example(request_id=row["request_id"], at=_time(row["created_at"]), why=why, messages=messages)
-
-
-def build(
-    rows: Iterable[dict[str, Any]], *, min_score: float = 0.8, heldout: float = 0.1
-) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    taken: dict[str, Example] = {}
-    reasons: Counter[str] = Counter()
-    seen = 0
-    for row in rows:
-        seen += 1
-        why, example = to_example(row, min_score)
-        reasons[why] += 1
-        if example is None:
-            continue
-        kept = taken.get(example.prompt_key)
-        if kept is None or (PRIORITY[example.why], example.at) >= (PRIORITY[kept.why], kept.at):
-            taken[example.prompt_key] = example
-    examples = sorted(taken.values(), key=lambda e: (e.at, e.request_id))
-    n_heldout = round(len(examples) * heldout) if len(examples) > 1 else 0
-    if heldout > 0 and len(examples) > 1:
-        n_heldout = max(1, n_heldout)
-    train, held = examples[: len(examples) - n_heldout], examples[len(examples) - n_heldout :]
-    report = {
-        "inferences_read": seen,
-        "reasons": dict(sorted(reasons.items())),  # taken: correction, rated_up, scored; the rest left out
-        "duplicates_dropped": sum(reasons[k] for k in PRIORITY) - len(examples),
-        "train": len(train),
-        "heldout": len(held),
-        "train_by_reason": dict(Counter(e.why for e in train)),
-        "heldout_from": held[0].at.isoformat() if held else None,
-        "min_score": min_score,
-    }
-    return train, held, report
-
-
 def write(path: Path, examples: Sequence[Example]) -> None:
     with path.open("w") as out:
-        for e in examples:
-            out.write(json.dumps({"messages": e.messages, "request_id": e.request_id, "source": e.why}) + "\n")
+        out.writelines(jsonl(examples))
 
 
 def read_dump(path: Path, *, route: str | None, since: datetime | None) -> list[dict[str, Any]]:
@@ -153,7 +52,7 @@ def read_dump(path: Path, *, route: str | None, since: datetime | None) -> list[
             row = json.loads(line)
             if route is not None and route not in (row.get("route"), row.get("model")):
                 continue
-            if since is not None and _time(row["created_at"]) < since:
+            if since is not None and moment(row["created_at"]) < since:
                 continue
             rows.append(row)
     return rows

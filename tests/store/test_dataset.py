@@ -163,7 +163,7 @@ def test_dataset_from_the_database_and_from_an_export(database_url: str, tmp_pat
 
 
 def test_feedback_not_tied_to_the_requests_sender_never_becomes_a_target() -> None:
-    from trainer.dataset import judge_row
+    from gateway.protocol.training_rows import judge_row
 
     row = {"answer": "the model's answer", "outcome": "success"}
     planted = {
