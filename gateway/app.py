@@ -13,6 +13,7 @@ from prometheus_client import Histogram
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 
+from gateway import console
 from gateway.api import ops, token
 from gateway.api.admin import adapters, inferences, keys, review, routes
 from gateway.api.drain import Drain
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     state.usage, state.prices, state.pool, state.adapters = s.usage, s.prices, s.pool, s.adapters
     state.route_store, state.route_table, state.route_stats = s.route_store, s.route_table, s.route_stats
     state.store, state.pipeline, state.feedback, state.review = s.store, s.pipeline, s.feedback, s.review
-    state.drain = drain
+    state.sessions, state.limiter, state.drain = s.sessions, s.limiter, drain
 
     for router in (
         inference.router,
@@ -90,6 +91,9 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         review.router,
     ):
         app.include_router(router)
+    if services.settings.console:
+        for router in console.ROUTERS:
+            app.include_router(router)
     if services.settings.api_docs == "admin":
         app.include_router(ops.schema_router)
     install_error_handlers(app)

@@ -18,6 +18,7 @@ from gateway.access.jwt import JwksCache, JwtVerifier, jwt_from_settings
 from gateway.access.key_lookup import CachedKeyLookup
 from gateway.access.keys import KeyStore, MemoryKeyStore, RedisKeyStore, pepper_of
 from gateway.access.limits import AnonymousLimiter, KeyRateLimiter
+from gateway.access.sessions import SessionStore
 from gateway.access.tokens import TokenIssuer
 from gateway.access.usage import UsageStore
 from gateway.adapters.leases import AdapterLeases
@@ -186,6 +187,7 @@ class Services:
             failures=failures,
         )
         self.review = ReviewQueue(self.store.engine, self.redis)
+        self.sessions = SessionStore(self.redis, lifetime_s=self.settings.console_session_hours * 3600)
         self.feedback = FeedbackDesk(
             recent=self.recent,
             engine=self.store.engine,

@@ -10,6 +10,7 @@ refused.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ def presented_credential(authorization: str | None, api_key: str | None) -> str 
     if api_key is not None and len(api_key) > MAX_CREDENTIAL_BYTES:
         raise _refused("X-API-Key header too large")
     return api_key
+
+
+def credential_digest(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
 
 
 def principal_for_key(record: ApiKey) -> Principal:
@@ -121,6 +126,17 @@ class Authenticator:
         if credential.startswith(KEY_PREFIX):
             return self._principal_of(_check_active(await self._lookup(self.keys.find, credential)))
         return await self._from_token(credential)
+
+    async def holder(self, key_id: str | None, *, admin_digest: str | None, client: str) -> Principal:
+        """The principal of a console session opened with key `key_id` (None: the local operator); 401 once
+        that key is revoked or expired, or the bootstrap admin key it was opened with has changed."""
+        if self.open_locally or key_id is None:
+            return await self.principal(None, client=client)
+        if admin_digest is not None:
+            if self.admin_key is not None and hmac.compare_digest(admin_digest, credential_digest(self.admin_key)):
+                return BOOTSTRAP_ADMIN
+            raise _refused("the admin key has changed; sign in again")
+        return self._principal_of(_check_active(await self._lookup(self.keys.find_id, key_id)))
 
     def _principal_of(self, record: ApiKey) -> Principal:
         cached = self._principals.get(record.id)

@@ -12,6 +12,7 @@ from gateway.access.authenticate import Authenticator
 from gateway.access.cost import PriceTable
 from gateway.access.key_lookup import CachedKeyLookup
 from gateway.access.keys import KeyStore
+from gateway.access.limits import KeyRateLimiter
 from gateway.access.principal import Principal
 from gateway.access.tokens import TokenIssuer
 from gateway.access.usage import UsageStore
@@ -109,6 +110,10 @@ def store(request: Request) -> StoreRuntime:
 
 def review(request: Request) -> ReviewQueue:
     return request.app.state.review
+
+
+def limiter(request: Request) -> KeyRateLimiter:
+    return request.app.state.limiter
 
 
 def usage(request: Request) -> UsageStore:

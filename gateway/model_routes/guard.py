@@ -34,44 +34,87 @@ class Verdict:
     weight: int = 0
 
 
+@dataclass(frozen=True)
+class Signal:
+    """One guard rule for one canary: both variants' values, the rule, whether the samples suffice to judge
+    it yet (and what they need), and whether the canary breaks it."""
+
+    name: str  # error_rate | ttft_p95 | format | thumbs_down
+    stable: float | None
+    canary: float | None
+    rule: str
+    needs: str
+    ready: bool
+    breached: bool
+    samples: dict[str, int]
+
+
+def signals(guard: Guard, stable: VariantStats, canary: VariantStats) -> list[Signal]:
+    """Every rule of the guard, in the order it is judged."""
+    sample = {"stable_requests": stable.requests, "canary_requests": canary.requests}
+    enough = stable.requests >= guard.min_requests and canary.requests >= guard.min_requests
+    each = f"{guard.min_requests} requests each"
+    stable_p95, canary_p95 = stable.ttft_quantile(0.95), canary.ttft_quantile(0.95)
+    format_ready = enough and min(stable.format_checked, canary.format_checked) >= guard.min_requests
+    votes = max(1, guard.min_requests // 10)
+    thumbs_ready = (
+        enough and min(stable.votes, canary.votes) >= votes and min(stable.raters, canary.raters) >= guard.min_raters
+    )
+    return [
+        Signal(
+            "error_rate",
+            stable.error_rate,
+            canary.error_rate,
+            f"canary at most {guard.max_error_rate_delta:g} over the stable",
+            each,
+            enough,
+            enough and canary.error_rate - stable.error_rate > guard.max_error_rate_delta,
+            sample,
+        ),
+        Signal(
+            "ttft_p95",
+            stable_p95,
+            canary_p95,
+            f"canary at most {guard.max_ttft_p95_ratio:g} times the stable",
+            each,
+            enough,
+            enough and bool(stable_p95 and canary_p95 and canary_p95 > guard.max_ttft_p95_ratio * stable_p95),
+            sample,
+        ),
+        Signal(
+            "format",
+            stable.format_failure,
+            canary.format_failure,
+            f"canary at most {guard.max_format_failure_delta:g} over the stable",
+            f"{guard.min_requests} format-checked answers each",
+            format_ready,
+            format_ready and canary.format_failure - stable.format_failure > guard.max_format_failure_delta,
+            {"stable_checked": stable.format_checked, "canary_checked": canary.format_checked, **sample},
+        ),
+        Signal(
+            "thumbs_down",
+            stable.thumbs_down_share,
+            canary.thumbs_down_share,
+            f"canary at most {guard.max_thumbs_down_delta:g} over the stable",
+            f"{votes} votes from {guard.min_raters} raters each",
+            thumbs_ready,
+            thumbs_ready and canary.thumbs_down_share - stable.thumbs_down_share > guard.max_thumbs_down_delta,
+            {
+                "stable_votes": stable.votes,
+                "canary_votes": canary.votes,
+                "stable_raters": stable.raters,
+                "canary_raters": canary.raters,
+                **sample,
+            },
+        ),
+    ]
+
+
 def _breach(guard: Guard, stable: VariantStats, canary: VariantStats) -> dict[str, Any] | None:
     """The first rule the canary breaks, with both variants' values and samples; None when it keeps all."""
-    sample = {"stable_requests": stable.requests, "canary_requests": canary.requests}
-    if stable.requests < guard.min_requests or canary.requests < guard.min_requests:
-        return None
-    if canary.error_rate - stable.error_rate > guard.max_error_rate_delta:
-        return {"signal": "error_rate", "stable": stable.error_rate, "canary": canary.error_rate, **sample}
-    stable_p95, canary_p95 = stable.ttft_quantile(0.95), canary.ttft_quantile(0.95)
-    if stable_p95 and canary_p95 and canary_p95 > guard.max_ttft_p95_ratio * stable_p95:
-        return {"signal": "ttft_p95", "stable": stable_p95, "canary": canary_p95, **sample}
-    if (
-        min(stable.format_checked, canary.format_checked) >= guard.min_requests
-        and canary.format_failure - stable.format_failure > guard.max_format_failure_delta
-    ):
-        return {
-            "signal": "format",
-            "stable": stable.format_failure,
-            "canary": canary.format_failure,
-            "stable_checked": stable.format_checked,
-            "canary_checked": canary.format_checked,
-            **sample,
-        }
-    votes = max(1, guard.min_requests // 10)
-    if (
-        min(stable.votes, canary.votes) >= votes
-        and min(stable.raters, canary.raters) >= guard.min_raters
-        and canary.thumbs_down_share - stable.thumbs_down_share > guard.max_thumbs_down_delta
-    ):
-        return {
-            "signal": "thumbs_down",
-            "stable": stable.thumbs_down_share,
-            "canary": canary.thumbs_down_share,
-            "stable_votes": stable.votes,
-            "canary_votes": canary.votes,
-            "stable_raters": stable.raters,
-            "canary_raters": canary.raters,
-            **sample,
-        }
+    for signal in signals(guard, stable, canary):
+        if signal.breached:
+            return {"signal": signal.name, "stable": signal.stable, "canary": signal.canary, **signal.samples}
     return None
 
 

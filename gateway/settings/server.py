@@ -36,6 +36,14 @@ class ServerSettings(BaseSettings):
         description="The API's OpenAPI schema at /openapi.json: for admin-scoped callers (`admin`), "
         "nobody (`off`), or everyone with the /docs page too (`public`: it lists every admin path).",
     )
+    console: bool = Field(
+        True,
+        description="The review console at /console: captured answers, corrections, rollouts, datasets and "
+        "keys in a browser, for reviewer and admin keys (signed in, never open). `false`: /console is 404.",
+    )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=168, description="How long a console sign-in lasts before the key must be entered again."
+    )
     drain_delay_s: float = Field(
         5.0,
         ge=0,

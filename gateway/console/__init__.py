@@ -1,0 +1,21 @@
+"""The review console: server-rendered pages under /console for the people who judge the model (reviewer and
+admin keys): the review queue, captured inferences, rollouts, datasets, keys and usage. Jinja2 templates
+and plain forms, one small script for keyboard shortcuts and one stylesheet, both shipped with the package:
+no build step, nothing from a CDN, and every page works without script. The pages call the same services as
+the admin API and check the same scopes on the server."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from gateway.console import assets, datasets, inferences, keys, review, rollouts, signin
+
+ROUTERS: tuple[APIRouter, ...] = (
+    signin.router,
+    review.router,
+    inferences.router,
+    rollouts.router,
+    datasets.router,
+    keys.router,
+    assets.router,
+)
