@@ -8,7 +8,7 @@ LLAMA_CPP_PYTHON := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproj
 LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)-portable
 K8S_TOOLS_STAMP := $(VENV)/.k8s-tools-$(shell cat scripts/install_k8s_tools.py | md5sum | cut -c1-12)
 CHECKOV_VENV := .venv-checkov
-SYSTEM_BINS := redis-server nginx promtool prometheus prometheus-alertmanager amtool pg_ctl dnsmasq
+SYSTEM_BINS := redis-server nginx promtool prometheus prometheus-alertmanager amtool pg_ctl dnsmasq chromium chromedriver
 
 .PHONY: test test-fast lint format system-deps venv up down destroy tls backup restore bench bench-workers bench-soak bench-model clean
 
@@ -38,8 +38,8 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages for:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx prometheus prometheus-alertmanager postgresql dnsmasq-base; \
-	  else echo "missing:$$missing (install redis-server, nginx, prometheus, postgresql and dnsmasq-base, or run as root)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx prometheus prometheus-alertmanager postgresql dnsmasq-base chromium chromium-driver; \
+	  else echo "missing:$$missing (install redis-server, nginx, prometheus, postgresql, dnsmasq-base, chromium and chromium-driver, or run as root)"; exit 1; fi; \
 	fi
 
 venv: $(STAMP) $(K8S_TOOLS_STAMP)

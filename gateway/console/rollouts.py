@@ -26,7 +26,7 @@ SHOWN_HISTORY = 10
 def _weights(snapshot: dict[str, Any] | None) -> str:
     if not snapshot:
         return "(none)"
-    variants = snapshot.get("spec", {}).get("variants", [])
+    variants = snapshot.get("variants", [])
     shown = (f"{v.get('model')}{'+' + v['adapter'] if v.get('adapter') else ''} {v.get('weight')}%" for v in variants)
     return ", ".join(shown)
 

@@ -146,13 +146,20 @@ async def viewer(request: Request) -> Viewer:
     current_record().key_id = principal.key_id
     if not principal.scopes & {"reviewer", "admin"}:
         raise Forbidden("this key has neither the 'reviewer' nor the 'admin' scope")
-    return Viewer(principal, session, session_id)
+    person = Viewer(principal, session, session_id)
+    request.state.viewer = person  # for an error page shown later in this request
+    return person
 
 
 def same_site(request: Request) -> bool:
-    """A form post from a page of this host (or from a browser that sends no Origin)."""
+    """A form posted from a page of this site. Browsers say so in Sec-Fetch-Site; where one does not, a real
+    Origin must name this host (with Referrer-Policy: no-referrer a same-site post says `null`). The CSRF token
+    is checked either way."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return True
     host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
     return urlsplit(origin).hostname == host
@@ -192,6 +199,10 @@ def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
+def _viewer(request: Request) -> Viewer | None:
+    return getattr(request.state, "viewer", None)
+
+
 class ConsoleRoute(APIRoute):
     """Every console handler's answer gets the console's headers; a missing sign-in goes to the sign-in
     page, and a refusal (a client's mistake, a missing scope, a store that is down) is shown as a page."""
@@ -207,11 +218,18 @@ class ConsoleRoute(APIRoute):
                 forget_cookie(request, response, COOKIE)
             except RequestValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
-                response = page(request, "error.html", status=400, status_code=400, message=problems)
+                response = page(request, "error.html", _viewer(request), status=400, status_code=400, message=problems)
             except GatewayError as exc:
                 if exc.status >= 500:
                     log.warning("console page failed: %s", exc.message)
-                response = page(request, "error.html", status=exc.status, status_code=exc.status, message=exc.message)
+                response = page(
+                    request,
+                    "error.html",
+                    _viewer(request),
+                    status=exc.status,
+                    status_code=exc.status,
+                    message=exc.message,
+                )
             response.headers.update(HEADERS)
             return response
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.console.web import CSP as CONSOLE_CSP
 from tests.compose.stack import MODEL, NOT_RUN, PROJECT, Pending, Stack, poll, stack_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -150,6 +152,20 @@ def test_the_openai_sdk_answers_through_nginx(stack: Stack) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     as_json = admin.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"})
     assert as_json.choices[0].message.content  # its format check runs in the gateway's checking process
+
+
+def test_the_review_console_signs_in_and_loads_through_nginx(stack: Stack) -> None:
+    edge = httpx.Client(base_url=f"http://127.0.0.1:{stack.api_port}", timeout=10)
+    form = edge.get("/console/login")
+    assert form.status_code == 200 and "Sign in" in form.text
+    assert form.headers.get_list("content-security-policy") == [CONSOLE_CSP]
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token, form.text[:500]
+    signed = edge.post("/console/login", data={"csrf": token.group(1), "key": stack.secret("gateway_admin_key")})
+    assert signed.status_code == 303 and signed.headers["location"] == "/console/review", signed.text[:500]
+    for path in ("/console/review", "/console/inferences", "/console/rollouts", "/console/datasets", "/console/keys"):
+        page = edge.get(path)
+        assert page.status_code == 200 and "Sign out" in page.text, (path, page.text[:500])
 
 
 def test_a_key_made_with_the_cli_works_and_is_limited(stack: Stack) -> None:

@@ -13,8 +13,12 @@ import httpx
 import pytest
 from markupsafe import escape
 
+from gateway.console.web import CSP
 from gateway.store.queries import add_feedback
+from testkit.nginx_render import build_conf_dir
 from testkit.ollama import running_ollama_double
+from testkit.processes import free_port
+from testkit.topology import loopback_nginx_values, start_nginx
 from tests.console.support import PAYLOADS, Bench, csrf_of, signed_in
 from tests.store.support import ADMIN, MODEL, create_key, feedback_rows, gateway_on, on_db
 from tests.support.gateway import ADMIN_KEY
@@ -112,6 +116,7 @@ def test_forms_without_the_sessions_token_or_from_another_site_change_nothing(ro
         ({"rating": "up"}, {}),
         ({"rating": "up", "csrf": "forged"}, {}),
         ({"rating": "up", "csrf": token}, {"Origin": "https://evil.example"}),
+        ({"rating": "up", "csrf": token}, {"Sec-Fetch-Site": "cross-site", "Origin": "null"}),
     ):
         refused = client.post(target, data=data, headers=headers)
         assert refused.status_code == 403, refused.text[:300]
@@ -220,3 +225,26 @@ def test_the_console_is_off_with_its_setting(tmp_path: Path) -> None:
             assert httpx.get(f"{gateway.url}/admin/keys", headers=ADMIN).status_code == 200
         finally:
             gateway.stop()
+
+
+def test_the_console_works_behind_the_edge_nginx_with_its_own_policy(routed: Bench, tmp_path: Path) -> None:
+    public, status, tls = free_port(), free_port(), free_port()
+    conf = build_conf_dir(
+        tmp_path / "nginx", loopback_nginx_values(public, status, tls), [f"127.0.0.1:{routed.gateway.port}"]
+    )
+    nginx = start_nginx(conf, public)
+    try:
+        edge = httpx.Client(base_url=f"http://127.0.0.1:{public}", timeout=10)
+        form = edge.get("/console/login")
+        assert form.status_code == 200 and "Sign in" in form.text
+        assert form.headers.get_list("content-security-policy") == [CSP]  # the console's, not the API's
+        assert form.headers["x-request-id"] and form.headers["x-frame-options"] == "DENY"
+        signed = edge.post("/console/login", data={"csrf": csrf_of(form), "key": routed.reviewer})
+        assert signed.status_code == 303 and signed.headers["location"] == "/console/review"
+        queue = edge.get("/console/review")
+        assert queue.status_code == 200 and "Review queue" in queue.text
+        assert edge.get("/console/static/console.css").headers["content-type"].startswith("text/css")
+        api = edge.get("/v1/models")
+        assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    finally:
+        nginx.stop()
