@@ -97,9 +97,11 @@ def run_schemathesis(
     phases: Sequence[str] = PHASES,
     workers: int = 1,
     max_time_s: float | None = None,
+    deterministic: bool = True,
     extra: Sequence[str] = (),
 ) -> FuzzResult:
-    """`st run` against `url`/openapi.json with the admin key; deterministic for a given seed."""
+    """`st run` against `url`/openapi.json with the admin key: the same cases every run (deterministic), or
+    cases drawn from `seed`."""
     st = Path(sys.executable).with_name("st")
     argv = [
         str(st),
@@ -115,7 +117,7 @@ def run_schemathesis(
         str(max_examples),
         "--seed",
         str(seed),
-        "--generation-deterministic",
+        *(["--generation-deterministic"] if deterministic else ["--generation-database", "none"]),
         "--workers",
         str(workers),
         "--request-timeout",
