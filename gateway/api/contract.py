@@ -65,6 +65,11 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def ok(response: dict[str, Any], status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a success: `{"model": ..., "description": ..., "links": ...}` under `status`."""
+    return {status: response}
+
+
 def link(operation_id: str, description: str, **parameters: str) -> dict[str, Any]:
     """An OpenAPI link: call `operation_id` with `parameters` (runtime expressions such as
     `$response.body#/id` or `$request.path.name`)."""

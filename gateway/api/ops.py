@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from gateway.api.contract import AUTHENTICATED, errors
+from gateway.api.contract import AUTHENTICATED, errors, ok
 from gateway.api.deps import AdminDep, pool
 from gateway.api.responses import json_response
 
@@ -51,7 +51,7 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="Readiness: at least one backend replica reachable (details: /admin/health)",
-    responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "Unready or draining."}},
+    responses=ok({"model": Readiness}) | ok({"model": Readiness, "description": "Unready or draining."}, 503),
     openapi_extra={"security": []},
 )
 async def readyz(request: Request) -> Response:

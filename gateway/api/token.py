@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from gateway.access.authenticate import presented_credential
-from gateway.api.contract import errors, schema_ref
+from gateway.api.contract import errors, ok, schema_ref
 from gateway.api.deps import tokens
 from gateway.api.responses import json_response
 from gateway.errors import InvalidRequest
@@ -78,7 +78,7 @@ BODY = {"schema": schema_ref(TokenRequest)}
 @router.post(
     "/auth/token",
     summary="Exchange an API key for a short-lived JWT",
-    responses={200: {"model": TokenAnswer}} | errors(400, 401, 413, 429, 501, 503),
+    responses=ok({"model": TokenAnswer}) | errors(400, 401, 413, 429, 501, 503),
     openapi_extra={
         "requestBody": {
             "required": False,

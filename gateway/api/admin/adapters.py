@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from gateway.adapters.registry import NAME_PATTERN, Adapter, AdapterSpec
-from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link, ok
 from gateway.api.deps import AdminDep, pool
 from gateway.api.deps import adapters as registry
 from gateway.api.responses import json_response
@@ -42,12 +42,12 @@ async def _refresh_models(request: Request) -> None:
     await pool(request).refresh()
 
 
-@router.get("", summary="List registered adapters", responses={200: {"model": AdapterList}})
+@router.get("", summary="List registered adapters", responses=ok({"model": AdapterList}))
 async def list_adapters(request: Request, _: AdminDep) -> Response:
     return json_response({"object": "list", "data": [a.public_view() for a in await registry(request).list()]})
 
 
-@router.get("/{name:path}", summary="Show one adapter", responses={200: {"model": AdapterView}} | errors(400, 404))
+@router.get("/{name:path}", summary="Show one adapter", responses=ok({"model": AdapterView}) | errors(400, 404))
 async def show_adapter(request: Request, name: AdapterName, _: AdminDep) -> Response:
     return json_response((await registry(request).get(name)).public_view())
 
@@ -55,7 +55,7 @@ async def show_adapter(request: Request, name: AdapterName, _: AdminDep) -> Resp
 @router.put(
     "/{name:path}",
     summary="Register an adapter, or replace its record (a new version)",
-    responses={200: {"model": AdapterView, "description": "The adapter's record.", "links": ADAPTER_LINKS}}
+    responses=ok({"model": AdapterView, "description": "The adapter's record.", "links": ADAPTER_LINKS})
     | errors(*WITH_BODY),
 )
 async def put_adapter(request: Request, name: AdapterName, body: AdapterSpec, _: AdminDep) -> Response:
@@ -67,7 +67,7 @@ async def put_adapter(request: Request, name: AdapterName, body: AdapterSpec, _:
 @router.delete(
     "/{name:path}",
     summary="Remove an adapter (replicas unload it once its requests are done)",
-    responses={200: {"model": DeletedAdapter}} | errors(400, 404),
+    responses=ok({"model": DeletedAdapter}) | errors(400, 404),
 )
 async def delete_adapter(request: Request, name: AdapterName, _: AdminDep) -> Response:
     adapter = await registry(request).remove(name)

@@ -18,7 +18,7 @@ from gateway.access.keys import (
     KeySpec,
     update_key,
 )
-from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link, ok
 from gateway.api.deps import AdminDep, key_lookup, keys
 from gateway.api.responses import json_response
 
@@ -73,7 +73,7 @@ class CreateKeyBody(KeyLimitsBody):
 
     name: str = Field(min_length=1, max_length=100, pattern=LABEL_PATTERN)
     owner: str = Field("", max_length=100, pattern=r"^$|" + LABEL_PATTERN)
-    scopes: list[Scope] = Field(default_factory=lambda: ["inference"], max_length=3)
+    scopes: list[Scope] = Field(default_factory=lambda: ["inference"], max_length=3)  # type: ignore[arg-type]
     expires_in_days: float | None = Field(
         None, gt=0, le=MAX_EXPIRES_IN_DAYS, description="Alternative to expires_at: days from now."
     )
@@ -85,7 +85,7 @@ class UpdateKeyBody(KeyLimitsBody):
 
     name: str = Field(None, min_length=1, max_length=100, pattern=LABEL_PATTERN)  # type: ignore[assignment]
     owner: str = Field(None, max_length=100, pattern=r"^$|" + LABEL_PATTERN)  # type: ignore[assignment]
-    scopes: list[Scope] = Field(None, max_length=3)  # type: ignore[assignment]
+    scopes: list[Scope] = Field(None, max_length=3)  # type: ignore[arg-type]
 
 
 class KeyView(BaseModel):
@@ -125,7 +125,7 @@ KEY_LINKS = {
     "",
     status_code=201,
     summary="Create a key; the plain key is in this answer only",
-    responses={201: {"model": CreatedKey, "description": "The key, with its secret.", "links": KEY_LINKS}}
+    responses=ok({"model": CreatedKey, "description": "The key, with its secret.", "links": KEY_LINKS}, 201)
     | errors(*WITH_BODY),
 )
 async def create_key(request: Request, body: CreateKeyBody, _: AdminDep) -> Response:
@@ -145,13 +145,13 @@ async def create_key(request: Request, body: CreateKeyBody, _: AdminDep) -> Resp
     return json_response({"key": secret, **record.public_view()}, status_code=201)
 
 
-@router.get("", summary="List keys (no secrets)", responses={200: {"model": KeyList, "description": "Every key."}})
+@router.get("", summary="List keys (no secrets)", responses=ok({"model": KeyList, "description": "Every key."}))
 async def list_keys(request: Request, _: AdminDep) -> Response:
     records = await keys(request).list()
     return json_response({"object": "list", "data": [r.public_view() for r in records]})
 
 
-@router.get("/{key_id}", summary="Show one key (no secret)", responses={200: {"model": KeyView}} | errors(400, 404))
+@router.get("/{key_id}", summary="Show one key (no secret)", responses=ok({"model": KeyView}) | errors(400, 404))
 async def show_key(request: Request, key_id: KeyId, _: AdminDep) -> Response:
     record = await keys(request).get(key_id)
     if record is None:
@@ -163,7 +163,7 @@ async def show_key(request: Request, key_id: KeyId, _: AdminDep) -> Response:
     "/{key_id}",
     name="update_key",
     summary="Change a key's limits, models, scopes or expiry",
-    responses={200: {"model": KeyView}} | errors(*WITH_BODY, 404),
+    responses=ok({"model": KeyView}) | errors(*WITH_BODY, 404),
 )
 async def update(request: Request, key_id: KeyId, body: UpdateKeyBody, _: AdminDep) -> Response:
     changes = body.model_dump(exclude_unset=True)
@@ -176,7 +176,7 @@ async def update(request: Request, key_id: KeyId, body: UpdateKeyBody, _: AdminD
     "/{key_id}",
     name="revoke_key",
     summary="Revoke a key (kept for the record, refused from now on)",
-    responses={200: {"model": KeyView}} | errors(400, 404),
+    responses=ok({"model": KeyView}) | errors(400, 404),
 )
 async def revoke(request: Request, key_id: KeyId, _: AdminDep) -> Response:
     record = await update_key(keys(request), key_id, revoked=True)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.api.admin.inferences import NAME, shown, unavailable
-from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, ok
 from gateway.api.deps import ReviewerDep, parse_body, review
 from gateway.api.responses import json_response
 
@@ -40,7 +40,8 @@ async def queue(
     "/next",
     name="claim_review_item",
     summary="Claim the most urgent answer nobody else holds (204 when there is none)",
-    responses={200: {"description": "The answer, claimed for ten minutes."}, 204: {"description": "None waiting."}}
+    responses=ok({"description": "The answer, claimed for ten minutes."})
+    | ok({"description": "None waiting."}, 204)
     | errors(*WITH_BODY),
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": NextBody.model_json_schema()}}}},
 )

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.access.principal import Principal
-from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link, ok
 from gateway.api.deps import AdminDep, adapters, metrics, pool, route_stats, route_store, route_table
 from gateway.api.responses import json_response
 from gateway.errors import ModelNotFound
@@ -63,7 +63,7 @@ ROUTE_LINKS = {
     "RollBackRoute": link("roll_back_route", "Undo this change.", name="$request.path.name"),
     "DeleteRoute": link("delete_route", "Delete it.", name="$request.path.name"),
 }
-CHANGED = {200: {"model": RouteView, "description": "The route as it is now."}}
+CHANGED = {"model": RouteView, "description": "The route as it is now."}
 
 
 def _who(principal: Principal) -> str:
@@ -94,13 +94,13 @@ async def _changed(request: Request, route: StoredRoute | None) -> Response:
     return json_response(route.public() if route else {"deleted": True})
 
 
-@router.get("", summary="List routes", responses={200: {"model": RouteList}})
+@router.get("", summary="List routes", responses=ok({"model": RouteList}))
 async def list_routes(request: Request, _: AdminDep) -> Response:
     routes = await route_store(request).all()
     return json_response({"routes": [r.public() for r in sorted(routes.values(), key=lambda r: r.name)]})
 
 
-@router.get("/{name}", summary="Show a route", responses=CHANGED | errors(404))
+@router.get("/{name}", summary="Show a route", responses=ok(CHANGED) | errors(404))
 async def show_route(request: Request, name: RouteName, _: AdminDep) -> Response:
     return json_response((await route_store(request).get(name)).public())
 
@@ -108,7 +108,7 @@ async def show_route(request: Request, name: RouteName, _: AdminDep) -> Response
 @router.put(
     "/{name}",
     summary="Create or replace a route",
-    responses={200: {**CHANGED[200], "links": ROUTE_LINKS}} | errors(*WITH_BODY, 404, 409),
+    responses=ok({**CHANGED, "links": ROUTE_LINKS}) | errors(*WITH_BODY, 404, 409),
 )
 async def put_route(request: Request, name: RouteName, spec: RouteSpec, principal: AdminDep) -> Response:
     await _check_models(request, name, spec)
@@ -118,7 +118,7 @@ async def put_route(request: Request, name: RouteName, spec: RouteSpec, principa
 @router.delete(
     "/{name}",
     summary="Delete a route (its name is then served as a plain model name again)",
-    responses={200: {"model": Deleted}} | errors(404, 409),
+    responses=ok({"model": Deleted}) | errors(404, 409),
 )
 async def delete_route(request: Request, name: RouteName, principal: AdminDep) -> Response:
     store = route_store(request)
@@ -130,7 +130,7 @@ async def delete_route(request: Request, name: RouteName, principal: AdminDep) -
     "/{name}/promote",
     name="promote_route",
     summary="Send 100 % to one variant",
-    responses=CHANGED | errors(*WITH_BODY, 404, 409),
+    responses=ok(CHANGED) | errors(*WITH_BODY, 404, 409),
 )
 async def promote(request: Request, name: RouteName, body: PromoteBody, principal: AdminDep) -> Response:
     return await _changed(request, await changes.promote(route_store(request), name, body.model, who=_who(principal)))
@@ -140,7 +140,7 @@ async def promote(request: Request, name: RouteName, body: PromoteBody, principa
     "/{name}/rollback",
     name="roll_back_route",
     summary="Restore the route as it was before its last change",
-    responses=CHANGED | errors(404, 409),
+    responses=ok(CHANGED) | errors(404, 409),
 )
 async def rollback(request: Request, name: RouteName, principal: AdminDep) -> Response:
     route = await changes.roll_back(route_store(request), name, who=_who(principal))
@@ -152,7 +152,7 @@ async def rollback(request: Request, name: RouteName, principal: AdminDep) -> Re
     "/{name}/history",
     name="route_history",
     summary="Every change to the route, newest first",
-    responses={200: {"model": RouteHistory}} | errors(404),
+    responses=ok({"model": RouteHistory}) | errors(404),
 )
 async def history(request: Request, name: RouteName, _: AdminDep) -> Response:
     await route_store(request).get(name)  # 404 for an unknown route
@@ -163,7 +163,7 @@ async def history(request: Request, name: RouteName, _: AdminDep) -> Response:
     "/{name}/stats",
     name="route_stats",
     summary="Per-variant signals since the route's last change",
-    responses={200: {"model": RouteStats}} | errors(404),
+    responses=ok({"model": RouteStats}) | errors(404),
 )
 async def stats(request: Request, name: RouteName, _: AdminDep) -> Response:
     route = await route_store(request).get(name)

@@ -7,15 +7,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, json_body
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, json_body, ok
 from gateway.api.deps import pipeline
 from gateway.pipeline.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDING
 from gateway.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 # 404: no such model or route; 502/503/504: the backends failed, are busy or did not answer in time.
 router = APIRouter(prefix="/v1", tags=["inference"], responses=errors(*AUTHENTICATED, *WITH_BODY, 404, 502, 503, 504))
-ANSWER = {200: {"description": "The answer (JSON), or an SSE stream (text/event-stream) with `stream: true`."}}
-STREAMED = {200: {**ANSWER[200], "content": {"application/json": {}, "text/event-stream": {}}}}
+ANSWER = "The answer (JSON), or an SSE stream (text/event-stream) with `stream: true`."
+STREAMED = ok({"description": ANSWER, "content": {"application/json": {}, "text/event-stream": {}}})
 
 
 @router.post(
