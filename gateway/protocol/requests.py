@@ -188,8 +188,28 @@ GenerationRequest = ChatCompletionRequest | CompletionRequest
 InferenceRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
+# A value of the wrong kind for one branch of a union (a list where `stop` also takes a string): the other
+# branch's error says more.
+_KIND_MISMATCH = {"string_type", "list_type", "int_type", "float_type", "bool_type", "dict_type", "model_type"}
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}
+
+
 def _field_path(loc: tuple[object, ...]) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    """The field's dotted path, without pydantic's union branch tags (`constrained-str`, `list[int]`, ...)."""
+    return ".".join(
+        str(p)
+        for p in loc
+        if not (isinstance(p, str) and ("[" in p or "-" in p or p in _UNION_TAGS or p.startswith("function-")))
+    )
+
+
+def first_error(errors: list[Any]) -> tuple[str | None, str]:
+    """(field path, message) of the error to report: the first, unless it only says which union branch the
+    value is not."""
+    pick = next((e for e in errors if e["type"] not in _KIND_MISMATCH), errors[0]) if errors else None
+    if pick is None:
+        return None, "invalid request"
+    return _field_path(tuple(p for p in pick["loc"] if p != "body")) or None, pick["msg"]
 
 
 def parse_request(raw: bytes, model: type[M]) -> M:
@@ -205,6 +225,5 @@ def parse_request(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = _field_path(first["loc"]) or None
-        raise InvalidRequest(f"{field or 'body'}: {first['msg']}", param=field) from None
+        field, message = first_error(exc.errors(include_url=False))
+        raise InvalidRequest(f"{field or 'body'}: {message}", param=field) from None
