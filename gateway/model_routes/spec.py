@@ -39,12 +39,24 @@ class Variant(BaseModel):
         reserved = {"model", "messages", "prompt", "input", "stream"} & v.keys()
         if reserved:
             raise ValueError(f"params may not set {sorted(reserved)}")
+        _storable(v, depth=0)
         return v
 
     @property
     def served(self) -> str:
         """The model name requests for this variant go to."""
         return self.adapter or self.model
+
+
+def _storable(value: Any, depth: int) -> None:
+    """A value the route's record can hold: integers within 64 bits (orjson writes no larger), nesting
+    at most 8 deep."""
+    if depth > 8:
+        raise ValueError("params nest at most 8 levels deep")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        raise ValueError("params hold integers within 64 bits only")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _storable(item, depth + 1)
 
 
 class Shadow(BaseModel):

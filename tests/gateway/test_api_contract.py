@@ -100,6 +100,11 @@ def test_route_bounds_are_400s_and_nothing_is_stored(gateway):
         ({**good, "shadow": {"model": "llama3.2:1b", "percent": 100.5}}, "shadow.percent"),
         ({"variants": [{"model": "smollm2:135m", "weight": 100, "adapter": "-bad"}]}, "variants.0.adapter"),
         ({**good, "fallbacks": ["has space"]}, "fallbacks.0"),
+        # found by the long fuzz: an integer past 64 bits in params could not be written (500)
+        (
+            {"variants": [{"model": "smollm2:135m", "weight": 100, "params": {"x": {"y": -(10**19)}}}]},
+            "variants.0.params",
+        ),
     ]:
         assert_refused(httpx.put(url, json=body, headers=ADMIN), field)
     assert httpx.get(url, headers=ADMIN).status_code == 404
