@@ -10,7 +10,7 @@ K8S_TOOLS_STAMP := $(VENV)/.k8s-tools-$(shell cat scripts/install_k8s_tools.py |
 CHECKOV_VENV := .venv-checkov
 SYSTEM_BINS := redis-server nginx promtool prometheus prometheus-alertmanager amtool pg_ctl dnsmasq chromium chromedriver
 
-.PHONY: test test-fast lint format system-deps venv up down destroy tls backup restore bench bench-workers bench-soak bench-model clean
+.PHONY: test test-fast lint format fuzz system-deps venv up down destroy tls backup restore bench bench-workers bench-soak bench-model clean
 
 ## test: install what is missing (apt as root, pip into .venv), lint, then run the whole suite
 test: system-deps venv lint
@@ -27,6 +27,11 @@ lint: venv
 	$(BIN)/ruff format --check gateway trainer tests bench testkit scripts grafana
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+## fuzz: the API against its OpenAPI schema, longer than `make test` does (before a release; docs/api.md);
+## FUZZ_ARGS="--random --seed 7 --max-examples 600" for random cases past 20,000
+fuzz: system-deps venv
+	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
 
 ## format: apply ruff's fixes and formatting
 format: venv

@@ -16,6 +16,7 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 from gateway import console
 from gateway.api import ops, token
 from gateway.api.admin import adapters, inferences, keys, review, routes
+from gateway.api.contract import install_schema, operation_id, output_cap
 from gateway.api.drain import Drain
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware.body_limit import BodyLimitMiddleware
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         openapi_url="/openapi.json" if public else None,
         docs_url="/docs" if public else None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     # What the routers reach through gateway/api/deps.py's accessors.
     state, s = app.state, services
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             app.include_router(router)
     if services.settings.api_docs == "admin":
         app.include_router(ops.schema_router)
+    install_schema(app, adjust=output_cap(services.settings.max_output_tokens))
     install_error_handlers(app)
     _install_middleware(app, services)
     return app

@@ -33,6 +33,15 @@ KEY_PREFIX = "sk-"
 DEV_PEPPER = "development-pepper-not-for-production"
 
 
+# Caps on what a key's record holds (the admin API's models say them in the schema; the CLI's keys pass the
+# same checks): every number stays well inside 64 bits and inside the integers a JSON double holds exactly.
+MAX_RPM = 1_000_000  # requests per minute
+MAX_TPM = 1_000_000_000  # tokens per minute
+MAX_MONTHLY_TOKENS = 10**13  # tokens per calendar month
+MAX_EXPIRES_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z, in Unix seconds
+LIMIT_CAPS = {"rpm": MAX_RPM, "tpm": MAX_TPM, "monthly_token_budget": MAX_MONTHLY_TOKENS}
+
+
 class KeyInputError(InvalidRequest):
     """Bad input for a key operation (unknown scope, bad limit, ...); a 400 for the operator."""
 
@@ -105,10 +114,26 @@ class KeySpec:
             raise KeyInputError(f"unknown scope(s) {sorted(unknown)}; allowed: {sorted(SCOPES)}")
         if not self.name.strip():
             raise KeyInputError("a key needs a non-empty name")
-        for label, value in (("rpm", self.rpm), ("tpm", self.tpm), ("monthly_token_budget", self.monthly_token_budget)):
-            if value is not None and value <= 0:
-                raise KeyInputError(f"{label} must be a positive integer (or unset for no limit)")
+        check_limits(rpm=self.rpm, tpm=self.tpm, monthly_token_budget=self.monthly_token_budget)
+        check_expiry(self.expires_at)
         check_capture_percent(self.capture_percent)
+
+
+def check_limits(**limits: object) -> None:
+    """Each of rpm, tpm, monthly_token_budget: unset, or a whole number from 1 to its cap."""
+    for label, value in limits.items():
+        cap = LIMIT_CAPS[label]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap):
+            raise KeyInputError(f"{label} must be an integer from 1 to {cap} (or unset for no limit)", param=label)
+
+
+def check_expiry(value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_EXPIRES_AT
+    ):
+        raise KeyInputError(
+            f"expires_at must be a Unix time after 0 and at most {MAX_EXPIRES_AT:.0f} (or unset)", param="expires_at"
+        )
 
 
 def check_capture_percent(value: object) -> None:
@@ -252,6 +277,8 @@ async def update_key(store: KeyStore, key_id: str, **changes: Any) -> ApiKey:
         changes["scopes"] = frozenset(changes["scopes"])
     if changes.get("models") is not None:
         changes["models"] = tuple(changes["models"])
+    check_limits(**{k: v for k, v in changes.items() if k in LIMIT_CAPS})
+    check_expiry(changes.get("expires_at"))
     check_capture_percent(changes.get("capture_percent"))
     updated = replace(record, **changes)
     await store.save(updated)

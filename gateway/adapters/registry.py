@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Protocol
+from typing import Annotated, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +23,8 @@ from gateway.state.redis import RedisState
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._:/-]{0,127}$"
 REDIS_KEY = "gw:adapters"
+MAX_VERSION = 1_000_000
+MAX_PATH = 4096  # PATH_MAX on Linux
 # The file kinds a driver looks for: llama.cpp loads GGUF adapters, vLLM loads PEFT folders.
 FILE_KINDS = ("gguf", "peft")
 
@@ -41,9 +43,12 @@ class AdapterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: str = Field(min_length=1, max_length=256, description="Public name of the base model it was trained on.")
-    version: int = Field(1, ge=1, description="The trainer's version number (NAME:vN).")
-    digest: str = Field(description="sha256 of the adapter's weights (hex, optionally `sha256:`-prefixed).")
-    files: dict[str, str] = Field(
+    version: int = Field(1, ge=1, le=MAX_VERSION, description="The trainer's version number (NAME:vN).")
+    digest: str = Field(
+        pattern=r"^(sha256:)?[0-9a-fA-F]{64}$",
+        description="sha256 of the adapter's weights (hex, optionally `sha256:`-prefixed).",
+    )
+    files: dict[Literal["gguf", "peft"], Annotated[str, Field(min_length=1, max_length=MAX_PATH)]] = Field(
         min_length=1,
         description="kind -> path on the serving side: `gguf` (llama.cpp) "
         "is a .gguf file, `peft` (vLLM) a PEFT adapter folder.",

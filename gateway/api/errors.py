@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.errors import ClientError, GatewayError, InvalidRequest, PayloadTooLarge, error_body
+from gateway.protocol.requests import first_error
 
 log = logging.getLogger("gateway")
 
@@ -37,9 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(InvalidRequest(f"{field or 'request'}: {first['msg']}", param=field))
+        field, message = first_error(list(exc.errors()))
+        return error_response(InvalidRequest(f"{field or 'request'}: {message}", param=field))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

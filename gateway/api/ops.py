@@ -4,15 +4,23 @@ more than that to anyone; GET /admin/health (what each part looks like, admin sc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
+from gateway.api.contract import AUTHENTICATED, errors, ok
 from gateway.api.deps import AdminDep, pool
 from gateway.api.responses import json_response
 
 router = APIRouter(tags=["ops"])
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "unready", "draining"]
+
+
 schema_router = APIRouter()  # included when GATEWAY_API_DOCS=admin
 
 
@@ -35,12 +43,17 @@ async def _readiness(request: Request) -> tuple[str, dict[str, Any]]:
     return status, details
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness", openapi_extra={"security": []})
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: at least one backend replica reachable (details: /admin/health)")
+@router.get(
+    "/readyz",
+    summary="Readiness: at least one backend replica reachable (details: /admin/health)",
+    responses=ok({"model": Readiness}) | ok({"model": Readiness, "description": "Unready or draining."}, 503),
+    openapi_extra={"security": []},
+)
 async def readyz(request: Request) -> Response:
     """503 while no replica answers or the process drains; 200 when `degraded` too: without Redis the gateway
     still serves, and a load balancer that took every degraded gateway out would turn that into an outage."""
@@ -48,7 +61,11 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": status}, status_code=503 if status in ("unready", "draining") else 200)
 
 
-@router.get("/admin/health", summary="Readiness with its details: each replica, its circuit and models, Redis")
+@router.get(
+    "/admin/health",
+    summary="Readiness with its details: each replica, its circuit and models, Redis",
+    responses=errors(*AUTHENTICATED),
+)
 async def admin_health(request: Request, _: AdminDep) -> Response:
     status, details = await _readiness(request)
     return json_response({"status": status, **details})

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.adapters.registry import NAME_PATTERN as ADAPTER_PATTERN
+
 TOTAL_WEIGHT = 100
+# A model or route name: printable, no spaces (what every backend kind accepts).
+MODEL_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
+ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_PATTERN)]
+MAX_PARAMS = 32
+MAX_GUARD_REQUESTS = 10_000_000
+MAX_STEP_AFTER_S = 365 * 86_400  # a year
 
 
 class Variant(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    model: str = Field(min_length=1, max_length=200, description="The served model (any backend kind).")
+    model: ModelName = Field(description="The served model (any backend kind).")
     weight: int = Field(ge=0, le=TOTAL_WEIGHT, description="Share of the route's users, in percent.")
-    params: dict[str, Any] = Field(
+    params: dict[Annotated[str, Field(min_length=1, max_length=64)], Any] = Field(
         default_factory=dict,
+        max_length=MAX_PARAMS,
         description='Sampling defaults for this variant (a request\'s own value wins), e.g. {"temperature": 0.2}.',
     )
     adapter: str | None = Field(
-        None, description="A LoRA adapter on `model` (the base): the variant serves the adapter's own model name."
+        None,
+        pattern=ADAPTER_PATTERN,
+        description="A LoRA adapter on `model` (the base): the variant serves the adapter's own model name.",
     )
 
     @field_validator("params")
@@ -28,6 +39,7 @@ class Variant(BaseModel):
         reserved = {"model", "messages", "prompt", "input", "stream"} & v.keys()
         if reserved:
             raise ValueError(f"params may not set {sorted(reserved)}")
+        _storable(v, depth=0)
         return v
 
     @property
@@ -36,15 +48,26 @@ class Variant(BaseModel):
         return self.adapter or self.model
 
 
-class Shadow(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _storable(value: Any, depth: int) -> None:
+    """A value the route's record can hold: integers within 64 bits (orjson writes no larger), nesting
+    at most 8 deep."""
+    if depth > 8:
+        raise ValueError("params nest at most 8 levels deep")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        raise ValueError("params hold integers within 64 bits only")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _storable(item, depth + 1)
 
-    model: str = Field(min_length=1, max_length=200, description="Candidate that gets a copy of requests.")
+
+class Shadow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model: ModelName = Field(description="Candidate that gets a copy of requests.")
     percent: float = Field(gt=0, le=100, description="Share of the route's requests mirrored to it.")
 
 
 class CaptureSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     percent: float = Field(ge=0, le=100, description="Share of the route's answers kept in the inference log.")
 
@@ -52,14 +75,16 @@ class CaptureSpec(BaseModel):
 class Guard(BaseModel):
     """Canary vs stable, each rule relative to the stable variant, judged once both have `min_requests`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    min_requests: int = Field(100, ge=1, description="Minimum sample per variant before any verdict.")
+    min_requests: int = Field(
+        100, ge=1, le=MAX_GUARD_REQUESTS, description="Minimum sample per variant before any verdict."
+    )
     max_error_rate_delta: float = Field(
         0.02, ge=0, le=1, description="Canary error rate may exceed the stable's by at most this (absolute share)."
     )
     max_ttft_p95_ratio: float = Field(
-        1.5, gt=0, description="Canary time-to-first-token p95 at most this times the stable's."
+        1.5, gt=0, le=1000, description="Canary time-to-first-token p95 at most this times the stable's."
     )
     max_format_failure_delta: float = Field(
         0.05, ge=0, le=1, description="Canary share of answers that break the requested JSON format, over the stable's."
@@ -77,13 +102,20 @@ class Guard(BaseModel):
         le=1,
         description="Canary thumbs-down share over the stable's (judged once each has min_requests/10 votes).",
     )
-    steps: list[int] = Field(
-        default_factory=list, description="Canary weight plan, e.g. [10, 50, 100]; empty: no automatic steps."
+    steps: list[Annotated[int, Field(ge=1, le=TOTAL_WEIGHT)]] = Field(
+        default_factory=list,
+        max_length=TOTAL_WEIGHT,
+        description="Canary weight plan, e.g. [10, 50, 100]; empty: no automatic steps.",
     )
     step_after_requests: int = Field(
-        200, ge=1, description="Step once the canary served this many requests since the last change without a breach."
+        200,
+        ge=1,
+        le=MAX_GUARD_REQUESTS,
+        description="Step once the canary served this many requests since the last change without a breach.",
     )
-    step_after_s: float = Field(0, ge=0, description="... or once this many seconds passed (0: unused).")
+    step_after_s: float = Field(
+        0, ge=0, le=MAX_STEP_AFTER_S, description="... or once this many seconds passed (0: unused)."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -96,10 +128,18 @@ class Guard(BaseModel):
 class RouteSpec(BaseModel):
     """PUT /admin/routes/{name}. The first variant is the stable one; any other with weight > 0 is a canary."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"variants": [{"model": "smollm2:135m", "weight": 100}]}]},
+    )
 
-    variants: list[Variant] = Field(min_length=1, max_length=10)
-    fallbacks: list[str] = Field(
+    variants: list[Variant] = Field(
+        min_length=1,
+        max_length=10,
+        description="Weights sum to 100; each variant serves a different model (its adapter, or else its model).",
+    )
+    fallbacks: list[ModelName] = Field(
         default_factory=list,
         max_length=5,
         description="Routes or models tried in order when the variant cannot answer.",

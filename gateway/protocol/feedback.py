@@ -10,7 +10,13 @@ Kind = Literal["rating", "score", "comment", "correction"]
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """At least one of rating, score, comment, correction; `kind`, when given, names one that is present."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"anyOf": [{"required": [k]} for k in ("rating", "score", "comment", "correction")]},
+    )
 
     request_id: str = Field(
         pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The X-Request-ID of the answer this is about."
@@ -22,7 +28,9 @@ class FeedbackRequest(BaseModel):
     correction: str | None = Field(
         None, min_length=1, max_length=20000, description="The answer the model should have given."
     )
-    model: str | None = Field(None, description="The model that answered, when no gateway kept the request.")
+    model: str | None = Field(
+        None, min_length=1, max_length=256, description="The model that answered, when no gateway kept the request."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> FeedbackRequest:

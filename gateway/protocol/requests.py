@@ -22,19 +22,45 @@ M = TypeVar("M", bound=BaseModel)
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 500
 MAX_TOOLS = 128
+# Bounds on the rest (the body is also capped: GATEWAY_MAX_BODY_BYTES); the deployment's own output cap
+# (GATEWAY_MAX_OUTPUT_TOKENS, gateway/access/bounds.py) is written into the served schema as well.
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 256
+MAX_TOOL_CALLS = 128
+MAX_TOKENS = 1_048_576  # no model's context is larger
+MAX_N = 16
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit
+MAX_DIMENSIONS = 65_536
+MAX_NAME_CHARS = 256
+MAX_PROMPTS = 2048
+INT64 = 2**63 - 1
 StopSequence = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+ShortText = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class ChatMessage(_Open):
+    """A system, developer, user or tool message needs content; an assistant message may carry tool_calls instead."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {"required": ["content"]},  # and not null
+                {"required": ["tool_calls"]},  # and not empty
+            ]
+        }
+    )
+
     role: Role
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    content: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    name: ShortText | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: ShortText | None = None
 
     @model_validator(mode="after")
     def _content_or_tool_calls(self) -> ChatMessage:
@@ -53,22 +79,15 @@ class SamplingFields(_Open):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: StopSequence | list[StopSequence] | None = Field(
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="At most the gateway's output cap.")
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
         None, description=f"Up to {MAX_STOP_SEQUENCES} sequences of at most {MAX_STOP_CHARS} characters."
     )
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64 - 1, le=INT64)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are accepted, got {len(v)}")
-        return v
+    user: ShortText | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -81,10 +100,18 @@ class SamplingFields(_Open):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}]
+        }
+    )
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="At most the gateway's output cap."
+    )
     tools: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOLS)
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
 
     @field_validator("response_format")
@@ -110,7 +137,13 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "smollm2:135m", "prompt": "Hi", "max_tokens": 8}]}
+    )
+
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)] = (
+        Field(description="A prompt, or a batch of them (OpenAI-compatible servers; Ollama takes one).")
+    )
     suffix: str | None = None
     echo: bool = False
 
@@ -127,11 +160,21 @@ class CompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(_Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "smollm2:135m", "input": "Hi"}]})
+
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKENS)]
+        | Annotated[
+            list[Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKENS)]],
+            Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        ]
+    ) = Field(description=f"Text, up to {MAX_EMBEDDING_INPUTS} texts, or token ids (OpenAI-compatible servers only).")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    dimensions: int | None = Field(None, ge=1, le=MAX_DIMENSIONS)
+    user: ShortText | None = None
 
     def texts(self) -> list[str]:
         if isinstance(self.input, str):
@@ -145,8 +188,28 @@ GenerationRequest = ChatCompletionRequest | CompletionRequest
 InferenceRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
+# A value of the wrong kind for one branch of a union (a list where `stop` also takes a string): the other
+# branch's error says more.
+_KIND_MISMATCH = {"string_type", "list_type", "int_type", "float_type", "bool_type", "dict_type", "model_type"}
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}
+
+
 def _field_path(loc: tuple[object, ...]) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    """The field's dotted path, without pydantic's union branch tags (`constrained-str`, `list[int]`, ...)."""
+    return ".".join(
+        str(p)
+        for p in loc
+        if not (isinstance(p, str) and ("[" in p or "-" in p or p in _UNION_TAGS or p.startswith("function-")))
+    )
+
+
+def first_error(errors: list[Any]) -> tuple[str | None, str]:
+    """(field path, message) of the error to report: the first, unless it only says which union branch the
+    value is not."""
+    pick = next((e for e in errors if e["type"] not in _KIND_MISMATCH), errors[0]) if errors else None
+    if pick is None:
+        return None, "invalid request"
+    return _field_path(tuple(p for p in pick["loc"] if p != "body")) or None, pick["msg"]
 
 
 def parse_request(raw: bytes, model: type[M]) -> M:
@@ -162,6 +225,5 @@ def parse_request(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = _field_path(first["loc"]) or None
-        raise InvalidRequest(f"{field or 'body'}: {first['msg']}", param=field) from None
+        field, message = first_error(exc.errors(include_url=False))
+        raise InvalidRequest(f"{field or 'body'}: {message}", param=field) from None

@@ -98,7 +98,7 @@ def test_mistakes_are_clear_400s_in_openais_shape(gateway, body, field):
 
 def test_a_bad_name_is_a_400_and_admin_scope_is_required(gateway):
     r = put(gateway, "-starts-with-a-dash", spec())
-    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "path.name"  # as any path parameter
     assert put(gateway, "orders", spec(), headers={}).status_code == 401
     assert httpx.get(f"{gateway.url}/admin/adapters", timeout=10).status_code == 401
 

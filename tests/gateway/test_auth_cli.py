@@ -63,6 +63,7 @@ def test_cli_key_lifecycle_is_honoured_by_the_gateway(stack):
     "args,message",
     [
         (("keys", "create", "--name", "x", "--scopes", "root"), "unknown scope"),
+        (("keys", "create", "--name", "x", "--tpm", "699764250556884320256"), "tpm must be an integer from 1 to"),
         (("keys", "show", "key_missing"), "no key with id"),
         (("keys", "update", "key_missing"), "nothing to update"),
     ],

@@ -118,7 +118,9 @@ def test_revoked_key_is_401(stack):
 
 
 def test_expired_key_is_401(stack):
-    key = stack.create_key(name="short-lived", expires_at=time.time() - 1)
+    expires_at = time.time() + 1.0  # the API takes only an expiry in the future
+    key = stack.create_key(name="short-lived", expires_at=expires_at)
+    time.sleep(max(0.0, expires_at - time.time()) + 0.1)
     assert_401(chat(stack, {"X-API-Key": key}))
 
 

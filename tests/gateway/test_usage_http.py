@@ -87,7 +87,7 @@ def test_usage_visibility(stack):
     )
     assert usage(stack, key_a)["totals"]["requests"] == 0
     bad = httpx.get(f"{stack.url}/v1/usage", params={"start": "yesterday"}, headers={"X-API-Key": key_a})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "query.start"  # as any query parameter
 
 
 def test_cost_metrics_exported(stack):

@@ -11,12 +11,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
+from gateway.api.contract import AUTHENTICATED, errors
 from gateway.api.deps import AdminDep, ReviewerDep, store
 from gateway.api.responses import json_response
 from gateway.errors import ClientError, GatewayError, InvalidRequest
 from gateway.store.queries import InferenceFilter, erase_key, feedback_of, inference_of, list_inferences
 
-router = APIRouter(prefix="/admin/inferences", tags=["admin"])
+router = APIRouter(prefix="/admin/inferences", tags=["admin"], responses=errors(*AUTHENTICATED, 400))
 
 NAME = Annotated[str | None, Query(min_length=1, max_length=200)]
 KEY_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
@@ -69,7 +70,7 @@ def shown(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.get("", summary="List captured inferences, newest first, with filters and a cursor")
+@router.get("", name="list_inferences", summary="List captured inferences, newest first, with filters and a cursor")
 async def listing(
     request: Request,
     _: ReviewerDep,
@@ -116,11 +117,16 @@ async def listing(
     )
 
 
-@router.get("/{request_id}", summary="One captured inference: request, answer, timings, feedback and judge results")
+@router.get(
+    "/{request_id}",
+    name="show_inference",
+    summary="One captured inference: request, answer, timings, feedback and judge results",
+    responses=errors(404),
+)
 async def detail(
     request: Request,
     _: ReviewerDep,
-    request_id: Annotated[str, Path(min_length=1, max_length=128)],
+    request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The answer's X-Request-ID.")],
 ) -> Response:
     engine = store(request).engine
     try:
@@ -135,7 +141,7 @@ async def detail(
     return json_response({"object": "inference", **shown(row), "feedback": history, "judge": judged})
 
 
-@router.delete("", summary="Delete every captured inference and feedback of one key")
+@router.delete("", name="erase_key_inferences", summary="Delete every captured inference and feedback of one key")
 async def erase(
     request: Request,
     _: AdminDep,

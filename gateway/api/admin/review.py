@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.api.admin.inferences import NAME, shown, unavailable
+from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, ok
 from gateway.api.deps import ReviewerDep, parse_body, review
 from gateway.api.responses import json_response
 
-router = APIRouter(prefix="/admin/review", tags=["admin"])
+router = APIRouter(prefix="/admin/review", tags=["admin"], responses=errors(*AUTHENTICATED, 400))
 
 
 class NextBody(BaseModel):
@@ -24,7 +25,7 @@ class NextBody(BaseModel):
     )
 
 
-@router.get("/queue", summary="The answers waiting for a person, most urgent first, with why")
+@router.get("/queue", name="review_queue", summary="The answers waiting for a person, most urgent first, with why")
 async def queue(
     request: Request, _: ReviewerDep, route: NAME = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> Response:
@@ -37,7 +38,11 @@ async def queue(
 
 @router.post(
     "/next",
+    name="claim_review_item",
     summary="Claim the most urgent answer nobody else holds (204 when there is none)",
+    responses=ok({"description": "The answer, claimed for ten minutes."})
+    | ok({"description": "None waiting."}, 204)
+    | errors(*WITH_BODY),
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": NextBody.model_json_schema()}}}},
 )
 async def next_item(request: Request, principal: ReviewerDep) -> Response:

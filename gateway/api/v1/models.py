@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.api.contract import AUTHENTICATED, errors
 from gateway.api.deps import PrincipalDep, pool, route_table
 from gateway.api.responses import json_response
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-@router.get("/models", summary="List models")
+@router.get("/models", summary="List models", responses=errors(*AUTHENTICATED))
 async def list_models(request: Request, principal: PrincipalDep) -> Response:
     served = pool(request).models()
     entries = [

@@ -6,10 +6,12 @@ Callers see their own key; the admin scope may ask for any key with `key_id`.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from gateway.api.contract import AUTHENTICATED, errors
 from gateway.api.deps import PrincipalDep, prices, usage
 from gateway.api.responses import json_response
 from gateway.errors import InvalidRequest
@@ -26,13 +28,24 @@ def _day(value: str | None, default: date, name: str) -> date:
         raise InvalidRequest(f"{name} must be a date like 2026-01-31", param=name) from None
 
 
-@router.get("/usage", summary="Usage and hosted-API cost estimate per model and day")
+DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+@router.get(
+    "/usage",
+    summary="Usage and hosted-API cost estimate per model and day",
+    responses=errors(*AUTHENTICATED, 400),
+)
 async def usage_report(
     request: Request,
     principal: PrincipalDep,
-    start: str | None = None,
-    end: str | None = None,
-    key_id: str | None = None,
+    start: Annotated[
+        str | None, Query(pattern=DAY, description="First day (UTC), YYYY-MM-DD; default 29 days ago.")
+    ] = None,
+    end: Annotated[str | None, Query(pattern=DAY, description="Last day (UTC), YYYY-MM-DD; default today.")] = None,
+    key_id: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="Another key's usage (admin scope).")
+    ] = None,
 ) -> Response:
     own = principal.key_id or principal.subject
     if key_id is not None and key_id != own:
