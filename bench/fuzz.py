@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from testkit.api_fuzz import PHASES, fuzz_stack, run_schemathesis
 
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", type=float, default=None, help="seconds; fuzzing repeats until spent")
     parser.add_argument("--report-dir", default=None, help="also write JUnit and NDJSON reports here")
     args = parser.parse_args(argv)
-    extra = ["--report", "junit,ndjson", "--report-dir", args.report_dir] if args.report_dir else []
+    reports = str(Path(args.report_dir).resolve()) if args.report_dir else None  # schemathesis runs elsewhere
+    extra = ["--report", "junit,ndjson", "--report-dir", reports] if reports else []
     with fuzz_stack() as url:
         result = run_schemathesis(
             url,

@@ -6,8 +6,8 @@ schemathesis's own runner (`st run`) against its /openapi.json, as an admin.
         assert result.ok, result.output    # the output carries each failure's curl reproduction
 
 The checks are the contract: no server error, every response in the schema (status code, content type,
-body). Used by tests/gateway/test_api_fuzz.py (bounded, in `make test`) and scripts/fuzz_api.py (the
-longer run before a release).
+body). Used by tests/gateway/test_api_fuzz.py (bounded, in `make test`) and bench/fuzz.py (the longer
+run before a release).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testkit.ollama import running_ollama_double
-from testkit.processes import REPO_ROOT, free_port, python_service, redis_service
+from testkit.processes import free_port, python_service, redis_service
 
 ADMIN_KEY = "sk-fuzz-admin-0123456789abcdef0123456789"
 CHECKS = (
@@ -129,14 +129,15 @@ def run_schemathesis(
         *extra,
     ]
     started = time.monotonic()
-    done = subprocess.run(
-        argv,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": "", "COLUMNS": "200"},
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="schemathesis-") as scratch:  # its cache, outside the checkout
+        done = subprocess.run(
+            argv,
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "", "COLUMNS": "200"},
+            check=False,
+        )
     output = done.stdout + done.stderr
     return FuzzResult(
         returncode=done.returncode,
