@@ -3,6 +3,7 @@ image carrying only the gateway's dependencies."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -166,3 +167,37 @@ def test_gateway_imports_only_what_its_image_installs() -> None:
         assert dists & closure, f"gateway imports {module} ({dists or 'not installed'}), not in the image"
     # uvicorn is started with loop="uvloop", http="httptools": uvicorn[standard] brings them.
     assert {"uvloop", "httptools"} <= closure
+
+
+def _top_level_gateway_imports(path: Path) -> set[str]:
+    """The gateway modules a trainer module imports when it loads (imports inside functions are optional)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gateway"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("gateway")}
+    return found
+
+
+def test_the_trainer_image_carries_each_gateway_module_the_trainer_loads_and_no_gateway_dependency() -> None:
+    copied = {
+        source
+        for line in re.findall(r"^COPY\s+(.+)$", (REPO_ROOT / "trainer" / "Dockerfile").read_text(), re.M)
+        for source in line.split()[:-1]
+        if not source.startswith("--")
+    }
+    needed = set().union(*(_top_level_gateway_imports(p) for p in (REPO_ROOT / "trainer").rglob("*.py")))
+    assert needed, "the trainer shares no gateway module: this test is stale"
+    for module in needed:
+        parts = module.split(".")
+        files = [f"{'/'.join(parts[:i])}/__init__.py" for i in range(1, len(parts))] + [f"{'/'.join(parts)}.py"]
+        assert set(files) <= copied, f"trainer/Dockerfile copies {sorted(copied)}, not all of {files}"
+        imported = set()
+        for node in ast.walk(ast.parse((REPO_ROOT / files[-1]).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add((node.module or "").split(".")[0])
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+        outside = sorted(m for m in imported if m not in sys.stdlib_module_names and m != "__future__")
+        assert not outside, f"{module} imports {outside}, which the trainer image does not install"
