@@ -4,8 +4,8 @@ schema's links), the contract's checks (no server error; status code, content ty
 says). `make test` runs a bounded one (tests/gateway/test_api_fuzz.py); this one generates tens of thousands
 of cases.
 
-    python -m bench.fuzz                          # --max-examples 100: above 20,000 cases, some minutes
-    python -m bench.fuzz --max-examples 400 --seed 7 --report-dir bench/results/fuzz
+    python -m bench.fuzz                                          # deterministic, --max-examples 100: ~5,000 cases
+    python -m bench.fuzz --random --seed 11 --max-examples 800    # cases from a seed: ~24,000, a few minutes
 
 Each failure is printed with its reproduction (a curl command); the exit code is schemathesis's (0: none).
 """

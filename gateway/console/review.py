@@ -15,12 +15,12 @@ from gateway.api.admin.inferences import shown, unavailable
 from gateway.api.deps import review
 from gateway.console.answers import captured, give_feedback, rating_of
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, sessions, viewer
+from gateway.store.queries import REVIEW_REASONS
 
 router = APIRouter(prefix=f"{PREFIX}/review", route_class=ConsoleRoute, include_in_schema=False)
 Person = Annotated[Viewer, Depends(viewer)]
 RouteFilter = Annotated[str | None, Query(max_length=200)]
 RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-REASONS = ("thumbs_down", "format_failure", "low_judge_score", "sample")
 SHOWN_WAITING = 200
 
 
@@ -36,6 +36,11 @@ async def _next(request: Request, person: Viewer, route: str | None) -> Response
     return see_other(f"{PREFIX}/review/{item['request_id']}?{urlencode(query)}")
 
 
+def _route(fields: dict[str, str]) -> str | None:
+    """The form's route filter (a route name is at most 200 characters)."""
+    return fields.get("route", "")[:200] or None
+
+
 @router.get("")
 async def queue(request: Request, person: Person, route: RouteFilter = None, done: bool = False) -> Response:
     try:
@@ -48,7 +53,7 @@ async def queue(request: Request, person: Person, route: RouteFilter = None, don
         "review_queue.html",
         person,
         waiting=waiting[:20],
-        counts=[(reason, counts.get(reason, 0)) for reason in REASONS],
+        counts=[(reason, counts.get(reason, 0)) for reason in REVIEW_REASONS],
         total=len(waiting),
         route=route or "",
         done=done,
@@ -58,7 +63,7 @@ async def queue(request: Request, person: Person, route: RouteFilter = None, don
 @router.post("/next")
 async def start(request: Request, person: Person) -> Response:
     fields = await form_fields(request, person.session.csrf)
-    return await _next(request, person, fields.get("route") or None)
+    return await _next(request, person, _route(fields))
 
 
 @router.get("/{request_id}")
@@ -66,7 +71,7 @@ async def item(
     request: Request, person: Person, request_id: RequestId, reason: RouteFilter = None, route: RouteFilter = None
 ) -> Response:
     answer = await captured(request, request_id)
-    shown_reason = reason if reason in REASONS else None
+    shown_reason = reason if reason in REVIEW_REASONS else None
     return page(request, "review_item.html", person, item=answer, reason=shown_reason, route=route or "")
 
 
@@ -74,7 +79,7 @@ async def item(
 async def decide(request: Request, person: Person, request_id: RequestId) -> Response:
     """Rate, save or skip this answer, then the next one."""
     fields = await form_fields(request, person.session.csrf)
-    route = fields.get("route") or None
+    route = _route(fields)
     action = fields.get("action", "")
     if action == "skip":
         person.session.skip(request_id)
