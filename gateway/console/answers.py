@@ -1,5 +1,4 @@
-"""One captured answer as the console shows it (the row, its feedback history, its judge results), and the
-feedback form both the review queue and the inference page post: a rating, a comment, or a correction
+"""The feedback form both the review queue and the inference page post: a rating, a comment, or a correction
 written in an editor prefilled with the answer. The form's feedback goes through the same desk as
 POST /v1/feedback, so it is owned, checked and counted the same way."""
 
@@ -10,29 +9,10 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import ValidationError
 
-from gateway.api.admin.inferences import InferenceNotFound, shown, unavailable
-from gateway.api.deps import feedback_desk, store
+from gateway.api.deps import feedback_desk
 from gateway.console.web import Viewer
 from gateway.errors import InvalidRequest
 from gateway.protocol.feedback import FeedbackRequest
-from gateway.store.queries import feedback_of, inference_of
-
-
-async def captured(request: Request, request_id: str) -> dict[str, Any]:
-    """The captured inference with `feedback` and `judge` lists; 404 when there is none."""
-    engine = store(request).engine
-    try:
-        row = await inference_of(engine, request_id)
-        notes = await feedback_of(engine, request_id) if row is not None else []
-    except Exception as exc:  # noqa: BLE001 - the database is down: say so
-        raise unavailable(request, "console_inference", exc) from None
-    if row is None:
-        raise InferenceNotFound(f"no captured inference with request id {request_id!r}")
-    return {
-        **shown(row),
-        "feedback": [shown(n) for n in notes if n["kind"] != "judge"],
-        "judge": [shown(n) for n in notes if n["kind"] == "judge"],
-    }
 
 
 def rating_of(value: str | None) -> Literal["up", "down"] | None:

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from gateway.api.admin.inferences import KEY_ID_PATTERN, cursor_of, position, shown, unavailable, utc
+from gateway.api.admin.inferences import KEY_ID_PATTERN, captured, cursor_of, position, shown, unavailable, utc
 from gateway.api.deps import store
-from gateway.console.answers import captured, give_feedback, rating_of
+from gateway.console.answers import give_feedback, rating_of
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, viewer
 from gateway.errors import InvalidRequest
 from gateway.store.queries import InferenceFilter, list_inferences

@@ -11,9 +11,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from gateway.api.admin.inferences import shown, unavailable
+from gateway.api.admin.inferences import captured, shown, unavailable
 from gateway.api.deps import review
-from gateway.console.answers import captured, give_feedback, rating_of
+from gateway.console.answers import give_feedback, rating_of
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, sessions, viewer
 from gateway.store.queries import REVIEW_REASONS
 

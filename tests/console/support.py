@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
+from gateway.store.queries import add_feedback
 from testkit.processes import Service, wait_until
-from tests.store.support import ADMIN, chat, create_key, inference_rows
+from tests.store.support import ADMIN, MODEL, chat, create_key, inference_rows, on_db
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 # Markup and script a captured prompt, answer, comment or key name may hold: shown as text, never run.
@@ -70,3 +71,26 @@ def signed_in(bench: Bench, key: str) -> httpx.Client:
     done = client.post("/console/login", data={"csrf": csrf_of(form), "key": key})
     assert done.status_code == 303 and done.headers["location"] == "/console/review", done.text
     return client
+
+
+def flagged_route(bench: Bench, route: str, canary: str, *, answers: int, min_requests: int) -> None:
+    """A guarded route (the double's two models, 90 / 10) with `answers` plain answers, then one answer per
+    markup payload as its prompt; the first answer rated down by its owner with a markup comment, the second
+    scored low by a judge with a markup reason."""
+    spec = {
+        "variants": [{"model": MODEL, "weight": 90}, {"model": canary, "weight": 10}],
+        "guard": {"min_requests": min_requests},
+    }
+    assert bench.admin("PUT", f"/admin/routes/{route}", json=spec).status_code == 200
+    for i in range(answers):
+        bench.send(f"My internet stops every evening ({i}). What should I do?", model=route)
+    for payload in PAYLOADS:
+        bench.send(payload, model=route)
+    down = httpx.post(
+        f"{bench.url}/v1/feedback",
+        json={"request_id": bench.sent[0], "rating": "down", "comment": PAYLOADS[1]},
+        headers={"Authorization": f"Bearer {bench.app}"},
+    )
+    assert down.status_code == 201, down.text
+    judged = {"request_id": bench.sent[1], "kind": "judge", "value": 0.1, "text": PAYLOADS[0], "source": "judge"}
+    on_db(bench.database_url, lambda e: add_feedback(e, **judged))

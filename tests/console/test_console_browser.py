@@ -29,8 +29,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway.store.queries import add_feedback, inference_of, insert_inferences
-from tests.console.support import PAYLOADS, Bench
+from gateway.store.queries import inference_of, insert_inferences
+from tests.console.support import PAYLOADS, Bench, flagged_route
 from tests.store.support import MODEL, create_key, feedback_rows, on_db
 from tests.support.gateway import ADMIN_KEY
 
@@ -68,25 +68,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def traffic(bench: Bench) -> Bench:
     """A guarded route with a canary; answers on it, some holding markup; a thumbs-down with a markup comment,
     a low judge score with a markup reason, a key named with markup, and one answer that is itself markup."""
-    spec = {
-        "variants": [{"model": MODEL, "weight": 90}, {"model": CANARY, "weight": 10}],
-        "guard": {"min_requests": 3},
-    }
-    assert bench.admin("PUT", f"/admin/routes/{ROUTE}", json=spec).status_code == 200
-    for i in range(ANSWERS):
-        bench.send(f"My internet stops every evening ({i}). What should I do?", model=ROUTE)
-    for payload in PAYLOADS:
-        bench.send(payload, model=ROUTE)
-    down = httpx.post(
-        f"{bench.url}/v1/feedback",
-        json={"request_id": bench.sent[0], "rating": "down", "comment": PAYLOADS[1]},
-        headers={"Authorization": f"Bearer {bench.app}"},
-    )
-    assert down.status_code == 201, down.text
+    flagged_route(bench, ROUTE, CANARY, answers=ANSWERS, min_requests=3)
     url = bench.database_url
-    on_db(
-        url, lambda e: add_feedback(e, request_id=bench.sent[1], kind="judge", value=0.1, text=PAYLOADS[0], source="j")
-    )
     template = on_db(url, lambda e: inference_of(e, bench.sent[2]))
     assert template is not None
     marked = {k: v for k, v in template.items() if k != "id"}

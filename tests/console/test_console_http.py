@@ -14,13 +14,12 @@ import pytest
 from markupsafe import escape
 
 from gateway.console.web import CSP
-from gateway.store.queries import add_feedback
 from testkit.nginx_render import build_conf_dir
 from testkit.ollama import running_ollama_double
 from testkit.processes import free_port
 from testkit.topology import loopback_nginx_values, start_nginx
-from tests.console.support import PAYLOADS, Bench, csrf_of, signed_in
-from tests.store.support import ADMIN, MODEL, create_key, feedback_rows, gateway_on, on_db
+from tests.console.support import PAYLOADS, Bench, csrf_of, flagged_route, signed_in
+from tests.store.support import ADMIN, MODEL, create_key, feedback_rows, gateway_on
 from tests.support.gateway import ADMIN_KEY
 
 PAGES = ("/console/review", "/console/inferences", "/console/datasets")
@@ -31,25 +30,7 @@ ROUTE = "support"
 @pytest.fixture(scope="module")
 def routed(bench: Bench) -> Bench:
     """A route with a guarded canary, traffic on it (some of it markup), a thumbs-down and a low judge score."""
-    spec = {
-        "variants": [{"model": MODEL, "weight": 90}, {"model": "llama3.2:1b", "weight": 10}],
-        "guard": {"min_requests": 5},
-    }
-    assert bench.admin("PUT", f"/admin/routes/{ROUTE}", json=spec).status_code == 200
-    for i in range(6):
-        bench.send(f"question {i}", model=ROUTE)
-    for payload in PAYLOADS:
-        bench.send(payload, model=ROUTE)
-    down = httpx.post(
-        f"{bench.url}/v1/feedback",
-        json={"request_id": bench.sent[0], "rating": "down", "comment": PAYLOADS[1]},
-        headers={"Authorization": f"Bearer {bench.app}"},
-    )
-    assert down.status_code == 201, down.text
-    on_db(
-        bench.database_url,
-        lambda e: add_feedback(e, request_id=bench.sent[1], kind="judge", value=0.1, text=PAYLOADS[0], source="j"),
-    )
+    flagged_route(bench, ROUTE, "llama3.2:1b", answers=6, min_requests=5)
     return bench
 
 

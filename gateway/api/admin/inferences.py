@@ -70,6 +70,24 @@ def shown(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def captured(request: Request, request_id: str) -> dict[str, Any]:
+    """One captured inference for a reader: the row with its `feedback` history and its `judge` results; 404
+    when there is none, 503 when the store is down."""
+    engine = store(request).engine
+    try:
+        row = await inference_of(engine, request_id)
+        notes = await feedback_of(engine, request_id) if row is not None else []
+    except Exception as exc:  # noqa: BLE001 - the database is down: say so
+        raise unavailable(request, "inference_of", exc) from None
+    if row is None:
+        raise InferenceNotFound(f"no captured inference with request id {request_id!r}", param="request_id")
+    return {
+        **shown(row),
+        "feedback": [shown(n) for n in notes if n["kind"] != "judge"],
+        "judge": [shown(n) for n in notes if n["kind"] == "judge"],
+    }
+
+
 @router.get("", name="list_inferences", summary="List captured inferences, newest first, with filters and a cursor")
 async def listing(
     request: Request,
@@ -128,17 +146,7 @@ async def detail(
     _: ReviewerDep,
     request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The answer's X-Request-ID.")],
 ) -> Response:
-    engine = store(request).engine
-    try:
-        row = await inference_of(engine, request_id)
-        notes = await feedback_of(engine, request_id) if row is not None else []
-    except Exception as exc:  # noqa: BLE001 - the database is down: say so
-        raise unavailable(request, "inference_of", exc) from None
-    if row is None:
-        raise InferenceNotFound(f"no captured inference with request id {request_id!r}", param="request_id")
-    history = [shown(n) for n in notes if n["kind"] != "judge"]
-    judged = [shown(n) for n in notes if n["kind"] == "judge"]
-    return json_response({"object": "inference", **shown(row), "feedback": history, "judge": judged})
+    return json_response({"object": "inference", **await captured(request, request_id)})
 
 
 @router.delete("", name="erase_key_inferences", summary="Delete every captured inference and feedback of one key")
