@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from gateway.api.contract import AUTHENTICATED, errors
@@ -88,51 +89,61 @@ async def captured(request: Request, request_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("", name="list_inferences", summary="List captured inferences, newest first, with filters and a cursor")
-async def listing(
-    request: Request,
-    _: ReviewerDep,
-    route: NAME = None,
-    variant: NAME = None,
-    model: NAME = None,
-    key_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)] = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601; captured at or after")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601; captured before")] = None,
-    rating: Annotated[Literal["up", "down"] | None, Query(description="its current rating")] = None,
-    has_correction: Annotated[bool | None, Query(description="a correction was written for it")] = None,
-    format_failed: Annotated[bool | None, Query(description="it broke the format the request asked for")] = None,
-    judge_below: Annotated[float | None, Query(ge=0, le=1, description="a judge scored it under this")] = None,
-    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> Response:
-    since, until = utc(since), utc(until)
-    if since is not None and until is not None and since >= until:
-        raise InvalidRequest("since must be before until", param="query.since")
-    wanted = InferenceFilter(
-        route=route,
-        variant=variant,
-        model=model,
-        key_id=key_id,
-        since=since,
-        until=until,
-        rating=rating,
-        has_correction=has_correction,
-        format_failed=format_failed,
-        judge_below=judge_below,
-    )
-    after = position(cursor)
+class InferenceQuery(BaseModel):
+    """Which captured inferences to list (each filter optional), and where the page starts."""
+
+    route: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    variant: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    key_id: Annotated[str | None, Field(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)] = None
+    since: datetime | None = Field(None, description="ISO 8601; captured at or after")
+    until: datetime | None = Field(None, description="ISO 8601; captured before")
+    rating: Literal["up", "down"] | None = Field(None, description="its current rating")
+    has_correction: bool | None = Field(None, description="a correction was written for it")
+    format_failed: bool | None = Field(None, description="it broke the format the request asked for")
+    judge_below: float | None = Field(None, ge=0, le=1, description="a judge scored it under this")
+    cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page")
+
+    def wanted(self) -> InferenceFilter:
+        since, until = utc(self.since), utc(self.until)
+        if since is not None and until is not None and since >= until:
+            raise InvalidRequest("since must be before until", param="query.since")
+        return InferenceFilter(
+            route=self.route,
+            variant=self.variant,
+            model=self.model,
+            key_id=self.key_id,
+            since=since,
+            until=until,
+            rating=self.rating,
+            has_correction=self.has_correction,
+            format_failed=self.format_failed,
+            judge_below=self.judge_below,
+        )
+
+
+async def inference_page(
+    request: Request, query: InferenceQuery, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of matching inferences, newest first, and the cursor of the next page (None at the end)."""
+    wanted, after = query.wanted(), position(query.cursor)
     try:
         rows = await list_inferences(store(request).engine, wanted, before_id=after, limit=limit + 1)
     except Exception as exc:  # noqa: BLE001 - the database is down: say so
         raise unavailable(request, "list_inferences", exc) from None
-    page, more = rows[:limit], len(rows) > limit
-    return json_response(
-        {
-            "object": "list",
-            "data": [shown(row) for row in page],
-            "next_cursor": cursor_of(page[-1]["id"]) if more else None,
-        }
-    )
+    page = rows[:limit]
+    return [shown(row) for row in page], cursor_of(page[-1]["id"]) if len(rows) > limit else None
+
+
+@router.get("", name="list_inferences", summary="List captured inferences, newest first, with filters and a cursor")
+async def listing(
+    request: Request,
+    _: ReviewerDep,
+    query: Annotated[InferenceQuery, Query()],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    data, following = await inference_page(request, query, limit)
+    return json_response({"object": "list", "data": data, "next_cursor": following})
 
 
 @router.get(
