@@ -94,8 +94,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     ):
         app.include_router(router)
     if services.settings.console:
-        for router in console.ROUTERS:
-            app.include_router(router)
+        console.install(app)
     if services.settings.api_docs == "admin":
         app.include_router(ops.schema_router)
     install_schema(app, adjust=output_cap(services.settings.max_output_tokens))

@@ -37,7 +37,7 @@ def _stored_as(session_id: str) -> str:
 class SessionStore:
     def __init__(self, redis: RedisState, *, lifetime_s: float) -> None:
         self.redis, self.lifetime_s = redis, lifetime_s
-        self._local: dict[str, bytes] = {}
+        self._local: dict[str, tuple[float, bytes]] = {}  # without Redis: key -> (expires at, session)
 
     async def open(self, key_id: str, *, admin_digest: str | None = None) -> tuple[str, Session]:
         """A new session for `key_id`: (the id for the cookie, the session)."""
@@ -51,7 +51,7 @@ class SessionStore:
         if self.redis.configured:
             raw = await self.redis.run("console_session", lambda r: r.get(key))
         else:
-            raw = self._local.get(key)
+            raw = self._local.get(key, (0.0, None))[1]
         if raw is None:
             return None
         session = Session(**orjson.loads(raw))
@@ -63,8 +63,9 @@ class SessionStore:
         if self.redis.configured:
             await self.redis.run("console_session", lambda r: r.set(key, raw, ex=left))
         else:
-            self._local = {k: v for k, v in self._local.items() if orjson.loads(v)["expires_at"] > time.time()}
-            self._local[key] = raw
+            now = time.time()
+            self._local = {k: v for k, v in self._local.items() if v[0] > now}
+            self._local[key] = (session.expires_at, raw)
 
     async def close(self, session_id: str) -> None:
         key = _stored_as(session_id)

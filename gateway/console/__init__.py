@@ -6,16 +6,13 @@ the admin API and check the same scopes on the server."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 
 from gateway.console import assets, datasets, inferences, keys, review, rollouts, signin
 
-ROUTERS: tuple[APIRouter, ...] = (
-    signin.router,
-    review.router,
-    inferences.router,
-    rollouts.router,
-    datasets.router,
-    keys.router,
-    assets.router,
-)
+
+def install(app: FastAPI) -> None:
+    """The console's pages and its static files, on `app`."""
+    for module in (signin, review, inferences, rollouts, datasets, keys):
+        app.include_router(module.router)
+    app.mount(assets.MOUNT, assets.files, name="console_assets")

@@ -1,33 +1,29 @@
-"""The console's stylesheet and script, shipped in the package and served from memory: no CDN, nothing
-fetched at run time, and only these two names are served."""
+"""The console's stylesheet and script, shipped in the package and served by Starlette's StaticFiles from
+that folder: no CDN, nothing fetched at run time. Every answer, a missing file's included, carries the
+console's headers (its Content-Security-Policy, nosniff, no-store)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from gateway.console.web import PREFIX, ConsoleRoute
-from gateway.errors import ClientError
+from gateway.console.web import HEADERS, PREFIX
 
-HERE = Path(__file__).parent / "static"
-ASSETS = {
-    "console.css": ((HERE / "console.css").read_bytes(), "text/css; charset=utf-8"),
-    "console.js": ((HERE / "console.js").read_bytes(), "text/javascript; charset=utf-8"),
-}
-
-router = APIRouter(prefix=f"{PREFIX}/static", route_class=ConsoleRoute, include_in_schema=False)
+MOUNT = f"{PREFIX}/static"
 
 
-class AssetNotFound(ClientError):
-    status = 404
-    code = "not_found"
+class ConsoleAssets(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            response = PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+        response.headers.update(HEADERS)
+        return response
 
 
-@router.get("/{name}")
-async def asset(name: str) -> Response:
-    if name not in ASSETS:
-        raise AssetNotFound(f"no console asset named {name!r}")
-    body, kind = ASSETS[name]
-    return Response(body, media_type=kind)
+files = ConsoleAssets(directory=Path(__file__).parent / "static")

@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from gateway.api.admin.inferences import unavailable
+from gateway.api.admin.routes import RouteName
 from gateway.api.deps import route_store, store
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, page, viewer
 from gateway.protocol.training_rows import Example, build, jsonl
@@ -19,7 +20,6 @@ from gateway.store.queries import export_rows
 
 router = APIRouter(prefix=f"{PREFIX}/datasets", route_class=ConsoleRoute, include_in_schema=False)
 Person = Annotated[Viewer, Depends(viewer)]
-RouteName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
 MIN_SCORE, HELDOUT = 0.8, 0.1  # `trainer dataset`'s defaults
 
 

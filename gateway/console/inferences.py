@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gateway.api.admin.inferences import InferenceQuery, captured, inference_page
+from gateway.api.admin.inferences import InferenceQuery, RequestId, captured, inference_page
 from gateway.console.answers import give_feedback, rating_of
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, viewer
 from gateway.errors import InvalidRequest
 
 router = APIRouter(prefix=f"{PREFIX}/inferences", route_class=ConsoleRoute, include_in_schema=False)
 Person = Annotated[Viewer, Depends(viewer)]
-RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 PAGE = 50
 
 

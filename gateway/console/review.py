@@ -8,10 +8,10 @@ from collections import Counter
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from gateway.api.admin.inferences import captured, shown, unavailable
+from gateway.api.admin.inferences import RequestId, captured, shown, unavailable
 from gateway.api.deps import review
 from gateway.console.answers import give_feedback, rating_of
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, sessions, viewer
@@ -20,7 +20,6 @@ from gateway.store.queries import REVIEW_REASONS
 router = APIRouter(prefix=f"{PREFIX}/review", route_class=ConsoleRoute, include_in_schema=False)
 Person = Annotated[Viewer, Depends(viewer)]
 RouteFilter = Annotated[str | None, Query(max_length=200)]
-RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 SHOWN_WAITING = 200
 
 

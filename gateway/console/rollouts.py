@@ -6,20 +6,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from gateway.api.deps import metrics, route_stats, route_store, route_table
+from gateway.api.admin.routes import RouteName, promote_by_admin, roll_back_by_admin
+from gateway.api.deps import route_stats, route_store
 from gateway.console.web import PREFIX, ConsoleRoute, Viewer, form_fields, page, see_other, viewer
 from gateway.errors import InvalidRequest
-from gateway.model_routes import changes
 from gateway.model_routes.guard import signals
 from gateway.model_routes.spec import StoredRoute
 from gateway.model_routes.stats import VariantStats
 
 router = APIRouter(prefix=f"{PREFIX}/rollouts", route_class=ConsoleRoute, include_in_schema=False)
 Person = Annotated[Viewer, Depends(viewer)]
-RouteName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
 SHOWN_HISTORY = 10
 
 
@@ -86,8 +85,7 @@ async def promote(request: Request, person: Person, name: RouteName) -> Response
     model = fields.get("model", "")
     if not model:
         raise InvalidRequest("say which variant to promote")
-    await changes.promote(route_store(request), name, model, who=person.who)
-    await route_table(request).reload()
+    await promote_by_admin(request, name, model, person.principal)
     return see_other(f"{PREFIX}/rollouts#route-{name}")
 
 
@@ -95,7 +93,5 @@ async def promote(request: Request, person: Person, name: RouteName) -> Response
 async def rollback(request: Request, person: Person, name: RouteName) -> Response:
     person.require_admin()
     await form_fields(request, person.session.csrf)
-    await changes.roll_back(route_store(request), name, who=person.who)
-    metrics(request).rollbacks.labels(name, "manual").inc()
-    await route_table(request).reload()
+    await roll_back_by_admin(request, name, person.principal)
     return see_other(f"{PREFIX}/rollouts#route-{name}")

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.protocol.identifiers import REQUEST_ID_PATTERN
+
 Kind = Literal["rating", "score", "comment", "correction"]
 
 
@@ -18,9 +20,7 @@ class FeedbackRequest(BaseModel):
         json_schema_extra={"anyOf": [{"required": [k]} for k in ("rating", "score", "comment", "correction")]},
     )
 
-    request_id: str = Field(
-        pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The X-Request-ID of the answer this is about."
-    )
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="The X-Request-ID of the answer this is about.")
     kind: Kind | None = Field(None, description="Optional: which of the fields below this is (then required).")
     rating: Literal["up", "down"] | None = Field(None, description="Thumbs up or down.")
     score: float | None = Field(None, ge=0, le=1, description="A grade from 0 (worst) to 1 (best).")

@@ -16,12 +16,13 @@ from gateway.api.contract import AUTHENTICATED, errors
 from gateway.api.deps import AdminDep, ReviewerDep, store
 from gateway.api.responses import json_response
 from gateway.errors import ClientError, GatewayError, InvalidRequest
+from gateway.protocol.identifiers import KEY_ID_PATTERN, REQUEST_ID_PATTERN
 from gateway.store.queries import InferenceFilter, erase_key, feedback_of, inference_of, list_inferences
 
 router = APIRouter(prefix="/admin/inferences", tags=["admin"], responses=errors(*AUTHENTICATED, 400))
 
 NAME = Annotated[str | None, Query(min_length=1, max_length=200)]
-KEY_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+RequestId = Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="The answer's X-Request-ID.")]
 
 
 class StoreUnavailable(GatewayError):
@@ -95,7 +96,7 @@ class InferenceQuery(BaseModel):
     route: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     variant: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
-    key_id: Annotated[str | None, Field(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)] = None
+    key_id: Annotated[str | None, Field(pattern=KEY_ID_PATTERN)] = None
     since: datetime | None = Field(None, description="ISO 8601; captured at or after")
     until: datetime | None = Field(None, description="ISO 8601; captured before")
     rating: Literal["up", "down"] | None = Field(None, description="its current rating")
@@ -155,7 +156,7 @@ async def listing(
 async def detail(
     request: Request,
     _: ReviewerDep,
-    request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The answer's X-Request-ID.")],
+    request_id: RequestId,
 ) -> Response:
     return json_response({"object": "inference", **await captured(request, request_id)})
 
@@ -164,7 +165,7 @@ async def detail(
 async def erase(
     request: Request,
     _: AdminDep,
-    key_id: Annotated[str, Query(min_length=1, max_length=64, pattern=KEY_ID_PATTERN)],
+    key_id: Annotated[str, Query(pattern=KEY_ID_PATTERN)],
 ) -> Response:
     try:
         deleted = await erase_key(store(request).engine, key_id)

@@ -21,6 +21,7 @@ from gateway.access.keys import (
 from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link, ok
 from gateway.api.deps import AdminDep, key_lookup, keys
 from gateway.api.responses import json_response
+from gateway.protocol.identifiers import KEY_ID_PATTERN
 
 router = APIRouter(prefix="/admin/keys", tags=["admin"], responses=errors(*AUTHENTICATED))
 
@@ -29,7 +30,6 @@ MAX_MODELS = 100
 # A label a person reads: printable, no surrounding spaces.
 LABEL_PATTERN = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
 MODEL_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"  # a model or route name: printable, no spaces
-KEY_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"  # the ids the gateway makes: key_ and 16 hex digits
 Scope = Literal["inference", "reviewer", "admin"]
 ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=MODEL_PATTERN)]
 KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="The key's id (`id` in its record).")]

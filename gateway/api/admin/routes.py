@@ -17,9 +17,10 @@ from gateway.errors import ModelNotFound
 from gateway.model_routes import changes
 from gateway.model_routes.spec import ModelName, RouteSpec, StoredRoute
 from gateway.model_routes.stats import VariantStats
+from gateway.protocol.identifiers import ROUTE_NAME_PATTERN
 
 router = APIRouter(prefix="/admin/routes", tags=["admin"], responses=errors(*AUTHENTICATED))
-RouteName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,100}$", description="The public model name.")]
+RouteName = Annotated[str, Path(pattern=ROUTE_NAME_PATTERN, description="The public model name.")]
 
 
 class PromoteBody(BaseModel):
@@ -89,6 +90,22 @@ async def _check_models(request: Request, name: str, spec: RouteSpec) -> None:
             ) from None
 
 
+async def promote_by_admin(request: Request, name: str, model: str, principal: Principal) -> StoredRoute:
+    """An admin's promote (this API's and the console's): `model` at 100 %, in this replica's table at once."""
+    route = await changes.promote(route_store(request), name, model, who=_who(principal))
+    await route_table(request).reload()
+    return route
+
+
+async def roll_back_by_admin(request: Request, name: str, principal: Principal) -> StoredRoute:
+    """An admin's rollback (this API's and the console's): counted as a manual one, in this replica's table at
+    once."""
+    route = await changes.roll_back(route_store(request), name, who=_who(principal))
+    metrics(request).rollbacks.labels(name, "manual").inc()
+    await route_table(request).reload()
+    return route
+
+
 async def _changed(request: Request, route: StoredRoute | None) -> Response:
     await route_table(request).reload()  # this replica at once; the others within a poll
     return json_response(route.public() if route else {"deleted": True})
@@ -133,7 +150,7 @@ async def delete_route(request: Request, name: RouteName, principal: AdminDep) -
     responses=ok(CHANGED) | errors(*WITH_BODY, 404, 409),
 )
 async def promote(request: Request, name: RouteName, body: PromoteBody, principal: AdminDep) -> Response:
-    return await _changed(request, await changes.promote(route_store(request), name, body.model, who=_who(principal)))
+    return json_response((await promote_by_admin(request, name, body.model, principal)).public())
 
 
 @router.post(
@@ -143,9 +160,7 @@ async def promote(request: Request, name: RouteName, body: PromoteBody, principa
     responses=ok(CHANGED) | errors(404, 409),
 )
 async def rollback(request: Request, name: RouteName, principal: AdminDep) -> Response:
-    route = await changes.roll_back(route_store(request), name, who=_who(principal))
-    metrics(request).rollbacks.labels(name, "manual").inc()
-    return await _changed(request, route)
+    return json_response((await roll_back_by_admin(request, name, principal)).public())
 
 
 @router.get(

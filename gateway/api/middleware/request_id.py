@@ -12,9 +12,10 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.protocol.identifiers import REQUEST_ID_PATTERN
+
 HEADER = "x-request-id"
-# It ends up in logs and headers: only short, plain ids are honoured.
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 def request_id_of(scope: Scope) -> str:

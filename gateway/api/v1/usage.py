@@ -15,6 +15,7 @@ from gateway.api.contract import AUTHENTICATED, errors
 from gateway.api.deps import PrincipalDep, prices, usage
 from gateway.api.responses import json_response
 from gateway.errors import InvalidRequest
+from gateway.protocol.identifiers import KEY_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -44,7 +45,7 @@ async def usage_report(
     ] = None,
     end: Annotated[str | None, Query(pattern=DAY, description="Last day (UTC), YYYY-MM-DD; default today.")] = None,
     key_id: Annotated[
-        str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="Another key's usage (admin scope).")
+        str | None, Query(pattern=KEY_ID_PATTERN, description="Another key's usage (admin scope).")
     ] = None,
 ) -> Response:
     own = principal.key_id or principal.subject
