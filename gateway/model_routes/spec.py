@@ -7,11 +7,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.adapters.registry import NAME_PATTERN as ADAPTER_PATTERN
+from gateway.protocol.identifiers import MODEL_NAME_PATTERN
 
 TOTAL_WEIGHT = 100
-# A model or route name: printable, no spaces (what every backend kind accepts).
-MODEL_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
-ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_PATTERN)]
+ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_NAME_PATTERN)]
 MAX_PARAMS = 32
 MAX_GUARD_REQUESTS = 10_000_000
 MAX_STEP_AFTER_S = 365 * 86_400  # a year

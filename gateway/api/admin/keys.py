@@ -21,7 +21,7 @@ from gateway.access.keys import (
 from gateway.api.contract import AUTHENTICATED, WITH_BODY, errors, link, ok
 from gateway.api.deps import AdminDep, key_lookup, keys
 from gateway.api.responses import json_response
-from gateway.protocol.identifiers import KEY_ID_PATTERN
+from gateway.protocol.identifiers import KEY_ID_PATTERN, MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/admin/keys", tags=["admin"], responses=errors(*AUTHENTICATED))
 
@@ -29,9 +29,8 @@ MAX_EXPIRES_IN_DAYS = 20_000  # about 55 years: the expiry stays before MAX_EXPI
 MAX_MODELS = 100
 # A label a person reads: printable, no surrounding spaces.
 LABEL_PATTERN = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
-MODEL_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"  # a model or route name: printable, no spaces
 Scope = Literal["inference", "reviewer", "admin"]
-ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=MODEL_PATTERN)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=MODEL_NAME_PATTERN)]
 KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="The key's id (`id` in its record).")]
 
 
